@@ -1,0 +1,17 @@
+//! The resource model: every kind Corral stores (Instance, Network, Volume,
+//! ...), their metadata, validation with field paths, defaulting, manifest
+//! parsing and JSON Schemas.
+//!
+//! This crate owns the shape of the data and the rules about it — one place
+//! for each rule, used by the API server, the CLI and the EC2 façade alike.
+//! It must not do I/O: no network, no files, no clocks beyond what callers
+//! pass in, no async. Anything that talks to the world lives above it.
+
+mod field;
+mod meta;
+
+pub use field::{FieldError, FieldErrors};
+pub use meta::{
+    Condition, ConditionStatus, ObjectMeta, OwnerReference, Resource, Scope, API_VERSION,
+    CLUSTER_PROJECT,
+};

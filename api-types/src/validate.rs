@@ -1,0 +1,485 @@
+//! The validation and defaulting contracts, and the syntax rules shared by
+//! every kind (names, labels, tags, metadata).
+//!
+//! Validation checks syntax and internal consistency only: it never looks up
+//! other objects (a referenced network may be applied later; that is a
+//! controller's concern). It reports every problem, each with its full field
+//! path from the object root.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{FieldErrors, ObjectMeta, Scope, API_VERSION};
+
+/// Checks an object and reports every problem found, each with its field
+/// path (`spec.nics[0].network: ...`). An empty result means valid.
+pub trait Validate {
+    fn validate(&self) -> FieldErrors;
+}
+
+/// Fills in the values the user may leave out. Runs before validation on the
+/// server path (and in `corral apply --dry-run=client`); idempotent.
+pub trait Defaults {
+    fn apply_defaults(&mut self);
+}
+
+/// Reason used for names and references that must be DNS labels.
+pub const DNS_LABEL_MSG: &str =
+    "must be a DNS label (lowercase letters, digits and '-', at most 63 characters)";
+/// Reason used for names that must be DNS subdomains.
+pub const DNS_SUBDOMAIN_MSG: &str =
+    "must be a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters)";
+/// Reason used for label and annotation keys.
+pub const QUALIFIED_NAME_MSG: &str = "key must be an optional DNS subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
+/// Reason used for label values.
+pub const LABEL_VALUE_MSG: &str = "value must be at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
+
+/// Maximum total size of `metadata.annotations` (keys plus values), bytes.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+/// Maximum number of tags on an object (EC2's limit).
+pub const MAX_TAGS: usize = 50;
+/// Maximum length of a tag key, characters.
+pub const MAX_TAG_KEY: usize = 128;
+/// Maximum length of a tag value, characters.
+pub const MAX_TAG_VALUE: usize = 256;
+/// Maximum length of free-text descriptions, characters.
+pub const MAX_DESCRIPTION: usize = 255;
+
+/// RFC 1123 label: 1..=63 of `[a-z0-9-]`, starting and ending with a letter
+/// or digit.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// RFC 1123 subdomain: dot-separated DNS labels, at most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A label/annotation key: `[prefix/]name` where prefix is a DNS subdomain
+/// and name is 1..=63 of `[A-Za-z0-9._-]` starting and ending alphanumeric.
+pub fn is_qualified_name(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(s),
+    }
+}
+
+/// A label value: empty, or 1..=63 of `[A-Za-z0-9._-]` starting and ending
+/// alphanumeric.
+pub fn is_label_value(s: &str) -> bool {
+    s.is_empty() || is_label_name(s)
+}
+
+// ---- helpers used by the kinds' validators --------------------------------
+
+/// `base.field`
+pub(crate) fn join(base: &str, field: &str) -> String {
+    format!("{base}.{field}")
+}
+
+/// `base[i]`
+pub(crate) fn index(base: &str, i: usize) -> String {
+    format!("{base}[{i}]")
+}
+
+/// `base["key"]`
+pub(crate) fn key(base: &str, k: &str) -> String {
+    format!("{base}[{k:?}]")
+}
+
+/// A required reference to another object by name: non-empty DNS label.
+pub(crate) fn check_ref(errs: &mut FieldErrors, path: &str, value: &str) {
+    if value.is_empty() {
+        errs.push(path, "required");
+    } else if !is_dns_label(value) {
+        errs.push(path, DNS_LABEL_MSG);
+    }
+}
+
+/// An optional reference: when present it must be a DNS label.
+pub(crate) fn check_opt_ref(errs: &mut FieldErrors, path: &str, value: Option<&String>) {
+    if let Some(v) = value {
+        if !is_dns_label(v) {
+            errs.push(path, DNS_LABEL_MSG);
+        }
+    }
+}
+
+/// At most `max` characters.
+pub(crate) fn check_max_chars(errs: &mut FieldErrors, path: &str, value: &str, max: usize) {
+    let n = value.chars().count();
+    if n > max {
+        errs.push(path, format!("must be at most {max} characters (is {n})"));
+    }
+}
+
+/// An inclusive numeric range.
+pub(crate) fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    errs: &mut FieldErrors,
+    path: &str,
+    value: T,
+    min: T,
+    max: T,
+) {
+    if value < min || value > max {
+        errs.push(path, format!("must be between {min} and {max} (is {value})"));
+    }
+}
+
+/// EC2-style tags: at most 50, keys 1..=128 characters not starting with
+/// `aws:`, values at most 256 characters.
+pub(crate) fn check_tags(errs: &mut FieldErrors, path: &str, tags: &BTreeMap<String, String>) {
+    if tags.len() > MAX_TAGS {
+        errs.push(
+            path,
+            format!("at most {MAX_TAGS} tags are allowed (has {})", tags.len()),
+        );
+    }
+    for (k, v) in tags {
+        let p = key(path, k);
+        let klen = k.chars().count();
+        if klen == 0 {
+            errs.push(&p, "key must not be empty");
+        } else if klen > MAX_TAG_KEY {
+            errs.push(
+                &p,
+                format!("key must be at most {MAX_TAG_KEY} characters (is {klen})"),
+            );
+        }
+        if k.to_ascii_lowercase().starts_with("aws:") {
+            errs.push(&p, "key must not start with \"aws:\" (reserved)");
+        }
+        let vlen = v.chars().count();
+        if vlen > MAX_TAG_VALUE {
+            errs.push(
+                &p,
+                format!("value must be at most {MAX_TAG_VALUE} characters (is {vlen})"),
+            );
+        }
+    }
+}
+
+/// Kubernetes-style labels (also node selectors): qualified-name keys and
+/// label values.
+pub(crate) fn check_labels(errs: &mut FieldErrors, path: &str, labels: &BTreeMap<String, String>) {
+    for (k, v) in labels {
+        let p = key(path, k);
+        if !is_qualified_name(k) {
+            errs.push(&p, QUALIFIED_NAME_MSG);
+        }
+        if !is_label_value(v) {
+            errs.push(&p, LABEL_VALUE_MSG);
+        }
+    }
+}
+
+/// Reports duplicates in a list of names: `path[i]: duplicate "x"`.
+pub(crate) fn check_unique<'a>(
+    errs: &mut FieldErrors,
+    path: &str,
+    items: impl IntoIterator<Item = &'a String>,
+) {
+    let mut seen = BTreeSet::new();
+    for (i, item) in items.into_iter().enumerate() {
+        if !seen.insert(item.as_str()) {
+            errs.push(index(path, i), format!("duplicate {item:?}"));
+        }
+    }
+}
+
+/// How `metadata.name` is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameRule {
+    DnsLabel,
+    DnsSubdomain,
+}
+
+/// `apiVersion`, `kind` and every `metadata` rule.
+pub(crate) fn check_header(
+    errs: &mut FieldErrors,
+    api_version: &str,
+    kind: &str,
+    expected_kind: &str,
+    scope: Scope,
+    name_rule: NameRule,
+    meta: &ObjectMeta,
+) {
+    if api_version != API_VERSION {
+        errs.push("apiVersion", format!("must be {API_VERSION:?}"));
+    }
+    if kind != expected_kind {
+        errs.push("kind", format!("must be {expected_kind:?}"));
+    }
+    check_meta(errs, expected_kind, scope, name_rule, meta);
+}
+
+fn check_meta(
+    errs: &mut FieldErrors,
+    kind: &str,
+    scope: Scope,
+    name_rule: NameRule,
+    meta: &ObjectMeta,
+) {
+    if meta.name.is_empty() {
+        errs.push("metadata.name", "required");
+    } else {
+        match name_rule {
+            NameRule::DnsLabel if !is_dns_label(&meta.name) => {
+                errs.push("metadata.name", DNS_LABEL_MSG)
+            }
+            NameRule::DnsSubdomain if !is_dns_subdomain(&meta.name) => {
+                errs.push("metadata.name", DNS_SUBDOMAIN_MSG)
+            }
+            _ => {}
+        }
+    }
+    match scope {
+        Scope::Project => check_ref(errs, "metadata.project", &meta.project),
+        Scope::Cluster => {
+            if !meta.project.is_empty() {
+                errs.push(
+                    "metadata.project",
+                    format!("must be empty: {kind} is cluster-scoped"),
+                );
+            }
+        }
+    }
+    check_labels(errs, "metadata.labels", &meta.labels);
+    let mut total = 0;
+    for (k, v) in &meta.annotations {
+        if !is_qualified_name(k) {
+            errs.push(key("metadata.annotations", k), QUALIFIED_NAME_MSG);
+        }
+        total += k.len() + v.len();
+    }
+    if total > MAX_ANNOTATIONS_BYTES {
+        errs.push(
+            "metadata.annotations",
+            format!("total size must be at most {MAX_ANNOTATIONS_BYTES} bytes (is {total})"),
+        );
+    }
+    if meta.generation < 0 {
+        errs.push("metadata.generation", "must not be negative");
+    }
+    for (i, f) in meta.finalizers.iter().enumerate() {
+        if !is_qualified_name(f) {
+            errs.push(
+                index("metadata.finalizers", i),
+                "must be a qualified name like corral.dev/volume-protection",
+            );
+        }
+    }
+    check_unique(errs, "metadata.finalizers", &meta.finalizers);
+    for (i, o) in meta.owner_references.iter().enumerate() {
+        let p = index("metadata.ownerReferences", i);
+        for (field, value) in [("kind", &o.kind), ("name", &o.name), ("uid", &o.uid)] {
+            if value.is_empty() {
+                errs.push(join(&p, field), "required");
+            }
+        }
+    }
+    let controllers = meta.owner_references.iter().filter(|o| o.controller).count();
+    if controllers > 1 {
+        errs.push(
+            "metadata.ownerReferences",
+            "at most one owner reference may have controller: true",
+        );
+    }
+}
+
+/// Starts validating an object of kind `R`: the header and metadata checks.
+pub(crate) fn header<R: crate::Resource>(
+    api_version: &str,
+    kind: &str,
+    meta: &ObjectMeta,
+    name_rule: NameRule,
+) -> FieldErrors {
+    let mut errs = FieldErrors::default();
+    check_header(&mut errs, api_version, kind, R::KIND, R::SCOPE, name_rule, meta);
+    errs
+}
+
+/// Test helpers: the paths of the errors, and a lookup by path.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::FieldErrors;
+
+    pub fn paths(errs: &FieldErrors) -> Vec<&str> {
+        errs.0.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    /// Asserts that exactly the given `path: reason` lines were reported, in
+    /// any order.
+    #[track_caller]
+    pub fn assert_errors(errs: &FieldErrors, expected: &[&str]) {
+        let mut got: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+        let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "validation errors differ");
+    }
+
+    /// Asserts that exactly the given paths were reported, in any order.
+    #[track_caller]
+    pub fn assert_paths(errs: &FieldErrors, expected: &[&str]) {
+        let mut got = paths(errs);
+        let mut want = expected.to_vec();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "validation error paths differ; errors: {errs}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_label_rules() {
+        for ok in ["a", "web-1", "0abc", &"a".repeat(63)] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "Web", "a_b", "a.b", &"a".repeat(64), "é"] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dns_subdomain_rules() {
+        assert!(is_dns_subdomain("m1.tiny"));
+        assert!(is_dns_subdomain("a.b-c.d"));
+        assert!(!is_dns_subdomain("m1..tiny"));
+        assert!(!is_dns_subdomain(".a"));
+        assert!(!is_dns_subdomain("M1.tiny"));
+        let long = ["a".repeat(63); 4].join("."); // 255 chars
+        assert!(!is_dns_subdomain(&long));
+    }
+
+    #[test]
+    fn qualified_names_and_values() {
+        for ok in ["app", "corral.dev/zone", "a.b_c-D", "example.com/X1"] {
+            assert!(is_qualified_name(ok), "{ok}");
+        }
+        for bad in ["", "/a", "a/", "Example.com/a", "a b", "-a", "a/b/c", &"a".repeat(64)] {
+            assert!(!is_qualified_name(bad), "{bad}");
+        }
+        assert!(is_label_value(""));
+        assert!(is_label_value("Zone_A.1"));
+        assert!(!is_label_value("-x"));
+        assert!(!is_label_value(&"v".repeat(64)));
+    }
+
+    fn meta(name: &str, project: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: name.into(),
+            project: project.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn header_and_metadata_report_every_problem() {
+        let mut m = meta("", "");
+        m.labels.insert("bad key".into(), "-bad".into());
+        m.labels.insert("ok".into(), String::new());
+        m.annotations.insert("a".into(), "x".repeat(MAX_ANNOTATIONS_BYTES));
+        m.finalizers = vec!["corral.dev/x".into(), "corral.dev/x".into(), "no good".into()];
+        m.owner_references = vec![crate::OwnerReference {
+            kind: "Instance".into(),
+            name: String::new(),
+            uid: String::new(),
+            controller: false,
+        }];
+        let mut errs = FieldErrors::default();
+        check_header(
+            &mut errs,
+            "v1",
+            "Instanse",
+            "Instance",
+            Scope::Project,
+            NameRule::DnsLabel,
+            &m,
+        );
+        testing::assert_errors(
+            &errs,
+            &[
+                "apiVersion: must be \"corral/v1\"",
+                "kind: must be \"Instance\"",
+                "metadata.name: required",
+                "metadata.project: required",
+                &format!("metadata.labels[\"bad key\"]: {QUALIFIED_NAME_MSG}"),
+                &format!("metadata.labels[\"bad key\"]: {LABEL_VALUE_MSG}"),
+                "metadata.annotations: total size must be at most 262144 bytes (is 262145)",
+                "metadata.finalizers[1]: duplicate \"corral.dev/x\"",
+                "metadata.finalizers[2]: must be a qualified name like corral.dev/volume-protection",
+                "metadata.ownerReferences[0].name: required",
+                "metadata.ownerReferences[0].uid: required",
+            ],
+        );
+    }
+
+    #[test]
+    fn name_rules_and_scope() {
+        let mut errs = FieldErrors::default();
+        let m = meta("Web_1", "Demo");
+        check_header(&mut errs, API_VERSION, "X", "X", Scope::Project, NameRule::DnsLabel, &m);
+        testing::assert_errors(
+            &errs,
+            &[
+                &format!("metadata.name: {DNS_LABEL_MSG}"),
+                &format!("metadata.project: {DNS_LABEL_MSG}"),
+            ],
+        );
+
+        let mut errs = FieldErrors::default();
+        let m = meta("m1.tiny", "demo");
+        check_header(&mut errs, API_VERSION, "X", "X", Scope::Cluster, NameRule::DnsSubdomain, &m);
+        testing::assert_errors(&errs, &["metadata.project: must be empty: X is cluster-scoped"]);
+
+        let mut errs = FieldErrors::default();
+        let m = meta("m1.tiny", "");
+        check_header(&mut errs, API_VERSION, "X", "X", Scope::Cluster, NameRule::DnsLabel, &m);
+        testing::assert_errors(&errs, &[&format!("metadata.name: {DNS_LABEL_MSG}")]);
+    }
+
+    #[test]
+    fn tag_rules() {
+        let mut tags = BTreeMap::new();
+        tags.insert("Name".to_string(), "web".to_string());
+        tags.insert("aws:cloudformation".to_string(), "x".to_string());
+        tags.insert("k".repeat(129), "v".repeat(257));
+        tags.insert(String::new(), String::new());
+        let mut errs = FieldErrors::default();
+        check_tags(&mut errs, "spec.tags", &tags);
+        let long = "k".repeat(129);
+        testing::assert_errors(
+            &errs,
+            &[
+                "spec.tags[\"aws:cloudformation\"]: key must not start with \"aws:\" (reserved)",
+                &format!("spec.tags[{long:?}]: key must be at most 128 characters (is 129)"),
+                &format!("spec.tags[{long:?}]: value must be at most 256 characters (is 257)"),
+                "spec.tags[\"\"]: key must not be empty",
+            ],
+        );
+
+        let many: BTreeMap<String, String> =
+            (0..51).map(|i| (format!("k{i}"), String::new())).collect();
+        let mut errs = FieldErrors::default();
+        check_tags(&mut errs, "spec.tags", &many);
+        testing::assert_errors(&errs, &["spec.tags: at most 50 tags are allowed (has 51)"]);
+    }
+}

@@ -1,0 +1,467 @@
+//! The etcd backend: the contract mapped onto etcd transactions.
+//!
+//! - create: `txn(create_revision == 0) then put`.
+//! - update: one round trip that also detects no-op writes:
+//!   `txn(mod == exp && value == new) then {} else txn(mod == exp) then put else get`.
+//! - list pages all read at the first page's revision.
+//! - watches resume after a dropped connection from the last delivered
+//!   revision + 1 (etcd-client does not), and end with `Expired` when etcd
+//!   says the revision was compacted.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
+};
+use tokio::sync::mpsc;
+
+use crate::contract::{
+    continue_token, prefix_end, KeyValue, ListOptions, ListPage, Result, Store, StoreError,
+    UpdateOutcome, WatchEvent, WatchStream,
+};
+
+/// Store on an etcd cluster.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+}
+
+impl EtcdStore {
+    /// Connects to the given endpoints (`http://127.0.0.1:2379`, ...).
+    pub async fn connect(endpoints: &[String]) -> Result<EtcdStore> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(unavailable)?;
+        Ok(EtcdStore { client })
+    }
+
+    /// The underlying client, for what the contract does not cover (leases,
+    /// elections) and for benchmarks against raw etcd-client calls.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
+fn unavailable(e: etcd_client::Error) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+/// Maps etcd's errors onto the contract's; compaction becomes `Expired`.
+fn map_err(e: etcd_client::Error, requested: i64) -> StoreError {
+    if let etcd_client::Error::GRpcStatus(status) = &e {
+        if status.message().contains("compacted") {
+            return StoreError::Expired {
+                requested,
+                compacted: 0,
+            };
+        }
+        // gRPC codes CANCELLED (1), DEADLINE_EXCEEDED (4), UNAVAILABLE (14).
+        if matches!(status.code() as i32, 1 | 4 | 14) {
+            return unavailable(e);
+        }
+    }
+    if matches!(
+        e,
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)
+    ) {
+        return unavailable(e);
+    }
+    StoreError::Backend(Box::new(e))
+}
+
+fn convert_kv(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+    let key = String::from_utf8(kv.key().to_vec())
+        .map_err(|e| StoreError::Backend(format!("non UTF-8 key: {e}").into()))?;
+    Ok(KeyValue {
+        key,
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+    })
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64> {
+    header
+        .map(|h| h.revision())
+        .ok_or_else(|| StoreError::Backend("etcd response without header".into()))
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    fn backend(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let mut kv = self.client.kv_client();
+        let resp = kv.get(key, None).await.map_err(|e| map_err(e, 0))?;
+        resp.kvs().first().map(convert_kv).transpose()
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64> {
+        let mut kv = self.client.kv_client();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let resp = kv.txn(txn).await.map_err(|e| map_err(e, 0))?;
+        if !resp.succeeded() {
+            return Err(StoreError::AlreadyExists {
+                key: key.to_string(),
+            });
+        }
+        header_revision(resp.header())
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected_revision: i64,
+    ) -> Result<UpdateOutcome> {
+        if expected_revision <= 0 {
+            return Err(StoreError::InvalidArgument(format!(
+                "update of {key} needs the revision it read, got {expected_revision}"
+            )));
+        }
+        let mut kv = self.client.kv_client();
+        let write = Txn::new()
+            .when([Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                expected_revision,
+            )])
+            .and_then([TxnOp::put(key, value.clone(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(key, CompareOp::Equal, expected_revision),
+                Compare::value(key, CompareOp::Equal, value),
+            ])
+            .or_else([TxnOp::txn(write)]);
+        let resp = kv.txn(txn).await.map_err(|e| map_err(e, 0))?;
+        if resp.succeeded() {
+            return Ok(UpdateOutcome {
+                revision: expected_revision,
+                changed: false,
+            });
+        }
+        let Some(TxnOpResponse::Txn(inner)) = resp.op_responses().into_iter().next() else {
+            return Err(StoreError::Backend("etcd txn without nested response".into()));
+        };
+        if inner.succeeded() {
+            return Ok(UpdateOutcome {
+                revision: header_revision(resp.header())?,
+                changed: true,
+            });
+        }
+        match inner.op_responses().into_iter().next() {
+            Some(TxnOpResponse::Get(get)) => match get.kvs().first() {
+                None => Err(StoreError::NotFound {
+                    key: key.to_string(),
+                }),
+                Some(current) => Err(StoreError::Conflict {
+                    key: key.to_string(),
+                    expected: expected_revision,
+                    current: current.mod_revision(),
+                }),
+            },
+            _ => Err(StoreError::Backend("etcd txn without get response".into())),
+        }
+    }
+
+    async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<(KeyValue, i64)> {
+        let mut kv = self.client.kv_client();
+        let compares = match expected_revision {
+            Some(rev) => vec![Compare::mod_revision(key, CompareOp::Equal, rev)],
+            None => vec![],
+        };
+        let txn = Txn::new()
+            .when(compares)
+            .and_then([TxnOp::delete(
+                key,
+                Some(DeleteOptions::new().with_prev_key()),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = kv.txn(txn).await.map_err(|e| map_err(e, 0))?;
+        let revision = header_revision(resp.header())?;
+        let first = resp.op_responses().into_iter().next();
+        match (resp.succeeded(), first) {
+            (true, Some(TxnOpResponse::Delete(del))) => match del.prev_kvs().first() {
+                Some(prev) => Ok((convert_kv(prev)?, revision)),
+                None => Err(StoreError::NotFound {
+                    key: key.to_string(),
+                }),
+            },
+            (false, Some(TxnOpResponse::Get(get))) => match get.kvs().first() {
+                None => Err(StoreError::NotFound {
+                    key: key.to_string(),
+                }),
+                Some(current) => Err(StoreError::Conflict {
+                    key: key.to_string(),
+                    expected: expected_revision.unwrap_or(0),
+                    current: current.mod_revision(),
+                }),
+            },
+            _ => Err(StoreError::Backend("unexpected etcd delete response".into())),
+        }
+    }
+
+    async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListPage> {
+        let (start, revision) = match &options.continue_token {
+            Some(token) => {
+                let (rev, last) = continue_token::decode(token)?;
+                if !last.starts_with(prefix) {
+                    return Err(StoreError::InvalidContinueToken);
+                }
+                let mut start = last.into_bytes();
+                start.push(0);
+                (start, rev)
+            }
+            None => (prefix.as_bytes().to_vec(), options.revision.unwrap_or(0)),
+        };
+        let limit = options.limit.unwrap_or(0);
+        let mut get = GetOptions::new().with_range(prefix_end(prefix));
+        if limit > 0 {
+            get = get.with_limit(limit as i64);
+        }
+        if revision > 0 {
+            get = get.with_revision(revision);
+        }
+        let mut kv = self.client.kv_client();
+        let resp = kv
+            .get(start, Some(get))
+            .await
+            .map_err(|e| map_err(e, revision))?;
+        // A page read at an explicit revision reports the header's (newest)
+        // revision; the page itself is as of `revision`.
+        let page_revision = if revision > 0 {
+            revision
+        } else {
+            header_revision(resp.header())?
+        };
+        let items = resp
+            .kvs()
+            .iter()
+            .map(convert_kv)
+            .collect::<Result<Vec<_>>>()?;
+        let continue_token = if resp.more() {
+            items
+                .last()
+                .map(|last| continue_token::encode(page_revision, &last.key))
+        } else {
+            None
+        };
+        Ok(ListPage {
+            items,
+            revision: page_revision,
+            continue_token,
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
+        let (tx, stream) = WatchStream::channel(1024);
+        let mut watcher = EtcdWatcher {
+            client: self.client.clone(),
+            prefix: prefix.to_string(),
+            last_revision: after_revision,
+            tx,
+        };
+        // Establish the first watch before returning, so that a caller who
+        // writes right after `watch()` returns cannot race the registration.
+        let first = watcher.open().await?;
+        tokio::spawn(async move { watcher.run(first).await });
+        Ok(stream)
+    }
+
+    async fn current_revision(&self) -> Result<i64> {
+        let mut kv = self.client.kv_client();
+        // A count-only read of one key gives the header revision cheaply.
+        let resp = kv
+            .get("\0", Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(|e| map_err(e, 0))?;
+        header_revision(resp.header())
+    }
+
+    async fn compact(&self, revision: i64) -> Result<()> {
+        let mut kv = self.client.kv_client();
+        kv.compact(revision, None)
+            .await
+            .map_err(|e| map_err(e, revision))?;
+        Ok(())
+    }
+}
+
+struct EtcdWatcher {
+    client: Client,
+    prefix: String,
+    /// Revision of the last event delivered (or the starting point).
+    last_revision: i64,
+    tx: mpsc::Sender<Result<WatchEvent>>,
+}
+
+enum WatchEnd {
+    /// The consumer went away.
+    Closed,
+    /// The connection broke: reopen from `last_revision + 1`.
+    Broken,
+}
+
+impl EtcdWatcher {
+    async fn open(&mut self) -> Result<etcd_client::WatchStream> {
+        let options = WatchOptions::new()
+            .with_range(prefix_end(&self.prefix))
+            .with_start_revision(self.last_revision + 1)
+            .with_prev_key();
+        let mut client = self.client.watch_client();
+        let mut stream = client
+            .watch(self.prefix.clone(), Some(options))
+            .await
+            .map_err(|e| map_err(e, self.last_revision + 1))?;
+        // Wait for the "created" ack (or an immediate compaction cancel).
+        match stream.message().await {
+            Ok(Some(resp)) if resp.canceled() => {
+                Err(self.expired_or_backend(resp.compact_revision(), resp.cancel_reason()))
+            }
+            Ok(Some(resp)) => {
+                // The ack carries no events in etcd 3.4, but be safe.
+                if self.forward(&resp).await.is_err() {
+                    return Err(StoreError::Backend("watch consumer closed".into()));
+                }
+                Ok(stream)
+            }
+            Ok(None) => Err(StoreError::Unavailable("etcd closed the watch stream".into())),
+            Err(e) => Err(map_err(e, self.last_revision + 1)),
+        }
+    }
+
+    fn expired_or_backend(&self, compact_revision: i64, reason: &str) -> StoreError {
+        if compact_revision > 0 {
+            StoreError::Expired {
+                requested: self.last_revision + 1,
+                compacted: compact_revision,
+            }
+        } else {
+            StoreError::Backend(format!("etcd cancelled the watch: {reason}").into())
+        }
+    }
+
+    async fn run(mut self, first: etcd_client::WatchStream) {
+        let mut stream = Some(first);
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let current = match stream.take() {
+                Some(s) => s,
+                None => match self.open().await {
+                    Ok(s) => {
+                        tracing::info!(prefix = %self.prefix, from = self.last_revision + 1, "etcd watch resumed");
+                        delay = Duration::from_millis(50);
+                        s
+                    }
+                    Err(StoreError::Unavailable(e)) => {
+                        tracing::debug!(error = %e, "etcd watch reconnect failed; retrying");
+                        if self.wait_or_closed(delay).await {
+                            return;
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                    Err(StoreError::Backend(e)) if self.tx.is_closed() => {
+                        let _ = e;
+                        return;
+                    }
+                    Err(e @ StoreError::Expired { .. }) => {
+                        let _ = self.tx.send(Err(e)).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "etcd watch reopen failed; retrying");
+                        if self.wait_or_closed(delay).await {
+                            return;
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                },
+            };
+            match self.pump(current).await {
+                WatchEnd::Closed => return,
+                WatchEnd::Broken => {
+                    if self.wait_or_closed(delay).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps `delay`; true if the consumer went away meanwhile.
+    async fn wait_or_closed(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => self.tx.is_closed(),
+            _ = self.tx.closed() => true,
+        }
+    }
+
+    async fn pump(&mut self, mut stream: etcd_client::WatchStream) -> WatchEnd {
+        loop {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = self.tx.closed() => return WatchEnd::Closed,
+            };
+            match message {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        let err =
+                            self.expired_or_backend(resp.compact_revision(), resp.cancel_reason());
+                        if matches!(err, StoreError::Expired { .. }) {
+                            let _ = self.tx.send(Err(err)).await;
+                            return WatchEnd::Closed;
+                        }
+                        tracing::warn!(error = %err, "etcd watch cancelled; reopening");
+                        return WatchEnd::Broken;
+                    }
+                    if self.forward(&resp).await.is_err() {
+                        return WatchEnd::Closed;
+                    }
+                }
+                Ok(None) => return WatchEnd::Broken,
+                Err(e) => {
+                    tracing::debug!(error = %e, prefix = %self.prefix, "etcd watch broke");
+                    return WatchEnd::Broken;
+                }
+            }
+        }
+    }
+
+    async fn forward(&mut self, resp: &etcd_client::WatchResponse) -> Result<(), ()> {
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let revision = kv.mod_revision();
+            let converted = match event.event_type() {
+                EventType::Put => convert_kv(kv).map(|kv| WatchEvent::Put {
+                    kv,
+                    prev: event.prev_kv().and_then(|p| convert_kv(p).ok()),
+                }),
+                EventType::Delete => String::from_utf8(kv.key().to_vec())
+                    .map_err(|e| StoreError::Backend(format!("non UTF-8 key: {e}").into()))
+                    .map(|key| WatchEvent::Delete {
+                        key,
+                        revision,
+                        prev: event.prev_kv().and_then(|p| convert_kv(p).ok()),
+                    }),
+            };
+            if self.tx.send(converted).await.is_err() {
+                return Err(());
+            }
+            self.last_revision = revision;
+        }
+        Ok(())
+    }
+}

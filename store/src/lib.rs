@@ -1,0 +1,34 @@
+//! The versioned store: the one contract every part of Corral reads and
+//! writes desired and observed state through, with two backends — etcd for
+//! clusters and an embedded single-file store for `corral up`.
+//!
+//! What it guarantees (the contract suite in `tests/contract.rs` checks
+//! each, against both backends):
+//! - writes are compare-and-swap: create only if absent, update/delete only
+//!   at the revision the caller read; a lost race is [`StoreError::Conflict`],
+//!   never a silent overwrite; an update with unchanged bytes writes nothing;
+//! - `resourceVersion` is the store revision (etcd's `mod_revision`);
+//! - a list is paged with limit/continue, every page at one revision;
+//! - a watch from revision R delivers every later event once, in order,
+//!   across etcd reconnects; when R's history is compacted it ends with
+//!   [`StoreError::Expired`] and the caller relists.
+//!
+//! It must not know about any kind's rules (validation, generation,
+//! finalizers): that is the API server's job, over [`ResourceStore`].
+
+mod contract;
+mod embedded;
+mod etcd;
+pub mod etcd_server;
+mod typed;
+
+pub use contract::{
+    KeyValue, ListOptions, ListPage, Result, Store, StoreError, UpdateOutcome, WatchEvent,
+    WatchStream,
+};
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use etcd::EtcdStore;
+pub use typed::{
+    kind_prefix, object_key, parse_resource_version, ObjectEvent, ObjectList, ObjectWatch,
+    ResourceStore, ROOT,
+};
