@@ -1,0 +1,223 @@
+//! `corral bench`: throughput and latency figures, printed as a table with
+//! the ratios the performance goals are stated in (docs/PERFORMANCE.md).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use corral_store::etcd_server::EtcdServer;
+use corral_store::{EmbeddedStore, EtcdStore, Store};
+
+/// Figures for one case.
+pub struct Figures {
+    pub name: String,
+    pub writers: usize,
+    pub ops: usize,
+    pub per_sec: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl Figures {
+    fn row(&self) -> String {
+        format!(
+            "{:<28} {:>7} {:>8} {:>10.0} {:>9.2} {:>9.2}",
+            self.name,
+            self.writers,
+            self.ops,
+            self.per_sec,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3
+        )
+    }
+}
+
+fn header() -> String {
+    format!(
+        "{:<28} {:>7} {:>8} {:>10} {:>9} {:>9}",
+        "case", "writers", "ops", "ops/s", "p50 ms", "p99 ms"
+    )
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Runs `ops` calls of `op(task, i)` spread over `writers` concurrent tasks.
+pub async fn measure<F, Fut>(name: &str, writers: usize, ops: usize, op: F) -> Result<Figures>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let per_task = ops.div_ceil(writers);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(writers);
+    for t in 0..writers {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                let t0 = Instant::now();
+                op(t, i).await?;
+                lat.push(t0.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(per_task * writers);
+    for task in tasks {
+        latencies.extend(task.await.context("bench task panicked")??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok(Figures {
+        name: name.to_string(),
+        writers,
+        ops: latencies.len(),
+        per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    })
+}
+
+pub struct StoreBenchOptions {
+    pub etcd: Option<String>,
+    pub ops: usize,
+    pub value_size: usize,
+    pub writers: Vec<usize>,
+}
+
+pub async fn store(options: StoreBenchOptions) -> Result<()> {
+    let _server;
+    let endpoint = match &options.etcd {
+        Some(e) => e.clone(),
+        None => {
+            let server = EtcdServer::start()
+                .await
+                .context("starting a private etcd for the benchmark")?;
+            let e = server.endpoint();
+            _server = server;
+            e
+        }
+    };
+    let etcd = EtcdStore::connect(&[endpoint.clone()])
+        .await
+        .context("connecting to etcd")?;
+    let dir = tempfile::Builder::new()
+        .prefix("corral-bench-")
+        .tempdir()
+        .context("temp dir")?;
+    let embedded = EmbeddedStore::open(&dir.path().join("bench.redb"))?;
+    let value = Arc::new(vec![b'x'; options.value_size]);
+
+    println!("corral bench store: etcd at {endpoint}, embedded file in {}", dir.path().display());
+    println!(
+        "{} ops per case, {}-byte values, unique keys (creates)\n",
+        options.ops, options.value_size
+    );
+    println!("{}", header());
+    let mut rows: Vec<Figures> = Vec::new();
+    for (round, &writers) in options.writers.iter().enumerate() {
+        // Warm connections and caches outside the measurement.
+        let client = etcd.client();
+        for i in 0..50 {
+            client
+                .kv_client()
+                .put(format!("/bench/warm/{round}/{i}"), value.to_vec(), None)
+                .await?;
+        }
+
+        let client = etcd.client();
+        let v = value.clone();
+        let raw = measure("etcd-client put (raw)", writers, options.ops, move |t, i| {
+            let mut kv = client.kv_client();
+            let v = v.clone();
+            async move {
+                kv.put(format!("/bench/raw/{round}/{t}/{i}"), v.to_vec(), None)
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        println!("{}", raw.row());
+
+        let client = etcd.client();
+        let v = value.clone();
+        let rawtxn = measure("etcd-client txn (raw)", writers, options.ops, move |t, i| {
+            let mut kv = client.kv_client();
+            let v = v.clone();
+            async move {
+                let key = format!("/bench/rawtxn/{round}/{t}/{i}");
+                let txn = etcd_client::Txn::new()
+                    .when([etcd_client::Compare::create_revision(key.clone(), etcd_client::CompareOp::Equal, 0)])
+                    .and_then([etcd_client::TxnOp::put(key, v.to_vec(), None)]);
+                kv.txn(txn).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        println!("{}", rawtxn.row());
+
+        let s: Arc<dyn Store> = Arc::new(etcd.clone());
+        let v = value.clone();
+        let on_etcd = measure("Store create (etcd)", writers, options.ops, move |t, i| {
+            let s = s.clone();
+            let v = v.clone();
+            async move {
+                s.create(&format!("/bench/store/{round}/{t}/{i}"), v.to_vec())
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        println!("{}", on_etcd.row());
+
+        let s: Arc<dyn Store> = Arc::new(embedded.clone());
+        let v = value.clone();
+        let on_embedded = measure("Store create (embedded)", writers, options.ops, move |t, i| {
+            let s = s.clone();
+            let v = v.clone();
+            async move {
+                s.create(&format!("/bench/store/{round}/{t}/{i}"), v.to_vec())
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        println!("{}", on_embedded.row());
+        rows.push(raw);
+        rows.push(on_etcd);
+        rows.push(on_embedded);
+    }
+
+    println!("\nratios (throughput, Store / raw etcd-client put):");
+    for chunk in rows.chunks(3) {
+        let [raw, on_etcd, on_embedded] = chunk else {
+            continue;
+        };
+        let ratio = on_etcd.per_sec / raw.per_sec;
+        let goal = if raw.writers >= 64 {
+            if ratio >= 0.9 {
+                "  goal >= 0.90: met"
+            } else {
+                "  goal >= 0.90: NOT met"
+            }
+        } else {
+            ""
+        };
+        println!(
+            "  {:>3} writers: etcd Store/raw = {:.2}{}   embedded Store/raw = {:.2}",
+            raw.writers,
+            ratio,
+            goal,
+            on_embedded.per_sec / raw.per_sec
+        );
+    }
+    Ok(())
+}
