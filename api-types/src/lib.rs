@@ -7,11 +7,24 @@
 //! It must not do I/O: no network, no files, no clocks beyond what callers
 //! pass in, no async. Anything that talks to the world lives above it.
 
+mod any;
+pub mod auth;
 mod field;
+pub mod kinds;
+mod manifest;
 mod meta;
+pub mod net;
+mod schema;
+pub mod selector;
+pub mod validate;
 
+pub use any::{kind_info, AnyObject, KindInfo, ParseError, KINDS};
 pub use field::{FieldError, FieldErrors};
+pub use kinds::*;
+pub use manifest::{parse_manifests, ManifestError, ManifestErrorKind};
 pub use meta::{
     Condition, ConditionStatus, ObjectMeta, OwnerReference, Resource, Scope, API_VERSION,
     CLUSTER_PROJECT,
 };
+pub use schema::json_schemas;
+pub use validate::{Defaults, Validate, ValidateUpdate};

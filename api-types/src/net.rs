@@ -68,8 +68,7 @@ impl Ipv4Cidr {
     /// Whether `ip` is a usable host address: inside the block and, for
     /// prefixes up to /30, neither the network nor the broadcast address.
     pub fn is_host(&self, ip: Ipv4Addr) -> bool {
-        self.contains(ip)
-            && (self.prefix >= 31 || (ip != self.network && ip != self.broadcast()))
+        self.contains(ip) && (self.prefix >= 31 || (ip != self.network && ip != self.broadcast()))
     }
 
     /// First usable host address (the conventional gateway).
@@ -229,7 +228,13 @@ mod tests {
         assert!(!is_unicast_mac(&parse_mac("01:00:5e:00:00:01").unwrap()));
         assert!(!is_unicast_mac(&parse_mac("ff:ff:ff:ff:ff:ff").unwrap()));
         assert!(!is_unicast_mac(&parse_mac("00:00:00:00:00:00").unwrap()));
-        for bad in ["52:54:00:00:00", "52-54-00-00-00-01", "52:54:00:00:00:01:02", "5:54:00:00:00:01", "zz:54:00:00:00:01"] {
+        for bad in [
+            "52:54:00:00:00",
+            "52-54-00-00-00-01",
+            "52:54:00:00:00:01:02",
+            "5:54:00:00:00:01",
+            "zz:54:00:00:00:01",
+        ] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
     }

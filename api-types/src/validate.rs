@@ -22,6 +22,16 @@ pub trait Defaults {
     fn apply_defaults(&mut self);
 }
 
+/// Checks a change: what may not change between the stored object `old`
+/// and `self` (immutable fields, sizes that may only grow). Reports only
+/// the transition's problems — run [`Validate`] on the new object too.
+pub trait ValidateUpdate {
+    fn validate_update(&self, old: &Self) -> FieldErrors;
+}
+
+/// Reason used for fields that cannot change after creation.
+pub const IMMUTABLE_MSG: &str = "field is immutable";
+
 /// Reason used for names and references that must be DNS labels.
 pub const DNS_LABEL_MSG: &str =
     "must be a DNS label (lowercase letters, digits and '-', at most 63 characters)";
@@ -50,7 +60,8 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -64,7 +75,8 @@ fn is_label_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
@@ -136,7 +148,10 @@ pub(crate) fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
     max: T,
 ) {
     if value < min || value > max {
-        errs.push(path, format!("must be between {min} and {max} (is {value})"));
+        errs.push(
+            path,
+            format!("must be between {min} and {max} (is {value})"),
+        );
     }
 }
 
@@ -292,13 +307,60 @@ fn check_meta(
             }
         }
     }
-    let controllers = meta.owner_references.iter().filter(|o| o.controller).count();
+    let controllers = meta
+        .owner_references
+        .iter()
+        .filter(|o| o.controller)
+        .count();
     if controllers > 1 {
         errs.push(
             "metadata.ownerReferences",
             "at most one owner reference may have controller: true",
         );
     }
+}
+
+/// `path: field is immutable` when `old != new`.
+pub(crate) fn check_immutable<T: PartialEq>(errs: &mut FieldErrors, path: &str, old: &T, new: &T) {
+    if old != new {
+        errs.push(path, IMMUTABLE_MSG);
+    }
+}
+
+/// Metadata rules for updates: name, project, uid and creation time never
+/// change; a deletion, once started, cannot be undone or gain finalizers.
+pub(crate) fn check_meta_update(old: &ObjectMeta, new: &ObjectMeta) -> FieldErrors {
+    let mut errs = FieldErrors::default();
+    check_immutable(&mut errs, "metadata.name", &old.name, &new.name);
+    check_immutable(&mut errs, "metadata.project", &old.project, &new.project);
+    if !old.uid.is_empty() && !new.uid.is_empty() {
+        check_immutable(&mut errs, "metadata.uid", &old.uid, &new.uid);
+    }
+    if old.creation_timestamp.is_some() && new.creation_timestamp.is_some() {
+        check_immutable(
+            &mut errs,
+            "metadata.creationTimestamp",
+            &old.creation_timestamp,
+            &new.creation_timestamp,
+        );
+    }
+    if old.deletion_timestamp.is_some() {
+        if new.deletion_timestamp != old.deletion_timestamp {
+            errs.push(
+                "metadata.deletionTimestamp",
+                "cannot change once deletion has started",
+            );
+        }
+        for (i, f) in new.finalizers.iter().enumerate() {
+            if !old.finalizers.contains(f) {
+                errs.push(
+                    index("metadata.finalizers", i),
+                    "cannot add a finalizer once deletion has started",
+                );
+            }
+        }
+    }
+    errs
 }
 
 /// Starts validating an object of kind `R`: the header and metadata checks.
@@ -309,7 +371,15 @@ pub(crate) fn header<R: crate::Resource>(
     name_rule: NameRule,
 ) -> FieldErrors {
     let mut errs = FieldErrors::default();
-    check_header(&mut errs, api_version, kind, R::KIND, R::SCOPE, name_rule, meta);
+    check_header(
+        &mut errs,
+        api_version,
+        kind,
+        R::KIND,
+        R::SCOPE,
+        name_rule,
+        meta,
+    );
     errs
 }
 
@@ -365,7 +435,7 @@ mod tests {
         assert!(!is_dns_subdomain("m1..tiny"));
         assert!(!is_dns_subdomain(".a"));
         assert!(!is_dns_subdomain("M1.tiny"));
-        let long = ["a".repeat(63); 4].join("."); // 255 chars
+        let long = vec!["a".repeat(63); 4].join("."); // 255 chars
         assert!(!is_dns_subdomain(&long));
     }
 
@@ -374,7 +444,16 @@ mod tests {
         for ok in ["app", "corral.dev/zone", "a.b_c-D", "example.com/X1"] {
             assert!(is_qualified_name(ok), "{ok}");
         }
-        for bad in ["", "/a", "a/", "Example.com/a", "a b", "-a", "a/b/c", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "Example.com/a",
+            "a b",
+            "-a",
+            "a/b/c",
+            &"a".repeat(64),
+        ] {
             assert!(!is_qualified_name(bad), "{bad}");
         }
         assert!(is_label_value(""));
@@ -396,14 +475,27 @@ mod tests {
         let mut m = meta("", "");
         m.labels.insert("bad key".into(), "-bad".into());
         m.labels.insert("ok".into(), String::new());
-        m.annotations.insert("a".into(), "x".repeat(MAX_ANNOTATIONS_BYTES));
-        m.finalizers = vec!["corral.dev/x".into(), "corral.dev/x".into(), "no good".into()];
+        m.annotations
+            .insert("a".into(), "x".repeat(MAX_ANNOTATIONS_BYTES - 4));
+        m.annotations.insert("/bad".into(), String::new());
+        m.generation = -1;
+        m.finalizers = vec![
+            "corral.dev/x".into(),
+            "corral.dev/x".into(),
+            "no good".into(),
+        ];
         m.owner_references = vec![crate::OwnerReference {
             kind: "Instance".into(),
             name: String::new(),
             uid: String::new(),
-            controller: false,
+            controller: true,
         }];
+        m.owner_references.push(crate::OwnerReference {
+            kind: "Volume".into(),
+            name: "v".into(),
+            uid: "u".into(),
+            controller: true,
+        });
         let mut errs = FieldErrors::default();
         check_header(
             &mut errs,
@@ -423,11 +515,14 @@ mod tests {
                 "metadata.project: required",
                 &format!("metadata.labels[\"bad key\"]: {QUALIFIED_NAME_MSG}"),
                 &format!("metadata.labels[\"bad key\"]: {LABEL_VALUE_MSG}"),
+                &format!("metadata.annotations[\"/bad\"]: {QUALIFIED_NAME_MSG}"),
                 "metadata.annotations: total size must be at most 262144 bytes (is 262145)",
+                "metadata.generation: must not be negative",
                 "metadata.finalizers[1]: duplicate \"corral.dev/x\"",
                 "metadata.finalizers[2]: must be a qualified name like corral.dev/volume-protection",
                 "metadata.ownerReferences[0].name: required",
                 "metadata.ownerReferences[0].uid: required",
+                "metadata.ownerReferences: at most one owner reference may have controller: true",
             ],
         );
     }
@@ -436,7 +531,15 @@ mod tests {
     fn name_rules_and_scope() {
         let mut errs = FieldErrors::default();
         let m = meta("Web_1", "Demo");
-        check_header(&mut errs, API_VERSION, "X", "X", Scope::Project, NameRule::DnsLabel, &m);
+        check_header(
+            &mut errs,
+            API_VERSION,
+            "X",
+            "X",
+            Scope::Project,
+            NameRule::DnsLabel,
+            &m,
+        );
         testing::assert_errors(
             &errs,
             &[
@@ -447,12 +550,31 @@ mod tests {
 
         let mut errs = FieldErrors::default();
         let m = meta("m1.tiny", "demo");
-        check_header(&mut errs, API_VERSION, "X", "X", Scope::Cluster, NameRule::DnsSubdomain, &m);
-        testing::assert_errors(&errs, &["metadata.project: must be empty: X is cluster-scoped"]);
+        check_header(
+            &mut errs,
+            API_VERSION,
+            "X",
+            "X",
+            Scope::Cluster,
+            NameRule::DnsSubdomain,
+            &m,
+        );
+        testing::assert_errors(
+            &errs,
+            &["metadata.project: must be empty: X is cluster-scoped"],
+        );
 
         let mut errs = FieldErrors::default();
         let m = meta("m1.tiny", "");
-        check_header(&mut errs, API_VERSION, "X", "X", Scope::Cluster, NameRule::DnsLabel, &m);
+        check_header(
+            &mut errs,
+            API_VERSION,
+            "X",
+            "X",
+            Scope::Cluster,
+            NameRule::DnsLabel,
+            &m,
+        );
         testing::assert_errors(&errs, &[&format!("metadata.name: {DNS_LABEL_MSG}")]);
     }
 

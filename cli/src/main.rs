@@ -1,12 +1,22 @@
-//! The `corral` binary: servers (`up`), client verbs and benchmarks.
+//! The `corral` binary: servers (`up`, `server`), client verbs and
+//! benchmarks.
 
 mod bench;
+mod config;
+mod up;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "corral", version, about = "Declarative control plane for KVM virtual machines")]
+#[command(
+    name = "corral",
+    version,
+    about = "Declarative control plane for KVM virtual machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,6 +24,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run everything on this machine with the embedded store.
+    Up {
+        /// Where the store and images live.
+        #[arg(long, env = "CORRAL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Native API address.
+        #[arg(long, default_value = "127.0.0.1:8774")]
+        listen: SocketAddr,
+        /// EC2 API address.
+        #[arg(long, default_value = "127.0.0.1:8773")]
+        ec2_listen: SocketAddr,
+    },
+    /// Run the API server on an etcd cluster (stateless; run several).
+    Server {
+        /// etcd endpoints, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1:8774")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8773")]
+        ec2_listen: SocketAddr,
+        /// Write the admin's client config on first start.
+        #[arg(long)]
+        write_config: bool,
+    },
     /// Measure performance; prints figures and the ratios the goals use.
     Bench {
         #[command(subcommand)]
@@ -44,13 +79,47 @@ enum BenchCommand {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Up {
+            data_dir,
+            listen,
+            ec2_listen,
+        } => {
+            let data_dir = data_dir.unwrap_or_else(config::default_data_dir);
+            println!("Data directory: {}", data_dir.display());
+            let store = up::open_embedded(&data_dir)?;
+            up::serve(
+                store,
+                up::ServeOptions {
+                    listen,
+                    ec2_listen,
+                    write_config: true,
+                },
+            )
+            .await
+        }
+        Command::Server {
+            etcd,
+            listen,
+            ec2_listen,
+            write_config,
+        } => {
+            let store = up::open_etcd(&etcd).await?;
+            up::serve(
+                store,
+                up::ServeOptions {
+                    listen,
+                    ec2_listen,
+                    write_config,
+                },
+            )
+            .await
+        }
         Command::Bench { what } => match what {
             BenchCommand::Store {
                 etcd,

@@ -152,8 +152,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces `key`'s value if its `mod_revision` is still
     /// `expected_revision`; `Conflict` otherwise, `NotFound` if gone.
-    async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64)
-        -> Result<UpdateOutcome>;
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected_revision: i64,
+    ) -> Result<UpdateOutcome>;
 
     /// Deletes `key`, if given only at `expected_revision`. Returns the
     /// deleted value and the revision of the deletion.

@@ -70,10 +70,22 @@ struct Inner {
 }
 
 enum Op {
-    Create { key: String, value: Vec<u8> },
-    Update { key: String, value: Vec<u8>, expected: i64 },
-    Delete { key: String, expected: Option<i64> },
-    Compact { revision: i64 },
+    Create {
+        key: String,
+        value: Vec<u8>,
+    },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: i64,
+    },
+    Delete {
+        key: String,
+        expected: Option<i64>,
+    },
+    Compact {
+        revision: i64,
+    },
 }
 
 enum OpOutput {
@@ -106,10 +118,7 @@ impl EmbeddedStore {
                 let mut meta = txn.open_table(META).map_err(backend)?;
                 txn.open_table(KV).map_err(backend)?;
                 txn.open_table(LOG).map_err(backend)?;
-                let rev = meta
-                    .get(META_REVISION)
-                    .map_err(backend)?
-                    .map(|g| g.value());
+                let rev = meta.get(META_REVISION).map_err(backend)?.map(|g| g.value());
                 let rev = match rev {
                     Some(r) => r,
                     None => {
@@ -274,8 +283,12 @@ fn decode_log(revision: u64, mut bytes: &[u8]) -> Result<LogEntry> {
     let corrupt = || StoreError::Backend(format!("log entry {revision} is corrupt").into());
     let key = take_chunk(&mut bytes).flatten().ok_or_else(corrupt)?;
     let key = String::from_utf8(key.to_vec()).map_err(|_| corrupt())?;
-    let new = take_chunk(&mut bytes).ok_or_else(corrupt)?.map(<[u8]>::to_vec);
-    let prev = take_chunk(&mut bytes).ok_or_else(corrupt)?.map(<[u8]>::to_vec);
+    let new = take_chunk(&mut bytes)
+        .ok_or_else(corrupt)?
+        .map(<[u8]>::to_vec);
+    let prev = take_chunk(&mut bytes)
+        .ok_or_else(corrupt)?
+        .map(<[u8]>::to_vec);
     Ok(LogEntry { key, new, prev })
 }
 
@@ -347,8 +360,7 @@ impl Writer {
                     self.compacted = to;
                 }
                 let mut meta = txn.open_table(META).map_err(backend)?;
-                meta.insert(META_REVISION, self.revision)
-                    .map_err(backend)?;
+                meta.insert(META_REVISION, self.revision).map_err(backend)?;
                 meta.insert(META_COMPACTED, self.compacted)
                     .map_err(backend)?;
             }
@@ -548,9 +560,8 @@ fn list_at(txn: &redb::ReadTransaction, prefix: &str, options: ListOptions) -> R
         });
     }
     let end = upper_bound(prefix)?;
-    let in_range = |key: &str| {
-        key.starts_with(prefix) && after_key.as_deref().is_none_or(|after| key > after)
-    };
+    let in_range =
+        |key: &str| key.starts_with(prefix) && after_key.as_deref().is_none_or(|after| key > after);
 
     // Keys written after `target`, with the value each had at `target`.
     let mut touched: std::collections::BTreeMap<String, Option<KeyValue>> = Default::default();
@@ -581,7 +592,10 @@ fn list_at(txn: &redb::ReadTransaction, prefix: &str, options: ListOptions) -> R
         Some(e) => Bound::Excluded(e.as_str()),
         None => Bound::Unbounded,
     };
-    let mut current_iter = kv.range::<&str>((lower, upper)).map_err(backend)?.peekable();
+    let mut current_iter = kv
+        .range::<&str>((lower, upper))
+        .map_err(backend)?
+        .peekable();
     let mut touched_iter = touched.into_iter().peekable();
     let mut items = Vec::new();
     let mut more = false;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 
@@ -152,7 +152,9 @@ impl Store for EtcdStore {
             });
         }
         let Some(TxnOpResponse::Txn(inner)) = resp.op_responses().into_iter().next() else {
-            return Err(StoreError::Backend("etcd txn without nested response".into()));
+            return Err(StoreError::Backend(
+                "etcd txn without nested response".into(),
+            ));
         };
         if inner.succeeded() {
             return Ok(UpdateOutcome {
@@ -208,7 +210,9 @@ impl Store for EtcdStore {
                     current: current.mod_revision(),
                 }),
             },
-            _ => Err(StoreError::Backend("unexpected etcd delete response".into())),
+            _ => Err(StoreError::Backend(
+                "unexpected etcd delete response".into(),
+            )),
         }
     }
 
@@ -336,7 +340,9 @@ impl EtcdWatcher {
                 }
                 Ok(stream)
             }
-            Ok(None) => Err(StoreError::Unavailable("etcd closed the watch stream".into())),
+            Ok(None) => Err(StoreError::Unavailable(
+                "etcd closed the watch stream".into(),
+            )),
             Err(e) => Err(map_err(e, self.last_revision + 1)),
         }
     }

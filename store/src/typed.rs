@@ -15,15 +15,17 @@ use std::sync::Arc;
 
 use corral_api_types::{Resource, Scope, CLUSTER_PROJECT};
 
-use crate::contract::{
-    KeyValue, ListOptions, Result, Store, StoreError, WatchEvent, WatchStream,
-};
+use crate::contract::{KeyValue, ListOptions, Result, Store, StoreError, WatchEvent, WatchStream};
 
 pub const ROOT: &str = "/corral/";
 
 /// Key of one object.
 pub fn object_key<K: Resource>(project: &str, name: &str) -> String {
-    format!("{ROOT}{}/{}/{name}", K::PLURAL, project_segment::<K>(project))
+    format!(
+        "{ROOT}{}/{}/{name}",
+        K::PLURAL,
+        project_segment::<K>(project)
+    )
 }
 
 /// Prefix of a kind's objects: in one project, or (`None`) in all.
@@ -80,7 +82,9 @@ pub struct ObjectList<K> {
 #[derive(Debug, Clone)]
 pub enum ObjectEvent<K> {
     Added(K),
-    Modified(K),
+    /// The new state, and the state before this write (when the backend
+    /// still had it: always, unless decoding the old bytes failed).
+    Modified(K, Option<Box<K>>),
     /// The object as it was just before deletion, with the deletion's
     /// revision as its resourceVersion.
     Deleted(K),
@@ -89,7 +93,7 @@ pub enum ObjectEvent<K> {
 impl<K: Resource> ObjectEvent<K> {
     pub fn object(&self) -> &K {
         match self {
-            ObjectEvent::Added(o) | ObjectEvent::Modified(o) | ObjectEvent::Deleted(o) => o,
+            ObjectEvent::Added(o) | ObjectEvent::Modified(o, _) | ObjectEvent::Deleted(o) => o,
         }
     }
 }
@@ -108,13 +112,14 @@ impl<K: Resource> ObjectWatch<K> {
                 Err(e) => return Some(Err(e)),
             };
             let converted = match event {
-                WatchEvent::Put { kv, .. } => {
+                WatchEvent::Put { kv, prev } => {
                     let created = kv.create_revision == kv.mod_revision;
                     decode::<K>(&kv).map(|o| {
                         if created {
                             ObjectEvent::Added(o)
                         } else {
-                            ObjectEvent::Modified(o)
+                            let prev = prev.and_then(|p| decode::<K>(&p).ok()).map(Box::new);
+                            ObjectEvent::Modified(o, prev)
                         }
                     })
                 }

@@ -294,7 +294,11 @@ async fn watch_delivers_every_event_in_order(s: Arc<dyn Store>) {
     let mut w = s.watch("/t/w/", start).await.unwrap();
     let r1 = s.create("/t/w/a", b"1".to_vec()).await.unwrap();
     s.create("/t/other", b"x".to_vec()).await.unwrap();
-    let r2 = s.update("/t/w/a", b"2".to_vec(), r1).await.unwrap().revision;
+    let r2 = s
+        .update("/t/w/a", b"2".to_vec(), r1)
+        .await
+        .unwrap()
+        .revision;
     let r3 = s.create("/t/w/b", b"3".to_vec()).await.unwrap();
     let (_, r4) = s.delete("/t/w/a", Some(r2)).await.unwrap();
 
@@ -368,7 +372,11 @@ async fn compacted_history_is_expired(s: Arc<dyn Store>) {
     let early = s.create("/t/c/a", b"1".to_vec()).await.unwrap();
     let mut rev = early;
     for i in 0..5 {
-        rev = s.update("/t/c/a", format!("{i}").into_bytes(), rev).await.unwrap().revision;
+        rev = s
+            .update("/t/c/a", format!("{i}").into_bytes(), rev)
+            .await
+            .unwrap()
+            .revision;
     }
     s.compact(rev).await.unwrap();
     match s.watch("/t/c/", early).await {
@@ -394,7 +402,11 @@ async fn compacted_history_is_expired(s: Arc<dyn Store>) {
     );
     // From the compaction point on, all is there.
     let mut w = s.watch("/t/c/", rev).await.unwrap();
-    let next = s.update("/t/c/a", b"after".to_vec(), rev).await.unwrap().revision;
+    let next = s
+        .update("/t/c/a", b"after".to_vec(), rev)
+        .await
+        .unwrap()
+        .revision;
     assert_eq!(next_event(&mut w).await.revision(), next);
     assert_eq!(
         s.list("/t/c/", ListOptions::default()).await.unwrap().items[0].value,
@@ -417,7 +429,11 @@ async fn concurrent_cas_counter(s: Arc<dyn Store>) {
                     let kv = s.get("/t/counter").await.unwrap().unwrap();
                     let n: usize = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
                     match s
-                        .update("/t/counter", (n + 1).to_string().into_bytes(), kv.mod_revision)
+                        .update(
+                            "/t/counter",
+                            (n + 1).to_string().into_bytes(),
+                            kv.mod_revision,
+                        )
                         .await
                     {
                         Ok(_) => break,

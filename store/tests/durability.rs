@@ -56,11 +56,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write() {
         );
         let store = EmbeddedStore::open(&path).unwrap();
         let listed = store.list("/d/", ListOptions::default()).await.unwrap();
-        let on_disk: BTreeMap<_, _> = listed
-            .items
-            .iter()
-            .map(|kv| (kv.key.clone(), kv))
-            .collect();
+        let on_disk: BTreeMap<_, _> = listed.items.iter().map(|kv| (kv.key.clone(), kv)).collect();
         for (key, (value, rev)) in &acked {
             let kv = on_disk
                 .get(key)

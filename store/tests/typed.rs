@@ -52,12 +52,18 @@ async fn exercise(raw: Arc<dyn Store>) {
 
     // Writing back what was read changes nothing, not even the version.
     let same = store.update(&got).await.unwrap();
-    assert_eq!(same.metadata.resource_version, got.metadata.resource_version);
+    assert_eq!(
+        same.metadata.resource_version,
+        got.metadata.resource_version
+    );
 
     let mut changed = got.clone();
     changed.spec.size = 4;
     let changed = store.update(&changed).await.unwrap();
-    assert_ne!(changed.metadata.resource_version, got.metadata.resource_version);
+    assert_ne!(
+        changed.metadata.resource_version,
+        got.metadata.resource_version
+    );
     // The stale copy loses.
     let mut stale = got.clone();
     stale.spec.size = 5;
@@ -99,7 +105,13 @@ async fn exercise(raw: Arc<dyn Store>) {
         "/corral/gadgets/_/g1".to_string()
     );
     assert_eq!(
-        store.get::<Gadget>("", "g1").await.unwrap().unwrap().metadata.uid,
+        store
+            .get::<Gadget>("", "g1")
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .uid,
         g.metadata.uid
     );
 
@@ -131,11 +143,15 @@ async fn exercise(raw: Arc<dyn Store>) {
         );
     }
     assert!(matches!(&events[0], ObjectEvent::Added(o) if o.metadata.name == "w2"));
-    assert!(matches!(&events[1], ObjectEvent::Modified(o) if o.status == Some(WidgetStatus { ready: true })));
+    assert!(matches!(&events[1], ObjectEvent::Modified(o, Some(prev))
+        if o.status == Some(WidgetStatus { ready: true }) && prev.status.is_none()));
     match &events[2] {
         ObjectEvent::Deleted(o) => {
             assert_eq!(o.metadata.name, "w2");
-            assert_eq!(o.metadata.resource_version, deleted.metadata.resource_version);
+            assert_eq!(
+                o.metadata.resource_version,
+                deleted.metadata.resource_version
+            );
         }
         other => panic!("{other:?}"),
     }

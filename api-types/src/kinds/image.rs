@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{is_false, is_zero_i64, is_zero_u8};
 use crate::validate::{
-    check_max_chars, check_opt_ref, check_range, check_tags, header, NameRule, MAX_DESCRIPTION,
+    check_immutable, check_max_chars, check_meta_update, check_opt_ref, check_range, check_tags,
+    header, NameRule, MAX_DESCRIPTION,
 };
-use crate::{Condition, Defaults, FieldErrors, Validate};
+use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
 
 crate::resource!(
     /// A disk image instances and volumes are created from.
@@ -118,7 +119,11 @@ pub struct ImageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Smallest root disk this image needs, GiB.
-    #[serde(default, rename = "minDiskGiB", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "minDiskGiB",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_disk_gib: Option<u32>,
     /// EC2-style tags.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -235,6 +240,38 @@ impl Defaults for Image {
     /// Visibility, format, type and architecture have serde defaults
     /// (`private`, `qcow2`, `machine`, `x86_64`); nothing else to fill.
     fn apply_defaults(&mut self) {}
+}
+
+impl ValidateUpdate for Image {
+    /// What the bytes are and where they come from is fixed.
+    fn validate_update(&self, old: &Self) -> FieldErrors {
+        let mut errs = check_meta_update(&old.metadata, &self.metadata);
+        check_immutable(
+            &mut errs,
+            "spec.source",
+            &old.spec.source,
+            &self.spec.source,
+        );
+        check_immutable(
+            &mut errs,
+            "spec.format",
+            &old.spec.format,
+            &self.spec.format,
+        );
+        check_immutable(
+            &mut errs,
+            "spec.imageType",
+            &old.spec.image_type,
+            &self.spec.image_type,
+        );
+        check_immutable(
+            &mut errs,
+            "spec.architecture",
+            &old.spec.architecture,
+            &self.spec.architecture,
+        );
+        errs
+    }
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use super::node::{check_tolerations, Toleration};
 use super::{is_false, is_zero_i64};
 use crate::net::{is_unicast_mac, parse_ipv4, parse_mac};
 use crate::validate::{
-    check_labels, check_opt_ref, check_range, check_ref, check_tags, header, index, is_dns_subdomain,
-    join, NameRule, DNS_SUBDOMAIN_MSG,
+    check_immutable, check_labels, check_meta_update, check_opt_ref, check_range, check_ref,
+    check_tags, header, index, is_dns_subdomain, join, NameRule, DNS_SUBDOMAIN_MSG,
 };
-use crate::{Condition, Defaults, FieldErrors, Validate};
+use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
 
 crate::resource!(
     /// A virtual machine.
@@ -233,7 +233,10 @@ impl Validate for Instance {
                     errs_ref.push("spec.instanceType", DNS_SUBDOMAIN_MSG);
                 }
                 if spec.cpus.is_some() {
-                    errs_ref.push("spec.cpus", "must not be set together with spec.instanceType");
+                    errs_ref.push(
+                        "spec.cpus",
+                        "must not be set together with spec.instanceType",
+                    );
                 }
                 if spec.memory_mib.is_some() {
                     errs_ref.push(
@@ -247,8 +250,12 @@ impl Validate for Instance {
                     "spec.instanceType",
                     "required: set spec.instanceType, or both spec.cpus and spec.memoryMiB",
                 ),
-                (Some(_), None) => errs_ref.push("spec.memoryMiB", "required when spec.cpus is set"),
-                (None, Some(_)) => errs_ref.push("spec.cpus", "required when spec.memoryMiB is set"),
+                (Some(_), None) => {
+                    errs_ref.push("spec.memoryMiB", "required when spec.cpus is set")
+                }
+                (None, Some(_)) => {
+                    errs_ref.push("spec.cpus", "required when spec.memoryMiB is set")
+                }
                 (Some(_), Some(_)) => {}
             },
         }
@@ -256,15 +263,24 @@ impl Validate for Instance {
             check_range(errs_ref, "spec.cpus", c, CPUS_RANGE.0, CPUS_RANGE.1);
         }
         if let Some(m) = spec.memory_mib {
-            check_range(errs_ref, "spec.memoryMiB", m, MEMORY_MIB_RANGE.0, MEMORY_MIB_RANGE.1);
+            check_range(
+                errs_ref,
+                "spec.memoryMiB",
+                m,
+                MEMORY_MIB_RANGE.0,
+                MEMORY_MIB_RANGE.1,
+            );
         }
 
         // Boot source.
         match (&spec.image, &spec.boot_volume) {
-            (None, None) => errs_ref.push("spec.image", "required: set spec.image or spec.bootVolume"),
-            (Some(_), Some(_)) => {
-                errs_ref.push("spec.bootVolume", "must not be set together with spec.image")
+            (None, None) => {
+                errs_ref.push("spec.image", "required: set spec.image or spec.bootVolume")
             }
+            (Some(_), Some(_)) => errs_ref.push(
+                "spec.bootVolume",
+                "must not be set together with spec.image",
+            ),
             _ => {}
         }
         check_opt_ref(errs_ref, "spec.image", spec.image.as_ref());
@@ -278,7 +294,10 @@ impl Validate for Instance {
             check_ref(errs_ref, &join(&p, "volume"), &v.volume);
             if !v.volume.is_empty() {
                 if spec.boot_volume.as_deref() == Some(v.volume.as_str()) {
-                    errs_ref.push(join(&p, "volume"), format!("{:?} is already the boot volume", v.volume));
+                    errs_ref.push(
+                        join(&p, "volume"),
+                        format!("{:?} is already the boot volume", v.volume),
+                    );
                 } else if !volumes.insert(v.volume.as_str()) {
                     errs_ref.push(join(&p, "volume"), format!("duplicate {:?}", v.volume));
                 }
@@ -334,11 +353,18 @@ impl Validate for Instance {
             if ud.len() > MAX_USER_DATA_BYTES {
                 errs_ref.push(
                     "spec.userData",
-                    format!("must be at most {MAX_USER_DATA_BYTES} bytes (is {})", ud.len()),
+                    format!(
+                        "must be at most {MAX_USER_DATA_BYTES} bytes (is {})",
+                        ud.len()
+                    ),
                 );
             }
         }
-        check_opt_ref(errs_ref, "spec.availabilityZone", spec.availability_zone.as_ref());
+        check_opt_ref(
+            errs_ref,
+            "spec.availabilityZone",
+            spec.availability_zone.as_ref(),
+        );
         check_tags(errs_ref, "spec.tags", &spec.tags);
         check_labels(errs_ref, "spec.nodeSelector", &spec.node_selector);
         check_tolerations(errs_ref, "spec.tolerations", &spec.tolerations);
@@ -359,8 +385,11 @@ impl Defaults for Instance {
                 mac.make_ascii_lowercase();
             }
         }
-        let mut used: BTreeSet<String> =
-            spec.volumes.iter().filter_map(|v| v.device.clone()).collect();
+        let mut used: BTreeSet<String> = spec
+            .volumes
+            .iter()
+            .filter_map(|v| v.device.clone())
+            .collect();
         let mut free = (b'b'..=b'z').map(|c| format!("vd{}", c as char));
         for v in &mut spec.volumes {
             if v.device.is_none() {
@@ -370,6 +399,27 @@ impl Defaults for Instance {
                 }
             }
         }
+    }
+}
+
+impl ValidateUpdate for Instance {
+    /// Boot source and zone are fixed at creation.
+    fn validate_update(&self, old: &Self) -> FieldErrors {
+        let mut errs = check_meta_update(&old.metadata, &self.metadata);
+        check_immutable(&mut errs, "spec.image", &old.spec.image, &self.spec.image);
+        check_immutable(
+            &mut errs,
+            "spec.bootVolume",
+            &old.spec.boot_volume,
+            &self.spec.boot_volume,
+        );
+        check_immutable(
+            &mut errs,
+            "spec.availabilityZone",
+            &old.spec.availability_zone,
+            &self.spec.availability_zone,
+        );
+        errs
     }
 }
 

@@ -78,7 +78,10 @@ fn full_round_trip() {
     assert_eq!(i.spec.power_state, PowerState::Paused);
     assert_eq!(i.spec.nics.len(), 2);
     assert_eq!(i.spec.nics[0].security_groups, ["web", "ssh"]);
-    assert_eq!(i.spec.user_data.as_deref(), Some("#cloud-config\nhostname: web-1\n"));
+    assert_eq!(
+        i.spec.user_data.as_deref(),
+        Some("#cloud-config\nhostname: web-1\n")
+    );
     assert_eq!(i.spec.tolerations[0].operator, TolerationOperator::Exists);
     let st = i.status.as_ref().unwrap();
     assert_eq!(st.phase, InstancePhase::Running);
@@ -127,7 +130,10 @@ fn phase_names_are_as_written() {
         ("Paused", PowerState::Paused),
         ("Suspended", PowerState::Suspended),
     ] {
-        assert_eq!(serde_json::from_value::<PowerState>(name.into()).unwrap(), ps);
+        assert_eq!(
+            serde_json::from_value::<PowerState>(name.into()).unwrap(),
+            ps
+        );
     }
     assert!(serde_json::from_value::<PowerState>("running".into()).is_err());
 }
@@ -158,7 +164,12 @@ fn defaults_fill_instance_type_devices_and_macs() {
     }];
     i.apply_defaults();
     assert_eq!(i.spec.instance_type.as_deref(), Some("m1.tiny"));
-    let devices: Vec<_> = i.spec.volumes.iter().map(|v| v.device.as_deref().unwrap()).collect();
+    let devices: Vec<_> = i
+        .spec
+        .volumes
+        .iter()
+        .map(|v| v.device.as_deref().unwrap())
+        .collect();
     assert_eq!(devices, ["vdc", "vdb", "vdd"]);
     assert_eq!(i.spec.nics[0].mac.as_deref(), Some("52:54:00:ab:cd:ef"));
     assert!(i.validate().is_empty(), "{}", i.validate());
@@ -211,7 +222,10 @@ fn size_rules() {
 
     i.spec.cpus = None;
     i.spec.memory_mib = Some(4_194_304);
-    assert_errors(&i.validate(), &["spec.cpus: required when spec.memoryMiB is set"]);
+    assert_errors(
+        &i.validate(),
+        &["spec.cpus: required when spec.memoryMiB is set"],
+    );
 
     i.spec.memory_mib = None;
     assert_errors(
@@ -230,7 +244,10 @@ fn size_rules() {
 fn boot_source_rules() {
     let mut i = minimal();
     i.spec.image = None;
-    assert_errors(&i.validate(), &["spec.image: required: set spec.image or spec.bootVolume"]);
+    assert_errors(
+        &i.validate(),
+        &["spec.image: required: set spec.image or spec.bootVolume"],
+    );
     i.spec.image = Some("Tiny".into());
     i.spec.boot_volume = Some("root_vol".into());
     assert_errors(
@@ -290,8 +307,18 @@ fn nic_rules() {
         security_groups: sgs.iter().map(|s| s.to_string()).collect(),
     };
     i.spec.nics = vec![
-        nic("lan", Some("10.42.0.300"), Some("52:54:00:00:00:01"), &["web", "web"]),
-        nic("lan", Some("10.42.0.5"), Some("52:54:00:00:00:01"), &["Web"]),
+        nic(
+            "lan",
+            Some("10.42.0.300"),
+            Some("52:54:00:00:00:01"),
+            &["web", "web"],
+        ),
+        nic(
+            "lan",
+            Some("10.42.0.5"),
+            Some("52:54:00:00:00:01"),
+            &["Web"],
+        ),
         nic("", None, Some("01:00:5e:00:00:01"), &[]),
         nic("db_net", None, Some("52-54-00-00-00-02"), &[""]),
     ];

@@ -65,10 +65,17 @@ pub(crate) mod testing {
         let out = yaml_serde::to_string(&first).expect("write YAML");
         let second: T = yaml_serde::from_str(&out).expect("re-parse YAML");
         assert_eq!(first, second, "YAML round trip changed the object:\n{out}");
-        assert_eq!(out, yaml_serde::to_string(&second).unwrap(), "YAML output unstable");
+        assert_eq!(
+            out,
+            yaml_serde::to_string(&second).unwrap(),
+            "YAML output unstable"
+        );
         let json = serde_json::to_string(&first).expect("write JSON");
         let third: T = serde_json::from_str(&json).expect("re-parse JSON");
         assert_eq!(first, third, "JSON round trip changed the object: {json}");
         first
     }
 }
+
+#[cfg(test)]
+mod update_tests;

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{default_true, is_zero_i64};
 use crate::net::{parse_ipv4, Ipv4Cidr};
-use crate::validate::{check_tags, header, index, NameRule};
-use crate::{Condition, Defaults, FieldErrors, Validate};
+use crate::validate::{check_immutable, check_meta_update, check_tags, header, index, NameRule};
+use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
 
 crate::resource!(
     /// A virtual network (subnet) instances attach to.
@@ -108,7 +108,8 @@ pub fn is_interface_name(s: &str) -> bool {
         && s.len() <= 15
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
 impl Validate for Network {
@@ -148,10 +149,7 @@ impl Validate for Network {
                 Some(ip) => {
                     if let Some(c) = cidr {
                         if !c.is_host(ip) {
-                            errs.push(
-                                "spec.gateway",
-                                format!("must be a host address inside {c}"),
-                            );
+                            errs.push("spec.gateway", format!("must be a host address inside {c}"));
                         }
                     }
                 }
@@ -172,7 +170,10 @@ impl Validate for Network {
         }
         for (i, d) in spec.dns_servers.iter().enumerate() {
             if parse_ipv4(d).is_none() {
-                errs.push(index("spec.dnsServers", i), "must be an IPv4 address like 10.0.0.1");
+                errs.push(
+                    index("spec.dnsServers", i),
+                    "must be an IPv4 address like 10.0.0.1",
+                );
             }
         }
         check_tags(&mut errs, "spec.tags", &spec.tags);
@@ -188,6 +189,22 @@ impl Defaults for Network {
                 self.spec.gateway = Some(c.first_host().to_string());
             }
         }
+    }
+}
+
+impl ValidateUpdate for Network {
+    /// Addressing and mode are fixed at creation.
+    fn validate_update(&self, old: &Self) -> FieldErrors {
+        let mut errs = check_meta_update(&old.metadata, &self.metadata);
+        check_immutable(&mut errs, "spec.cidr", &old.spec.cidr, &self.spec.cidr);
+        check_immutable(&mut errs, "spec.mode", &old.spec.mode, &self.spec.mode);
+        check_immutable(
+            &mut errs,
+            "spec.hostBridge",
+            &old.spec.host_bridge,
+            &self.spec.host_bridge,
+        );
+        errs
     }
 }
 
@@ -257,12 +274,30 @@ status:
     fn cidr_rules() {
         let cases = [
             ("", "spec.cidr: required"),
-            ("10.42.0.1/24", "spec.cidr: host bits must be zero (did you mean 10.42.0.0/24?)"),
-            ("10.42.0.0", "spec.cidr: must be an IPv4 CIDR block like 10.0.0.0/24"),
-            ("10.0.0.0/33", "spec.cidr: prefix length must be between 0 and 32"),
-            ("10.0.0.0/31", "spec.cidr: prefix length must be between 8 and 30 (is /31)"),
-            ("11.0.0.0/7", "spec.cidr: host bits must be zero (did you mean 10.0.0.0/7?)"),
-            ("8.0.0.0/7", "spec.cidr: prefix length must be between 8 and 30 (is /7)"),
+            (
+                "10.42.0.1/24",
+                "spec.cidr: host bits must be zero (did you mean 10.42.0.0/24?)",
+            ),
+            (
+                "10.42.0.0",
+                "spec.cidr: must be an IPv4 CIDR block like 10.0.0.0/24",
+            ),
+            (
+                "10.0.0.0/33",
+                "spec.cidr: prefix length must be between 0 and 32",
+            ),
+            (
+                "10.0.0.0/31",
+                "spec.cidr: prefix length must be between 8 and 30 (is /31)",
+            ),
+            (
+                "11.0.0.0/7",
+                "spec.cidr: host bits must be zero (did you mean 10.0.0.0/7?)",
+            ),
+            (
+                "8.0.0.0/7",
+                "spec.cidr: prefix length must be between 8 and 30 (is /7)",
+            ),
         ];
         for (cidr, want) in cases {
             assert_errors(&net(cidr).validate(), &[want]);

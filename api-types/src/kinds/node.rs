@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{is_false, is_zero_i64};
 use crate::validate::{
-    check_opt_ref, header, index, is_label_value, is_qualified_name, join, NameRule,
-    LABEL_VALUE_MSG, QUALIFIED_NAME_MSG,
+    check_meta_update, check_opt_ref, header, index, is_label_value, is_qualified_name, join,
+    NameRule, LABEL_VALUE_MSG, QUALIFIED_NAME_MSG,
 };
-use crate::{Condition, Defaults, FieldErrors, Validate};
+use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
 
 crate::resource!(
     /// A hypervisor host running the Corral agent.
@@ -29,7 +29,18 @@ impl Node {
 
 /// What a taint does to instances that do not tolerate it.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize, JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 pub enum TaintEffect {
     /// New instances are not placed here.
@@ -237,6 +248,13 @@ impl Validate for Node {
 
 impl Defaults for Node {
     fn apply_defaults(&mut self) {}
+}
+
+impl ValidateUpdate for Node {
+    /// Everything may change.
+    fn validate_update(&self, old: &Self) -> FieldErrors {
+        check_meta_update(&old.metadata, &self.metadata)
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{is_zero_i64, is_zero_u8};
-use crate::validate::{check_max_chars, check_ref, check_tags, header, NameRule, MAX_DESCRIPTION};
-use crate::{Condition, Defaults, FieldErrors, Validate};
+use crate::validate::{
+    check_immutable, check_max_chars, check_meta_update, check_ref, check_tags, header, NameRule,
+    MAX_DESCRIPTION,
+};
+use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
 
 crate::resource!(
     /// A point-in-time copy of a volume.
@@ -90,6 +93,20 @@ impl Validate for Snapshot {
 
 impl Defaults for Snapshot {
     fn apply_defaults(&mut self) {}
+}
+
+impl ValidateUpdate for Snapshot {
+    /// The source volume is fixed.
+    fn validate_update(&self, old: &Self) -> FieldErrors {
+        let mut errs = check_meta_update(&old.metadata, &self.metadata);
+        check_immutable(
+            &mut errs,
+            "spec.volume",
+            &old.spec.volume,
+            &self.spec.volume,
+        );
+        errs
+    }
 }
 
 #[cfg(test)]

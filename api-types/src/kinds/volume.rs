@@ -7,8 +7,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::is_zero_i64;
-use crate::validate::{check_opt_ref, check_range, check_tags, header, NameRule};
-use crate::{Condition, Defaults, FieldErrors, Validate};
+use crate::validate::{
+    check_immutable, check_meta_update, check_opt_ref, check_range, check_tags, header, NameRule,
+};
+use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
 
 crate::resource!(
     /// A block storage volume.
@@ -150,7 +152,11 @@ impl Validate for Volume {
                 VOLUME_SIZE_GIB_RANGE.1,
             ),
         }
-        check_opt_ref(&mut errs, "spec.availabilityZone", spec.availability_zone.as_ref());
+        check_opt_ref(
+            &mut errs,
+            "spec.availabilityZone",
+            spec.availability_zone.as_ref(),
+        );
         check_tags(&mut errs, "spec.tags", &spec.tags);
         errs
     }
@@ -158,6 +164,31 @@ impl Validate for Volume {
 
 impl Defaults for Volume {
     fn apply_defaults(&mut self) {}
+}
+
+impl ValidateUpdate for Volume {
+    /// Source and zone are fixed; the size may only grow.
+    fn validate_update(&self, old: &Self) -> FieldErrors {
+        let mut errs = check_meta_update(&old.metadata, &self.metadata);
+        check_immutable(
+            &mut errs,
+            "spec.source",
+            &old.spec.source,
+            &self.spec.source,
+        );
+        check_immutable(
+            &mut errs,
+            "spec.availabilityZone",
+            &old.spec.availability_zone,
+            &self.spec.availability_zone,
+        );
+        if let (Some(was), Some(now)) = (old.spec.size_gib, self.spec.size_gib) {
+            if now < was {
+                errs.push("spec.sizeGiB", format!("may only grow (was {was})"));
+            }
+        }
+        errs
+    }
 }
 
 #[cfg(test)]
@@ -212,11 +243,20 @@ status:
     #[test]
     fn size_and_source_rules() {
         let mut v = Volume::new("demo", "data", VolumeSpec::default());
-        assert_errors(&v.validate(), &["spec.sizeGiB: required when spec.source is empty"]);
+        assert_errors(
+            &v.validate(),
+            &["spec.sizeGiB: required when spec.source is empty"],
+        );
         v.spec.size_gib = Some(0);
-        assert_errors(&v.validate(), &["spec.sizeGiB: must be between 1 and 16384 (is 0)"]);
+        assert_errors(
+            &v.validate(),
+            &["spec.sizeGiB: must be between 1 and 16384 (is 0)"],
+        );
         v.spec.size_gib = Some(16385);
-        assert_errors(&v.validate(), &["spec.sizeGiB: must be between 1 and 16384 (is 16385)"]);
+        assert_errors(
+            &v.validate(),
+            &["spec.sizeGiB: must be between 1 and 16384 (is 16385)"],
+        );
         v.spec.size_gib = None;
         v.spec.source.image = Some("tiny".into());
         assert!(v.validate().is_empty(), "size may be omitted with a source");

@@ -1,0 +1,376 @@
+//! Administration of users, their API tokens and EC2 access keys — what
+//! `nova-manage user`/`project` did — and the first-start bootstrap.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use corral_api_types::auth::{AccessKey, ApiToken, Role, User, UserSpec};
+use corral_api_types::{seeded_instance_types, InstanceType, Project, ProjectSpec, Resource};
+use corral_store::{ListOptions, ResourceStore, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{
+    access_key_name, create_user, issue_access_key, issue_token, IssuedCredentials, Principal,
+};
+use crate::error::ApiError;
+use crate::server::{parse_body, principal, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/users", get(list_users).post(create))
+        .route("/v1/users/{user}", get(get_user).delete(delete_user))
+        .route("/v1/users/{user}/tokens", get(list_tokens).post(new_token))
+        .route("/v1/users/{user}/tokens/{id}", delete(revoke_token))
+        .route("/v1/users/{user}/accesskeys", get(list_keys).post(new_key))
+        .route("/v1/users/{user}/accesskeys/{id}", delete(revoke_key))
+        .route("/v1/users/{user}/credentials", post(credentials))
+}
+
+fn require_admin(p: &Principal) -> Result<(), ApiError> {
+    if p.role != Role::Admin {
+        return Err(ApiError::forbidden(format!(
+            "user {:?} is not an admin",
+            p.user
+        )));
+    }
+    Ok(())
+}
+
+/// Admins manage anyone; a user may manage their own tokens and keys.
+fn require_admin_or_self(p: &Principal, user: &str) -> Result<(), ApiError> {
+    if p.role == Role::Admin || p.user == user {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "user {:?} may not manage user {user:?}",
+            p.user
+        )))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateUser {
+    name: String,
+    #[serde(default)]
+    role: Role,
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    node_name: String,
+}
+
+fn user_view(u: &User) -> Value {
+    json!({
+        "name": u.metadata.name,
+        "role": u.spec.role,
+        "project": u.spec.project,
+        "nodeName": u.spec.node_name,
+        "disabled": u.spec.disabled,
+        "creationTimestamp": u.metadata.creation_timestamp,
+    })
+}
+
+async fn all<K: Resource>(store: &ResourceStore) -> Result<Vec<K>, StoreError> {
+    Ok(store.list::<K>(None, ListOptions::default()).await?.items)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin(&p)?;
+    let req: CreateUser = serde_json::from_value(parse_body(&headers, &body)?)
+        .map_err(|e| ApiError::bad_request(format!("invalid user: {e}")))?;
+    let mut errors = corral_api_types::FieldErrors::default();
+    if !corral_api_types::validate::is_dns_label(&req.name) {
+        errors.push("name", corral_api_types::validate::DNS_LABEL_MSG);
+    }
+    match req.role {
+        Role::Member if req.project.is_empty() => errors.push("project", "required for members"),
+        Role::Node if req.node_name.is_empty() => errors.push("nodeName", "required for nodes"),
+        _ => {}
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("User", &req.name, &errors));
+    }
+    if req.role == Role::Member
+        && state
+            .store
+            .get::<Project>("", &req.project)
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "project {:?} not found",
+            req.project
+        )));
+    }
+    let issued = create_user(
+        &state.store,
+        &req.name,
+        UserSpec {
+            role: req.role,
+            project: req.project,
+            node_name: req.node_name,
+            disabled: false,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+async fn list_users(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin(&p)?;
+    let users = all::<User>(&state.store).await?;
+    Ok(Json(
+        json!({"items": users.iter().map(user_view).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn get_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin_or_self(&p, &user)?;
+    let u = find_user(&state.store, &user).await?;
+    Ok(Json(user_view(&u)))
+}
+
+async fn find_user(store: &ResourceStore, user: &str) -> Result<User, ApiError> {
+    store
+        .get::<User>("", user)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("user {user:?} not found")))
+}
+
+async fn delete_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin(&p)?;
+    if p.user == user {
+        return Err(ApiError::bad_request("you cannot delete yourself"));
+    }
+    find_user(&state.store, &user).await?;
+    // Credentials first: a half-deleted user must not keep working.
+    for t in all::<ApiToken>(&state.store).await? {
+        if t.spec.user == user {
+            state
+                .store
+                .delete::<ApiToken>("", &t.metadata.name, None)
+                .await?;
+        }
+    }
+    for k in all::<AccessKey>(&state.store).await? {
+        if k.spec.user == user {
+            state
+                .store
+                .delete::<AccessKey>("", &k.metadata.name, None)
+                .await?;
+        }
+    }
+    let deleted: User = state.store.delete("", &user, None).await?;
+    state.auth.clear_cache();
+    Ok(Json(user_view(&deleted)))
+}
+
+async fn list_tokens(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin_or_self(&p, &user)?;
+    let tokens: Vec<Value> = all::<ApiToken>(&state.store)
+        .await?
+        .iter()
+        .filter(|t| t.spec.user == user)
+        .map(|t| {
+            json!({
+                // The hash's first 12 hex digits identify a token for revocation.
+                "id": &t.metadata.name[..12],
+                "description": t.spec.description,
+                "creationTimestamp": t.metadata.creation_timestamp,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": tokens})))
+}
+
+async fn new_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin_or_self(&p, &user)?;
+    find_user(&state.store, &user).await?;
+    let token = issue_token(&state.store, &user, "issued by API").await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"user": user, "token": token})),
+    )
+        .into_response())
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((user, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin_or_self(&p, &user)?;
+    let matching: Vec<ApiToken> = all::<ApiToken>(&state.store)
+        .await?
+        .into_iter()
+        .filter(|t| t.spec.user == user && id.len() >= 8 && t.metadata.name.starts_with(&id))
+        .collect();
+    match matching.as_slice() {
+        [t] => {
+            state
+                .store
+                .delete::<ApiToken>("", &t.metadata.name, None)
+                .await?;
+            state.auth.clear_cache();
+            Ok(Json(json!({"revoked": id})))
+        }
+        [] => Err(ApiError::not_found(format!(
+            "user {user:?} has no token {id:?}"
+        ))),
+        _ => Err(ApiError::bad_request(format!(
+            "token id {id:?} is ambiguous"
+        ))),
+    }
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin_or_self(&p, &user)?;
+    let keys: Vec<Value> = all::<AccessKey>(&state.store)
+        .await?
+        .iter()
+        .filter(|k| k.spec.user == user)
+        .map(|k| {
+            json!({
+                "accessKeyId": k.metadata.name.to_ascii_uppercase(),
+                "status": if k.spec.disabled { "Inactive" } else { "Active" },
+                "creationTimestamp": k.metadata.creation_timestamp,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": keys})))
+}
+
+async fn new_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin_or_self(&p, &user)?;
+    find_user(&state.store, &user).await?;
+    let (id, secret) = issue_access_key(&state.store, &user).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"user": user, "accessKeyId": id, "secretAccessKey": secret})),
+    )
+        .into_response())
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((user, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin_or_self(&p, &user)?;
+    let name = access_key_name(&id);
+    match state.store.get::<AccessKey>("", &name).await? {
+        Some(k) if k.spec.user == user => {
+            state.store.delete::<AccessKey>("", &name, None).await?;
+            Ok(Json(json!({"revoked": id})))
+        }
+        _ => Err(ApiError::not_found(format!(
+            "user {user:?} has no access key {id:?}"
+        ))),
+    }
+}
+
+/// Fresh credentials for a user (a new token and a new access key), for
+/// `corral credentials` to write into an rc file.
+async fn credentials(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    require_admin_or_self(&p, &user)?;
+    let u = find_user(&state.store, &user).await?;
+    let token = issue_token(&state.store, &user, "corral credentials").await?;
+    let (access_key_id, secret_access_key) = issue_access_key(&state.store, &user).await?;
+    let issued = IssuedCredentials {
+        user,
+        role: u.spec.role,
+        project: u.spec.project,
+        token,
+        access_key_id,
+        secret_access_key,
+    };
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+/// What a first start created.
+pub struct Bootstrap {
+    /// Present only when the admin was created by this call.
+    pub admin: Option<IssuedCredentials>,
+}
+
+/// Seeds what every installation has: the classic instance types, a
+/// `default` project, and (once) an admin user with credentials.
+pub async fn bootstrap(store: &ResourceStore, admin: &str) -> Result<Bootstrap, StoreError> {
+    for it in seeded_instance_types() {
+        match store.create::<InstanceType>(&it).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let default = Project::new("", "default", ProjectSpec::default());
+    match store.create(&default).await {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    if store.get::<User>("", admin).await?.is_some() {
+        return Ok(Bootstrap { admin: None });
+    }
+    let issued = create_user(
+        store,
+        admin,
+        UserSpec {
+            role: Role::Admin,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(Bootstrap {
+        admin: Some(issued),
+    })
+}

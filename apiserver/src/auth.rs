@@ -1,0 +1,440 @@
+//! Who is calling, and what they may do.
+//!
+//! Bearer tokens are looked up by their SHA-256 (the `ApiToken` object's
+//! name), then their `User`. Results are cached for a few seconds so a busy
+//! client costs one store read per token per cache period, not per request;
+//! a revoked token stops working within [`CACHE_TTL`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use corral_api_types::auth::{
+    AccessKey, AccessKeySpec, ApiToken, ApiTokenSpec, Role, User, UserSpec,
+};
+use corral_api_types::{KindInfo, Resource, Scope};
+use corral_store::{ResourceStore, StoreError};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+pub const CACHE_TTL: Duration = Duration::from_secs(3);
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: String,
+    pub role: Role,
+    /// A member's project.
+    pub project: String,
+    /// A node agent's node.
+    pub node: String,
+}
+
+/// What a request does, for authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    List,
+    Create,
+    Update,
+    UpdateStatus,
+    Delete,
+}
+
+impl Verb {
+    pub fn is_read(self) -> bool {
+        matches!(self, Verb::Get | Verb::List)
+    }
+}
+
+/// Kinds whose objects a node agent may see and report on when bound to it.
+const NODE_BOUND_KINDS: &[&str] = &["instances", "volumes", "snapshots"];
+/// Kinds a node agent may read whole (it needs them to build guests).
+const NODE_READABLE_KINDS: &[&str] = &[
+    "networks",
+    "images",
+    "keypairs",
+    "securitygroups",
+    "addresses",
+    "instancetypes",
+];
+
+impl Principal {
+    /// Whether the caller may touch `kind` objects in `project` (None: all
+    /// projects, or a cluster kind) at all. Objects a node may act on are
+    /// further checked with [`Principal::may_touch_object`].
+    pub fn authorize(
+        &self,
+        verb: Verb,
+        kind: &KindInfo,
+        project: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let deny = || {
+            ApiError::forbidden(format!(
+                "user {:?} ({:?}) may not {} {}{}",
+                self.user,
+                self.role,
+                verb_word(verb),
+                kind.plural,
+                project
+                    .map(|p| format!(" in project {p:?}"))
+                    .unwrap_or_default()
+            ))
+        };
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Member => match kind.scope {
+                Scope::Project => {
+                    if project != Some(self.project.as_str()) {
+                        return Err(deny());
+                    }
+                    if verb == Verb::UpdateStatus {
+                        return Err(deny());
+                    }
+                    Ok(())
+                }
+                Scope::Cluster => {
+                    if verb.is_read()
+                        && matches!(kind.plural, "instancetypes" | "nodes" | "projects")
+                    {
+                        Ok(())
+                    } else {
+                        Err(deny())
+                    }
+                }
+            },
+            Role::Node => {
+                let plural = kind.plural;
+                if plural == "nodes" {
+                    return match verb {
+                        Verb::Delete => Err(deny()),
+                        _ => Ok(()),
+                    };
+                }
+                if NODE_BOUND_KINDS.contains(&plural) {
+                    return match verb {
+                        Verb::Get | Verb::List | Verb::UpdateStatus => Ok(()),
+                        _ => Err(deny()),
+                    };
+                }
+                if plural == "events" && matches!(verb, Verb::Create | Verb::Update | Verb::Get) {
+                    return Ok(());
+                }
+                if NODE_READABLE_KINDS.contains(&plural) && verb.is_read() {
+                    return Ok(());
+                }
+                Err(deny())
+            }
+        }
+    }
+
+    /// For node agents: whether this object is theirs to see or report on.
+    /// Other roles were fully decided by [`Principal::authorize`].
+    pub fn may_touch_object(&self, kind: &KindInfo, object: &serde_json::Value) -> bool {
+        if self.role != Role::Node {
+            return true;
+        }
+        if kind.plural == "nodes" {
+            return object.pointer("/metadata/name").and_then(|v| v.as_str())
+                == Some(self.node.as_str());
+        }
+        if NODE_BOUND_KINDS.contains(&kind.plural) {
+            return object.pointer("/status/nodeName").and_then(|v| v.as_str())
+                == Some(self.node.as_str());
+        }
+        true
+    }
+
+    /// Whether lists by this caller must be narrowed to their node.
+    pub fn node_filter(&self, kind: &KindInfo) -> Option<&str> {
+        (self.role == Role::Node && NODE_BOUND_KINDS.contains(&kind.plural))
+            .then_some(self.node.as_str())
+    }
+}
+
+fn verb_word(v: Verb) -> &'static str {
+    match v {
+        Verb::Get => "get",
+        Verb::List => "list",
+        Verb::Create => "create",
+        Verb::Update => "update",
+        Verb::UpdateStatus => "update the status of",
+        Verb::Delete => "delete",
+    }
+}
+
+/// Hex SHA-256 of a token: the name of its `ApiToken` object.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn random_string(len: usize, alphabet: &[u8]) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+/// A new bearer token: `crl_` + 43 base62 characters (256 bits).
+pub fn new_token() -> String {
+    format!(
+        "crl_{}",
+        random_string(
+            43,
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+        )
+    )
+}
+
+/// A new EC2 access key pair: (`AKIA` + 16 upper-case base32, 40-char secret).
+pub fn new_access_key() -> (String, String) {
+    let id = format!(
+        "AKIA{}",
+        random_string(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+    );
+    let secret = random_string(
+        40,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+    );
+    (id, secret)
+}
+
+/// Store name of an access key id (names are lower-case DNS labels).
+pub fn access_key_name(id: &str) -> String {
+    id.to_ascii_lowercase()
+}
+
+/// Turns tokens into principals, with a short cache.
+pub struct Authenticator {
+    store: ResourceStore,
+    cache: Mutex<HashMap<String, (Instant, Option<Principal>)>>,
+}
+
+impl Authenticator {
+    pub fn new(store: ResourceStore) -> Authenticator {
+        Authenticator {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The principal for `Authorization: Bearer <token>`.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
+        let Some(header) = header else {
+            return Err(ApiError::unauthorized(
+                "missing Authorization: Bearer <token> header",
+            ));
+        };
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
+        let hash = token_hash(token);
+        if let Some((at, cached)) = self.cache.lock().expect("auth cache").get(&hash).cloned() {
+            if at.elapsed() < CACHE_TTL {
+                return cached.ok_or_else(|| ApiError::unauthorized("invalid token"));
+            }
+        }
+        let principal = self.lookup(&hash).await?;
+        let mut cache = self.cache.lock().expect("auth cache");
+        if cache.len() > 10_000 {
+            cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+        }
+        cache.insert(hash, (Instant::now(), principal.clone()));
+        principal.ok_or_else(|| ApiError::unauthorized("invalid token"))
+    }
+
+    async fn lookup(&self, hash: &str) -> Result<Option<Principal>, ApiError> {
+        let Some(token) = self.store.get::<ApiToken>("", hash).await? else {
+            return Ok(None);
+        };
+        let Some(user) = self.store.get::<User>("", &token.spec.user).await? else {
+            return Ok(None);
+        };
+        if user.spec.disabled {
+            return Ok(None);
+        }
+        Ok(Some(principal_of(&user)))
+    }
+
+    /// Forgets cached answers (after revocations in this process).
+    pub fn clear_cache(&self) {
+        self.cache.lock().expect("auth cache").clear();
+    }
+}
+
+pub fn principal_of(user: &User) -> Principal {
+    Principal {
+        user: user.metadata.name.clone(),
+        role: user.spec.role,
+        project: user.spec.project.clone(),
+        node: user.spec.node_name.clone(),
+    }
+}
+
+/// What `create_user` hands back once: the secrets are not stored in clear
+/// (the token) or not shown again by default (the key).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedCredentials {
+    pub user: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
+    pub token: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// Issues a new API token for `user`.
+pub async fn issue_token(
+    store: &ResourceStore,
+    user: &str,
+    description: &str,
+) -> Result<String, StoreError> {
+    let token = new_token();
+    let object = ApiToken::new(
+        "",
+        &token_hash(&token),
+        ApiTokenSpec {
+            user: user.to_string(),
+            description: description.to_string(),
+        },
+    );
+    store.create(&object).await?;
+    Ok(token)
+}
+
+/// Issues a new EC2 access key for `user`; returns (id, secret).
+pub async fn issue_access_key(
+    store: &ResourceStore,
+    user: &str,
+) -> Result<(String, String), StoreError> {
+    let (id, secret) = new_access_key();
+    let mut object = AccessKey::new(
+        "",
+        &access_key_name(&id),
+        AccessKeySpec {
+            user: user.to_string(),
+            secret_access_key: secret.clone(),
+            disabled: false,
+        },
+    );
+    object
+        .metadata
+        .annotations
+        .insert("corral/access-key-id".into(), id.clone());
+    store.create(&object).await?;
+    Ok((id, secret))
+}
+
+/// Creates a user with one token and one access key.
+pub async fn create_user(
+    store: &ResourceStore,
+    name: &str,
+    spec: UserSpec,
+) -> Result<IssuedCredentials, StoreError> {
+    let user = User::new("", name, spec.clone());
+    store.create(&user).await?;
+    let token = issue_token(store, name, "created with the user").await?;
+    let (access_key_id, secret_access_key) = issue_access_key(store, name).await?;
+    Ok(IssuedCredentials {
+        user: name.to_string(),
+        role: spec.role,
+        project: spec.project,
+        token,
+        access_key_id,
+        secret_access_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(plural: &str) -> &'static KindInfo {
+        corral_api_types::kind_info(plural).unwrap()
+    }
+
+    fn member(project: &str) -> Principal {
+        Principal {
+            user: "u".into(),
+            role: Role::Member,
+            project: project.into(),
+            node: String::new(),
+        }
+    }
+
+    #[test]
+    fn members_stay_in_their_project() {
+        let m = member("a");
+        for verb in [
+            Verb::Get,
+            Verb::List,
+            Verb::Create,
+            Verb::Update,
+            Verb::Delete,
+        ] {
+            assert!(m.authorize(verb, info("instances"), Some("a")).is_ok());
+            let e = m.authorize(verb, info("instances"), Some("b")).unwrap_err();
+            assert_eq!(e.code.as_u16(), 403);
+            assert!(m.authorize(verb, info("instances"), None).is_err());
+        }
+        assert!(m
+            .authorize(Verb::UpdateStatus, info("instances"), Some("a"))
+            .is_err());
+        assert!(m.authorize(Verb::List, info("instancetypes"), None).is_ok());
+        assert!(m
+            .authorize(Verb::Create, info("instancetypes"), None)
+            .is_err());
+        assert!(m.authorize(Verb::Create, info("projects"), None).is_err());
+    }
+
+    #[test]
+    fn nodes_see_only_what_is_bound_to_them() {
+        let n = Principal {
+            user: "node-n1".into(),
+            role: Role::Node,
+            project: String::new(),
+            node: "n1".into(),
+        };
+        assert!(n.authorize(Verb::List, info("instances"), None).is_ok());
+        assert!(n
+            .authorize(Verb::UpdateStatus, info("instances"), Some("p"))
+            .is_ok());
+        assert!(n
+            .authorize(Verb::Update, info("instances"), Some("p"))
+            .is_err());
+        assert!(n
+            .authorize(Verb::Create, info("instances"), Some("p"))
+            .is_err());
+        assert!(n.authorize(Verb::Delete, info("nodes"), None).is_err());
+        let mine = serde_json::json!({"metadata": {"name": "i"}, "status": {"nodeName": "n1"}});
+        let theirs = serde_json::json!({"metadata": {"name": "i"}, "status": {"nodeName": "n2"}});
+        assert!(n.may_touch_object(info("instances"), &mine));
+        assert!(!n.may_touch_object(info("instances"), &theirs));
+        assert!(n.may_touch_object(
+            info("nodes"),
+            &serde_json::json!({"metadata": {"name": "n1"}})
+        ));
+        assert!(!n.may_touch_object(
+            info("nodes"),
+            &serde_json::json!({"metadata": {"name": "n2"}})
+        ));
+    }
+
+    #[test]
+    fn tokens_and_keys_have_the_documented_shape() {
+        let t = new_token();
+        assert!(t.starts_with("crl_") && t.len() == 47);
+        assert_ne!(new_token(), t);
+        assert_eq!(token_hash("x").len(), 64);
+        let (id, secret) = new_access_key();
+        assert!(id.starts_with("AKIA") && id.len() == 20);
+        assert_eq!(secret.len(), 40);
+    }
+}

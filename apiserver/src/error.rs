@@ -1,0 +1,211 @@
+//! API errors, answered as a Kubernetes-style `Status` object.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use corral_api_types::FieldErrors;
+use corral_store::StoreError;
+use serde::Serialize;
+
+/// One field problem in a 422 answer.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Cause {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Details {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<Cause>,
+}
+
+/// An error answered to an API client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Details>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.code.as_u16(),
+            self.reason,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+
+    pub fn gone(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::GONE, "Expired", message)
+    }
+
+    /// 422 listing every field problem.
+    pub fn invalid(kind: &str, name: &str, errors: &FieldErrors) -> ApiError {
+        let causes: Vec<Cause> = errors
+            .0
+            .iter()
+            .map(|e| Cause {
+                field: e.path.clone(),
+                message: e.reason.clone(),
+            })
+            .collect();
+        let what = if name.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind} {name:?}")
+        };
+        ApiError {
+            code: StatusCode::UNPROCESSABLE_ENTITY,
+            reason: "Invalid",
+            message: format!("{what} is invalid: {errors}"),
+            details: Some(Details {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                causes,
+            }),
+        }
+    }
+
+    /// 422 for one field.
+    pub fn invalid_field(kind: &str, name: &str, field: &str, message: &str) -> ApiError {
+        let mut errors = FieldErrors::default();
+        errors.push(field, message);
+        Self::invalid(kind, name, &errors)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match &e {
+            StoreError::AlreadyExists { key } => ApiError::new(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{} already exists", display_key(key)),
+            ),
+            StoreError::NotFound { key } => {
+                ApiError::not_found(format!("{} not found", display_key(key)))
+            }
+            StoreError::Conflict { key, .. } => ApiError::conflict(format!(
+                "{} was modified since resourceVersion you sent: {e}; read it again and retry",
+                display_key(key)
+            )),
+            StoreError::Expired { .. } => ApiError::gone(e.to_string()),
+            StoreError::InvalidContinueToken | StoreError::InvalidArgument(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %error_chain(&e), "store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "the store is unavailable; retry later",
+                )
+            }
+            StoreError::Backend(_) | StoreError::Corrupt { .. } | StoreError::Encode(_) => {
+                tracing::error!(error = %error_chain(&e), "store error");
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
+/// `/corral/instances/demo/web` -> `instances "demo/web"`.
+fn display_key(key: &str) -> String {
+    let rest = key.strip_prefix(corral_store::ROOT).unwrap_or(key);
+    match rest.split_once('/') {
+        Some((plural, name)) => {
+            let name = name.strip_prefix("_/").unwrap_or(name);
+            format!("{plural} {name:?}")
+        }
+        None => rest.to_string(),
+    }
+}
+
+/// The error and its sources, one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    status: &'static str,
+    code: u16,
+    reason: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a Details>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Status {
+            api_version: corral_api_types::API_VERSION,
+            kind: "Status",
+            status: "Failure",
+            code: self.code.as_u16(),
+            reason: self.reason,
+            message: &self.message,
+            details: self.details.as_ref(),
+        };
+        (self.code, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,582 @@
+//! The resource API for one kind, generic over the kind's type, behind an
+//! object-safe trait so the router can dispatch on the URL's plural.
+//!
+//! Everything kind-independent about create/replace/status/delete/apply
+//! lives here once: server-owned metadata, generation bumps, finalizers and
+//! deletionTimestamp, defaulting and validation (from api-types).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use corral_api_types::{
+    Address, Defaults, Event, Image, Instance, InstanceType, KeyPair, KindInfo, Network, Node,
+    Project, Resource, Scope, SecurityGroup, Snapshot, Validate, Volume, API_VERSION,
+};
+use corral_store::{ListOptions, ObjectEvent, ResourceStore, StoreError};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::list::ListParams;
+
+/// Annotation the apply endpoint puts on what it wrote, so `apply --prune`
+/// only ever deletes objects that were applied.
+pub const APPLIED_ANNOTATION: &str = "corral/applied";
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyResult {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+/// One event of a watch, already in JSON form.
+#[derive(Debug)]
+pub enum WatchItem {
+    Event {
+        kind: &'static str,
+        object: Value,
+        /// The previous state for MODIFIED (for selector transitions).
+        prev: Option<Value>,
+        resource_version: i64,
+    },
+    /// The watch ended with an error (410 when compacted).
+    Error(ApiError),
+}
+
+/// A page of a list.
+pub struct ListOutput {
+    pub items: Vec<Value>,
+    pub resource_version: i64,
+    pub continue_token: Option<String>,
+}
+
+#[async_trait]
+pub trait KindApi: Send + Sync {
+    fn info(&self) -> &'static KindInfo;
+    async fn create(&self, project: &str, body: Value, dry_run: bool) -> Result<Value, ApiError>;
+    async fn get(&self, project: &str, name: &str) -> Result<Value, ApiError>;
+    async fn replace(
+        &self,
+        project: &str,
+        name: &str,
+        body: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError>;
+    /// Replaces only `status`; `check` sees the current object first (a
+    /// node may only report on what is bound to it).
+    async fn replace_status(
+        &self,
+        project: &str,
+        name: &str,
+        body: Value,
+        check: &(dyn for<'v> Fn(&'v Value) -> Result<(), ApiError> + Send + Sync),
+    ) -> Result<Value, ApiError>;
+    async fn delete(
+        &self,
+        project: &str,
+        name: &str,
+        resource_version: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Value, ApiError>;
+    async fn list(
+        &self,
+        project: Option<&str>,
+        params: &ListParams,
+    ) -> Result<ListOutput, ApiError>;
+    /// Events after `after` into the returned channel until it is dropped.
+    async fn watch(
+        &self,
+        project: Option<&str>,
+        after: i64,
+    ) -> Result<mpsc::Receiver<WatchItem>, ApiError>;
+    async fn apply(
+        &self,
+        project: &str,
+        body: Value,
+        dry_run: bool,
+    ) -> Result<(ApplyResult, Value), ApiError>;
+}
+
+/// [`KindApi`] for kind `K`.
+pub struct TypedKindApi<K> {
+    info: &'static KindInfo,
+    store: ResourceStore,
+    _kind: PhantomData<fn() -> K>,
+}
+
+fn to_value<K: Resource>(obj: &K) -> Result<Value, ApiError> {
+    serde_json::to_value(obj).map_err(|e| ApiError::internal(format!("encoding {}: {e}", K::KIND)))
+}
+
+/// The body as a `K`: fills in a missing apiVersion/kind, refuses a
+/// different kind, and names the path of any unknown or mistyped field.
+pub fn decode_body<K: Resource>(mut body: Value) -> Result<K, ApiError> {
+    let Some(map) = body.as_object_mut() else {
+        return Err(ApiError::bad_request(format!(
+            "the body must be a {} object",
+            K::KIND
+        )));
+    };
+    let name = map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("")
+        .to_string();
+    match map.get("kind").and_then(|k| k.as_str()) {
+        None => {
+            map.insert("kind".into(), Value::String(K::KIND.into()));
+        }
+        Some(k) if k == K::KIND => {}
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                K::KIND,
+                &name,
+                "kind",
+                &format!("must be {:?} for this path, not {other:?}", K::KIND),
+            ))
+        }
+    }
+    match map.get("apiVersion").and_then(|k| k.as_str()) {
+        None => {
+            map.insert("apiVersion".into(), Value::String(API_VERSION.into()));
+        }
+        Some(API_VERSION) => {}
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                K::KIND,
+                &name,
+                "apiVersion",
+                &format!("must be {API_VERSION:?}, not {other:?}"),
+            ))
+        }
+    }
+    serde_path_to_error::deserialize::<_, K>(body).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ApiError::invalid_field(K::KIND, &name, &path, &e.inner().to_string())
+    })
+}
+
+impl<K> TypedKindApi<K>
+where
+    K: Resource + Validate + Defaults,
+{
+    pub fn new(store: ResourceStore) -> Self {
+        let info = corral_api_types::kind_info(K::KIND).expect("every served kind is registered");
+        TypedKindApi {
+            info,
+            store,
+            _kind: PhantomData,
+        }
+    }
+
+    fn project_of(project: &str) -> &str {
+        match K::SCOPE {
+            Scope::Cluster => "",
+            Scope::Project => project,
+        }
+    }
+
+    /// Decodes, places at `project` (checking the body agrees), defaults
+    /// and validates a user-written object.
+    fn admit(&self, project: &str, name: Option<&str>, body: Value) -> Result<K, ApiError> {
+        let mut obj: K = decode_body(body)?;
+        let meta = obj.meta_mut();
+        let project = Self::project_of(project);
+        if !meta.project.is_empty() && meta.project != project {
+            return Err(ApiError::invalid_field(
+                K::KIND,
+                &meta.name,
+                "metadata.project",
+                &format!(
+                    "{:?} does not match the project in the URL ({project:?})",
+                    meta.project
+                ),
+            ));
+        }
+        meta.project = project.to_string();
+        if let Some(name) = name {
+            if meta.name.is_empty() {
+                meta.name = name.to_string();
+            } else if meta.name != name {
+                return Err(ApiError::invalid_field(
+                    K::KIND,
+                    &meta.name,
+                    "metadata.name",
+                    &format!(
+                        "{:?} does not match the name in the URL ({name:?})",
+                        meta.name
+                    ),
+                ));
+            }
+        }
+        obj.apply_defaults();
+        let errors = obj.validate();
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(K::KIND, &obj.meta().name, &errors));
+        }
+        Ok(obj)
+    }
+
+    async fn current(&self, project: &str, name: &str) -> Result<K, ApiError> {
+        self.store
+            .get::<K>(Self::project_of(project), name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("{} {name:?} not found", self.info.plural)))
+    }
+
+    /// Carries server-owned metadata and status from `current` into `new`,
+    /// bumps generation on spec change, and writes it (or, when a deleting
+    /// object just lost its last finalizer, deletes it).
+    async fn write_replacement(
+        &self,
+        current: &K,
+        mut new: K,
+        expected_rv: &str,
+        dry_run: bool,
+    ) -> Result<K, ApiError> {
+        let cur = current.meta();
+        let spec_changed = new.spec() != current.spec();
+        {
+            let meta = new.meta_mut();
+            meta.uid = cur.uid.clone();
+            meta.creation_timestamp = cur.creation_timestamp;
+            meta.deletion_timestamp = cur.deletion_timestamp;
+            meta.generation = cur.generation + i64::from(spec_changed);
+            meta.resource_version = expected_rv.to_string();
+            if cur.deletion_timestamp.is_some() {
+                // Only removals of finalizers once deleting.
+                let added: Vec<&String> = meta
+                    .finalizers
+                    .iter()
+                    .filter(|f| !cur.finalizers.contains(f))
+                    .collect();
+                if !added.is_empty() {
+                    return Err(ApiError::invalid_field(
+                        K::KIND,
+                        &meta.name,
+                        "metadata.finalizers",
+                        "no finalizer may be added to an object being deleted",
+                    ));
+                }
+            }
+        }
+        *new.status_mut() = current.status().cloned();
+        if dry_run {
+            return Ok(new);
+        }
+        if new.meta().deletion_timestamp.is_some() && new.meta().finalizers.is_empty() {
+            let meta = new.meta();
+            let deleted = self
+                .store
+                .delete::<K>(&meta.project, &meta.name, Some(expected_rv))
+                .await?;
+            return Ok(deleted);
+        }
+        Ok(self.store.update(&new).await?)
+    }
+}
+
+fn check_resource_version(
+    kind: &str,
+    name: &str,
+    body_rv: &str,
+    current_rv: &str,
+) -> Result<(), ApiError> {
+    if !body_rv.is_empty() && body_rv != current_rv {
+        return Err(ApiError::conflict(format!(
+            "{kind} {name:?} was modified: you sent resourceVersion {body_rv}, it is now {current_rv}; read it again and retry"
+        )));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl<K> KindApi for TypedKindApi<K>
+where
+    K: Resource + Validate + Defaults,
+{
+    fn info(&self) -> &'static KindInfo {
+        self.info
+    }
+
+    async fn create(&self, project: &str, body: Value, dry_run: bool) -> Result<Value, ApiError> {
+        let mut obj = self.admit(project, None, body)?;
+        let meta = obj.meta_mut();
+        meta.uid.clear();
+        meta.resource_version.clear();
+        meta.generation = 1;
+        meta.creation_timestamp = None;
+        meta.deletion_timestamp = None;
+        *obj.status_mut() = None;
+        if dry_run {
+            return to_value(&obj);
+        }
+        let created = self.store.create(&obj).await?;
+        to_value(&created)
+    }
+
+    async fn get(&self, project: &str, name: &str) -> Result<Value, ApiError> {
+        to_value(&self.current(project, name).await?)
+    }
+
+    async fn replace(
+        &self,
+        project: &str,
+        name: &str,
+        body: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let new = self.admit(project, Some(name), body)?;
+        let current = self.current(project, name).await?;
+        let current_rv = current.meta().resource_version.clone();
+        check_resource_version(K::KIND, name, &new.meta().resource_version, &current_rv)?;
+        let written = self
+            .write_replacement(&current, new, &current_rv, dry_run)
+            .await?;
+        to_value(&written)
+    }
+
+    async fn replace_status(
+        &self,
+        project: &str,
+        name: &str,
+        body: Value,
+        check: &(dyn for<'v> Fn(&'v Value) -> Result<(), ApiError> + Send + Sync),
+    ) -> Result<Value, ApiError> {
+        let current = self.current(project, name).await?;
+        check(&to_value(&current)?)?;
+        let incoming: K = decode_body(body)?;
+        check_resource_version(
+            K::KIND,
+            name,
+            &incoming.meta().resource_version,
+            &current.meta().resource_version,
+        )?;
+        let mut new = current.clone();
+        *new.status_mut() = incoming.status().cloned();
+        Ok(to_value(&self.store.update(&new).await?)?)
+    }
+
+    async fn delete(
+        &self,
+        project: &str,
+        name: &str,
+        resource_version: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let current = self.current(project, name).await?;
+        let current_rv = current.meta().resource_version.clone();
+        if let Some(rv) = resource_version {
+            check_resource_version(K::KIND, name, rv, &current_rv)?;
+        }
+        if dry_run {
+            return to_value(&current);
+        }
+        if !current.meta().finalizers.is_empty() {
+            // Mark; whoever holds a finalizer finishes the deletion.
+            if current.meta().deletion_timestamp.is_some() {
+                return to_value(&current);
+            }
+            let mut marked = current.clone();
+            marked.meta_mut().deletion_timestamp = Some(Utc::now());
+            return to_value(&self.store.update(&marked).await?);
+        }
+        let deleted = self
+            .store
+            .delete::<K>(Self::project_of(project), name, Some(&current_rv))
+            .await?;
+        to_value(&deleted)
+    }
+
+    async fn list(
+        &self,
+        project: Option<&str>,
+        params: &ListParams,
+    ) -> Result<ListOutput, ApiError> {
+        let project = match K::SCOPE {
+            Scope::Cluster => None,
+            Scope::Project => project,
+        };
+        let limit = params.limit.unwrap_or(0);
+        let mut items = Vec::new();
+        let mut token = params.continue_token.clone();
+        let mut revision = params.resource_version;
+        loop {
+            // Ask for no more than still fits, so the store's continue token
+            // always points right after the last item we return.
+            let want = if limit > 0 {
+                Some(limit - items.len())
+            } else {
+                None
+            };
+            let page = self
+                .store
+                .list::<K>(
+                    project,
+                    ListOptions {
+                        limit: want,
+                        continue_token: token.clone(),
+                        revision: if token.is_some() { None } else { revision },
+                    },
+                )
+                .await?;
+            revision = Some(page.resource_version);
+            for item in &page.items {
+                let value = to_value(item)?;
+                if params.matches(&item.meta().labels, &value) {
+                    items.push(value);
+                }
+            }
+            token = page.continue_token;
+            if token.is_none() || (limit > 0 && items.len() >= limit) {
+                break;
+            }
+        }
+        Ok(ListOutput {
+            items,
+            resource_version: revision.unwrap_or(0),
+            continue_token: token,
+        })
+    }
+
+    async fn watch(
+        &self,
+        project: Option<&str>,
+        after: i64,
+    ) -> Result<mpsc::Receiver<WatchItem>, ApiError> {
+        let project = match K::SCOPE {
+            Scope::Cluster => None,
+            Scope::Project => project,
+        };
+        let mut watch = self.store.watch::<K>(project, after).await?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    n = watch.next() => n,
+                    _ = tx.closed() => return,
+                };
+                let item = match next {
+                    None => return,
+                    Some(Err(e)) => WatchItem::Error(ApiError::from(e)),
+                    Some(Ok(event)) => {
+                        let (kind, prev) = match &event {
+                            ObjectEvent::Added(_) => ("ADDED", None),
+                            ObjectEvent::Modified(_, prev) => (
+                                "MODIFIED",
+                                prev.as_deref().and_then(|p| serde_json::to_value(p).ok()),
+                            ),
+                            ObjectEvent::Deleted(_) => ("DELETED", None),
+                        };
+                        let object = event.object();
+                        let resource_version = object.meta().resource_version.parse().unwrap_or(0);
+                        match serde_json::to_value(object) {
+                            Ok(object) => WatchItem::Event {
+                                kind,
+                                object,
+                                prev,
+                                resource_version,
+                            },
+                            Err(e) => WatchItem::Error(ApiError::internal(e.to_string())),
+                        }
+                    }
+                };
+                let end = matches!(item, WatchItem::Error(_));
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn apply(
+        &self,
+        project: &str,
+        body: Value,
+        dry_run: bool,
+    ) -> Result<(ApplyResult, Value), ApiError> {
+        let mut desired = self.admit(project, None, body)?;
+        desired
+            .meta_mut()
+            .annotations
+            .insert(APPLIED_ANNOTATION.into(), "true".into());
+        let name = desired.meta().name.clone();
+        let current = self
+            .store
+            .get::<K>(Self::project_of(project), &name)
+            .await?;
+        let Some(current) = current else {
+            let meta = desired.meta_mut();
+            meta.uid.clear();
+            meta.resource_version.clear();
+            meta.generation = 1;
+            *desired.status_mut() = None;
+            if dry_run {
+                return Ok((ApplyResult::Created, to_value(&desired)?));
+            }
+            return match self.store.create(&desired).await {
+                Ok(created) => Ok((ApplyResult::Created, to_value(&created)?)),
+                // Lost a race with another creator: report it, don't clobber.
+                Err(e @ StoreError::AlreadyExists { .. }) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+        };
+        // The manifest owns spec, labels and annotations; everything else
+        // (finalizers, owners, status) stays as the server has it.
+        let mut new = current.clone();
+        {
+            let cur_meta = current.meta();
+            let d = desired.meta();
+            let labels = d.labels.clone();
+            let annotations = d.annotations.clone();
+            let meta = new.meta_mut();
+            meta.labels = labels;
+            meta.annotations = annotations;
+            meta.resource_version = cur_meta.resource_version.clone();
+        }
+        let same_spec = desired.spec() == current.spec();
+        if same_spec
+            && new.meta().labels == current.meta().labels
+            && new.meta().annotations == current.meta().annotations
+        {
+            return Ok((ApplyResult::Unchanged, to_value(&current)?));
+        }
+        let spec = desired.spec().clone();
+        let mut replacement: K = K::new(&current.meta().project, &name, spec);
+        *replacement.meta_mut() = new.meta().clone();
+        let current_rv = current.meta().resource_version.clone();
+        let written = self
+            .write_replacement(&current, replacement, &current_rv, dry_run)
+            .await?;
+        Ok((ApplyResult::Configured, to_value(&written)?))
+    }
+}
+
+/// Every kind the resource API serves.
+pub fn registry(store: &ResourceStore) -> Vec<Arc<dyn KindApi>> {
+    fn api<K: Resource + Validate + Defaults>(store: &ResourceStore) -> Arc<dyn KindApi> {
+        Arc::new(TypedKindApi::<K>::new(store.clone()))
+    }
+    vec![
+        api::<Instance>(store),
+        api::<Network>(store),
+        api::<Volume>(store),
+        api::<Snapshot>(store),
+        api::<Image>(store),
+        api::<KeyPair>(store),
+        api::<SecurityGroup>(store),
+        api::<Address>(store),
+        api::<InstanceType>(store),
+        api::<Node>(store),
+        api::<Project>(store),
+        api::<Event>(store),
+    ]
+}

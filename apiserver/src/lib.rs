@@ -1,0 +1,43 @@
+//! The native API server: REST over every kind, watch streams, admission
+//! (defaulting and validation from api-types), authentication and
+//! per-project authorization, administration of users and credentials,
+//! OpenAPI, health and Prometheus metrics.
+//!
+//! It owns the API semantics on top of the store: server-set metadata,
+//! `generation` bumps on spec change, finalizers and `deletionTimestamp`,
+//! optimistic concurrency surfaced as 409, compaction as 410. It must not
+//! hold state of its own (several servers share one store) and must not
+//! check that referenced objects exist — GitOps applies in any order; the
+//! controllers report missing references as conditions.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod kinds;
+pub mod list;
+mod metrics;
+mod openapi;
+pub mod server;
+
+use std::net::SocketAddr;
+
+pub use admin::{bootstrap, Bootstrap};
+pub use error::ApiError;
+pub use server::{router, ApiState};
+
+/// Serves the API on `addr` until `shutdown` resolves.
+pub async fn serve(
+    state: std::sync::Arc<ApiState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds `addr` (helper for callers that only have an address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

@@ -1,0 +1,744 @@
+//! The HTTP surface: routes, request decoding, authorization and watch
+//! streams. Kind-specific behaviour is in [`crate::kinds`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use corral_api_types::auth::Role;
+use corral_api_types::{KindInfo, Project, Scope};
+use corral_store::ResourceStore;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::auth::{Authenticator, Principal, Verb};
+use crate::error::ApiError;
+use crate::kinds::{registry, KindApi, WatchItem};
+use crate::list::ListParams;
+use crate::metrics::Metrics;
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Shared state of one API server.
+pub struct ApiState {
+    pub store: ResourceStore,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+    kinds: HashMap<&'static str, Arc<dyn KindApi>>,
+    openapi: Value,
+}
+
+impl ApiState {
+    pub fn new(store: ResourceStore) -> Arc<ApiState> {
+        let kinds = registry(&store)
+            .into_iter()
+            .map(|k| (k.info().plural, k))
+            .collect();
+        Arc::new(ApiState {
+            auth: Authenticator::new(store.clone()),
+            metrics: Metrics::new(),
+            openapi: crate::openapi::document(),
+            store,
+            kinds,
+        })
+    }
+
+    fn kind(&self, plural: &str) -> Result<&Arc<dyn KindApi>, ApiError> {
+        self.kinds.get(plural).ok_or_else(|| {
+            let mut known: Vec<&str> = self.kinds.keys().copied().collect();
+            known.sort_unstable();
+            ApiError::not_found(format!(
+                "no resource type {plural:?}; known: {}",
+                known.join(", ")
+            ))
+        })
+    }
+
+    fn kind_by_name(&self, kind: &str) -> Result<&Arc<dyn KindApi>, ApiError> {
+        self.kinds
+            .values()
+            .find(|k| k.info().kind == kind)
+            .ok_or_else(|| ApiError::bad_request(format!("unknown kind {kind:?}")))
+    }
+}
+
+pub type AppState = Arc<ApiState>;
+
+/// The whole native API.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/apply", post(apply))
+        .merge(crate::admin::routes())
+        .route("/v1/projects", get(cluster_collection).post(cluster_create))
+        .route(
+            "/v1/projects/{project}",
+            get(project_get).put(project_put).delete(project_delete),
+        )
+        .route(
+            "/v1/projects/{project}/{plural}",
+            get(project_collection).post(project_create),
+        )
+        .route(
+            "/v1/projects/{project}/{plural}/{name}",
+            get(project_item_get)
+                .put(project_item_put)
+                .delete(project_item_delete),
+        )
+        .route(
+            "/v1/projects/{project}/{plural}/{name}/status",
+            get(project_item_get).put(project_status_put),
+        )
+        .route("/v1/{plural}", get(cluster_collection).post(cluster_create))
+        .route(
+            "/v1/{plural}/{name}",
+            get(cluster_item_get)
+                .put(cluster_item_put)
+                .delete(cluster_item_delete),
+        )
+        .route(
+            "/v1/{plural}/{name}/status",
+            get(cluster_item_get).put(cluster_status_put),
+        )
+        .fallback(|| async { ApiError::not_found("no such path") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::serve))
+        .route("/openapi.json", get(openapi))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store.raw().current_revision().await?;
+    Ok("ok")
+}
+
+async fn openapi(State(state): State<AppState>) -> Json<Value> {
+    Json(state.openapi.clone())
+}
+
+pub(crate) async fn principal(
+    state: &ApiState,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    state.auth.authenticate(header).await
+}
+
+async fn whoami(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let p = principal(&state, &headers).await?;
+    Ok(Json(json!({
+        "user": p.user,
+        "role": p.role,
+        "project": p.project,
+        "node": p.node,
+    })))
+}
+
+/// Parses a JSON or YAML body into a JSON value.
+pub(crate) fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request has no body"));
+    }
+    if content_type.contains("yaml") {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
+        yaml_serde::from_str::<Value>(text)
+            .map_err(|e| ApiError::bad_request(format!("invalid YAML body: {e}")))
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn dry_run(q: &HashMap<String, String>) -> bool {
+    matches!(
+        q.get("dryRun").map(String::as_str),
+        Some("All" | "all" | "true" | "1" | "server")
+    )
+}
+
+/// The project path segment must name an existing project.
+async fn require_project(state: &ApiState, project: &str) -> Result<(), ApiError> {
+    if state.store.get::<Project>("", project).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "project {project:?} not found (an admin creates it: corral project create {project})"
+        )));
+    }
+    Ok(())
+}
+
+fn check_scope(info: &KindInfo, want: Scope) -> Result<(), ApiError> {
+    if info.scope != want {
+        let hint = match info.scope {
+            Scope::Cluster => format!("/v1/{}", info.plural),
+            Scope::Project => format!("/v1/projects/{{project}}/{}", info.plural),
+        };
+        return Err(ApiError::not_found(format!(
+            "{} are {} resources: use {hint}",
+            info.plural,
+            if info.scope == Scope::Cluster {
+                "cluster"
+            } else {
+                "project"
+            }
+        )));
+    }
+    Ok(())
+}
+
+fn object_check(p: &Principal, info: &'static KindInfo, object: &Value) -> Result<(), ApiError> {
+    if p.may_touch_object(info, object) {
+        Ok(())
+    } else {
+        // Like another project's object: not there, as far as you know.
+        Err(ApiError::not_found(format!(
+            "{} {:?} not found",
+            info.plural,
+            object
+                .pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+        )))
+    }
+}
+
+// ---- collections -------------------------------------------------------------
+
+async fn list_or_watch(
+    state: &ApiState,
+    p: &Principal,
+    kind: &Arc<dyn KindApi>,
+    project: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let info = kind.info();
+    p.authorize(Verb::List, info, project)?;
+    let mut params = ListParams::from_query(query)?;
+    if let Some(node) = p.node_filter(info) {
+        params.restrict_to_node(node);
+    }
+    if info.plural == "projects" && p.role == Role::Member {
+        params
+            .fields
+            .requirements
+            .push(corral_api_types::selector::FieldRequirement {
+                path: "metadata.name".into(),
+                value: p.project.clone(),
+                equal: true,
+            });
+    }
+    if params.watch {
+        return watch(state, kind.clone(), project, params).await;
+    }
+    let out = kind.list(project, &params).await?;
+    let mut metadata = json!({"resourceVersion": out.resource_version.to_string()});
+    if let Some(c) = out.continue_token {
+        metadata["continue"] = Value::String(c);
+    }
+    Ok(Json(json!({
+        "apiVersion": corral_api_types::API_VERSION,
+        "kind": format!("{}List", info.kind),
+        "metadata": metadata,
+        "items": out.items,
+    }))
+    .into_response())
+}
+
+async fn watch(
+    _state: &ApiState,
+    kind: Arc<dyn KindApi>,
+    project: Option<&str>,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    let info = kind.info();
+    // Without a version: the current objects first, as ADDED.
+    let (initial, start) = match params.resource_version {
+        Some(rv) => (Vec::new(), rv),
+        None => {
+            let mut all = Vec::new();
+            let mut p = params.clone();
+            p.limit = None;
+            p.continue_token = None;
+            let out = kind.list(project, &p).await?;
+            all.extend(out.items);
+            (all, out.resource_version)
+        }
+    };
+    let mut events = kind.watch(project, start).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let heartbeat = params.heartbeat;
+    let kind_name = info.kind;
+    tokio::spawn(async move {
+        let line = |v: Value| {
+            let mut bytes = serde_json::to_vec(&v).unwrap_or_default();
+            bytes.push(b'\n');
+            Ok(Bytes::from(bytes))
+        };
+        for object in initial {
+            if tx
+                .send(line(json!({"type": "ADDED", "object": object})))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let mut last_rv = start;
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.reset();
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = ticker.tick() => {
+                    let bookmark = json!({"type": "BOOKMARK", "object": {
+                        "apiVersion": corral_api_types::API_VERSION,
+                        "kind": kind_name,
+                        "metadata": {"resourceVersion": last_rv.to_string()},
+                    }});
+                    if tx.send(line(bookmark)).await.is_err() {
+                        return;
+                    }
+                }
+                item = events.recv() => {
+                    let Some(item) = item else { return };
+                    match item {
+                        WatchItem::Error(e) => {
+                            let status = json!({"type": "ERROR", "object": {
+                                "kind": "Status", "status": "Failure",
+                                "code": e.code.as_u16(), "reason": e.reason, "message": e.message,
+                            }});
+                            let _ = tx.send(line(status)).await;
+                            return;
+                        }
+                        WatchItem::Event { kind, object, prev, resource_version } => {
+                            last_rv = resource_version;
+                            let now = params.matches_value(&object);
+                            let before = prev.as_ref().map(|p| params.matches_value(p));
+                            // Selector transitions look like adds and deletes
+                            // to the watcher, as in Kubernetes.
+                            let kind = match (kind, before, now) {
+                                ("MODIFIED", Some(false), true) => "ADDED",
+                                ("MODIFIED", Some(true), false) => "DELETED",
+                                (_, _, false) => continue,
+                                (k, _, true) => k,
+                            };
+                            if tx.send(line(json!({"type": kind, "object": object}))).await.is_err() {
+                                return;
+                            }
+                            ticker.reset();
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
+}
+
+async fn project_collection(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((project, plural)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    if plural == "status" {
+        // `/v1/projects/{name}/status` is the Project's status.
+        let kind = state.kind("projects")?;
+        p.authorize(Verb::Get, kind.info(), None)?;
+        member_own_project(&p, &project)?;
+        return Ok(Json(kind.get("", &project).await?).into_response());
+    }
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Project)?;
+    list_or_watch(&state, &p, kind, Some(&project), &q).await
+}
+
+async fn cluster_collection(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    plural: Option<Path<String>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let plural = plural.map(|Path(p)| p).unwrap_or_else(|| "projects".into());
+    let kind = state.kind(&plural)?;
+    // Project kinds listed here span every project.
+    list_or_watch(&state, &p, kind, None, &q).await
+}
+
+async fn project_create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((project, plural)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Project)?;
+    p.authorize(Verb::Create, kind.info(), Some(&project))?;
+    let body = parse_body(&headers, &body)?;
+    require_project(&state, &project).await?;
+    let created = kind.create(&project, body, dry_run(&q)).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn cluster_create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    plural: Option<Path<String>>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let plural = plural.map(|Path(p)| p).unwrap_or_else(|| "projects".into());
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Cluster)?;
+    p.authorize(Verb::Create, kind.info(), None)?;
+    let body = parse_body(&headers, &body)?;
+    if p.role == Role::Node {
+        object_check(&p, kind.info(), &body)?;
+    }
+    let created = kind.create("", body, dry_run(&q)).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+// ---- items -------------------------------------------------------------------
+
+fn member_own_project(p: &Principal, project: &str) -> Result<(), ApiError> {
+    if p.role == Role::Member && p.project != project {
+        return Err(ApiError::forbidden(format!(
+            "user {:?} may not see project {project:?}",
+            p.user
+        )));
+    }
+    Ok(())
+}
+
+async fn item_get(
+    state: &ApiState,
+    p: &Principal,
+    kind: &Arc<dyn KindApi>,
+    project: Option<&str>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    p.authorize(Verb::Get, kind.info(), project)?;
+    let object = kind.get(project.unwrap_or(""), name).await?;
+    object_check(p, kind.info(), &object)?;
+    let _ = state;
+    Ok(Json(object).into_response())
+}
+
+async fn item_put(
+    p: &Principal,
+    kind: &Arc<dyn KindApi>,
+    project: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    p.authorize(Verb::Update, kind.info(), project)?;
+    let body = parse_body(headers, body)?;
+    if p.role == Role::Node {
+        // A node may update only its own Node.
+        let current = kind.get(project.unwrap_or(""), name).await?;
+        object_check(p, kind.info(), &current)?;
+    }
+    Ok(Json(
+        kind.replace(project.unwrap_or(""), name, body, dry_run(q))
+            .await?,
+    )
+    .into_response())
+}
+
+async fn status_put(
+    p: &Principal,
+    kind: &Arc<dyn KindApi>,
+    project: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    p.authorize(Verb::UpdateStatus, kind.info(), project)?;
+    let body = parse_body(headers, body)?;
+    let info = kind.info();
+    let check = |current: &Value| object_check(p, info, current);
+    Ok(Json(
+        kind.replace_status(project.unwrap_or(""), name, body, &check)
+            .await?,
+    )
+    .into_response())
+}
+
+async fn item_delete(
+    p: &Principal,
+    kind: &Arc<dyn KindApi>,
+    project: Option<&str>,
+    name: &str,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    p.authorize(Verb::Delete, kind.info(), project)?;
+    let rv = q.get("resourceVersion").map(String::as_str);
+    Ok(Json(
+        kind.delete(project.unwrap_or(""), name, rv, dry_run(q))
+            .await?,
+    )
+    .into_response())
+}
+
+async fn project_item_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((project, plural, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Project)?;
+    item_get(&state, &p, kind, Some(&project), &name).await
+}
+
+async fn project_item_put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((project, plural, name)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Project)?;
+    item_put(&p, kind, Some(&project), &name, &headers, &body, &q).await
+}
+
+async fn project_status_put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((project, plural, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Project)?;
+    status_put(&p, kind, Some(&project), &name, &headers, &body).await
+}
+
+async fn project_item_delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((project, plural, name)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Project)?;
+    item_delete(&p, kind, Some(&project), &name, &q).await
+}
+
+async fn project_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    member_own_project(&p, &project)?;
+    let kind = state.kind("projects")?;
+    item_get(&state, &p, kind, None, &project).await
+}
+
+async fn project_put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind("projects")?;
+    item_put(&p, kind, None, &project, &headers, &body, &q).await
+}
+
+async fn project_delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind("projects")?;
+    item_delete(&p, kind, None, &project, &q).await
+}
+
+async fn cluster_item_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(params): Path<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let (plural, name) = plural_name(&params)?;
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Cluster)?;
+    item_get(&state, &p, kind, None, &name).await
+}
+
+async fn cluster_item_put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(params): Path<Vec<(String, String)>>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (plural, name) = plural_name(&params)?;
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Cluster)?;
+    item_put(&p, kind, None, &name, &headers, &body, &q).await
+}
+
+async fn cluster_status_put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(params): Path<Vec<(String, String)>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (plural, name) = plural_name(&params)?;
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Cluster)?;
+    status_put(&p, kind, None, &name, &headers, &body).await
+}
+
+async fn cluster_item_delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(params): Path<Vec<(String, String)>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (plural, name) = plural_name(&params)?;
+    let p = principal(&state, &headers).await?;
+    let kind = state.kind(&plural)?;
+    check_scope(kind.info(), Scope::Cluster)?;
+    item_delete(&p, kind, None, &name, &q).await
+}
+
+fn plural_name(params: &[(String, String)]) -> Result<(String, String), ApiError> {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    match (get("plural"), get("name")) {
+        (Some(p), Some(n)) => Ok((p, n)),
+        _ => Err(ApiError::not_found("no such path")),
+    }
+}
+
+// ---- apply -------------------------------------------------------------------
+
+async fn apply(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let body = parse_body(&headers, &body)?;
+    let kind_name = body
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .ok_or_else(|| ApiError::invalid_field("", "", "kind", "required"))?
+        .to_string();
+    let kind = state.kind_by_name(&kind_name)?;
+    let info = kind.info();
+    let project = match info.scope {
+        Scope::Cluster => None,
+        Scope::Project => {
+            let in_body = body
+                .pointer("/metadata/project")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            let project = if !in_body.is_empty() {
+                in_body.to_string()
+            } else if let Some(p) = q.get("project").filter(|p| !p.is_empty()) {
+                p.clone()
+            } else if !p.project.is_empty() {
+                p.project.clone()
+            } else {
+                return Err(ApiError::invalid_field(
+                    info.kind,
+                    "",
+                    "metadata.project",
+                    "required (or pass ?project=)",
+                ));
+            };
+            Some(project)
+        }
+    };
+    p.authorize(Verb::Create, info, project.as_deref())?;
+    p.authorize(Verb::Update, info, project.as_deref())?;
+    if let Some(project) = &project {
+        require_project(&state, project).await?;
+    }
+    let (result, object) = kind
+        .apply(project.as_deref().unwrap_or(""), body, dry_run(&q))
+        .await?;
+    let code = if result == crate::kinds::ApplyResult::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(json!({"result": result, "object": object}))).into_response())
+}
+
+/// What the metrics middleware needs to know about a request.
+pub(crate) fn classify(method: &Method, path: &str, query: Option<&str>) -> (&'static str, String) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let watch = query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let (kind, depth) = match segments.as_slice() {
+        ["v1", "projects", _, "status"] => ("projects".to_string(), 2),
+        ["v1", "projects", _, plural, rest @ ..] => (plural.to_string(), rest.len() + 1),
+        ["v1", "projects", rest @ ..] => ("projects".to_string(), rest.len() + 1),
+        ["v1", "apply"] => ("*".to_string(), 0),
+        ["v1", plural, rest @ ..] => (plural.to_string(), rest.len() + 1),
+        _ => ("-".to_string(), 0),
+    };
+    let status = segments.last() == Some(&"status");
+    let verb = match (method.as_str(), depth, status) {
+        ("POST", 0, _) => "apply",
+        (_, _, true) if method == Method::PUT => "update_status",
+        (_, _, true) => "get_status",
+        ("GET", 1, _) if watch => "watch",
+        ("GET", 1, _) => "list",
+        ("POST", 1, _) => "create",
+        ("GET", _, _) => "get",
+        ("PUT", _, _) => "update",
+        ("DELETE", _, _) => "delete",
+        _ => "other",
+    };
+    (verb, kind)
+}

@@ -1,0 +1,178 @@
+//! `corral up` (everything on one machine, embedded store) and
+//! `corral server` (API on an etcd cluster).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use corral_api_types::auth::{ApiToken, User};
+use corral_apiserver::auth::{issue_access_key, issue_token, token_hash};
+use corral_apiserver::ApiState;
+use corral_store::{EmbeddedStore, EtcdStore, ResourceStore, Store};
+
+use crate::config::{config_dir, config_path, write_private, ClientConfig, Credentials};
+
+pub const ADMIN: &str = "admin";
+pub const REGION: &str = "corral-1";
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub ec2_listen: SocketAddr,
+    /// Write the client config (and AWS files) for the admin.
+    pub write_config: bool,
+}
+
+/// Opens the embedded store under `data_dir`.
+pub fn open_embedded(data_dir: &Path) -> Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let path = data_dir.join("store.redb");
+    let store = EmbeddedStore::open(&path)
+        .with_context(|| format!("opening the store {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+pub async fn open_etcd(endpoints: &[String]) -> Result<Arc<dyn Store>> {
+    let store = EtcdStore::connect(endpoints)
+        .await
+        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+    Ok(Arc::new(store))
+}
+
+fn http_url(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+/// Whether the config file on disk still authenticates as `user`.
+async fn config_still_valid(store: &ResourceStore, path: &Path, server: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(config) = yaml_serde::from_str::<ClientConfig>(&text) else {
+        return false;
+    };
+    if config.server != server || config.token.is_empty() {
+        return false;
+    }
+    matches!(
+        store.get::<ApiToken>("", &token_hash(&config.token)).await,
+        Ok(Some(t)) if t.spec.user == config.user
+    )
+}
+
+/// Writes config.yaml, aws-credentials, aws-config and admin.rc.
+fn write_client_files(creds: &Credentials<'_>) -> Result<Vec<PathBuf>> {
+    let dir = config_dir();
+    let config = ClientConfig {
+        server: creds.server.to_string(),
+        token: creds.token.to_string(),
+        project: creds.project.to_string(),
+        user: creds.user.to_string(),
+        ec2_endpoint: creds.ec2_endpoint.to_string(),
+    };
+    let config_file = config_path();
+    config.save(&config_file)?;
+    let aws_credentials = dir.join("aws-credentials");
+    write_private(&aws_credentials, &creds.aws_credentials("corral"))?;
+    let aws_config = dir.join("aws-config");
+    write_private(&aws_config, &creds.aws_config("corral"))?;
+    let rc = dir.join(format!("{}.rc", creds.user));
+    write_private(&rc, &creds.rc_file())?;
+    Ok(vec![config_file, aws_credentials, aws_config, rc])
+}
+
+/// Bootstraps, makes sure the admin has a working client config, and
+/// serves until SIGINT/SIGTERM.
+pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
+    let store = ResourceStore::new(raw.clone());
+    let boot = corral_apiserver::bootstrap(&store, ADMIN)
+        .await
+        .context("seeding the store")?;
+    let server = http_url(options.listen);
+    let ec2 = http_url(options.ec2_listen);
+
+    if options.write_config {
+        let path = config_path();
+        let issued = match boot.admin {
+            Some(issued) => Some((issued.token, issued.access_key_id, issued.secret_access_key)),
+            None if !config_still_valid(&store, &path, &server).await => {
+                // The data outlived the client files (or they point
+                // elsewhere): give the admin fresh credentials.
+                store
+                    .get::<User>("", ADMIN)
+                    .await?
+                    .context("the admin user is missing from the store")?;
+                let token = issue_token(&store, ADMIN, "corral up").await?;
+                let (id, secret) = issue_access_key(&store, ADMIN).await?;
+                Some((token, id, secret))
+            }
+            None => None,
+        };
+        if let Some((token, id, secret)) = issued {
+            let creds = Credentials {
+                server: &server,
+                ec2_endpoint: &ec2,
+                region: REGION,
+                user: ADMIN,
+                project: "default",
+                token: &token,
+                access_key_id: &id,
+                secret_access_key: &secret,
+            };
+            let files = write_client_files(&creds)?;
+            println!("Wrote admin credentials:");
+            for f in &files {
+                println!("  {}", f.display());
+            }
+            let dir = config_dir();
+            println!("For awscli/boto3 (EC2 API once served at {ec2}):");
+            println!(
+                "  export AWS_SHARED_CREDENTIALS_FILE={} AWS_CONFIG_FILE={} AWS_PROFILE=corral",
+                dir.join("aws-credentials").display(),
+                dir.join("aws-config").display()
+            );
+            println!("Or source {}", dir.join("admin.rc").display());
+        } else {
+            println!("Client config: {} (still valid)", path.display());
+        }
+    }
+
+    let state = ApiState::new(store);
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("binding the API to {}", options.listen))?;
+    println!(
+        "Corral is up: native API {server} (store: {}); stop with Ctrl-C",
+        raw.backend()
+    );
+    tracing::info!(%server, backend = raw.backend(), "serving the native API");
+    corral_apiserver::serve(state, listener, shutdown_signal())
+        .await
+        .context("serving the API")?;
+    println!("Corral stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
