@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use corral_api_types::{
     Address, Defaults, Event, Image, Instance, InstanceType, KeyPair, KindInfo, Network, Node,
-    Project, Resource, Scope, SecurityGroup, Snapshot, Validate, Volume, API_VERSION,
+    Project, Resource, Scope, SecurityGroup, Snapshot, Validate, ValidateUpdate, Volume,
+    API_VERSION,
 };
 use corral_store::{ListOptions, ObjectEvent, ResourceStore, StoreError};
 use serde_json::Value;
@@ -165,7 +166,7 @@ pub fn decode_body<K: Resource>(mut body: Value) -> Result<K, ApiError> {
 
 impl<K> TypedKindApi<K>
 where
-    K: Resource + Validate + Defaults,
+    K: Resource + Validate + ValidateUpdate + Defaults,
 {
     pub fn new(store: ResourceStore) -> Self {
         let info = corral_api_types::kind_info(K::KIND).expect("every served kind is registered");
@@ -250,22 +251,12 @@ where
             meta.deletion_timestamp = cur.deletion_timestamp;
             meta.generation = cur.generation + i64::from(spec_changed);
             meta.resource_version = expected_rv.to_string();
-            if cur.deletion_timestamp.is_some() {
-                // Only removals of finalizers once deleting.
-                let added: Vec<&String> = meta
-                    .finalizers
-                    .iter()
-                    .filter(|f| !cur.finalizers.contains(f))
-                    .collect();
-                if !added.is_empty() {
-                    return Err(ApiError::invalid_field(
-                        K::KIND,
-                        &meta.name,
-                        "metadata.finalizers",
-                        "no finalizer may be added to an object being deleted",
-                    ));
-                }
-            }
+        }
+        // Immutable fields, sizes that only grow, no new finalizers once
+        // deleting: the rules of the transition live in api-types.
+        let errors = new.validate_update(current);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(K::KIND, &new.meta().name, &errors));
         }
         *new.status_mut() = current.status().cloned();
         if dry_run {
@@ -300,7 +291,7 @@ fn check_resource_version(
 #[async_trait]
 impl<K> KindApi for TypedKindApi<K>
 where
-    K: Resource + Validate + Defaults,
+    K: Resource + Validate + ValidateUpdate + Defaults,
 {
     fn info(&self) -> &'static KindInfo {
         self.info
@@ -562,7 +553,7 @@ where
 
 /// Every kind the resource API serves.
 pub fn registry(store: &ResourceStore) -> Vec<Arc<dyn KindApi>> {
-    fn api<K: Resource + Validate + Defaults>(store: &ResourceStore) -> Arc<dyn KindApi> {
+    fn api<K: Resource + Validate + ValidateUpdate + Defaults>(store: &ResourceStore) -> Arc<dyn KindApi> {
         Arc::new(TypedKindApi::<K>::new(store.clone()))
     }
     vec![

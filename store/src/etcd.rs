@@ -269,6 +269,23 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
+        // etcd acknowledges a watch from a compacted revision and only
+        // later cancels it; a read at that revision fails at once, so a
+        // caller learns about it here, as with the embedded backend.
+        if after_revision > 0 {
+            let mut kv = self.client.kv_client();
+            kv.get(
+                prefix,
+                Some(
+                    GetOptions::new()
+                        .with_range(prefix_end(prefix))
+                        .with_count_only()
+                        .with_revision(after_revision),
+                ),
+            )
+            .await
+            .map_err(|e| map_err(e, after_revision + 1))?;
+        }
         let (tx, stream) = WatchStream::channel(1024);
         let mut watcher = EtcdWatcher {
             client: self.client.clone(),
