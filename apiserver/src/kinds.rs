@@ -553,7 +553,9 @@ where
 
 /// Every kind the resource API serves.
 pub fn registry(store: &ResourceStore) -> Vec<Arc<dyn KindApi>> {
-    fn api<K: Resource + Validate + ValidateUpdate + Defaults>(store: &ResourceStore) -> Arc<dyn KindApi> {
+    fn api<K: Resource + Validate + ValidateUpdate + Defaults>(
+        store: &ResourceStore,
+    ) -> Arc<dyn KindApi> {
         Arc::new(TypedKindApi::<K>::new(store.clone()))
     }
     vec![

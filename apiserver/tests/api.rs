@@ -22,14 +22,22 @@ struct Api {
     _dir: Option<tempfile::TempDir>,
 }
 
-async fn start(raw: Arc<dyn Store>, etcd: Option<EtcdServer>, dir: Option<tempfile::TempDir>) -> Api {
+async fn start(
+    raw: Arc<dyn Store>,
+    etcd: Option<EtcdServer>,
+    dir: Option<tempfile::TempDir>,
+) -> Api {
     let store = ResourceStore::new(raw);
     let boot = bootstrap(&store, "admin").await.unwrap();
     let admin = boot.admin.expect("first bootstrap creates the admin").token;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = ApiState::new(store.clone());
-    tokio::spawn(corral_apiserver::serve(state, listener, std::future::pending()));
+    tokio::spawn(corral_apiserver::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
     Api {
         base,
         http: reqwest::Client::new(),
@@ -53,7 +61,13 @@ async fn embedded() -> Api {
 }
 
 impl Api {
-    async fn call(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -119,7 +133,11 @@ fn instance(name: &str, labels: Value) -> Value {
 fn causes(body: &Value) -> Vec<String> {
     body["details"]["causes"]
         .as_array()
-        .map(|c| c.iter().map(|c| c["field"].as_str().unwrap().to_string()).collect())
+        .map(|c| {
+            c.iter()
+                .map(|c| c["field"].as_str().unwrap().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -133,7 +151,10 @@ async fn crud_semantics(api: Api) {
     assert!(created["metadata"]["uid"].as_str().unwrap().len() > 10);
     // Defaulting ran on the server.
     assert_eq!(created["spec"]["gateway"], "10.1.0.1");
-    let rv1 = created["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv1 = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let (code, dup) = api.post(base, network("lan", "10.1.0.0/24")).await;
     assert_eq!(code, StatusCode::CONFLICT);
@@ -149,7 +170,10 @@ async fn crud_semantics(api: Api) {
     let (code, l) = api.put(&format!("{base}/lan"), labelled.clone()).await;
     assert_eq!(code, StatusCode::OK, "{l}");
     assert_eq!(l["metadata"]["generation"], 1);
-    let rv2 = l["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv2 = l["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(rv2, rv1);
     let (_, again) = api.put(&format!("{base}/lan"), l.clone()).await;
     assert_eq!(again["metadata"]["resourceVersion"], rv2.as_str());
@@ -166,7 +190,13 @@ async fn crud_semantics(api: Api) {
     stale["spec"]["dnsServers"] = json!(["10.1.0.2"]);
     let (code, conflict) = api.put(&format!("{base}/lan"), stale).await;
     assert_eq!(code, StatusCode::CONFLICT);
-    assert!(conflict["message"].as_str().unwrap().contains("resourceVersion"), "{conflict}");
+    assert!(
+        conflict["message"]
+            .as_str()
+            .unwrap()
+            .contains("resourceVersion"),
+        "{conflict}"
+    );
 
     // Immutable fields are refused with their path.
     let mut cidr = c.clone();
@@ -184,7 +214,10 @@ async fn crud_semantics(api: Api) {
     let (code, st) = api.put(&format!("{base}/lan/status"), with_status).await;
     assert_eq!(code, StatusCode::OK, "{st}");
     assert_eq!(st["status"]["allocations"]["10.1.0.5"], "x");
-    assert_eq!(st["metadata"]["generation"], 2, "status does not bump generation");
+    assert_eq!(
+        st["metadata"]["generation"], 2,
+        "status does not bump generation"
+    );
     let (_, st_get) = api.get(&format!("{base}/lan/status")).await;
     assert_eq!(st_get["status"]["allocations"]["10.1.0.5"], "x");
 
@@ -195,9 +228,14 @@ async fn crud_semantics(api: Api) {
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert_eq!(nf["reason"], "NotFound");
     // A project that does not exist is a clear 404.
-    let (code, np) = api.post("/v1/projects/nope/networks", network("x", "10.2.0.0/24")).await;
+    let (code, np) = api
+        .post("/v1/projects/nope/networks", network("x", "10.2.0.0/24"))
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
-    assert!(np["message"].as_str().unwrap().contains("project \"nope\""), "{np}");
+    assert!(
+        np["message"].as_str().unwrap().contains("project \"nope\""),
+        "{np}"
+    );
 }
 
 async fn admission_lists_every_problem(api: Api) {
@@ -211,16 +249,25 @@ async fn admission_lists_every_problem(api: Api) {
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let fields = causes(&body);
     for want in ["metadata.name", "spec.cpus", "spec.nics[0].network"] {
-        assert!(fields.iter().any(|f| f == want), "{want} missing in {fields:?}");
+        assert!(
+            fields.iter().any(|f| f == want),
+            "{want} missing in {fields:?}"
+        );
     }
     // Unknown field at depth names its path.
     let unknown = json!({"kind": "Instance", "metadata": {"name": "a"},
         "spec": {"image": "tiny", "nics": [{"netwrok": "lan"}]}});
     let (code, body) = api.post("/v1/projects/demo/instances", unknown).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(causes(&body), vec!["spec.nics[0].netwrok".to_string()], "{body}");
+    assert_eq!(
+        causes(&body),
+        vec!["spec.nics[0].netwrok".to_string()],
+        "{body}"
+    );
     // Wrong kind for the path.
-    let (code, body) = api.post("/v1/projects/demo/volumes", network("n", "10.0.0.0/24")).await;
+    let (code, body) = api
+        .post("/v1/projects/demo/volumes", network("n", "10.0.0.0/24"))
+        .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(causes(&body), vec!["kind".to_string()]);
     // Project in body must agree with the URL.
@@ -230,7 +277,9 @@ async fn admission_lists_every_problem(api: Api) {
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(causes(&body), vec!["metadata.project".to_string()]);
     // References to objects that do not exist yet are accepted.
-    let (code, body) = api.post("/v1/projects/demo/instances", instance("early", json!({}))).await;
+    let (code, body) = api
+        .post("/v1/projects/demo/instances", instance("early", json!({})))
+        .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
     // Malformed JSON is a 400, a YAML body works.
     let resp = api
@@ -275,7 +324,10 @@ async fn finalizers_hold_deletion(api: Api) {
     assert_eq!(code, StatusCode::CREATED);
     let (code, marked) = api.delete("/v1/projects/demo/networks/held").await;
     assert_eq!(code, StatusCode::OK);
-    assert!(marked["metadata"]["deletionTimestamp"].is_string(), "{marked}");
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
     let (code, still) = api.get("/v1/projects/demo/networks/held").await;
     assert_eq!(code, StatusCode::OK);
     // No new finalizer once deleting.
@@ -299,7 +351,10 @@ async fn list_selectors_and_pages(api: Api) {
         let (code, b) = api
             .post(
                 "/v1/projects/demo/instances",
-                instance(&format!("vm-{i:02}"), json!({"tier": tier, "n": i.to_string()})),
+                instance(
+                    &format!("vm-{i:02}"),
+                    json!({"tier": tier, "n": i.to_string()}),
+                ),
             )
             .await;
         assert_eq!(code, StatusCode::CREATED, "{b}");
@@ -315,30 +370,42 @@ async fn list_selectors_and_pages(api: Api) {
     let (_, all) = api.get("/v1/projects/demo/instances").await;
     assert_eq!(all["kind"], "InstanceList");
     assert_eq!(names(&all).len(), 25);
-    let (_, web) = api.get("/v1/projects/demo/instances?labelSelector=tier%3Dweb").await;
+    let (_, web) = api
+        .get("/v1/projects/demo/instances?labelSelector=tier%3Dweb")
+        .await;
     assert_eq!(names(&web).len(), 13);
-    let (_, notweb) = api.get("/v1/projects/demo/instances?labelSelector=tier!%3Dweb").await;
+    let (_, notweb) = api
+        .get("/v1/projects/demo/instances?labelSelector=tier!%3Dweb")
+        .await;
     assert_eq!(names(&notweb).len(), 12);
     let (_, set) = api
         .get("/v1/projects/demo/instances?labelSelector=n%20in%20(1,2,3),tier%3Ddb")
         .await;
     assert_eq!(names(&set), vec!["vm-01", "vm-03"]);
-    let (_, exists) = api.get("/v1/projects/demo/instances?labelSelector=!tier").await;
+    let (_, exists) = api
+        .get("/v1/projects/demo/instances?labelSelector=!tier")
+        .await;
     assert_eq!(names(&exists).len(), 0);
     let (_, by_name) = api
         .get("/v1/projects/demo/instances?fieldSelector=metadata.name%3Dvm-07")
         .await;
     assert_eq!(names(&by_name), vec!["vm-07"]);
-    let (code, bad) = api.get("/v1/projects/demo/instances?labelSelector=a%20in%20b").await;
+    let (code, bad) = api
+        .get("/v1/projects/demo/instances?labelSelector=a%20in%20b")
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
-    let (code, _) = api.get("/v1/projects/demo/instances?fieldSelector=spec.cpus%3D1").await;
+    let (code, _) = api
+        .get("/v1/projects/demo/instances?fieldSelector=spec.cpus%3D1")
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
 
     // status.phase after a status write.
     let (_, vm3) = api.get("/v1/projects/demo/instances/vm-03").await;
     let mut vm3 = vm3;
     vm3["status"] = json!({"phase": "Running", "nodeName": "n1"});
-    let (code, b) = api.put("/v1/projects/demo/instances/vm-03/status", vm3).await;
+    let (code, b) = api
+        .put("/v1/projects/demo/instances/vm-03/status", vm3)
+        .await;
     assert_eq!(code, StatusCode::OK, "{b}");
     let (_, running) = api
         .get("/v1/projects/demo/instances?fieldSelector=status.phase%3DRunning")
@@ -375,7 +442,9 @@ async fn list_selectors_and_pages(api: Api) {
     assert!(pages >= 4);
     let (code, _) = api.get("/v1/projects/demo/instances?limit=99999").await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
-    let (code, _) = api.get("/v1/projects/demo/instances?continue=garbage").await;
+    let (code, _) = api
+        .get("/v1/projects/demo/instances?continue=garbage")
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
 }
 
@@ -398,7 +467,10 @@ impl WatchReader {
             let code = resp.status();
             return Err((code, resp.text().await.unwrap()));
         }
-        Ok(WatchReader { resp, buf: Vec::new() })
+        Ok(WatchReader {
+            resp,
+            buf: Vec::new(),
+        })
     }
 
     async fn next(&mut self) -> Value {
@@ -432,9 +504,13 @@ async fn watch_streams(api: Api) {
     let base = "/v1/projects/demo/networks";
     api.post(base, network("pre", "10.5.0.0/24")).await;
     // Without a version: current objects as ADDED first.
-    let mut w = WatchReader::open(&api, &api.admin, &format!("{base}?watch=true&heartbeatSeconds=1"))
-        .await
-        .unwrap();
+    let mut w = WatchReader::open(
+        &api,
+        &api.admin,
+        &format!("{base}?watch=true&heartbeatSeconds=1"),
+    )
+    .await
+    .unwrap();
     let first = w.next_change().await;
     assert_eq!(first["type"], "ADDED");
     assert_eq!(first["object"]["metadata"]["name"], "pre");
@@ -444,7 +520,10 @@ async fn watch_streams(api: Api) {
     api.put(&format!("{base}/a"), a2).await;
     api.delete(&format!("{base}/a")).await;
     let e = w.next_change().await;
-    assert_eq!((e["type"].as_str(), e["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("a")));
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("a"))
+    );
     let e = w.next_change().await;
     assert_eq!(e["type"], "MODIFIED");
     assert_eq!(e["object"]["metadata"]["labels"]["x"], "y");
@@ -453,7 +532,14 @@ async fn watch_streams(api: Api) {
     // Idle: a bookmark arrives within the heartbeat.
     let b = w.next().await;
     assert_eq!(b["type"], "BOOKMARK", "{b}");
-    assert!(b["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<i64>().unwrap() > 0);
+    assert!(
+        b["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
 
     // From a version, with a label selector: leaving the selector is a
     // DELETED, entering it an ADDED.
@@ -482,10 +568,14 @@ async fn watch_streams(api: Api) {
     // A compacted version is 410 Gone.
     let current = api.store.raw().current_revision().await.unwrap();
     api.store.raw().compact(current).await.unwrap();
-    let err = WatchReader::open(&api, &api.admin, &format!("{base}?watch=true&resourceVersion=2"))
-        .await
-        .err()
-        .expect("a compacted version cannot be watched");
+    let err = WatchReader::open(
+        &api,
+        &api.admin,
+        &format!("{base}?watch=true&resourceVersion=2"),
+    )
+    .await
+    .err()
+    .expect("a compacted version cannot be watched");
     assert_eq!(err.0, StatusCode::GONE, "{}", err.1);
 }
 
@@ -495,13 +585,23 @@ async fn tenancy_and_auth(api: Api) {
     let alice = api.member("alice", "a").await;
     let bob = api.member("bob", "b").await;
     let (code, _) = api
-        .call(&bob, Method::POST, "/v1/projects/b/networks", Some(network("bnet", "10.8.0.0/24")))
+        .call(
+            &bob,
+            Method::POST,
+            "/v1/projects/b/networks",
+            Some(network("bnet", "10.8.0.0/24")),
+        )
         .await;
     assert_eq!(code, StatusCode::CREATED);
 
     // Alice can work in a...
     let (code, body) = api
-        .call(&alice, Method::POST, "/v1/projects/a/networks", Some(network("anet", "10.8.0.0/24")))
+        .call(
+            &alice,
+            Method::POST,
+            "/v1/projects/a/networks",
+            Some(network("anet", "10.8.0.0/24")),
+        )
         .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
     // ...and nothing in b, by any verb.
@@ -510,14 +610,30 @@ async fn tenancy_and_auth(api: Api) {
         (Method::GET, "/v1/projects/b/networks?watch=true", None),
         (Method::GET, "/v1/projects/b/networks/bnet", None),
         (Method::GET, "/v1/projects/b/networks/bnet/status", None),
-        (Method::POST, "/v1/projects/b/networks", Some(network("x", "10.9.0.0/24"))),
-        (Method::PUT, "/v1/projects/b/networks/bnet", Some(network("bnet", "10.8.0.0/24"))),
-        (Method::PUT, "/v1/projects/b/networks/bnet/status", Some(network("bnet", "10.8.0.0/24"))),
+        (
+            Method::POST,
+            "/v1/projects/b/networks",
+            Some(network("x", "10.9.0.0/24")),
+        ),
+        (
+            Method::PUT,
+            "/v1/projects/b/networks/bnet",
+            Some(network("bnet", "10.8.0.0/24")),
+        ),
+        (
+            Method::PUT,
+            "/v1/projects/b/networks/bnet/status",
+            Some(network("bnet", "10.8.0.0/24")),
+        ),
         (Method::DELETE, "/v1/projects/b/networks/bnet", None),
         (Method::GET, "/v1/projects/b", None),
         (Method::GET, "/v1/networks", None),
         (Method::GET, "/v1/networks?watch=true", None),
-        (Method::POST, "/v1/projects", Some(json!({"metadata": {"name": "c"}}))),
+        (
+            Method::POST,
+            "/v1/projects",
+            Some(json!({"metadata": {"name": "c"}})),
+        ),
         (Method::GET, "/v1/users", None),
         (Method::POST, "/v1/users/bob/tokens", None),
     ];
@@ -528,7 +644,9 @@ async fn tenancy_and_auth(api: Api) {
     // Apply into another project, named in the body.
     let mut sneaky = network("sneaky", "10.9.0.0/24");
     sneaky["metadata"]["project"] = json!("b");
-    let (code, _) = api.call(&alice, Method::POST, "/v1/apply", Some(sneaky)).await;
+    let (code, _) = api
+        .call(&alice, Method::POST, "/v1/apply", Some(sneaky))
+        .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     // Nothing of b changed.
     let (_, bnet) = api.get("/v1/projects/b/networks/bnet").await;
@@ -536,18 +654,34 @@ async fn tenancy_and_auth(api: Api) {
     let (_, list) = api.get("/v1/projects/b/networks").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     // Members may read cluster catalogue kinds, and only their project.
-    let (code, _) = api.call(&alice, Method::GET, "/v1/instancetypes", None).await;
+    let (code, _) = api
+        .call(&alice, Method::GET, "/v1/instancetypes", None)
+        .await;
     assert_eq!(code, StatusCode::OK);
     let (_, projects) = api.call(&alice, Method::GET, "/v1/projects", None).await;
-    let names: Vec<&str> = projects["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = projects["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["a"]);
 
     // Authentication.
-    let (code, _) = api.call("", Method::GET, "/v1/projects/a/networks", None).await;
+    let (code, _) = api
+        .call("", Method::GET, "/v1/projects/a/networks", None)
+        .await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
-    let (code, _) = api.call("crl_bogus", Method::GET, "/v1/projects/a/networks", None).await;
+    let (code, _) = api
+        .call("crl_bogus", Method::GET, "/v1/projects/a/networks", None)
+        .await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
-    let resp = api.http.get(format!("{}/v1/projects/a/networks", api.base)).send().await.unwrap();
+    let resp = api
+        .http
+        .get(format!("{}/v1/projects/a/networks", api.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
     // Token revocation takes effect.
@@ -557,7 +691,12 @@ async fn tenancy_and_auth(api: Api) {
     let (code, _) = api.call(&second, Method::GET, "/v1/whoami", None).await;
     assert_eq!(code, StatusCode::OK);
     let (_, tokens) = api.get("/v1/users/alice/tokens").await;
-    let ids: Vec<String> = tokens["items"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 2);
     let hash = corral_apiserver::auth::token_hash(&second);
     let id = ids.iter().find(|i| hash.starts_with(i.as_str())).unwrap();
@@ -569,31 +708,72 @@ async fn tenancy_and_auth(api: Api) {
     assert_eq!(code, StatusCode::OK, "the other token still works");
 
     // Node agents see what is bound to them, and write only its status.
-    let node = create_user(&api.store, "agent-n1", UserSpec { role: Role::Node, node_name: "n1".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .token;
+    let node = create_user(
+        &api.store,
+        "agent-n1",
+        UserSpec {
+            role: Role::Node,
+            node_name: "n1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .token;
     for (name, bound) in [("mine", "n1"), ("theirs", "n2")] {
-        let (_, obj) = api.post("/v1/projects/a/instances", instance(name, json!({}))).await;
+        let (_, obj) = api
+            .post("/v1/projects/a/instances", instance(name, json!({})))
+            .await;
         let mut obj = obj;
         obj["status"] = json!({"nodeName": bound, "phase": "Scheduled"});
-        api.put(&format!("/v1/projects/a/instances/{name}/status"), obj).await;
+        api.put(&format!("/v1/projects/a/instances/{name}/status"), obj)
+            .await;
     }
     let (code, list) = api.call(&node, Method::GET, "/v1/instances", None).await;
     assert_eq!(code, StatusCode::OK);
-    let names: Vec<&str> = list["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["mine"]);
-    let (code, _) = api.call(&node, Method::GET, "/v1/projects/a/instances/theirs", None).await;
+    let (code, _) = api
+        .call(&node, Method::GET, "/v1/projects/a/instances/theirs", None)
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
-    let (_, mine) = api.call(&node, Method::GET, "/v1/projects/a/instances/mine", None).await;
+    let (_, mine) = api
+        .call(&node, Method::GET, "/v1/projects/a/instances/mine", None)
+        .await;
     let mut report = mine.clone();
     report["status"]["phase"] = json!("Running");
-    let (code, b) = api.call(&node, Method::PUT, "/v1/projects/a/instances/mine/status", Some(report)).await;
+    let (code, b) = api
+        .call(
+            &node,
+            Method::PUT,
+            "/v1/projects/a/instances/mine/status",
+            Some(report),
+        )
+        .await;
     assert_eq!(code, StatusCode::OK, "{b}");
-    let (code, _) = api.call(&node, Method::PUT, "/v1/projects/a/instances/mine", Some(mine)).await;
+    let (code, _) = api
+        .call(
+            &node,
+            Method::PUT,
+            "/v1/projects/a/instances/mine",
+            Some(mine),
+        )
+        .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     let (_, theirs) = api.get("/v1/projects/a/instances/theirs").await;
-    let (code, _) = api.call(&node, Method::PUT, "/v1/projects/a/instances/theirs/status", Some(theirs)).await;
+    let (code, _) = api
+        .call(
+            &node,
+            Method::PUT,
+            "/v1/projects/a/instances/theirs/status",
+            Some(theirs),
+        )
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
 
@@ -612,7 +792,10 @@ async fn apply_creates_configures_and_leaves_unchanged(api: Api) {
     let (_, r) = api.post("/v1/apply", n.clone()).await;
     assert_eq!(r["result"], "configured");
     assert_eq!(r["object"]["metadata"]["generation"], 2);
-    assert_eq!(r["object"]["metadata"]["annotations"]["corral/applied"], "true");
+    assert_eq!(
+        r["object"]["metadata"]["annotations"]["corral/applied"],
+        "true"
+    );
     // Dry run writes nothing.
     n["spec"]["dnsServers"] = json!(["8.8.8.8"]);
     let (_, r) = api.post("/v1/apply?dryRun=All", n.clone()).await;
@@ -629,10 +812,21 @@ async fn apply_creates_configures_and_leaves_unchanged(api: Api) {
 async fn service_endpoints(api: Api) {
     let http = &api.http;
     for path in ["/healthz", "/readyz"] {
-        let r = http.get(format!("{}{path}", api.base)).send().await.unwrap();
+        let r = http
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
-    let doc: Value = http.get(format!("{}/openapi.json", api.base)).send().await.unwrap().json().await.unwrap();
+    let doc: Value = http
+        .get(format!("{}/openapi.json", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/v1/projects/{project}/instances"]["post"].is_object());
     assert!(doc["components"]["schemas"]["Instance"].is_object());
@@ -640,11 +834,26 @@ async fn service_endpoints(api: Api) {
     let text = doc.to_string();
     for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
         let name = &part[..part.find('"').unwrap()];
-        assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling $ref {name}"
+        );
     }
     api.get("/v1/instancetypes").await;
-    let metrics = http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("corral_api_requests_total{verb=\"list\",kind=\"instancetypes\",code=\"200\"}"), "{metrics}");
+    let metrics = http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "corral_api_requests_total{verb=\"list\",kind=\"instancetypes\",code=\"200\"}"
+        ),
+        "{metrics}"
+    );
     assert!(metrics.contains("corral_api_request_duration_seconds_bucket"));
 }
 
