@@ -1,0 +1,227 @@
+//! The reconcilers that make the hosts match the store: scheduler,
+//! instance lifecycle, network IPAM, node lifecycle. Each is a
+//! `corral_runtime::Reconciler`; [`ControllerManager`] wires them to shared
+//! caches and runs them while this process leads.
+//!
+//! Controllers write status (and their own finalizers) only; they never
+//! change what a user asked for in `spec`. They must not talk to
+//! hypervisors — that is the node agent's job.
+
+pub mod instance;
+pub mod ipam;
+pub mod node_lifecycle;
+pub mod resources;
+pub mod scheduler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_api_types::{
+    Image, Instance, InstanceType, KeyPair, Network, Node, SecurityGroup, Volume,
+};
+use corral_runtime::metrics::RuntimeMetrics;
+use corral_runtime::{while_leading, Cache, Change, Controller, ObjectRef, Reflector, Shutdown};
+use corral_store::ResourceStore;
+use tokio::sync::watch;
+
+pub use scheduler::Policy;
+
+/// Settings of the controller set.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    pub policy: Policy,
+    /// Heartbeat age after which a node is Unknown.
+    pub node_grace: Duration,
+    /// Workers per controller.
+    pub concurrency: usize,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions {
+            policy: Policy::Spread,
+            node_grace: Duration::from_secs(15),
+            concurrency: 16,
+        }
+    }
+}
+
+/// The shared caches of one process.
+#[derive(Clone)]
+pub struct Caches {
+    pub instances: Cache<Instance>,
+    pub nodes: Cache<Node>,
+    pub instance_types: Cache<InstanceType>,
+    pub networks: Cache<Network>,
+    pub keypairs: Cache<KeyPair>,
+    pub images: Cache<Image>,
+    pub volumes: Cache<Volume>,
+    pub security_groups: Cache<SecurityGroup>,
+}
+
+impl Caches {
+    /// Starts one reflector per kind.
+    pub fn start(store: &ResourceStore) -> Caches {
+        Caches {
+            instances: Reflector::new(store.clone()).spawn(),
+            nodes: Reflector::new(store.clone()).spawn(),
+            instance_types: Reflector::new(store.clone()).spawn(),
+            networks: Reflector::new(store.clone()).spawn(),
+            keypairs: Reflector::new(store.clone()).spawn(),
+            images: Reflector::new(store.clone()).spawn(),
+            volumes: Reflector::new(store.clone()).spawn(),
+            security_groups: Reflector::new(store.clone()).spawn(),
+        }
+    }
+}
+
+pub struct ControllerManager {
+    store: ResourceStore,
+    caches: Caches,
+    options: ControllerOptions,
+    metrics: Option<RuntimeMetrics>,
+}
+
+fn same_project<O: corral_api_types::Resource>(
+    instances: Cache<Instance>,
+) -> impl Fn(&Change<O>) -> Vec<ObjectRef> + Send + Sync + 'static {
+    move |c| {
+        let m = c.object().meta();
+        instance::instances_naming(&instances, &m.project, &m.name)
+    }
+}
+
+impl ControllerManager {
+    pub fn new(store: ResourceStore, options: ControllerOptions) -> ControllerManager {
+        ControllerManager {
+            caches: Caches::start(&store),
+            store,
+            options,
+            metrics: None,
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: RuntimeMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn caches(&self) -> &Caches {
+        &self.caches
+    }
+
+    /// Runs every controller until `stop` turns true.
+    pub async fn run(self: Arc<Self>, stop: Shutdown) {
+        let c = &self.caches;
+        let store = &self.store;
+        let o = &self.options;
+        let with_metrics = |ctl: &'static str| self.metrics.as_ref().map(|m| m.controller(ctl));
+
+        let scheduler = scheduler::Scheduler::new(
+            store.clone(),
+            c.instances.clone(),
+            c.nodes.clone(),
+            c.instance_types.clone(),
+            o.policy,
+        )
+        .await;
+        let mut sched =
+            Controller::new("scheduler", c.instances.clone()).concurrency(o.concurrency);
+        {
+            let instances = c.instances.clone();
+            sched = sched.watches(c.nodes.clone(), move |_| {
+                scheduler::pending_instances(&instances)
+            });
+            let instances = c.instances.clone();
+            sched = sched.watches(c.instance_types.clone(), move |_| {
+                scheduler::pending_instances(&instances)
+            });
+        }
+        if let Some(m) = with_metrics("scheduler") {
+            sched = sched.metrics(m);
+        }
+
+        let refs = instance::Referents {
+            networks: c.networks.clone(),
+            keypairs: c.keypairs.clone(),
+            images: c.images.clone(),
+            volumes: c.volumes.clone(),
+            security_groups: c.security_groups.clone(),
+            nodes: c.nodes.clone(),
+        };
+        let mut inst = Controller::new("instance", c.instances.clone())
+            .concurrency(o.concurrency)
+            .watches(c.networks.clone(), same_project(c.instances.clone()))
+            .watches(c.keypairs.clone(), same_project(c.instances.clone()))
+            .watches(c.images.clone(), same_project(c.instances.clone()))
+            .watches(c.volumes.clone(), same_project(c.instances.clone()))
+            .watches(c.security_groups.clone(), same_project(c.instances.clone()));
+        {
+            // A node that goes away releases its deleting instances.
+            let instances = c.instances.clone();
+            inst = inst.watches(c.nodes.clone(), move |ch| {
+                let node = ch.object().metadata.name.clone();
+                instances
+                    .list()
+                    .iter()
+                    .filter(|i| {
+                        i.status.as_ref().and_then(|s| s.node_name.as_deref())
+                            == Some(node.as_str())
+                    })
+                    .map(|i| ObjectRef::of(i.as_ref()))
+                    .collect()
+            });
+        }
+        if let Some(m) = with_metrics("instance") {
+            inst = inst.metrics(m);
+        }
+
+        let mut ipam = Controller::new("ipam", c.networks.clone())
+            .concurrency(o.concurrency.min(4))
+            .watches(c.instances.clone(), ipam::networks_of);
+        if let Some(m) = with_metrics("ipam") {
+            ipam = ipam.metrics(m);
+        }
+
+        let mut lifecycle = Controller::new("node-lifecycle", c.nodes.clone()).concurrency(2);
+        if let Some(m) = with_metrics("node-lifecycle") {
+            lifecycle = lifecycle.metrics(m);
+        }
+
+        let tasks = vec![
+            tokio::spawn(sched.run(scheduler, stop.clone())),
+            tokio::spawn(inst.run(
+                Arc::new(instance::InstanceController::new(store.clone(), refs)),
+                stop.clone(),
+            )),
+            tokio::spawn(ipam.run(
+                Arc::new(ipam::Ipam::new(store.clone(), c.instances.clone())),
+                stop.clone(),
+            )),
+            tokio::spawn(lifecycle.run(
+                Arc::new(node_lifecycle::NodeLifecycle::new(
+                    store.clone(),
+                    c.instances.clone(),
+                    o.node_grace,
+                )),
+                stop.clone(),
+            )),
+        ];
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Runs the controllers only while `leading` is true, until `stop`.
+    pub async fn run_while_leading(
+        self: Arc<Self>,
+        leading: watch::Receiver<bool>,
+        stop: Shutdown,
+    ) {
+        while_leading(leading, stop, move |term| {
+            let me = self.clone();
+            async move { me.run(term).await }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,426 @@
+//! The controllers against a real store (embedded and etcd), with Node
+//! objects standing in for registered hosts: placement, capacity, IPAM,
+//! references, node lifecycle and deletion.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use corral_api_types::{
+    seeded_instance_types, Condition, ConditionStatus, Instance, InstancePhase, InstanceSpec,
+    Network, NetworkSpec, Nic, Node, NodeResources, NodeSpec, NodeStatus, Resource,
+};
+use corral_controllers::{ControllerManager, ControllerOptions};
+use corral_store::etcd_server::EtcdServer;
+use corral_store::{EmbeddedStore, EtcdStore, ListOptions, ResourceStore, Store};
+use tokio::sync::watch;
+
+struct Env {
+    store: ResourceStore,
+    stop: watch::Sender<bool>,
+    _etcd: Option<EtcdServer>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn env_on(
+    raw: Arc<dyn Store>,
+    etcd: Option<EtcdServer>,
+    dir: Option<tempfile::TempDir>,
+) -> Env {
+    let store = ResourceStore::new(raw);
+    for t in seeded_instance_types() {
+        store.create(&t).await.unwrap();
+    }
+    let manager = Arc::new(ControllerManager::new(
+        store.clone(),
+        ControllerOptions {
+            node_grace: Duration::from_secs(2),
+            ..Default::default()
+        },
+    ));
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(manager.run(rx));
+    Env {
+        store,
+        stop,
+        _etcd: etcd,
+        _dir: dir,
+    }
+}
+
+async fn embedded() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+    env_on(Arc::new(raw), None, Some(dir)).await
+}
+
+async fn etcd() -> Env {
+    let server = EtcdServer::start().await.expect("start a real etcd");
+    let raw = EtcdStore::connect(&[server.endpoint()]).await.unwrap();
+    env_on(Arc::new(raw), Some(server), None).await
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn node(store: &ResourceStore, name: &str, vcpus: u32, memory_mib: u64, ready: bool) {
+    let mut n = Node::new("", name, NodeSpec::default());
+    n.status = Some(NodeStatus {
+        capacity: NodeResources {
+            vcpus,
+            memory_mib,
+            disk_gib: 1000,
+        },
+        allocatable: NodeResources {
+            vcpus,
+            memory_mib,
+            disk_gib: 1000,
+        },
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: if ready {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            },
+            reason: "AgentReady".into(),
+            message: String::new(),
+            last_transition_time: Some(Utc::now()),
+            observed_generation: 0,
+        }],
+        heartbeat_time: Some(Utc::now()),
+        ..Default::default()
+    });
+    // Users create Nodes without status; agents write it. Here, one write.
+    store.create(&n).await.unwrap();
+}
+
+async fn heartbeat(store: &ResourceStore, name: &str) {
+    let mut n: Node = store.get("", name).await.unwrap().unwrap();
+    n.status.as_mut().unwrap().heartbeat_time = Some(Utc::now());
+    store.update(&n).await.unwrap();
+}
+
+fn instance(name: &str, itype: &str) -> Instance {
+    Instance::new(
+        "p",
+        name,
+        InstanceSpec {
+            instance_type: Some(itype.into()),
+            image: Some("tiny".into()),
+            nics: vec![Nic {
+                network: "lan".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+}
+
+async fn all_instances(store: &ResourceStore) -> Vec<Instance> {
+    store
+        .list::<Instance>(Some("p"), ListOptions::default())
+        .await
+        .unwrap()
+        .items
+}
+
+async fn until<F, Fut>(what: &str, secs: u64, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+fn node_of(i: &Instance) -> Option<String> {
+    i.status.as_ref().and_then(|s| s.node_name.clone())
+}
+
+async fn placement_capacity_and_ipam(env: Env) {
+    let s = &env.store;
+    s.create(&Network::new(
+        "p",
+        "lan",
+        NetworkSpec {
+            cidr: "10.0.0.0/24".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    // Two ready nodes of 4 GiB and one not ready.
+    node(s, "n1", 8, 4096, true).await;
+    node(s, "n2", 8, 4096, true).await;
+    node(s, "n3", 64, 65536, false).await;
+    // m1.small is 2 GiB: exactly four fit; created all at once.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create(&instance(&format!("vm{i}"), "m1.small"))
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    until("4 placed, 2 pending with a reason", 20, || async {
+        let all = all_instances(s).await;
+        let placed = all.iter().filter(|i| node_of(i).is_some()).count();
+        let pending_with_reason =
+            all.iter()
+                .filter(|i| {
+                    i.status.as_ref().is_some_and(|st| {
+                        st.phase == InstancePhase::Pending
+                            && st.conditions.iter().any(|c| {
+                                c.type_ == "Scheduled" && c.status == ConditionStatus::False
+                            })
+                    })
+                })
+                .count();
+        placed == 4 && pending_with_reason == 2
+    })
+    .await;
+    let all = all_instances(s).await;
+    // No node holds more than 2 (no overcommit), spread evenly, never n3.
+    for n in ["n1", "n2"] {
+        assert_eq!(
+            all.iter()
+                .filter(|i| node_of(i).as_deref() == Some(n))
+                .count(),
+            2,
+            "{n}"
+        );
+    }
+    let pending = all.iter().find(|i| node_of(i).is_none()).unwrap();
+    let msg = &pending
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")
+        .unwrap()
+        .message;
+    assert_eq!(
+        msg,
+        "0/3 nodes are available: 1 not ready, 2 insufficient memory."
+    );
+    assert_eq!(
+        pending.status.as_ref().unwrap().phase,
+        InstancePhase::Pending
+    );
+
+    // Every instance (placed or not) got a unique address and MAC.
+    until("addresses", 20, || async {
+        all_instances(s).await.iter().all(|i| {
+            i.status
+                .as_ref()
+                .is_some_and(|st| st.addresses.len() == 1 && !st.addresses[0].ip.is_empty())
+        })
+    })
+    .await;
+    let all = all_instances(s).await;
+    let ips: HashSet<_> = all
+        .iter()
+        .map(|i| i.status.as_ref().unwrap().addresses[0].ip.clone())
+        .collect();
+    let macs: HashSet<_> = all
+        .iter()
+        .map(|i| i.status.as_ref().unwrap().addresses[0].mac.clone())
+        .collect();
+    assert_eq!((ips.len(), macs.len()), (6, 6));
+    assert!(!ips.contains("10.0.0.1"), "gateway never handed out");
+    let net: Network = s.get("p", "lan").await.unwrap().unwrap();
+    assert_eq!(net.status.unwrap().allocations.len(), 6);
+
+    // Missing references are a condition, cleared when they appear.
+    let ready = |i: &Instance, want: ConditionStatus| {
+        i.status.as_ref().is_some_and(|st| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "ReferencesResolved" && c.status == want)
+        })
+    };
+    until("missing image reported", 20, || async {
+        let i: Instance = s.get("p", "vm0").await.unwrap().unwrap();
+        ready(&i, ConditionStatus::False)
+    })
+    .await;
+    let i: Instance = s.get("p", "vm0").await.unwrap().unwrap();
+    let c = i
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ReferencesResolved")
+        .unwrap();
+    assert!(
+        c.message.contains("image \"tiny\" not found"),
+        "{}",
+        c.message
+    );
+    s.create(&corral_api_types::Image::new(
+        "p",
+        "tiny",
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    until("references resolved", 20, || async {
+        let i: Instance = s.get("p", "vm0").await.unwrap().unwrap();
+        ready(&i, ConditionStatus::True)
+    })
+    .await;
+
+    // A node with room appears: the pending ones get placed there.
+    node(s, "n4", 8, 8192, true).await;
+    until("pending ones placed on n4", 20, || async {
+        all_instances(s)
+            .await
+            .iter()
+            .filter(|i| node_of(i).as_deref() == Some("n4"))
+            .count()
+            == 2
+    })
+    .await;
+
+    // Deleting: an instance on a live node waits for its domain (its agent
+    // reports Destroyed); the address goes back to the pool afterwards.
+    let victim = all
+        .iter()
+        .find(|i| node_of(i).as_deref() == Some("n1"))
+        .unwrap()
+        .metadata
+        .name
+        .clone();
+    let victim_ip = all
+        .iter()
+        .find(|i| i.metadata.name == victim)
+        .unwrap()
+        .status
+        .as_ref()
+        .unwrap()
+        .addresses[0]
+        .ip
+        .clone();
+    let marked = s.get::<Instance>("p", &victim).await.unwrap().unwrap();
+    assert!(marked
+        .metadata
+        .finalizers
+        .contains(&"corral/instance".to_string()));
+    let mut deleting = marked.clone();
+    deleting.metadata.deletion_timestamp = Some(Utc::now());
+    s.update(&deleting).await.unwrap();
+    until("terminating", 20, || async {
+        s.get::<Instance>("p", &victim)
+            .await
+            .unwrap()
+            .is_some_and(|i| i.status.as_ref().unwrap().phase == InstancePhase::Terminating)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        s.get::<Instance>("p", &victim).await.unwrap().is_some(),
+        "held until the domain is gone"
+    );
+    let mut i: Instance = s.get("p", &victim).await.unwrap().unwrap();
+    i.status.as_mut().unwrap().conditions.push(Condition {
+        type_: "Provisioned".into(),
+        status: ConditionStatus::False,
+        reason: "Destroyed".into(),
+        message: String::new(),
+        last_transition_time: Some(Utc::now()),
+        observed_generation: 0,
+    });
+    s.update(&i).await.unwrap();
+    until("gone", 20, || async {
+        s.get::<Instance>("p", &victim).await.unwrap().is_none()
+    })
+    .await;
+    until("address released", 20, || async {
+        let net: Network = s.get("p", "lan").await.unwrap().unwrap();
+        !net.status.unwrap().allocations.contains_key(&victim_ip)
+    })
+    .await;
+}
+
+async fn node_lifecycle_marks_unknown(env: Env) {
+    let s = &env.store;
+    s.create(&Network::new(
+        "p",
+        "lan",
+        NetworkSpec {
+            cidr: "10.0.0.0/24".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    node(s, "n1", 8, 8192, true).await;
+    s.create(&instance("vm", "m1.tiny")).await.unwrap();
+    until("scheduled", 20, || async {
+        s.get::<Instance>("p", "vm")
+            .await
+            .unwrap()
+            .is_some_and(|i| node_of(&i).is_some())
+    })
+    .await;
+    // Heartbeats keep it Ready...
+    for _ in 0..3 {
+        heartbeat(s, "n1").await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let n: Node = s.get("", "n1").await.unwrap().unwrap();
+    assert_eq!(
+        n.status.unwrap().conditions[0].status,
+        ConditionStatus::True
+    );
+    // ...silence makes it Unknown, and its instance Unknown (not Failed).
+    until("node and instance Unknown", 20, || async {
+        let n: Node = s.get("", "n1").await.unwrap().unwrap();
+        let i: Instance = s.get("p", "vm").await.unwrap().unwrap();
+        n.status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::Unknown)
+            && i.status.unwrap().phase == InstancePhase::Unknown
+    })
+    .await;
+    let i: Instance = s.get("p", "vm").await.unwrap().unwrap();
+    assert_eq!(node_of(&i).as_deref(), Some("n1"), "not rescheduled");
+    let _ = Instance::KIND;
+}
+
+macro_rules! suite {
+    ($backend:ident) => {
+        mod $backend {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn placement_capacity_and_ipam() {
+                super::placement_capacity_and_ipam(super::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn node_lifecycle_marks_unknown() {
+                super::node_lifecycle_marks_unknown(super::$backend().await).await;
+            }
+        }
+    };
+}
+
+suite!(embedded);
+suite!(etcd);
