@@ -9,6 +9,7 @@
 
 mod any;
 pub mod auth;
+pub mod ec2;
 mod field;
 pub mod kinds;
 mod manifest;

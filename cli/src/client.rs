@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// Page size the CLI asks for when listing.
-const PAGE_SIZE: &str = "500";
+pub const PAGE_SIZE: usize = 500;
 
 /// One field problem of a 422 answer.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -60,7 +60,10 @@ impl ApiStatus {
     /// Builds the error from an answer's status and body; a body that is not
     /// a `Status` object becomes the message as it is.
     pub fn from_body(status: StatusCode, body: &[u8]) -> ApiStatus {
-        let canonical = status.canonical_reason().unwrap_or("Error").replace(' ', "");
+        let canonical = status
+            .canonical_reason()
+            .unwrap_or("Error")
+            .replace(' ', "");
         match serde_json::from_slice::<StatusBody>(body) {
             Ok(b) if !b.message.is_empty() || !b.reason.is_empty() => ApiStatus {
                 code: if b.code == 0 { status.as_u16() } else { b.code },
@@ -99,6 +102,11 @@ impl ApiStatus {
     pub fn is_not_found(&self) -> bool {
         self.code == 404
     }
+
+    /// 410: the resourceVersion was compacted; relist.
+    pub fn is_expired(&self) -> bool {
+        self.code == 410 || self.reason == "Expired"
+    }
 }
 
 impl fmt::Display for ApiStatus {
@@ -134,7 +142,7 @@ pub enum ClientError {
     /// The server answered with an error status.
     Api(ApiStatus),
     /// Nothing listens at the server's address.
-    Unreachable { url: String, detail: String },
+    Unreachable { url: String },
     /// Any other transport problem.
     Transport(String),
     /// The answer was not the JSON we expected.
@@ -145,9 +153,9 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientError::Api(s) => s.fmt(f),
-            ClientError::Unreachable { url, detail } => write!(
+            ClientError::Unreachable { url } => write!(
                 f,
-                "cannot reach the Corral API at {url} (is `corral up` running?): {detail}"
+                "cannot reach the Corral API at {url} (is `corral up` running?)"
             ),
             ClientError::Transport(m) => write!(f, "talking to the Corral API: {m}"),
             ClientError::Decode(m) => write!(f, "unexpected answer from the Corral API: {m}"),
@@ -231,9 +239,7 @@ impl WatchStream {
             }
             let chunk = tokio::time::timeout(self.idle_timeout, self.response.chunk())
                 .await
-                .map_err(|_| {
-                    ClientError::Transport("the watch stream went silent".to_string())
-                })?
+                .map_err(|_| ClientError::Transport("the watch stream went silent".to_string()))?
                 .map_err(|e| ClientError::Transport(root_cause(&e)))?;
             match chunk {
                 Some(bytes) => self.buffer.extend_from_slice(&bytes),
@@ -243,10 +249,9 @@ impl WatchStream {
     }
 }
 
-/// A list's items and its `metadata.resourceVersion`.
+/// A list's items.
 pub struct ListResult {
     pub items: Vec<Value>,
-    pub resource_version: String,
 }
 
 /// Client of the native API.
@@ -328,7 +333,6 @@ impl Client {
             if e.is_connect() {
                 ClientError::Unreachable {
                     url: self.server_root(),
-                    detail: root_cause(&e),
                 }
             } else if e.is_timeout() {
                 ClientError::Transport(format!("{path}: the server did not answer in time"))
@@ -397,20 +401,29 @@ impl Client {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<ListResult, ClientError> {
+        self.list_paged(path, query, PAGE_SIZE).await
+    }
+
+    /// Every item of a list, asking for `page_size` items at a time (0:
+    /// all at once) and following `continue` tokens.
+    pub async fn list_paged(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        page_size: usize,
+    ) -> Result<ListResult, ClientError> {
         let mut items = Vec::new();
         let mut token: Option<String> = None;
+        let limit = page_size.to_string();
         loop {
             let mut q: Vec<(&str, &str)> = query.to_vec();
-            q.push(("limit", PAGE_SIZE));
+            if page_size > 0 {
+                q.push(("limit", &limit));
+            }
             if let Some(t) = &token {
                 q.push(("continue", t));
             }
             let page = self.get(path, &q).await?;
-            let resource_version = page
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
             match page.get("items") {
                 Some(Value::Array(list)) => items.extend(list.iter().cloned()),
                 Some(Value::Null) | None => {}
@@ -426,10 +439,7 @@ impl Client {
                 .filter(|c| !c.is_empty())
                 .map(str::to_string);
             if token.is_none() {
-                return Ok(ListResult {
-                    items,
-                    resource_version,
-                });
+                return Ok(ListResult { items });
             }
         }
     }

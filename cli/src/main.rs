@@ -2,13 +2,16 @@
 //! benchmarks.
 
 mod bench;
+mod client;
+mod cluster;
+mod commands;
 mod config;
 mod up;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -35,6 +38,20 @@ enum Command {
         /// EC2 API address.
         #[arg(long, default_value = "127.0.0.1:8773")]
         ec2_listen: SocketAddr,
+        /// Hypervisor of the local node agent: `qemu:///system` on a real
+        /// host, `test:///default` for a simulated one.
+        #[arg(long, env = "CORRAL_LIBVIRT", default_value = "test:///default")]
+        libvirt: String,
+        /// Domain type for real hosts: `kvm`, or `qemu` (TCG) where KVM
+        /// cannot boot guests.
+        #[arg(long, default_value = "qemu")]
+        virt_type: String,
+        /// Name of the local Node (default: this host's short name).
+        #[arg(long)]
+        node: Option<String>,
+        /// Run without the local agent (API and controllers only).
+        #[arg(long)]
+        no_agent: bool,
     },
     /// Run the API server on an etcd cluster (stateless; run several).
     Server {
@@ -48,12 +65,42 @@ enum Command {
         /// Write the admin's client config on first start.
         #[arg(long)]
         write_config: bool,
+        /// Run the controllers here (behind leader election).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        controllers: bool,
+    },
+    /// Run a node agent for one hypervisor host.
+    Agent {
+        /// Native API URL.
+        #[arg(long, env = "CORRAL_SERVER")]
+        server: String,
+        /// Node-scoped token (`corral user create NAME --role node --node N`).
+        #[arg(long, env = "CORRAL_TOKEN")]
+        token: String,
+        /// Node name (a DNS label).
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "qemu:///system")]
+        libvirt: String,
+        #[arg(long, default_value = "qemu")]
+        virt_type: String,
+        /// Advertise this many vcpus instead of the host's (simulated hosts).
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Advertise this much memory instead of the host's.
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// Availability zone of this node.
+        #[arg(long)]
+        zone: Option<String>,
     },
     /// Measure performance; prints figures and the ratios the goals use.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    #[command(flatten)]
+    Client(commands::ClientCommand),
 }
 
 #[derive(Subcommand)]
@@ -73,6 +120,20 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "1,64")]
         writers: Vec<usize>,
     },
+    /// The native API: creates and gets at N clients next to raw Store
+    /// creates, and whole-list latency, on both backends.
+    Api {
+        #[arg(long, default_value_t = 5_000)]
+        ops: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Instances in the listed project.
+        #[arg(long, default_value_t = 10_000)]
+        list_size: usize,
+        /// How many times the whole list is fetched.
+        #[arg(long, default_value_t = 30)]
+        list_runs: usize,
+    },
 }
 
 #[tokio::main]
@@ -89,6 +150,10 @@ async fn main() -> Result<()> {
             data_dir,
             listen,
             ec2_listen,
+            libvirt,
+            virt_type,
+            node,
+            no_agent,
         } => {
             let data_dir = data_dir.unwrap_or_else(config::default_data_dir);
             println!("Data directory: {}", data_dir.display());
@@ -99,6 +164,15 @@ async fn main() -> Result<()> {
                     listen,
                     ec2_listen,
                     write_config: true,
+                    controllers: Some(cluster::Leadership::Always),
+                    agent: (!no_agent).then(|| cluster::LocalAgent {
+                        node: node.unwrap_or_else(cluster::default_node_name),
+                        libvirt,
+                        virt_type,
+                        // A simulated host advertises room for a lab.
+                        vcpus: None,
+                        memory_mib: None,
+                    }),
                 },
             )
             .await
@@ -108,18 +182,59 @@ async fn main() -> Result<()> {
             listen,
             ec2_listen,
             write_config,
+            controllers,
         } => {
-            let store = up::open_etcd(&etcd).await?;
+            let etcd_store = corral_store::EtcdStore::connect(&etcd)
+                .await
+                .with_context(|| format!("connecting to etcd at {}", etcd.join(",")))?;
+            let identity = format!("{}:{}", cluster::default_node_name(), std::process::id());
+            let leadership = controllers.then(|| cluster::Leadership::Etcd {
+                client: etcd_store.client(),
+                identity,
+            });
             up::serve(
-                store,
+                std::sync::Arc::new(etcd_store),
                 up::ServeOptions {
                     listen,
                     ec2_listen,
                     write_config,
+                    controllers: leadership,
+                    agent: None,
                 },
             )
             .await
         }
+        Command::Agent {
+            server,
+            token,
+            node,
+            libvirt,
+            virt_type,
+            vcpus,
+            memory_mib,
+            zone,
+        } => {
+            let hv = corral_node_agent::Libvirt::open(&libvirt, &virt_type)
+                .with_context(|| format!("opening libvirt at {libvirt}"))?;
+            let mut opts = corral_node_agent::AgentOptions::new(&node);
+            opts.vcpus = vcpus;
+            opts.memory_mib = memory_mib;
+            opts.zone = zone;
+            let agent = corral_node_agent::Agent::new(
+                corral_node_agent::ApiClient::new(&server, &token),
+                std::sync::Arc::new(hv),
+                opts,
+            );
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = stop.send(true);
+            });
+            println!("corral agent: node {node:?} on {libvirt}, API {server}");
+            agent.run(rx).await?;
+            Ok(())
+        }
+        Command::Client(c) => commands::run(c).await,
         Command::Bench { what } => match what {
             BenchCommand::Store {
                 etcd,
@@ -132,6 +247,20 @@ async fn main() -> Result<()> {
                     ops,
                     value_size,
                     writers,
+                })
+                .await
+            }
+            BenchCommand::Api {
+                ops,
+                clients,
+                list_size,
+                list_runs,
+            } => {
+                bench::api(bench::ApiBenchOptions {
+                    ops,
+                    clients,
+                    list_size,
+                    list_runs,
                 })
                 .await
             }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use corral_api_types::auth::{ApiToken, User};
 use corral_apiserver::auth::{issue_access_key, issue_token, token_hash};
 use corral_apiserver::ApiState;
-use corral_store::{EmbeddedStore, EtcdStore, ResourceStore, Store};
+use corral_store::{EmbeddedStore, ResourceStore, Store};
 
 use crate::config::{config_dir, config_path, write_private, ClientConfig, Credentials};
 
@@ -21,6 +21,10 @@ pub struct ServeOptions {
     pub ec2_listen: SocketAddr,
     /// Write the client config (and AWS files) for the admin.
     pub write_config: bool,
+    /// Run the controllers (and how leadership is decided).
+    pub controllers: Option<crate::cluster::Leadership>,
+    /// Run a node agent in this process.
+    pub agent: Option<crate::cluster::LocalAgent>,
 }
 
 /// Opens the embedded store under `data_dir`.
@@ -30,13 +34,6 @@ pub fn open_embedded(data_dir: &Path) -> Result<Arc<dyn Store>> {
     let path = data_dir.join("store.redb");
     let store = EmbeddedStore::open(&path)
         .with_context(|| format!("opening the store {}", path.display()))?;
-    Ok(Arc::new(store))
-}
-
-pub async fn open_etcd(endpoints: &[String]) -> Result<Arc<dyn Store>> {
-    let store = EtcdStore::connect(endpoints)
-        .await
-        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
     Ok(Arc::new(store))
 }
 
@@ -131,7 +128,7 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
                 println!("  {}", f.display());
             }
             let dir = config_dir();
-            println!("For awscli/boto3 (EC2 API once served at {ec2}):");
+            println!("For awscli/boto3 (EC2 API at {ec2}):");
             println!(
                 "  export AWS_SHARED_CREDENTIALS_FILE={} AWS_CONFIG_FILE={} AWS_PROFILE=corral",
                 dir.join("aws-credentials").display(),
@@ -143,18 +140,39 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
         }
     }
 
-    let state = ApiState::new(store);
+    let ec2_state = corral_ec2_api::Ec2State::new(
+        store.clone(),
+        corral_ec2_api::Ec2Config {
+            region: REGION.to_string(),
+        },
+    );
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("binding the API to {}", options.listen))?;
+    let ec2_listener = tokio::net::TcpListener::bind(options.ec2_listen)
+        .await
+        .with_context(|| format!("binding the EC2 API to {}", options.ec2_listen))?;
+    // Controllers and the agent start once the API can answer them.
+    let background = crate::cluster::start(
+        &store,
+        options.controllers.clone(),
+        options.agent.clone(),
+        &server,
+    )
+    .await?;
+    let state = ApiState::new(store);
     println!(
-        "Corral is up: native API {server} (store: {}); stop with Ctrl-C",
+        "Corral is up: native API {server}, EC2 API {ec2} (store: {}); stop with Ctrl-C",
         raw.backend()
     );
-    tracing::info!(%server, backend = raw.backend(), "serving the native API");
-    corral_apiserver::serve(state, listener, shutdown_signal())
-        .await
-        .context("serving the API")?;
+    tracing::info!(%server, %ec2, backend = raw.backend(), "serving the native and EC2 APIs");
+    let (api, ec2_api) = tokio::join!(
+        corral_apiserver::serve(state, listener, shutdown_signal()),
+        corral_ec2_api::serve(ec2_state, ec2_listener, shutdown_signal()),
+    );
+    api.context("serving the API")?;
+    ec2_api.context("serving the EC2 API")?;
+    background.stop().await;
     println!("Corral stopped.");
     Ok(())
 }

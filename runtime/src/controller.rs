@@ -211,23 +211,25 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
-        if leading.wait_for(|l| *l).await.is_err() {
+        if !becomes(&mut leading, true).await {
             return;
         }
         let (tx, rx) = watch::channel(false);
         let running = tokio::spawn(f(rx));
-        tokio::select! {
-            _ = leading.wait_for(|l| !*l) => {}
-            _ = stop.wait_for(|s| *s) => {
-                let _ = tx.send(true);
-                let _ = running.await;
-                return;
-            }
-        }
+        let stopping = tokio::select! {
+            _ = becomes(&mut leading, false) => false,
+            _ = becomes(&mut stop, true) => true,
+        };
         let _ = tx.send(true);
         let _ = running.await;
-        if *stop.borrow() {
+        if stopping || *stop.borrow() {
             return;
         }
     }
+}
+
+/// Waits until the flag equals `value`; false if its sender is gone.
+/// (Returns no guard, so callers' futures stay `Send`.)
+async fn becomes(flag: &mut watch::Receiver<bool>, value: bool) -> bool {
+    flag.wait_for(|v| *v == value).await.is_ok()
 }

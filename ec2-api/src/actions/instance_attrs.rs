@@ -1,0 +1,462 @@
+//! DescribeInstanceStatus, DescribeInstanceAttribute and
+//! ModifyInstanceAttribute.
+
+use base64::Engine;
+use corral_api_types::ec2::{
+    instance_id, DISABLE_API_STOP_ANNOTATION, SHUTDOWN_BEHAVIOR_ANNOTATION,
+};
+use corral_api_types::{ConditionStatus, Instance, InstanceType, SecurityGroup};
+
+use super::instance_view::{state, Lookup, RUNNING, STOPPED};
+use super::instances::visible_instances;
+use super::{check_ids, Ctx};
+use crate::error::{Ec2Error, Result};
+use crate::filter::{one, Filters};
+use crate::objects::{self, list_all, Tagged};
+use crate::page::Page;
+use crate::query::{clip, Params};
+use crate::xml::Xml;
+
+/// EC2's status checks from the Ready condition the agents report.
+fn health(i: &Instance) -> (&'static str, &'static str) {
+    if state(i) != RUNNING {
+        return ("not-applicable", "not-applicable");
+    }
+    let ready = i
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == Instance::CONDITION_READY)
+        .map(|c| c.status);
+    match ready {
+        Some(ConditionStatus::True) => ("ok", "passed"),
+        Some(ConditionStatus::False) => ("impaired", "failed"),
+        _ => ("initializing", "initializing"),
+    }
+}
+
+pub async fn describe_status(ctx: &Ctx<'_>) -> Result<Xml> {
+    let ids = ctx.params.list("InstanceId")?;
+    check_ids(&ids, &["i"], "InvalidInstanceID.Malformed", "instance id")?;
+    let page = Page::parse(ctx.params, !ids.is_empty(), "instanceIds", 5)?;
+    let all_states = ctx.params.bool("IncludeAllInstances")?.unwrap_or(false);
+    let filters = Filters::parse(
+        ctx.params,
+        &[
+            "availability-zone",
+            "instance-state-name",
+            "instance-state-code",
+            "instance-status.status",
+            "instance-status.reachability",
+            "system-status.status",
+            "system-status.reachability",
+        ],
+        false,
+    )?;
+    ctx.gate()?;
+    let all = visible_instances(ctx).await?;
+    if let Some(missing) = ids
+        .iter()
+        .find(|id| !all.iter().any(|i| instance_id(&i.metadata.uid) == **id))
+    {
+        return Err(Ec2Error::client(
+            "InvalidInstanceID.NotFound",
+            format!("The instance ID '{missing}' does not exist"),
+        ));
+    }
+    let l = Lookup::load(ctx).await?;
+    let empty = Default::default();
+    let mut items: Vec<Instance> = all
+        .into_iter()
+        .filter(|i| ids.is_empty() || ids.contains(&instance_id(&i.metadata.uid)))
+        .filter(|i| all_states || state(i) == RUNNING)
+        .filter(|i| {
+            let (code, name) = state(i);
+            let (st, reach) = health(i);
+            filters.matches(
+                |f| match f {
+                    "availability-zone" => one(l.zone_of(i)),
+                    "instance-state-name" => one(name),
+                    "instance-state-code" => one(code.to_string()),
+                    "instance-status.status" | "system-status.status" => one(st),
+                    _ => one(reach),
+                },
+                &empty,
+            )
+        })
+        .collect();
+    items.sort_by_key(|i| instance_id(&i.metadata.uid));
+    let (items, next) = page.apply(items, |i| instance_id(&i.metadata.uid));
+    let mut x = Xml::new();
+    x.set("instanceStatusSet", &items, |x, i| {
+        let (code, name) = state(i);
+        let (st, reach) = health(i);
+        let summary = |x: &mut Xml, el: &str| {
+            x.el(el, |x| {
+                x.leaf("status", st).set("details", &[reach], |x, r| {
+                    x.leaf("name", "reachability").leaf("status", r);
+                });
+            });
+        };
+        x.leaf("instanceId", instance_id(&i.metadata.uid))
+            .leaf("availabilityZone", l.zone_of(i))
+            .el("instanceState", |x| {
+                x.leaf("code", code).leaf("name", name);
+            });
+        summary(x, "systemStatus");
+        summary(x, "instanceStatus");
+        x.set("eventsSet", &[] as &[u8], |_, _| {});
+    });
+    x.opt("nextToken", next);
+    Ok(x)
+}
+
+fn value(x: &mut Xml, name: &str, v: impl std::fmt::Display) {
+    x.el(name, |x| {
+        x.leaf("value", v);
+    });
+}
+
+pub async fn describe_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
+    let attr = ctx.params.required("Attribute")?.to_string();
+    let id = ctx.params.required("InstanceId")?.to_string();
+    check_ids(
+        std::slice::from_ref(&id),
+        &["i"],
+        "InvalidInstanceID.Malformed",
+        "instance id",
+    )?;
+    const KNOWN: &[&str] = &[
+        "instanceType",
+        "kernel",
+        "ramdisk",
+        "userData",
+        "disableApiTermination",
+        "instanceInitiatedShutdownBehavior",
+        "rootDeviceName",
+        "blockDeviceMapping",
+        "productCodes",
+        "sourceDestCheck",
+        "groupSet",
+        "ebsOptimized",
+        "sriovNetSupport",
+        "enaSupport",
+        "disableApiStop",
+    ];
+    if !KNOWN.contains(&attr.as_str()) {
+        return Err(Ec2Error::invalid_value(format!(
+            "Value ({}) for parameter attribute is invalid. Unknown attribute.",
+            clip(&attr)
+        )));
+    }
+    let all = visible_instances(ctx).await?;
+    let i = all
+        .iter()
+        .find(|i| instance_id(&i.metadata.uid) == id)
+        .ok_or_else(|| {
+            Ec2Error::client(
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{id}' does not exist"),
+            )
+        })?;
+    ctx.gate()?;
+    let a = &i.metadata.annotations;
+    let mut x = Xml::new();
+    x.leaf("instanceId", &id);
+    match attr.as_str() {
+        "instanceType" => value(
+            &mut x,
+            "instanceType",
+            i.spec.instance_type.clone().unwrap_or_default(),
+        ),
+        "userData" => {
+            x.el("userData", |x| {
+                if let Some(u) = &i.spec.user_data {
+                    x.leaf("value", base64::engine::general_purpose::STANDARD.encode(u));
+                }
+            });
+        }
+        "disableApiTermination" => value(
+            &mut x,
+            "disableApiTermination",
+            i.spec.disable_api_termination,
+        ),
+        "disableApiStop" => value(
+            &mut x,
+            "disableApiStop",
+            a.get(DISABLE_API_STOP_ANNOTATION)
+                .is_some_and(|v| v == "true"),
+        ),
+        "instanceInitiatedShutdownBehavior" => value(
+            &mut x,
+            "instanceInitiatedShutdownBehavior",
+            a.get(SHUTDOWN_BEHAVIOR_ANNOTATION)
+                .map(String::as_str)
+                .unwrap_or("stop"),
+        ),
+        "rootDeviceName" => value(&mut x, "rootDeviceName", "/dev/vda"),
+        "sourceDestCheck" => value(&mut x, "sourceDestCheck", true),
+        "ebsOptimized" => value(&mut x, "ebsOptimized", false),
+        "enaSupport" => value(&mut x, "enaSupport", false),
+        "productCodes" => {
+            x.set("productCodes", &[] as &[u8], |_, _| {});
+        }
+        "kernel" | "ramdisk" | "sriovNetSupport" => {
+            x.el(&attr, |_| {});
+        }
+        "groupSet" => {
+            let l = Lookup::load(ctx).await?;
+            let groups: Vec<(String, String)> = i
+                .spec
+                .nics
+                .first()
+                .map(|n| {
+                    n.security_groups
+                        .iter()
+                        .filter_map(|g| l.groups.get(g).cloned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            x.set("groupSet", &groups, |x, (gid, name)| {
+                x.leaf("groupId", gid).leaf("groupName", name);
+            });
+        }
+        _ => {
+            let l = Lookup::load(ctx).await?;
+            let mut devices: Vec<(String, String, bool)> = Vec::new();
+            if let Some(b) = &i.spec.boot_volume {
+                devices.push((
+                    "/dev/vda".into(),
+                    l.volumes.get(b).cloned().unwrap_or_default(),
+                    false,
+                ));
+            }
+            for v in &i.spec.volumes {
+                let dev = format!("/dev/{}", v.device.clone().unwrap_or_default());
+                devices.push((
+                    dev,
+                    l.volumes.get(&v.volume).cloned().unwrap_or_default(),
+                    v.delete_on_termination,
+                ));
+            }
+            x.set("blockDeviceMapping", &devices, |x, (dev, vol, dot)| {
+                x.leaf("deviceName", dev).el("ebs", |x| {
+                    x.leaf("volumeId", vol)
+                        .leaf("status", "attached")
+                        .leaf("deleteOnTermination", dot);
+                });
+            });
+        }
+    }
+    Ok(x)
+}
+
+/// `X.Value` or, for the old form, `Attribute=x&Value=v`.
+fn attr_value<'a>(p: &'a Params, name: &str, lower: &str) -> Option<&'a str> {
+    p.get(&format!("{name}.Value")).or_else(|| {
+        (p.get("Attribute") == Some(lower))
+            .then(|| p.get("Value"))
+            .flatten()
+    })
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Ec2Error::invalid_value(format!(
+            "Value ({}) for parameter {name} is invalid.",
+            clip(v)
+        ))),
+    }
+}
+
+pub async fn modify_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
+    let p = ctx.params;
+    let id = p.required("InstanceId")?.to_string();
+    check_ids(
+        std::slice::from_ref(&id),
+        &["i"],
+        "InvalidInstanceID.Malformed",
+        "instance id",
+    )?;
+    let i = visible_instances(ctx)
+        .await?
+        .into_iter()
+        .find(|i| instance_id(&i.metadata.uid) == id)
+        .ok_or_else(|| {
+            Ec2Error::client(
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{id}' does not exist"),
+            )
+        })?;
+    let instance_type = attr_value(p, "InstanceType", "instanceType").map(str::to_string);
+    let user_data = match attr_value(p, "UserData", "userData") {
+        Some(b) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|_| Ec2Error::invalid_value("Invalid BASE64 encoding of user data"))?;
+            Some(
+                String::from_utf8(bytes)
+                    .map_err(|_| Ec2Error::invalid_value("User data must be UTF-8 text"))?,
+            )
+        }
+        None => None,
+    };
+    let termination = attr_value(p, "DisableApiTermination", "disableApiTermination")
+        .map(|v| parse_bool("DisableApiTermination", v))
+        .transpose()?;
+    let stop = attr_value(p, "DisableApiStop", "disableApiStop")
+        .map(|v| parse_bool("DisableApiStop", v))
+        .transpose()?;
+    let shutdown = attr_value(
+        p,
+        "InstanceInitiatedShutdownBehavior",
+        "instanceInitiatedShutdownBehavior",
+    )
+    .map(str::to_string);
+    let source_dest = attr_value(p, "SourceDestCheck", "sourceDestCheck")
+        .map(|v| parse_bool("SourceDestCheck", v))
+        .transpose()?;
+    let ebs_optimized = attr_value(p, "EbsOptimized", "ebsOptimized")
+        .map(|v| parse_bool("EbsOptimized", v))
+        .transpose()?;
+    let group_ids = p.list("GroupId")?;
+    let bdm = p.structs("BlockDeviceMapping")?;
+    if instance_type.is_none()
+        && user_data.is_none()
+        && termination.is_none()
+        && stop.is_none()
+        && shutdown.is_none()
+        && source_dest.is_none()
+        && ebs_optimized.is_none()
+        && group_ids.is_empty()
+        && bdm.is_empty()
+    {
+        return Err(Ec2Error::missing("Attribute"));
+    }
+    if (instance_type.is_some() || user_data.is_some()) && state(&i) != STOPPED {
+        return Err(Ec2Error::incorrect_state(format!(
+            "The instance '{id}' is not in the 'stopped' state."
+        )));
+    }
+    if let Some(t) = &instance_type {
+        if ctx.store.get::<InstanceType>("", t).await?.is_none() {
+            return Err(Ec2Error::invalid_value(format!(
+                "Invalid value '{}' for InstanceType.",
+                clip(t)
+            )));
+        }
+    }
+    if let Some(s) = &shutdown {
+        if s != "stop" && s != "terminate" {
+            return Err(Ec2Error::invalid_value(format!(
+                "Invalid shutdown behavior: {}",
+                clip(s)
+            )));
+        }
+    }
+    if source_dest == Some(false) {
+        return Err(Ec2Error::client(
+            "UnsupportedOperation",
+            "Corral always checks source/destination addresses",
+        ));
+    }
+    if ebs_optimized == Some(true) {
+        return Err(Ec2Error::client(
+            "UnsupportedOperation",
+            "EBS optimization is not available",
+        ));
+    }
+    let mut groups = Vec::new();
+    if !group_ids.is_empty() {
+        check_ids(
+            &group_ids,
+            &["sg"],
+            "InvalidGroupId.Malformed",
+            "security group id",
+        )?;
+        let all = list_all::<SecurityGroup>(ctx.store, ctx.project()).await?;
+        for g in &group_ids {
+            let sg = all.iter().find(|s| s.ec2_id() == *g).ok_or_else(|| {
+                Ec2Error::client(
+                    "InvalidGroup.NotFound",
+                    format!("The security group '{g}' does not exist"),
+                )
+            })?;
+            groups.push(sg.metadata.name.clone());
+        }
+        if i.spec.nics.is_empty() {
+            return Err(Ec2Error::client(
+                "UnsupportedOperation",
+                format!("The instance '{id}' has no network interface"),
+            ));
+        }
+    }
+    let mut dot = Vec::new();
+    for m in &bdm {
+        let dev = m
+            .required("DeviceName")?
+            .trim_start_matches("/dev/")
+            .to_string();
+        let d = m.sub("Ebs").bool("DeleteOnTermination")?.unwrap_or(true);
+        if !i
+            .spec
+            .volumes
+            .iter()
+            .any(|v| v.device.as_deref() == Some(dev.as_str()))
+        {
+            return Err(Ec2Error::invalid_value(format!(
+                "The device '{}' is not attached",
+                clip(&dev)
+            )));
+        }
+        dot.push((dev, d));
+    }
+    ctx.gate()?;
+    objects::update(
+        ctx.store,
+        ctx.project(),
+        &i.metadata.name,
+        |i: &mut Instance| {
+            if let Some(t) = &instance_type {
+                i.spec.instance_type = Some(t.clone());
+                i.spec.cpus = None;
+                i.spec.memory_mib = None;
+            }
+            if let Some(u) = &user_data {
+                i.spec.user_data = Some(u.clone());
+            }
+            if let Some(t) = termination {
+                i.spec.disable_api_termination = t;
+            }
+            let a = &mut i.metadata.annotations;
+            if let Some(s) = stop {
+                if s {
+                    a.insert(DISABLE_API_STOP_ANNOTATION.into(), "true".into());
+                } else {
+                    a.remove(DISABLE_API_STOP_ANNOTATION);
+                }
+            }
+            if let Some(s) = &shutdown {
+                a.insert(SHUTDOWN_BEHAVIOR_ANNOTATION.into(), s.clone());
+            }
+            if !groups.is_empty() {
+                i.spec.nics[0].security_groups = groups.clone();
+            }
+            for (dev, d) in &dot {
+                for v in i
+                    .spec
+                    .volumes
+                    .iter_mut()
+                    .filter(|v| v.device.as_deref() == Some(dev.as_str()))
+                {
+                    v.delete_on_termination = *d;
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(super::ok_return())
+}

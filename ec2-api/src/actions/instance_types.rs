@@ -1,0 +1,195 @@
+//! DescribeInstanceTypes (complete InstanceTypeInfo objects from the
+//! cluster's InstanceTypes) and DescribeInstanceCreditSpecifications.
+
+use corral_api_types::ec2::instance_id;
+use corral_api_types::InstanceType;
+
+use super::instances::visible_instances;
+use super::{check_ids, Ctx};
+use crate::error::{Ec2Error, Result};
+use crate::filter::{b, one, Filters};
+use crate::objects::list_all;
+use crate::page::Page;
+use crate::xml::Xml;
+
+/// Network interfaces EC2 clients are told an instance may have.
+pub const MAX_NICS: u32 = 8;
+
+const FILTERS: &[&str] = &[
+    "instance-type",
+    "current-generation",
+    "bare-metal",
+    "burstable-performance-supported",
+    "free-tier-eligible",
+    "hibernation-supported",
+    "instance-storage-supported",
+    "memory-info.size-in-mib",
+    "processor-info.supported-architecture",
+    "supported-root-device-type",
+    "supported-usage-class",
+    "supported-virtualization-type",
+    "vcpu-info.default-vcpus",
+    "vcpu-info.default-cores",
+    "vcpu-info.default-threads-per-core",
+    "instance-storage-info.total-size",
+];
+
+fn field(t: &InstanceType, f: &str) -> Vec<String> {
+    let s = &t.spec;
+    match f {
+        "instance-type" => one(t.metadata.name.clone()),
+        "current-generation" => b(true),
+        "bare-metal"
+        | "burstable-performance-supported"
+        | "free-tier-eligible"
+        | "hibernation-supported" => b(false),
+        "instance-storage-supported" => b(s.ephemeral_gib > 0),
+        "memory-info.size-in-mib" => one(s.memory_mib.to_string()),
+        "processor-info.supported-architecture" => one("x86_64"),
+        "supported-root-device-type" => vec!["ebs".into(), "instance-store".into()],
+        "supported-usage-class" => one("on-demand"),
+        "supported-virtualization-type" => one("hvm"),
+        "vcpu-info.default-vcpus" | "vcpu-info.default-cores" => one(s.vcpus.to_string()),
+        "vcpu-info.default-threads-per-core" => one("1"),
+        "instance-storage-info.total-size" => one(s.ephemeral_gib.to_string()),
+        _ => vec![],
+    }
+}
+
+fn write_type(x: &mut Xml, t: &InstanceType) {
+    let s = &t.spec;
+    let strings = |x: &mut Xml, name: &str, items: &[&str]| {
+        x.open(name);
+        for i in items {
+            x.leaf("item", i);
+        }
+        x.close(name);
+    };
+    x.leaf("instanceType", &t.metadata.name)
+        .leaf("currentGeneration", true)
+        .leaf("freeTierEligible", false);
+    strings(x, "supportedUsageClasses", &["on-demand"]);
+    strings(x, "supportedRootDeviceTypes", &["ebs", "instance-store"]);
+    strings(x, "supportedVirtualizationTypes", &["hvm"]);
+    x.leaf("bareMetal", false);
+    x.el("processorInfo", |x| {
+        strings(x, "supportedArchitectures", &["x86_64"]);
+    });
+    x.el("vCpuInfo", |x| {
+        x.leaf("defaultVCpus", s.vcpus)
+            .leaf("defaultCores", s.vcpus)
+            .leaf("defaultThreadsPerCore", 1);
+    });
+    x.el("memoryInfo", |x| {
+        x.leaf("sizeInMiB", s.memory_mib);
+    });
+    x.leaf("instanceStorageSupported", s.ephemeral_gib > 0);
+    if s.ephemeral_gib > 0 {
+        x.el("instanceStorageInfo", |x| {
+            x.leaf("totalSizeInGB", s.ephemeral_gib)
+                .set("disks", &[s.ephemeral_gib], |x, g| {
+                    x.leaf("sizeInGB", g).leaf("count", 1).leaf("type", "ssd");
+                })
+                .leaf("nvmeSupport", "unsupported")
+                .leaf("encryptionSupport", "unsupported");
+        });
+    }
+    x.el("ebsInfo", |x| {
+        x.leaf("ebsOptimizedSupport", "unsupported")
+            .leaf("encryptionSupport", "unsupported")
+            .leaf("nvmeSupport", "unsupported");
+    });
+    x.el("networkInfo", |x| {
+        x.leaf("networkPerformance", "Moderate")
+            .leaf("maximumNetworkInterfaces", MAX_NICS)
+            .leaf("maximumNetworkCards", 1)
+            .leaf("defaultNetworkCardIndex", 0)
+            .set("networkCards", &[0], |x, i| {
+                x.leaf("networkCardIndex", i)
+                    .leaf("networkPerformance", "Moderate")
+                    .leaf("maximumNetworkInterfaces", MAX_NICS);
+            })
+            .leaf("ipv4AddressesPerInterface", 1)
+            .leaf("ipv6AddressesPerInterface", 0)
+            .leaf("ipv6Supported", false)
+            .leaf("enaSupport", "unsupported")
+            .leaf("efaSupported", false)
+            .leaf("encryptionInTransitSupported", false)
+            .leaf("enaSrdSupported", false);
+    });
+    x.el("placementGroupInfo", |x| {
+        strings(x, "supportedStrategies", &[]);
+    });
+    x.leaf("hibernationSupported", false)
+        .leaf("burstablePerformanceSupported", false)
+        .leaf("dedicatedHostsSupported", false)
+        .leaf("autoRecoverySupported", false);
+    strings(x, "supportedBootModes", &["legacy-bios"]);
+}
+
+pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
+    let names = ctx.params.list("InstanceType")?;
+    let page = Page::parse(ctx.params, false, "instanceTypes", 5)?;
+    if page.max.is_some_and(|m| m > 100) {
+        return Err(Ec2Error::invalid_value(
+            "Value for parameter maxResults is invalid. Expect a value between 5 and 100.",
+        ));
+    }
+    let filters = Filters::parse(ctx.params, FILTERS, false)?;
+    ctx.gate()?;
+    let mut types = list_all::<InstanceType>(ctx.store, "").await?;
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !types.iter().any(|t| t.metadata.name == **n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Ec2Error::client(
+            "InvalidInstanceType",
+            format!(
+                "The following supplied instance types do not exist: [{}]",
+                missing
+                    .iter()
+                    .map(|s| crate::query::clip(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let empty = Default::default();
+    types.retain(|t| names.is_empty() || names.contains(&t.metadata.name));
+    types.retain(|t| filters.matches(|f| field(t, f), &empty));
+    types.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let (items, next) = page.apply(types, |t| t.metadata.name.clone());
+    let mut x = Xml::new();
+    x.set("instanceTypeSet", &items, write_type);
+    x.opt("nextToken", next);
+    Ok(x)
+}
+
+pub async fn describe_credits(ctx: &Ctx<'_>) -> Result<Xml> {
+    let ids = ctx.params.list("InstanceId")?;
+    check_ids(&ids, &["i"], "InvalidInstanceID.Malformed", "instance id")?;
+    let page = Page::parse(ctx.params, !ids.is_empty(), "instanceIds", 5)?;
+    let filters = Filters::parse(ctx.params, &["instance-id"], false)?;
+    ctx.gate()?;
+    let all = visible_instances(ctx).await?;
+    let mut known: Vec<String> = all.iter().map(|i| instance_id(&i.metadata.uid)).collect();
+    if let Some(missing) = ids.iter().find(|id| !known.contains(id)) {
+        return Err(Ec2Error::client(
+            "InvalidInstanceID.NotFound",
+            format!("The instance ID '{missing}' does not exist"),
+        ));
+    }
+    let empty = Default::default();
+    known.retain(|id| ids.is_empty() || ids.contains(id));
+    known.retain(|id| filters.matches(|_| one(id.clone()), &empty));
+    known.sort();
+    let (items, next) = page.apply(known, |s| s.clone());
+    let mut x = Xml::new();
+    // Corral has no CPU credits: every instance is "standard".
+    x.set("instanceCreditSpecificationSet", &items, |x, id| {
+        x.leaf("instanceId", id).leaf("cpuCredits", "standard");
+    });
+    x.opt("nextToken", next);
+    Ok(x)
+}

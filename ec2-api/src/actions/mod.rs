@@ -1,0 +1,160 @@
+//! Actions: each turns parameters into resource reads and writes and
+//! writes the response body. Shared helpers live here.
+
+mod disks;
+mod images;
+mod instance_attrs;
+mod instance_types;
+mod instance_view;
+mod instances;
+mod keypairs;
+mod region;
+mod security_groups;
+mod snapshots;
+mod tags;
+mod volumes;
+mod vpcs;
+
+use corral_api_types::Node;
+use corral_store::ResourceStore;
+
+use crate::auth::Caller;
+use crate::error::{Ec2Error, Result};
+use crate::objects::list_all;
+use crate::query::Params;
+use crate::server::Ec2Config;
+use crate::xml::Xml;
+
+/// One request being served.
+pub struct Ctx<'a> {
+    pub store: &'a ResourceStore,
+    pub caller: &'a Caller,
+    pub params: &'a Params,
+    pub dry_run: bool,
+    pub config: &'a Ec2Config,
+    /// The Host the client addressed (DescribeRegions' endpoint).
+    pub host: String,
+}
+
+impl Ctx<'_> {
+    pub fn project(&self) -> &str {
+        &self.caller.project
+    }
+
+    /// Stops a DryRun request at the point where it would have acted.
+    pub fn gate(&self) -> Result<()> {
+        if self.dry_run {
+            Err(Ec2Error::dry_run())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn account(&self) -> String {
+        corral_api_types::ec2::account_id(self.project())
+    }
+
+    /// The availability zones: the zones of the Nodes, or one zone
+    /// `<region>a` while no node names one.
+    pub async fn zones(&self) -> Result<Vec<String>> {
+        let mut zones: Vec<String> = list_all::<Node>(self.store, "")
+            .await?
+            .into_iter()
+            .filter_map(|n| {
+                n.spec
+                    .zone
+                    .clone()
+                    .or_else(|| n.metadata.labels.get(ZONE_LABEL).cloned())
+            })
+            .collect();
+        zones.sort();
+        zones.dedup();
+        if zones.is_empty() {
+            zones.push(format!("{}a", self.config.region));
+        }
+        Ok(zones)
+    }
+}
+
+/// Node label naming a node's zone when `spec.zone` is not set.
+pub const ZONE_LABEL: &str = "topology.corral/zone";
+
+/// The time format of EC2's timestamps.
+pub fn ts(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// `<return>true</return>`.
+pub fn ok_return() -> Xml {
+    let mut x = Xml::new();
+    x.leaf("return", true);
+    x
+}
+
+/// Id lists must hold ids of the right shape: `<Kind>.Malformed` otherwise.
+pub fn check_ids(ids: &[String], prefixes: &[&str], malformed: &str, what: &str) -> Result<()> {
+    for id in ids {
+        if !prefixes
+            .iter()
+            .any(|p| corral_api_types::ec2::is_id_with_prefix(id, p))
+        {
+            return Err(Ec2Error::client(
+                malformed,
+                format!("Invalid id: \"{}\" ({what})", crate::query::clip(id)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn dispatch(ctx: &Ctx<'_>, action: &str) -> Result<Xml> {
+    match action {
+        "DescribeRegions" => region::describe_regions(ctx).await,
+        "DescribeAvailabilityZones" => region::describe_zones(ctx).await,
+        "DescribeAccountAttributes" => region::describe_account_attributes(ctx).await,
+        "CreateKeyPair" => keypairs::create(ctx).await,
+        "ImportKeyPair" => keypairs::import(ctx).await,
+        "DescribeKeyPairs" => keypairs::describe(ctx).await,
+        "DeleteKeyPair" => keypairs::delete(ctx).await,
+        "CreateSecurityGroup" => security_groups::create(ctx).await,
+        "DescribeSecurityGroups" => security_groups::describe(ctx).await,
+        "DeleteSecurityGroup" => security_groups::delete(ctx).await,
+        "AuthorizeSecurityGroupIngress" => security_groups::change(ctx, true, true).await,
+        "AuthorizeSecurityGroupEgress" => security_groups::change(ctx, false, true).await,
+        "RevokeSecurityGroupIngress" => security_groups::change(ctx, true, false).await,
+        "RevokeSecurityGroupEgress" => security_groups::change(ctx, false, false).await,
+        "RunInstances" => instances::run(ctx).await,
+        "DescribeInstances" => instances::describe(ctx).await,
+        "TerminateInstances" => instances::terminate(ctx).await,
+        "StopInstances" => instances::stop_start(ctx, false).await,
+        "StartInstances" => instances::stop_start(ctx, true).await,
+        "RebootInstances" => instances::reboot(ctx).await,
+        "DescribeInstanceStatus" => instance_attrs::describe_status(ctx).await,
+        "DescribeInstanceAttribute" => instance_attrs::describe_attribute(ctx).await,
+        "ModifyInstanceAttribute" => instance_attrs::modify_attribute(ctx).await,
+        "DescribeInstanceCreditSpecifications" => instance_types::describe_credits(ctx).await,
+        "DescribeInstanceTypes" => instance_types::describe(ctx).await,
+        "CreateTags" => tags::create(ctx).await,
+        "DeleteTags" => tags::delete(ctx).await,
+        "DescribeTags" => tags::describe(ctx).await,
+        "CreateVolume" => volumes::create(ctx).await,
+        "DescribeVolumes" => volumes::describe(ctx).await,
+        "DeleteVolume" => volumes::delete(ctx).await,
+        "AttachVolume" => volumes::attach(ctx).await,
+        "DetachVolume" => volumes::detach(ctx).await,
+        "CreateSnapshot" => snapshots::create_snapshot(ctx).await,
+        "DescribeSnapshots" => snapshots::describe_snapshots(ctx).await,
+        "DeleteSnapshot" => snapshots::delete_snapshot(ctx).await,
+        "DescribeImages" => images::describe(ctx).await,
+        "DeregisterImage" => images::deregister(ctx).await,
+        "DescribeVpcs" => vpcs::describe_vpcs(ctx).await,
+        "DescribeSubnets" => vpcs::describe_subnets(ctx).await,
+        "DescribeVpcAttribute" => vpcs::describe_vpc_attribute(ctx).await,
+        "CreateVpc" => vpcs::create_vpc(ctx).await,
+        "CreateDefaultVpc" => vpcs::create_default_vpc(ctx).await,
+        "DeleteVpc" => vpcs::delete_vpc(ctx).await,
+        "DescribeNetworkInterfaces" => vpcs::describe_network_interfaces(ctx).await,
+        "DescribeRouteTables" => vpcs::describe_route_tables(ctx).await,
+        other => Err(Ec2Error::invalid_action(&crate::query::clip(other))),
+    }
+}

@@ -1,0 +1,202 @@
+//! The HTTP side: one handler for every path and method, which parses,
+//! authenticates, dispatches and renders.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use chrono::Utc;
+use corral_store::ResourceStore;
+
+use crate::actions::{self, Ctx};
+use crate::auth::{Authenticator, RequestParts};
+use crate::error::Ec2Error;
+use crate::query::Params;
+use crate::xml;
+
+/// Largest request body accepted (user data is at most 16 KiB).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Settings of the façade.
+#[derive(Debug, Clone)]
+pub struct Ec2Config {
+    /// The region this endpoint answers for (`corral up` writes
+    /// `corral-1` into the AWS config it creates). Requests signed for any
+    /// region are accepted.
+    pub region: String,
+}
+
+impl Default for Ec2Config {
+    fn default() -> Self {
+        Ec2Config {
+            region: "corral-1".to_string(),
+        }
+    }
+}
+
+/// Shared state of the façade.
+#[derive(Clone)]
+pub struct Ec2State {
+    pub store: ResourceStore,
+    pub auth: Arc<Authenticator>,
+    pub config: Arc<Ec2Config>,
+}
+
+impl Ec2State {
+    pub fn new(store: ResourceStore, config: Ec2Config) -> Ec2State {
+        Ec2State {
+            auth: Arc::new(Authenticator::new(store.clone())),
+            store,
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// The router: every path, GET and POST.
+pub fn router(state: Ec2State) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// Serves the façade on `listener` until `shutdown` completes.
+pub async fn serve(
+    state: Ec2State,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn xml_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => true,
+        Some(ct) => ct
+            .trim()
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded"),
+    }
+}
+
+async fn handle(
+    State(state): State<Ec2State>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let body = match to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = Ec2Error::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                format!("The request body exceeds {MAX_BODY_BYTES} bytes"),
+            );
+            return xml_response(e.status, xml::error_response(&e, &request_id));
+        }
+    };
+    let raw_query = uri.query().unwrap_or("");
+    let mut params = Params::parse(raw_query.as_bytes());
+    if method == Method::POST && !body.is_empty() && is_form(&headers) {
+        params.insert_missing(Params::parse(&body));
+    }
+    let action = params.get("Action").unwrap_or("").to_string();
+    let result = process(&state, &method, &uri, &headers, &body, &params, &action).await;
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status,
+    };
+    let (project, response) = match result {
+        Ok((project, doc)) => {
+            let version = xml::namespace_version(params.get("Version"));
+            (
+                project,
+                xml_response(
+                    StatusCode::OK,
+                    xml::response(&action, version, &request_id, doc),
+                ),
+            )
+        }
+        Err(e) => (
+            String::new(),
+            xml_response(e.status, xml::error_response(&e, &request_id)),
+        ),
+    };
+    tracing::info!(
+        request_id,
+        action = %crate::query::clip(&action),
+        project,
+        status = status.as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ec2 request"
+    );
+    response
+}
+
+async fn process(
+    state: &Ec2State,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    params: &Params,
+    action: &str,
+) -> Result<(String, xml::Xml), Ec2Error> {
+    if method != Method::GET && method != Method::POST {
+        return Err(Ec2Error::client(
+            "InvalidHttpRequest",
+            "Only GET and POST requests are supported",
+        ));
+    }
+    let parts = RequestParts {
+        method: method.as_str(),
+        raw_path: uri.path(),
+        raw_query: uri.query().unwrap_or(""),
+        headers,
+        body,
+        params,
+    };
+    let caller = state.auth.authenticate(&parts, Utc::now()).await?;
+    if action.is_empty() {
+        return Err(Ec2Error::client(
+            "MissingAction",
+            "The request must contain the parameter Action",
+        ));
+    }
+    let dry_run = params.bool("DryRun")?.unwrap_or(false);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+    let ctx = Ctx {
+        store: &state.store,
+        caller: &caller,
+        params,
+        dry_run,
+        config: &state.config,
+        host,
+    };
+    let doc = actions::dispatch(&ctx, action).await?;
+    Ok((caller.project.clone(), doc))
+}

@@ -1,0 +1,190 @@
+//! XML output, written by hand: EC2's responses are simple trees of
+//! lowerCamel elements and `<xSet><item>` lists.
+
+use std::fmt::{Display, Write};
+
+use crate::error::Ec2Error;
+
+/// The API version used in the namespace when a request's `Version` is not
+/// a date.
+pub const DEFAULT_VERSION: &str = "2016-11-15";
+
+/// Escapes text for element content or attribute values. Characters XML 1.0
+/// cannot carry at all (most C0 controls) become U+FFFD.
+pub fn escape(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' => out.push(c),
+            '\r' => out.push_str("&#13;"),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The namespace version for a request's `Version` parameter.
+pub fn namespace_version(version: Option<&str>) -> &str {
+    match version {
+        Some(v)
+            if v.len() == 10
+                && v.bytes().enumerate().all(|(i, b)| {
+                    if i == 4 || i == 7 {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                }) =>
+        {
+            v
+        }
+        _ => DEFAULT_VERSION,
+    }
+}
+
+/// A response body under construction.
+#[derive(Default)]
+pub struct Xml {
+    buf: String,
+}
+
+impl Xml {
+    pub fn new() -> Xml {
+        Xml::default()
+    }
+
+    pub fn open(&mut self, name: &str) -> &mut Self {
+        self.buf.push('<');
+        self.buf.push_str(name);
+        self.buf.push('>');
+        self
+    }
+
+    pub fn close(&mut self, name: &str) -> &mut Self {
+        self.buf.push_str("</");
+        self.buf.push_str(name);
+        self.buf.push('>');
+        self
+    }
+
+    /// `<name>value</name>`, escaped.
+    pub fn leaf(&mut self, name: &str, value: impl Display) -> &mut Self {
+        self.open(name);
+        let mut text = String::new();
+        let _ = write!(text, "{value}");
+        escape(&text, &mut self.buf);
+        self.close(name)
+    }
+
+    /// A leaf only when there is a value.
+    pub fn opt<T: Display>(&mut self, name: &str, value: Option<T>) -> &mut Self {
+        if let Some(v) = value {
+            self.leaf(name, v);
+        }
+        self
+    }
+
+    /// `<name>...</name>` with `f` writing the content.
+    pub fn el(&mut self, name: &str, f: impl FnOnce(&mut Xml)) -> &mut Self {
+        self.open(name);
+        f(self);
+        self.close(name)
+    }
+
+    /// `<name><item>...</item>...</name>` (always written, empty or not, as
+    /// EC2 does for the sets it returns).
+    pub fn set<T>(
+        &mut self,
+        name: &str,
+        items: &[T],
+        mut f: impl FnMut(&mut Xml, &T),
+    ) -> &mut Self {
+        self.open(name);
+        for it in items {
+            self.open("item");
+            f(self, it);
+            self.close("item");
+        }
+        self.close(name)
+    }
+
+    /// `<tagSet>` with key/value items.
+    pub fn tags<'a>(
+        &mut self,
+        name: &str,
+        tags: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> &mut Self {
+        let items: Vec<_> = tags.into_iter().collect();
+        self.set(name, &items, |x, (k, v)| {
+            x.leaf("key", k).leaf("value", v);
+        })
+    }
+
+    pub fn into_string(self) -> String {
+        self.buf
+    }
+}
+
+/// The whole success document for `action`.
+pub fn response(action: &str, version: &str, request_id: &str, body: Xml) -> String {
+    let mut out = String::with_capacity(body.buf.len() + 200);
+    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<");
+    out.push_str(action);
+    out.push_str("Response xmlns=\"http://ec2.amazonaws.com/doc/");
+    out.push_str(version);
+    out.push_str("/\"><requestId>");
+    out.push_str(request_id);
+    out.push_str("</requestId>");
+    out.push_str(&body.buf);
+    out.push_str("</");
+    out.push_str(action);
+    out.push_str("Response>");
+    out
+}
+
+/// The error document.
+pub fn error_response(err: &Ec2Error, request_id: &str) -> String {
+    let mut out =
+        String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>");
+    escape(&err.code, &mut out);
+    out.push_str("</Code><Message>");
+    escape(&err.message, &mut out);
+    out.push_str("</Message></Error></Errors><RequestID>");
+    out.push_str(request_id);
+    out.push_str("</RequestID></Response>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_everything_dangerous() {
+        let mut out = String::new();
+        escape("a<b>&\"c'\u{1}\r\n", &mut out);
+        assert_eq!(out, "a&lt;b&gt;&amp;&quot;c&apos;\u{FFFD}&#13;\n");
+    }
+
+    #[test]
+    fn documents() {
+        let mut x = Xml::new();
+        x.leaf("return", true).set("groupSet", &["sg-1"], |x, g| {
+            x.leaf("groupId", g);
+        });
+        let doc = response("Foo", "2016-11-15", "rid", x);
+        assert_eq!(
+            doc,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<FooResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>rid</requestId><return>true</return><groupSet><item><groupId>sg-1</groupId></item></groupSet></FooResponse>"
+        );
+        let e = error_response(&Ec2Error::invalid_value("bad <x>"), "rid");
+        assert!(e.ends_with("<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>bad &lt;x&gt;</Message></Error></Errors><RequestID>rid</RequestID></Response>"));
+        assert_eq!(namespace_version(Some("2014-10-01")), "2014-10-01");
+        assert_eq!(namespace_version(Some("\"/><x")), DEFAULT_VERSION);
+        assert_eq!(namespace_version(None), DEFAULT_VERSION);
+    }
+}

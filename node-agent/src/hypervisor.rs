@@ -1,0 +1,284 @@
+//! The node agent's contract with a hypervisor: one trait, one libvirt
+//! implementation for any URI. `qemu:///system` drives real KVM/QEMU
+//! guests; `test:///default` — libvirt's own in-process test driver — gives
+//! simulated hosts with the same API, for tests and scale benchmarks.
+//!
+//! Corral's domains are named `corral-<instance uid>`; a domain with that
+//! prefix and no Instance is an orphan the agent removes.
+
+use std::sync::Mutex;
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+
+/// Prefix of every domain Corral owns.
+pub const DOMAIN_PREFIX: &str = "corral-";
+
+pub fn domain_name(uid: &str) -> String {
+    format!("{DOMAIN_PREFIX}{uid}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+    #[error("domain {0} not found")]
+    NoDomain(String),
+}
+
+impl From<virt::error::Error> for HypervisorError {
+    fn from(e: virt::error::Error) -> Self {
+        HypervisorError::Libvirt(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, HypervisorError>;
+
+/// What the host offers, for its Node.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub libvirt_version: String,
+    /// `kvm`, `qemu` (TCG) or `test`.
+    pub virt_type: String,
+}
+
+/// A guest's observable state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerState {
+    Running,
+    Paused,
+    /// Defined, not running.
+    Shutoff,
+    /// Not running, memory saved (managed save): resumes where it was.
+    Saved,
+    Crashed,
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainInfo {
+    pub name: String,
+    pub state: PowerState,
+}
+
+/// What a domain is built from.
+#[derive(Debug, Clone)]
+pub struct DomainSpec {
+    pub uid: String,
+    pub project: String,
+    pub instance: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// (mac, network name)
+    pub nics: Vec<(String, String)>,
+}
+
+pub trait Hypervisor: Send + Sync {
+    fn facts(&self) -> Result<HostFacts>;
+    /// Corral's domains only.
+    fn list(&self) -> Result<Vec<DomainInfo>>;
+    fn state(&self, name: &str) -> Result<Option<PowerState>>;
+    /// Defines the domain if it is not defined yet.
+    fn define(&self, spec: &DomainSpec) -> Result<()>;
+    fn start(&self, name: &str) -> Result<()>;
+    /// Asks the guest to power off (ACPI).
+    fn shutdown(&self, name: &str) -> Result<()>;
+    /// Pulls the plug.
+    fn destroy(&self, name: &str) -> Result<()>;
+    fn undefine(&self, name: &str) -> Result<()>;
+    fn pause(&self, name: &str) -> Result<()>;
+    fn resume(&self, name: &str) -> Result<()>;
+    /// Saves memory to disk and stops (resumed by `start`).
+    fn save(&self, name: &str) -> Result<()>;
+}
+
+/// Escapes text for XML content and attribute values.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Hypervisor reached through libvirt.
+pub struct Libvirt {
+    uri: String,
+    conn: Mutex<Connect>,
+    virt_type: String,
+}
+
+impl Libvirt {
+    /// Opens `uri`. `virt_type` is the domain type to define (`kvm`, `qemu`);
+    /// the test driver always uses `test`.
+    pub fn open(uri: &str, virt_type: &str) -> Result<Libvirt> {
+        // libvirt's default error handler prints every error to stderr.
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(uri))?;
+        let virt_type = if uri.starts_with("test:") {
+            "test".to_string()
+        } else {
+            virt_type.to_string()
+        };
+        Ok(Libvirt {
+            uri: uri.to_string(),
+            conn: Mutex::new(conn),
+            virt_type,
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn lookup(&self, conn: &Connect, name: &str) -> Result<Option<Domain>> {
+        match conn.lookup_domain_by_name(name) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.code().is(virt::error::ErrorNumber::NoDomain) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn with_domain<T>(&self, name: &str, f: impl FnOnce(&Domain) -> Result<T>) -> Result<T> {
+        let conn = self.conn.lock().expect("libvirt connection");
+        let dom = self
+            .lookup(&conn, name)?
+            .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
+        f(&dom)
+    }
+
+    pub fn domain_xml(&self, spec: &DomainSpec) -> String {
+        let e = xml_escape;
+        let mut nics = String::new();
+        if self.virt_type != "test" {
+            for (mac, _network) in &spec.nics {
+                nics.push_str(&format!(
+                    "    <interface type='user'><mac address='{}'/><model type='virtio'/></interface>\n",
+                    e(mac)
+                ));
+            }
+        }
+        format!(
+            "<domain type='{vt}'>\n  <name>{name}</name>\n  <uuid>{uid}</uuid>\n  <metadata>\n    <corral:instance xmlns:corral='https://corral.dev/xmlns/instance/v1'>\n      <corral:project>{project}</corral:project>\n      <corral:name>{instance}</corral:name>\n    </corral:instance>\n  </metadata>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>{cpus}</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>\n  <features><acpi/></features>\n  <on_poweroff>destroy</on_poweroff>\n  <devices>\n{nics}  </devices>\n</domain>\n",
+            vt = e(&self.virt_type),
+            name = e(&domain_name(&spec.uid)),
+            uid = e(&spec.uid),
+            project = e(&spec.project),
+            instance = e(&spec.instance),
+            mem = spec.memory_mib,
+            cpus = spec.vcpus,
+        )
+    }
+}
+
+fn power_state(dom: &Domain) -> Result<PowerState> {
+    use virt::domain::DomainState as S;
+    let (state, _) = dom.state()?;
+    Ok(match state.known() {
+        Some(S::Running) | Some(S::Blocked) => PowerState::Running,
+        Some(S::Paused) | Some(S::PMSuspended) => PowerState::Paused,
+        Some(S::Shutoff) | Some(S::Shutdown) => {
+            if dom.has_managed_save(0).unwrap_or(false) {
+                PowerState::Saved
+            } else {
+                PowerState::Shutoff
+            }
+        }
+        Some(S::Crashed) => PowerState::Crashed,
+        _ => PowerState::Other,
+    })
+}
+
+impl Hypervisor for Libvirt {
+    fn facts(&self) -> Result<HostFacts> {
+        let conn = self.conn.lock().expect("libvirt connection");
+        let info = conn.node_info()?;
+        let v = conn.lib_version()?;
+        Ok(HostFacts {
+            hostname: conn.hostname()?,
+            vcpus: info.cpus,
+            memory_mib: info.memory / 1024,
+            libvirt_version: format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000),
+            virt_type: self.virt_type.clone(),
+        })
+    }
+
+    fn list(&self) -> Result<Vec<DomainInfo>> {
+        let conn = self.conn.lock().expect("libvirt connection");
+        let mut out = Vec::new();
+        for dom in conn.list_all_domains(0)? {
+            let name = dom.name()?;
+            if name.starts_with(DOMAIN_PREFIX) {
+                out.push(DomainInfo {
+                    state: power_state(&dom)?,
+                    name,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn state(&self, name: &str) -> Result<Option<PowerState>> {
+        let conn = self.conn.lock().expect("libvirt connection");
+        match self.lookup(&conn, name)? {
+            Some(d) => Ok(Some(power_state(&d)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn define(&self, spec: &DomainSpec) -> Result<()> {
+        let conn = self.conn.lock().expect("libvirt connection");
+        if self.lookup(&conn, &domain_name(&spec.uid))?.is_some() {
+            return Ok(());
+        }
+        conn.define_domain_xml(&self.domain_xml(spec))?;
+        Ok(())
+    }
+
+    fn start(&self, name: &str) -> Result<()> {
+        self.with_domain(name, |d| Ok(d.create()?))
+    }
+
+    fn shutdown(&self, name: &str) -> Result<()> {
+        self.with_domain(name, |d| Ok(d.shutdown()?))
+    }
+
+    fn destroy(&self, name: &str) -> Result<()> {
+        self.with_domain(name, |d| match d.destroy() {
+            Ok(()) => Ok(()),
+            // Already off.
+            Err(e) if e.code().is(virt::error::ErrorNumber::OperationInvalid) => Ok(()),
+            Err(e) => Err(e.into()),
+        })
+    }
+
+    fn undefine(&self, name: &str) -> Result<()> {
+        self.with_domain(name, |d| {
+            let _ = d.managed_save_remove(0);
+            Ok(d.undefine()?)
+        })
+    }
+
+    fn pause(&self, name: &str) -> Result<()> {
+        self.with_domain(name, |d| Ok(d.suspend()?))
+    }
+
+    fn resume(&self, name: &str) -> Result<()> {
+        self.with_domain(name, |d| Ok(d.resume()?))
+    }
+
+    fn save(&self, name: &str) -> Result<()> {
+        self.with_domain(name, |d| Ok(d.managed_save(0)?))
+    }
+}

@@ -1,0 +1,405 @@
+//! The façade driven by the official AWS SDK for Rust (aws-sdk-ec2) with a
+//! custom endpoint and static credentials: flows, errors, pagination,
+//! filters, idempotency, DryRun, the terraform call sequences and tenancy.
+
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    AttributeBooleanValue, Filter, InstanceAttributeName, IpPermission, IpRange, ResourceType, Tag,
+    TagSpecification,
+};
+use aws_sdk_ec2::Client;
+use corral_api_types::{Instance, InstancePhase, InstanceStatus};
+use corral_ec2_api::testing::{add_user, seed_project, set_status, start, Keys, TestServer};
+
+fn client(s: &TestServer, k: &Keys) -> Client {
+    let conf = aws_sdk_ec2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("corral-1"))
+        .endpoint_url(&s.url)
+        .credentials_provider(Credentials::new(&k.id, &k.secret, None, None, "test"))
+        .build();
+    Client::from_conf(conf)
+}
+
+fn code<E: ProvideErrorMetadata>(r: Result<impl std::fmt::Debug, E>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.code().unwrap_or("<none>").to_string(),
+    }
+}
+
+fn filter(name: &str, values: &[&str]) -> Filter {
+    let mut f = Filter::builder().name(name);
+    for v in values {
+        f = f.values(*v);
+    }
+    f.build()
+}
+
+async fn set_phase(s: &TestServer, project: &str, id: &str, phase: InstancePhase) {
+    set_status::<Instance>(
+        &s.store,
+        project,
+        id,
+        InstanceStatus {
+            phase,
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_pagination_filters_idempotency_dry_run() {
+    let s = start().await;
+    let image = seed_project(&s.store, "default").await;
+    let ec2 = client(&s, &s.admin);
+
+    assert_eq!(
+        code(
+            ec2.run_instances()
+                .image_id(&image)
+                .min_count(1)
+                .max_count(1)
+                .dry_run(true)
+                .send()
+                .await
+        ),
+        "DryRunOperation"
+    );
+    assert!(s
+        .store
+        .list::<Instance>(Some("default"), Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+
+    let run = || {
+        ec2.run_instances()
+            .image_id(&image)
+            .min_count(6)
+            .max_count(6)
+            .instance_type("m1.tiny".into())
+            .client_token("tok-1")
+    };
+    let first = run().send().await.unwrap();
+    let ids: Vec<String> = first
+        .instances()
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 6);
+    assert!(first.reservation_id().unwrap().starts_with("r-"));
+    let again = run().send().await.unwrap();
+    assert_eq!(
+        again
+            .instances()
+            .iter()
+            .map(|i| i.instance_id().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(
+        code(
+            ec2.run_instances()
+                .image_id(&image)
+                .min_count(1)
+                .max_count(1)
+                .client_token("tok-1")
+                .send()
+                .await
+        ),
+        "IdempotentParameterMismatch"
+    );
+
+    // Pages of 5: a token after the first, none after the last.
+    let p1 = ec2
+        .describe_instances()
+        .max_results(5)
+        .send()
+        .await
+        .unwrap();
+    let n1: usize = p1.reservations().iter().map(|r| r.instances().len()).sum();
+    assert_eq!(n1, 5);
+    let token = p1.next_token().expect("a next token").to_string();
+    let p2 = ec2
+        .describe_instances()
+        .max_results(5)
+        .next_token(token)
+        .send()
+        .await
+        .unwrap();
+    let n2: usize = p2.reservations().iter().map(|r| r.instances().len()).sum();
+    assert_eq!(n2, 1);
+    assert!(p2.next_token().is_none());
+    assert_eq!(
+        code(
+            ec2.describe_instances()
+                .max_results(5)
+                .instance_ids(&ids[0])
+                .send()
+                .await
+        ),
+        "InvalidParameterCombination"
+    );
+    assert_eq!(
+        code(ec2.describe_instances().max_results(4).send().await),
+        "InvalidParameterValue"
+    );
+    assert_eq!(
+        code(
+            ec2.describe_instances()
+                .filters(filter("no-such-filter", &["x"]))
+                .send()
+                .await
+        ),
+        "InvalidParameterValue"
+    );
+
+    // Filters: state from the observed phase, AND across, OR within.
+    set_phase(&s, "default", &ids[0], InstancePhase::Running).await;
+    let running = ec2
+        .describe_instances()
+        .filters(filter("instance-state-name", &["running"]))
+        .send()
+        .await
+        .unwrap();
+    let got: Vec<_> = running
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    assert_eq!(got, [ids[0].clone()]);
+    let both = ec2
+        .describe_instances()
+        .filters(filter("instance-state-name", &["running", "pending"]))
+        .filters(filter("instance-id", &[&ids[1], &ids[0]]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        both.reservations()
+            .iter()
+            .map(|r| r.instances().len())
+            .sum::<usize>(),
+        2
+    );
+
+    assert_eq!(
+        code(ec2.stop_instances().instance_ids(&ids[1]).send().await),
+        "IncorrectInstanceState"
+    );
+    let stop = ec2
+        .stop_instances()
+        .instance_ids(&ids[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stop.stopping_instances()[0].current_state().unwrap().code(),
+        Some(64)
+    );
+    assert_eq!(
+        code(
+            ec2.terminate_instances()
+                .instance_ids("i-0123456789abcdef0")
+                .send()
+                .await
+        ),
+        "InvalidInstanceID.NotFound"
+    );
+    assert_eq!(
+        code(
+            ec2.terminate_instances()
+                .instance_ids("i-nothex")
+                .send()
+                .await
+        ),
+        "InvalidInstanceID.Malformed"
+    );
+    ec2.terminate_instances()
+        .set_instance_ids(Some(ids.clone()))
+        .send()
+        .await
+        .unwrap();
+    let after = ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert!(after
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .all(|i| i.state().unwrap().code() == Some(48)));
+}
+
+/// One project's keys cannot see or touch another project's resources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenancy() {
+    let s = start().await;
+    let ka = add_user(&s.store, "alice", Some("a")).await;
+    let kb = add_user(&s.store, "bob", Some("b")).await;
+    let image_a = seed_project(&s.store, "a").await;
+    seed_project(&s.store, "b").await;
+    let (a, b) = (client(&s, &ka), client(&s, &kb));
+    let inst = a
+        .run_instances()
+        .image_id(&image_a)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let sg = a
+        .create_security_group()
+        .group_name("secret")
+        .description("a's")
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    a.import_key_pair()
+        .key_name("a-key")
+        .public_key_material(aws_sdk_ec2::primitives::Blob::new(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ4uHWXmWgwN6MKFpsgnnGaU1rtTEBKPNu/L09gAucb a",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let vol = a
+        .create_volume()
+        .size(1)
+        .availability_zone("corral-1a")
+        .send()
+        .await
+        .unwrap()
+        .volume_id()
+        .unwrap()
+        .to_string();
+
+    assert!(b
+        .describe_instances()
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .is_empty());
+    assert!(b
+        .describe_security_groups()
+        .send()
+        .await
+        .unwrap()
+        .security_groups()
+        .is_empty());
+    assert!(b
+        .describe_key_pairs()
+        .send()
+        .await
+        .unwrap()
+        .key_pairs()
+        .is_empty());
+    assert!(b
+        .describe_volumes()
+        .send()
+        .await
+        .unwrap()
+        .volumes()
+        .is_empty());
+    assert!(b.describe_tags().send().await.unwrap().tags().is_empty());
+    assert_eq!(
+        code(b.describe_images().image_ids(&image_a).send().await),
+        "InvalidAMIID.NotFound"
+    );
+    assert_eq!(
+        code(
+            b.run_instances()
+                .image_id(&image_a)
+                .min_count(1)
+                .max_count(1)
+                .send()
+                .await
+        ),
+        "InvalidAMIID.NotFound"
+    );
+    assert_eq!(
+        code(b.describe_instances().instance_ids(&inst).send().await),
+        "InvalidInstanceID.NotFound"
+    );
+    assert_eq!(
+        code(b.terminate_instances().instance_ids(&inst).send().await),
+        "InvalidInstanceID.NotFound"
+    );
+    assert_eq!(
+        code(b.stop_instances().instance_ids(&inst).send().await),
+        "InvalidInstanceID.NotFound"
+    );
+    assert_eq!(
+        code(b.delete_security_group().group_id(&sg).send().await),
+        "InvalidGroup.NotFound"
+    );
+    assert_eq!(
+        code(b.delete_volume().volume_id(&vol).send().await),
+        "InvalidVolume.NotFound"
+    );
+    assert_eq!(
+        code(
+            b.create_tags()
+                .resources(&inst)
+                .tags(Tag::builder().key("x").value("y").build())
+                .send()
+                .await
+        ),
+        "InvalidInstanceID.NotFound"
+    );
+    assert_eq!(
+        code(
+            b.attach_volume()
+                .volume_id(&vol)
+                .instance_id(&inst)
+                .device("/dev/vdb")
+                .send()
+                .await
+        ),
+        "InvalidVolume.NotFound"
+    );
+    // Deleting "a-key" from b succeeds as in EC2, but a's key stays.
+    b.delete_key_pair().key_name("a-key").send().await.unwrap();
+    assert_eq!(
+        a.describe_key_pairs()
+            .send()
+            .await
+            .unwrap()
+            .key_pairs()
+            .len(),
+        1
+    );
+    assert_eq!(
+        a.describe_instances()
+            .send()
+            .await
+            .unwrap()
+            .reservations()
+            .len(),
+        1
+    );
+    // A wrong secret is AuthFailure.
+    let bad = client(
+        &s,
+        &Keys {
+            id: ka.id.clone(),
+            secret: "nope".into(),
+        },
+    );
+    assert_eq!(code(bad.describe_instances().send().await), "AuthFailure");
+}

@@ -1,0 +1,304 @@
+//! The terraform aws provider's call sequences for aws_instance and
+//! aws_security_group, replayed with the AWS SDK for Rust.
+
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    AttributeBooleanValue, Filter, InstanceAttributeName, IpPermission, IpRange, ResourceType, Tag,
+    TagSpecification,
+};
+use aws_sdk_ec2::Client;
+use corral_api_types::{Instance, InstancePhase, InstanceStatus};
+use corral_ec2_api::testing::{add_user, seed_project, set_status, start, Keys, TestServer};
+
+fn client(s: &TestServer, k: &Keys) -> Client {
+    let conf = aws_sdk_ec2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("corral-1"))
+        .endpoint_url(&s.url)
+        .credentials_provider(Credentials::new(&k.id, &k.secret, None, None, "test"))
+        .build();
+    Client::from_conf(conf)
+}
+
+fn code<E: ProvideErrorMetadata>(r: Result<impl std::fmt::Debug, E>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.code().unwrap_or("<none>").to_string(),
+    }
+}
+
+fn filter(name: &str, values: &[&str]) -> Filter {
+    let mut f = Filter::builder().name(name);
+    for v in values {
+        f = f.values(*v);
+    }
+    f.build()
+}
+
+async fn set_phase(s: &TestServer, project: &str, id: &str, phase: InstancePhase) {
+    set_status::<Instance>(
+        &s.store,
+        project,
+        id,
+        InstanceStatus {
+            phase,
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+/// terraform-provider-aws's aws_instance: create, read, delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_aws_instance_sequence() {
+    let s = start().await;
+    let image = seed_project(&s.store, "default").await;
+    let ec2 = client(&s, &s.admin);
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Instance)
+        .tags(Tag::builder().key("Name").value("tf-web").build())
+        .build();
+    let run = ec2
+        .run_instances()
+        .image_id(&image)
+        .instance_type("m1.small".into())
+        .min_count(1)
+        .max_count(1)
+        .client_token("terraform-20240101000000000000000001")
+        .tag_specifications(tags)
+        .disable_api_termination(true)
+        .send()
+        .await
+        .unwrap();
+    let id = run.instances()[0].instance_id().unwrap().to_string();
+    // Poll until running: the test plays the controllers.
+    let state = |r: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput| {
+        r.reservations()[0].instances()[0]
+            .state()
+            .unwrap()
+            .name()
+            .unwrap()
+            .as_str()
+            .to_string()
+    };
+    assert_eq!(
+        state(
+            &ec2.describe_instances()
+                .instance_ids(&id)
+                .send()
+                .await
+                .unwrap()
+        ),
+        "pending"
+    );
+    set_phase(&s, "default", &id, InstancePhase::Running).await;
+    let d = ec2
+        .describe_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(state(&d), "running");
+    let inst = &d.reservations()[0].instances()[0];
+    assert_eq!(inst.tags()[0].value(), Some("tf-web"));
+    assert!(
+        inst.subnet_id().unwrap().starts_with("subnet-")
+            && inst.vpc_id().unwrap().starts_with("vpc-")
+    );
+    // Read.
+    let t = ec2
+        .describe_instance_types()
+        .instance_types("m1.small".into())
+        .send()
+        .await
+        .unwrap();
+    let info = &t.instance_types()[0];
+    assert_eq!(info.v_cpu_info().unwrap().default_v_cpus(), Some(1));
+    assert_eq!(info.memory_info().unwrap().size_in_mib(), Some(2048));
+    assert!(info
+        .network_info()
+        .unwrap()
+        .maximum_network_interfaces()
+        .is_some());
+    let tg = ec2
+        .describe_tags()
+        .filters(filter("resource-id", &[&id]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tg.tags().len(), 1);
+    let vpcs = ec2
+        .describe_vpcs()
+        .vpc_ids(inst.vpc_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(vpcs.vpcs()[0].is_default(), Some(true));
+    for attr in [
+        InstanceAttributeName::DisableApiTermination,
+        InstanceAttributeName::InstanceInitiatedShutdownBehavior,
+        InstanceAttributeName::DisableApiStop,
+        InstanceAttributeName::UserData,
+    ] {
+        let a = ec2
+            .describe_instance_attribute()
+            .instance_id(&id)
+            .attribute(attr.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(a.instance_id(), Some(id.as_str()));
+        if attr == InstanceAttributeName::DisableApiTermination {
+            assert_eq!(a.disable_api_termination().unwrap().value(), Some(true));
+        }
+        if attr == InstanceAttributeName::InstanceInitiatedShutdownBehavior {
+            assert_eq!(
+                a.instance_initiated_shutdown_behavior().unwrap().value(),
+                Some("stop")
+            );
+        }
+    }
+    let vols = ec2
+        .describe_volumes()
+        .filters(filter("attachment.instance-id", &[&id]))
+        .send()
+        .await
+        .unwrap();
+    assert!(vols.volumes().is_empty());
+    // Delete.
+    assert_eq!(
+        code(ec2.terminate_instances().instance_ids(&id).send().await),
+        "OperationNotPermitted"
+    );
+    ec2.modify_instance_attribute()
+        .instance_id(&id)
+        .disable_api_termination(AttributeBooleanValue::builder().value(false).build())
+        .send()
+        .await
+        .unwrap();
+    ec2.terminate_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        state(
+            &ec2.describe_instances()
+                .instance_ids(&id)
+                .send()
+                .await
+                .unwrap()
+        ),
+        "terminated"
+    );
+}
+
+/// terraform-provider-aws's aws_security_group: create, replace the default
+/// egress rule, delete and wait for InvalidGroup.NotFound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_aws_security_group_sequence() {
+    let s = start().await;
+    seed_project(&s.store, "default").await;
+    let ec2 = client(&s, &s.admin);
+    let vpc = ec2
+        .describe_vpcs()
+        .filters(filter("is-default", &["true"]))
+        .send()
+        .await
+        .unwrap()
+        .vpcs()[0]
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let id = ec2
+        .create_security_group()
+        .group_name("tf-sg")
+        .description("Managed by Terraform")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    let g = ec2
+        .describe_security_groups()
+        .group_ids(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(g.security_groups()[0].vpc_id(), Some(vpc.as_str()));
+    assert_eq!(g.security_groups()[0].ip_permissions_egress().len(), 1);
+    let all_out = IpPermission::builder()
+        .ip_protocol("-1")
+        .from_port(0)
+        .to_port(0)
+        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    ec2.revoke_security_group_egress()
+        .group_id(&id)
+        .ip_permissions(all_out)
+        .send()
+        .await
+        .unwrap();
+    let ssh = IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(22)
+        .to_port(22)
+        .ip_ranges(IpRange::builder().cidr_ip("10.0.0.0/8").build())
+        .build();
+    ec2.authorize_security_group_ingress()
+        .group_id(&id)
+        .ip_permissions(ssh)
+        .send()
+        .await
+        .unwrap();
+    let https = IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(443)
+        .to_port(443)
+        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    ec2.authorize_security_group_egress()
+        .group_id(&id)
+        .ip_permissions(https)
+        .send()
+        .await
+        .unwrap();
+    let g = ec2
+        .describe_security_groups()
+        .group_ids(&id)
+        .send()
+        .await
+        .unwrap();
+    let g = &g.security_groups()[0];
+    assert_eq!(g.ip_permissions()[0].from_port(), Some(22));
+    assert_eq!(g.ip_permissions_egress()[0].to_port(), Some(443));
+    let enis = ec2
+        .describe_network_interfaces()
+        .filters(filter("group-id", &[&id]))
+        .send()
+        .await
+        .unwrap();
+    assert!(enis.network_interfaces().is_empty());
+    assert_eq!(
+        code(
+            ec2.delete_security_group()
+                .group_id(&id)
+                .dry_run(true)
+                .send()
+                .await
+        ),
+        "DryRunOperation"
+    );
+    ec2.delete_security_group()
+        .group_id(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(ec2.describe_security_groups().group_ids(&id).send().await),
+        "InvalidGroup.NotFound"
+    );
+}
