@@ -225,7 +225,15 @@ fn examples_are_valid() {
                 path.display(),
                 o.display_name()
             );
-            assert_eq!(o.project(), "demo", "{}", o.display_name());
+            if o.scope() == crate::Scope::Project {
+                assert_eq!(o.project(), "demo", "{}", o.display_name());
+            } else {
+                assert_eq!(
+                    o.name(),
+                    "demo",
+                    "the example's only cluster object is its Project"
+                );
+            }
             kinds.insert(o.kind());
         }
     }

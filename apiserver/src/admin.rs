@@ -196,6 +196,7 @@ async fn list_tokens(
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&state, &headers).await?;
     require_admin_or_self(&p, &user)?;
+    find_user(&state.store, &user).await?;
     let tokens: Vec<Value> = all::<ApiToken>(&state.store)
         .await?
         .iter()
@@ -265,6 +266,7 @@ async fn list_keys(
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&state, &headers).await?;
     require_admin_or_self(&p, &user)?;
+    find_user(&state.store, &user).await?;
     let keys: Vec<Value> = all::<AccessKey>(&state.store)
         .await?
         .iter()

@@ -190,6 +190,14 @@ where
         let mut obj: K = decode_body(body)?;
         let meta = obj.meta_mut();
         let project = Self::project_of(project);
+        if K::SCOPE == Scope::Cluster && !meta.project.is_empty() {
+            return Err(ApiError::invalid_field(
+                K::KIND,
+                &meta.name,
+                "metadata.project",
+                &format!("must be empty: {} is cluster-scoped", K::KIND),
+            ));
+        }
         if !meta.project.is_empty() && meta.project != project {
             return Err(ApiError::invalid_field(
                 K::KIND,

@@ -6,12 +6,10 @@ use serde_json::{json, Map, Value};
 
 /// Moves `$defs` into `components.schemas` and points `$ref`s there.
 fn hoist(schema: &mut Value, components: &mut Map<String, Value>) {
-    if let Some(defs) = schema.as_object_mut().and_then(|o| o.remove("$defs")) {
-        if let Value::Object(defs) = defs {
-            for (name, mut def) in defs {
-                rewrite_refs(&mut def);
-                components.entry(name).or_insert(def);
-            }
+    if let Some(Value::Object(defs)) = schema.as_object_mut().and_then(|o| o.remove("$defs")) {
+        for (name, mut def) in defs {
+            rewrite_refs(&mut def);
+            components.entry(name).or_insert(def);
         }
     }
     rewrite_refs(schema);

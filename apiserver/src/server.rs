@@ -595,6 +595,59 @@ async fn project_delete(
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
     let kind = state.kind("projects")?;
+    p.authorize(Verb::Delete, kind.info(), None)?;
+    // A project goes only when empty: objects left behind would be
+    // unreachable (every write needs the project to exist).
+    let mut left = Vec::new();
+    let mut plurals: Vec<&&'static str> = state.kinds.keys().collect();
+    plurals.sort();
+    for plural in plurals {
+        let k = &state.kinds[*plural];
+        if k.info().scope != Scope::Project || *plural == "events" {
+            continue;
+        }
+        let params = ListParams {
+            limit: Some(3),
+            ..Default::default()
+        };
+        let out = k.list(Some(&project), &params).await?;
+        if !out.items.is_empty() {
+            let names: Vec<&str> = out
+                .items
+                .iter()
+                .filter_map(|o| o.pointer("/metadata/name").and_then(|n| n.as_str()))
+                .collect();
+            let more = if out.continue_token.is_some() {
+                ", ..."
+            } else {
+                ""
+            };
+            left.push(format!("{plural} ({}{more})", names.join(", ")));
+        }
+    }
+    if !left.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "project {project:?} is not empty: it still has {}; delete them first",
+            left.join(", ")
+        )));
+    }
+    // Its Events describe objects that are gone: they go with it.
+    if !q.contains_key("dryRun") {
+        let events = state.kind("events")?;
+        for e in events
+            .list(Some(&project), &ListParams::default())
+            .await?
+            .items
+        {
+            if let Some(name) = e.pointer("/metadata/name").and_then(|n| n.as_str()) {
+                match events.delete(&project, name, None, false).await {
+                    Ok(_) => {}
+                    Err(err) if err.code == StatusCode::NOT_FOUND => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+    }
     item_delete(&p, kind, None, &project, &q).await
 }
 

@@ -227,6 +227,38 @@ async fn crud_semantics(api: Api) {
     let (code, nf) = api.get(&format!("{base}/lan")).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert_eq!(nf["reason"], "NotFound");
+    // A project with objects in it cannot be deleted; an empty one can.
+    api.post(base, network("keep", "10.11.0.0/24")).await;
+    let (code, body) = api.delete("/v1/projects/demo").await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("networks (keep)"),
+        "{body}"
+    );
+    api.delete(&format!("{base}/keep")).await;
+    let (code, body) = api.delete("/v1/projects/demo").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    api.project("demo").await;
+    // Cluster kinds have no project.
+    let (code, body) = api
+        .post(
+            "/v1/apply",
+            json!({"kind": "InstanceType", "metadata": {"name": "x1", "project": "demo"},
+            "spec": {"vcpus": 1, "memoryMiB": 512, "rootDiskGiB": 1}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("cluster-scoped"),
+        "{body}"
+    );
+    let (code, _) = api.get("/v1/users/nobody/tokens").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, _) = api.get("/v1/users/nobody/accesskeys").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
     // A project that does not exist is a clear 404.
     let (code, np) = api
         .post("/v1/projects/nope/networks", network("x", "10.2.0.0/24"))

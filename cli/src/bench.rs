@@ -106,7 +106,7 @@ pub async fn store(options: StoreBenchOptions) -> Result<()> {
             e
         }
     };
-    let etcd = EtcdStore::connect(&[endpoint.clone()])
+    let etcd = EtcdStore::connect(std::slice::from_ref(&endpoint))
         .await
         .context("connecting to etcd")?;
     let dir = tempfile::Builder::new()
@@ -432,5 +432,235 @@ pub async fn api(options: ApiBenchOptions) -> Result<()> {
         .context("starting a private etcd for the benchmark")?;
     let etcd: Arc<dyn Store> = Arc::new(EtcdStore::connect(&[server.endpoint()]).await?);
     api_on_backend("etcd", etcd, &options).await?;
+    Ok(())
+}
+
+pub struct ReconcileBenchOptions {
+    pub nodes: usize,
+    pub instances: usize,
+    pub clients: usize,
+    pub timeout: Duration,
+}
+
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Everything in one process on etcd: API, controllers and `nodes`
+/// simulated hosts (libvirt's test driver) each with its own agent;
+/// `instances` created through the API; timed until all are Running.
+pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
+    use corral_api_types::{Instance, InstancePhase};
+    use corral_controllers::ControllerOptions;
+    use corral_e2e::{Backend, Cluster};
+    use corral_store::ObjectEvent;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    println!(
+        "corral bench reconcile: {} simulated nodes, {} instances, {} API clients, etcd backend",
+        options.nodes, options.instances, options.clients
+    );
+    let mut cluster = Cluster::start(
+        Backend::Etcd,
+        ControllerOptions {
+            concurrency: 32,
+            ..Default::default()
+        },
+    )
+    .await;
+    cluster.agent_options.heartbeat = Duration::from_secs(5);
+    cluster.agent_options.resync = Duration::from_secs(120);
+    cluster.agent_options.concurrency = 4;
+    let endpoint = cluster.etcd_endpoint.clone().context("etcd endpoint")?;
+
+    // Baseline on the same etcd: raw puts at 64 writers.
+    let raw_client = EtcdStore::connect(std::slice::from_ref(&endpoint))
+        .await?
+        .client();
+    let value = vec![b'x'; 1024];
+    let raw = measure(
+        "etcd-client put (raw)",
+        64,
+        options.instances,
+        move |t, i| {
+            let mut kv = raw_client.kv_client();
+            let v = value.clone();
+            async move {
+                kv.put(format!("/bench/raw/{t}/{i}"), v, None).await?;
+                Ok(())
+            }
+        },
+    )
+    .await?;
+
+    for n in 0..options.nodes {
+        cluster.add_host(&format!("sim-{n:04}")).await;
+    }
+    let store = cluster.store.clone();
+    let started = Instant::now();
+    loop {
+        let nodes = store
+            .list::<corral_api_types::Node>(None, Default::default())
+            .await?
+            .items;
+        let ready = nodes
+            .iter()
+            .filter(|n| {
+                n.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "Ready" && c.status == corral_api_types::ConditionStatus::True
+                    })
+                })
+            })
+            .count();
+        if ready == options.nodes {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "only {ready} nodes registered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "{} nodes registered in {:.1} s",
+        options.nodes,
+        started.elapsed().as_secs_f64()
+    );
+
+    for (path, body) in [
+        (
+            "/v1/projects",
+            serde_json::json!({"metadata": {"name": "bench"}}),
+        ),
+        (
+            "/v1/projects/bench/networks",
+            serde_json::json!({"metadata": {"name": "lan"}, "spec": {"cidr": "10.64.0.0/16", "mode": "isolated"}}),
+        ),
+        (
+            "/v1/projects/bench/images",
+            serde_json::json!({"metadata": {"name": "tiny"}, "spec": {"source": {"path": "/dev/null"}, "format": "raw"}}),
+        ),
+    ] {
+        let (code, b) = cluster.call(reqwest::Method::POST, path, Some(body)).await;
+        anyhow::ensure!(code == 201, "{path}: {code} {b}");
+    }
+
+    // Watch for Running, from now.
+    let rev = store.raw().current_revision().await?;
+    let mut watch = store.watch::<Instance>(Some("bench"), rev).await?;
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let running: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let (all_tx, mut all_rx) = tokio::sync::watch::channel(0usize);
+    {
+        let running = running.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(event)) = watch.next().await {
+                if let ObjectEvent::Modified(i, _) | ObjectEvent::Added(i) = event {
+                    if i.status.as_ref().map(|s| s.phase) == Some(InstancePhase::Running) {
+                        let mut r = running.lock().expect("running");
+                        r.entry(i.metadata.name.clone())
+                            .or_insert_with(Instant::now);
+                        all_tx.send_replace(r.len());
+                    }
+                }
+            }
+        });
+    }
+
+    let t0 = Instant::now();
+    let (http, base, token) = (
+        cluster.http.clone(),
+        cluster.base.clone(),
+        cluster.admin.clone(),
+    );
+    let c2 = created.clone();
+    let creates = measure("API create", options.clients, options.instances, move |t, i| {
+        let (http, base, token, created) = (http.clone(), base.clone(), token.clone(), c2.clone());
+        async move {
+            let name = format!("vm-{t}-{i}");
+            let body = serde_json::json!({"metadata": {"name": name}, "spec": {"instanceType": "m1.tiny", "image": "tiny", "nics": [{"network": "lan"}]}});
+            created.lock().expect("created").insert(name.clone(), Instant::now());
+            let resp = http
+                .post(format!("{base}/v1/projects/bench/instances"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status().as_u16() == 201, "create: {}", resp.status());
+            Ok(())
+        }
+    })
+    .await?;
+    let total = creates.ops;
+    let deadline = tokio::time::Instant::now() + options.timeout;
+    let done = tokio::time::timeout_at(deadline, async {
+        let _ = all_rx.wait_for(|n| *n >= total).await;
+    })
+    .await;
+    let elapsed = t0.elapsed();
+    let reached = *all_rx.borrow();
+    let (rss, hwm) = rss_kib();
+
+    let mut lat: Vec<Duration> = {
+        let c = created.lock().expect("created");
+        let r = running.lock().expect("running");
+        r.iter()
+            .filter_map(|(k, at)| c.get(k).map(|start| at.saturating_duration_since(*start)))
+            .collect()
+    };
+    lat.sort_unstable();
+    println!();
+    println!("{}", header());
+    println!("{}", raw.row());
+    println!("{}", creates.row());
+    println!();
+    println!(
+        "instances Running:        {reached} / {total}{}",
+        if done.is_err() { " (TIMED OUT)" } else { "" }
+    );
+    println!(
+        "time until all Running:   {:.2} s (from the first create)",
+        elapsed.as_secs_f64()
+    );
+    let rate = reached as f64 / elapsed.as_secs_f64();
+    println!("instances/s to Running:   {rate:.0}");
+    println!(
+        "create -> Running:        p50 {:.0} ms, p99 {:.0} ms",
+        percentile(&lat, 0.50).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "process RSS:              {:.0} MiB now, {:.0} MiB peak (API + controllers + {} agents + libvirt test driver, one process)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        options.nodes
+    );
+    println!(
+        "raw etcd puts/s:          {:.0}; instances-to-Running/s / raw puts/s = {:.3}",
+        raw.per_sec,
+        rate / raw.per_sec
+    );
+    let goal = options.nodes == 100 && options.instances == 5000;
+    if goal {
+        println!(
+            "goal (5,000 Running in < 15 s on this machine): {}",
+            if done.is_ok() && elapsed < Duration::from_secs(15) {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+    }
     Ok(())
 }

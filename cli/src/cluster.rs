@@ -22,7 +22,7 @@ pub enum Leadership {
     Always,
     /// Campaign on etcd; `identity` names this process.
     Etcd {
-        client: etcd_client::Client,
+        client: Box<etcd_client::Client>,
         identity: String,
     },
 }
@@ -82,7 +82,7 @@ pub async fn start(
         let leading = match leadership {
             Leadership::Always => always_leader(),
             Leadership::Etcd { client, identity } => {
-                LeaderElection::new(client, "controllers", &identity, Duration::from_secs(15))
+                LeaderElection::new(*client, "controllers", &identity, Duration::from_secs(15))
                     .spawn(stop_rx.clone())
             }
         };

@@ -120,6 +120,19 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "1,64")]
         writers: Vec<usize>,
     },
+    /// Simulated hosts end to end: instances created through the API
+    /// until all are Running.
+    Reconcile {
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        #[arg(long, default_value_t = 5_000)]
+        instances: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// The native API: creates and gets at N clients next to raw Store
     /// creates, and whole-list latency, on both backends.
     Api {
@@ -189,7 +202,7 @@ async fn main() -> Result<()> {
                 .with_context(|| format!("connecting to etcd at {}", etcd.join(",")))?;
             let identity = format!("{}:{}", cluster::default_node_name(), std::process::id());
             let leadership = controllers.then(|| cluster::Leadership::Etcd {
-                client: etcd_store.client(),
+                client: Box::new(etcd_store.client()),
                 identity,
             });
             up::serve(
@@ -247,6 +260,20 @@ async fn main() -> Result<()> {
                     ops,
                     value_size,
                     writers,
+                })
+                .await
+            }
+            BenchCommand::Reconcile {
+                nodes,
+                instances,
+                clients,
+                timeout,
+            } => {
+                bench::reconcile(bench::ReconcileBenchOptions {
+                    nodes,
+                    instances,
+                    clients,
+                    timeout: std::time::Duration::from_secs(timeout),
                 })
                 .await
             }

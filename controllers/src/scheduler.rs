@@ -275,13 +275,7 @@ impl Scheduler {
             return Err(Reject::Disk);
         }
         // Load after placement, in parts per million of the tighter resource.
-        let frac = |u: u64, t: u64| {
-            if t == 0 {
-                0
-            } else {
-                (u * 1_000_000 / t) as i64
-            }
-        };
+        let frac = |u: u64, t: u64| (u * 1_000_000).checked_div(t).unwrap_or(0) as i64;
         let load = frac(used.vcpus + request.vcpus, total.vcpus)
             .max(frac(used.memory_mib + request.memory_mib, total.memory_mib));
         let score = match self.policy {

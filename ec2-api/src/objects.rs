@@ -292,11 +292,7 @@ mod tests {
             new_uid("p", "Instance", None, 0),
             new_uid("p", "Instance", None, 0)
         );
-        assert!(client_token(&Params::parse(
-            &[b'C', b'l', b'i', b'e', b'n', b't', b'T', b'o', b'k', b'e', b'n', b'=', b'x']
-                .repeat(1)
-        ))
-        .is_ok());
+        assert!(client_token(&Params::parse(b"ClientToken=x")).is_ok());
         let long = format!("ClientToken={}", "x".repeat(65));
         assert!(client_token(&Params::parse(long.as_bytes())).is_err());
         let specs = Params::parse(b"TagSpecification.1.ResourceType=instance&TagSpecification.1.Tag.1.Key=Name&TagSpecification.1.Tag.1.Value=web&TagSpecification.2.ResourceType=volume&TagSpecification.2.Tag.1.Key=x");

@@ -46,7 +46,7 @@ pub struct HostFacts {
 }
 
 /// A guest's observable state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PowerState {
     Running,
     Paused,
@@ -62,6 +62,8 @@ pub enum PowerState {
 pub struct DomainInfo {
     pub name: String,
     pub state: PowerState,
+    /// libvirt's id of a running domain; a restart changes it.
+    pub id: Option<u32>,
 }
 
 /// What a domain is built from.
@@ -93,6 +95,25 @@ pub trait Hypervisor: Send + Sync {
     fn resume(&self, name: &str) -> Result<()>;
     /// Saves memory to disk and stops (resumed by `start`).
     fn save(&self, name: &str) -> Result<()>;
+}
+
+/// Writes a node description for libvirt's test driver and returns its
+/// URI (`test:///DIR/NAME.xml`). Each such URI is an independent simulated
+/// host with an empty domain list; `test:///default`, by contrast, is one
+/// shared host per process.
+pub fn simulated_host(
+    dir: &std::path::Path,
+    name: &str,
+    vcpus: u32,
+    memory_mib: u64,
+) -> std::io::Result<String> {
+    let path = dir.join(format!("{name}.xml"));
+    let xml = format!(
+        "<node>\n  <cpu>\n    <mhz>2000</mhz>\n    <model>corral-sim</model>\n    <active>{vcpus}</active>\n    <nodes>1</nodes>\n    <sockets>1</sockets>\n    <cores>{vcpus}</cores>\n    <threads>1</threads>\n  </cpu>\n  <memory>{}</memory>\n</node>\n",
+        memory_mib * 1024
+    );
+    std::fs::write(&path, xml)?;
+    Ok(format!("test://{}", path.display()))
 }
 
 /// Escapes text for XML content and attribute values.
@@ -222,6 +243,7 @@ impl Hypervisor for Libvirt {
             if name.starts_with(DOMAIN_PREFIX) {
                 out.push(DomainInfo {
                     state: power_state(&dom)?,
+                    id: dom.id(),
                     name,
                 });
             }

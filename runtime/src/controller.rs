@@ -44,6 +44,9 @@ pub trait Reconciler<K: Resource>: Send + Sync + 'static {
 /// Stops controllers: flip to `true` to stop.
 pub type Shutdown = watch::Receiver<bool>;
 
+/// Starts a secondary trigger feeding the queue.
+type Trigger = Box<dyn FnOnce(Arc<WorkQueue<ObjectRef>>, Shutdown) + Send>;
+
 /// Builder and runner of one controller.
 pub struct Controller<K: Resource> {
     name: &'static str,
@@ -52,7 +55,7 @@ pub struct Controller<K: Resource> {
     concurrency: usize,
     resync: Duration,
     metrics: Option<ControllerMetrics>,
-    triggers: Vec<Box<dyn FnOnce(Arc<WorkQueue<ObjectRef>>, Shutdown) + Send>>,
+    triggers: Vec<Trigger>,
 }
 
 impl<K: Resource> Controller<K> {

@@ -202,7 +202,7 @@ impl EventRecorder {
             e.spec.count += 1;
             e.spec.message = message.to_string();
             e.spec.last_timestamp = Some(now);
-            e.spec.type_ = type_.clone();
+            e.spec.type_ = type_;
             true
         })
         .await?;

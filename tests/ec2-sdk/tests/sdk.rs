@@ -4,10 +4,7 @@
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::{
-    AttributeBooleanValue, Filter, InstanceAttributeName, IpPermission, IpRange, ResourceType, Tag,
-    TagSpecification,
-};
+use aws_sdk_ec2::types::{Filter, Tag};
 use aws_sdk_ec2::Client;
 use corral_api_types::{Instance, InstancePhase, InstanceStatus};
 use corral_ec2_api::testing::{add_user, seed_project, set_status, start, Keys, TestServer};

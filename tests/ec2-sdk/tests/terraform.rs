@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client;
 use corral_api_types::{Instance, InstancePhase, InstanceStatus};
-use corral_ec2_api::testing::{add_user, seed_project, set_status, start, Keys, TestServer};
+use corral_ec2_api::testing::{seed_project, set_status, start, Keys, TestServer};
 
 fn client(s: &TestServer, k: &Keys) -> Client {
     let conf = aws_sdk_ec2::Config::builder()

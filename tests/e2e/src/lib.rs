@@ -1,0 +1,215 @@
+//! A whole Corral in one process for end-to-end tests and benchmarks: a
+//! store (etcd or embedded), the native API on a loopback port, the
+//! controllers, and any number of node agents on libvirt's
+//! `test:///default` driver — each its own simulated host.
+//!
+//! Nothing here imitates a component: every part is the real one; only the
+//! hypervisor is libvirt's own test driver.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_api_types::auth::{Role, UserSpec};
+use corral_apiserver::auth::create_user;
+use corral_apiserver::{bootstrap, ApiState};
+use corral_controllers::{ControllerManager, ControllerOptions};
+use corral_node_agent::{Agent, AgentOptions, ApiClient, Hypervisor, Libvirt};
+use corral_store::etcd_server::EtcdServer;
+use corral_store::{EmbeddedStore, EtcdStore, ResourceStore, Store};
+use tokio::sync::watch;
+
+/// A running agent and the simulated host it drives.
+pub struct SimHost {
+    pub hv: Arc<Libvirt>,
+    pub token: String,
+    stop: Option<watch::Sender<bool>>,
+}
+
+pub struct Cluster {
+    pub store: ResourceStore,
+    pub base: String,
+    pub admin: String,
+    pub http: reqwest::Client,
+    pub hosts: HashMap<String, SimHost>,
+    pub agent_options: AgentOptions,
+    stop: watch::Sender<bool>,
+    scratch: tempfile::TempDir,
+    /// The etcd endpoint when the store is etcd.
+    pub etcd_endpoint: Option<String>,
+    _etcd: Option<EtcdServer>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub enum Backend {
+    Embedded,
+    Etcd,
+}
+
+impl Cluster {
+    pub async fn start(backend: Backend, controllers: ControllerOptions) -> Cluster {
+        let (raw, etcd, dir): (Arc<dyn Store>, _, _) = match backend {
+            Backend::Embedded => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let raw = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open store");
+                (Arc::new(raw), None, Some(dir))
+            }
+            Backend::Etcd => {
+                let server = EtcdServer::start().await.expect("start a real etcd");
+                let raw = EtcdStore::connect(&[server.endpoint()])
+                    .await
+                    .expect("connect");
+                (Arc::new(raw), Some(server), None)
+            }
+        };
+        let store = ResourceStore::new(raw);
+        let admin = bootstrap(&store, "admin")
+            .await
+            .expect("bootstrap")
+            .admin
+            .expect("admin")
+            .token;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(corral_apiserver::serve(
+            ApiState::new(store.clone()),
+            listener,
+            std::future::pending(),
+        ));
+        let (stop, stop_rx) = watch::channel(false);
+        let manager = Arc::new(ControllerManager::new(store.clone(), controllers));
+        tokio::spawn(manager.run(stop_rx));
+        let mut agent_options = AgentOptions::new("template");
+        agent_options.heartbeat = Duration::from_millis(500);
+        agent_options.resync = Duration::from_secs(2);
+        agent_options.stop_timeout = Duration::from_secs(5);
+        Cluster {
+            store,
+            base,
+            admin,
+            http: reqwest::Client::new(),
+            hosts: HashMap::new(),
+            agent_options,
+            stop,
+            scratch: tempfile::tempdir().expect("tempdir"),
+            etcd_endpoint: etcd.as_ref().map(|e| e.endpoint()),
+            _etcd: etcd,
+            _dir: dir,
+        }
+    }
+
+    /// Adds a simulated host with its own node user and agent.
+    pub async fn add_host(&mut self, node: &str) {
+        let token = create_user(
+            &self.store,
+            &format!("node-{node}"),
+            UserSpec {
+                role: Role::Node,
+                node_name: node.to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("node user")
+        .token;
+        let uri = corral_node_agent::hypervisor::simulated_host(
+            self.scratch.path(),
+            node,
+            64,
+            256 * 1024,
+        )
+        .expect("write simulated host");
+        let hv = Arc::new(Libvirt::open(&uri, "test").expect("libvirt test driver"));
+        let mut host = SimHost {
+            hv,
+            token,
+            stop: None,
+        };
+        self.spawn_agent(node, &mut host);
+        self.hosts.insert(node.to_string(), host);
+    }
+
+    fn spawn_agent(&self, node: &str, host: &mut SimHost) {
+        let mut opts = self.agent_options.clone();
+        opts.node = node.to_string();
+        let agent = Agent::new(
+            ApiClient::new(&self.base, &host.token),
+            host.hv.clone() as Arc<dyn Hypervisor>,
+            opts,
+        );
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = agent.run(rx).await;
+        });
+        host.stop = Some(tx);
+    }
+
+    /// Stops a host's agent (its simulated guests keep running).
+    pub fn kill_agent(&mut self, node: &str) {
+        if let Some(h) = self.hosts.get_mut(node) {
+            if let Some(stop) = h.stop.take() {
+                let _ = stop.send(true);
+            }
+        }
+    }
+
+    /// Starts a host's agent again, on the same hypervisor.
+    pub fn restart_agent(&mut self, node: &str) {
+        let mut host = self.hosts.remove(node).expect("known host");
+        self.spawn_agent(node, &mut host);
+        self.hosts.insert(node.to_string(), host);
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.admin);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let code = resp.status().as_u16();
+        let value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (code, value)
+    }
+
+    /// Applies every object of a manifest text through the API.
+    pub async fn apply_manifests(&self, name: &str, text: &str) {
+        let mut objects = corral_api_types::parse_manifests(name, text).expect("valid manifests");
+        objects.sort_by_key(|o| {
+            corral_api_types::KINDS
+                .iter()
+                .position(|k| k.kind == o.kind())
+                .unwrap_or(99)
+        });
+        for o in objects {
+            let (code, body) = self
+                .call(reqwest::Method::POST, "/v1/apply", Some(o.to_json_value()))
+                .await;
+            assert!(
+                code == 200 || code == 201,
+                "apply {}: {code} {body}",
+                o.display_name()
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for h in self.hosts.values_mut() {
+            if let Some(s) = h.stop.take() {
+                let _ = s.send(true);
+            }
+        }
+    }
+}
