@@ -18,6 +18,7 @@ pub mod list;
 mod metrics;
 mod openapi;
 pub mod server;
+mod watch_cache;
 
 use std::net::SocketAddr;
 

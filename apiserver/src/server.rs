@@ -30,6 +30,7 @@ pub struct ApiState {
     pub store: ResourceStore,
     pub auth: Authenticator,
     pub metrics: Metrics,
+    watch_cache: crate::watch_cache::WatchCache,
     kinds: HashMap<&'static str, Arc<dyn KindApi>>,
     openapi: Value,
 }
@@ -43,6 +44,7 @@ impl ApiState {
         Arc::new(ApiState {
             auth: Authenticator::new(store.clone()),
             metrics: Metrics::new(),
+            watch_cache: Default::default(),
             openapi: crate::openapi::document(),
             store,
             kinds,
@@ -268,7 +270,7 @@ async fn list_or_watch(
 }
 
 async fn watch(
-    _state: &ApiState,
+    state: &ApiState,
     kind: Arc<dyn KindApi>,
     project: Option<&str>,
     params: ListParams,
@@ -287,7 +289,10 @@ async fn watch(
             (all, out.resource_version)
         }
     };
-    let mut events = kind.watch(project, start).await?;
+    let mut events = state
+        .watch_cache
+        .watch(kind.clone(), project, start)
+        .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let heartbeat = params.heartbeat;
     let kind_name = info.kind;

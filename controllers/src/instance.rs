@@ -165,6 +165,19 @@ impl Reconciler<Instance> for InstanceController {
             )
         };
         let generation = instance.metadata.generation;
+        // Most reconciles change nothing: decide on the cached copy first.
+        let current = instance
+            .status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, CONDITION_REFERENCES));
+        if current.is_some_and(|c| {
+            c.status == status
+                && c.reason == reason
+                && c.message == message
+                && c.observed_generation == generation
+        }) {
+            return Ok(Action::AwaitChange);
+        }
         let now = Utc::now();
         update_with_retry::<Instance, _>(&self.store, &key.project, &key.name, |i| {
             let s = i.status.get_or_insert_with(InstanceStatus::default);

@@ -86,6 +86,11 @@ fn same_project<O: corral_api_types::Resource>(
     instances: Cache<Instance>,
 ) -> impl Fn(&Change<O>) -> Vec<ObjectRef> + Send + Sync + 'static {
     move |c| {
+        // Only a referent appearing or going changes what is missing;
+        // its updates (IPAM rewrites a Network's table constantly) don't.
+        if matches!(c, Change::Applied(_)) {
+            return Vec::new();
+        }
         let m = c.object().meta();
         instance::instances_naming(&instances, &m.project, &m.name)
     }
@@ -160,6 +165,11 @@ impl ControllerManager {
             // A node that goes away releases its deleting instances.
             let instances = c.instances.clone();
             inst = inst.watches(c.nodes.clone(), move |ch| {
+                // Heartbeats change Nodes every few seconds: only a Node
+                // that is gone matters here.
+                if !matches!(ch, Change::Deleted(_)) {
+                    return Vec::new();
+                }
                 let node = ch.object().metadata.name.clone();
                 instances
                     .list()

@@ -146,7 +146,7 @@ impl Scheduler {
         instances.wait_ready().await;
         scheduler.types.wait_ready().await;
         for i in instances.list() {
-            scheduler.observe(&Change::Applied(i));
+            scheduler.observe(&Change::Added(i));
         }
         let weak = Arc::downgrade(&scheduler);
         tokio::spawn(async move {
@@ -165,7 +165,7 @@ impl Scheduler {
         let mut book = self.book.lock().expect("book");
         match change {
             Change::Deleted(_) => book.unbind(&key),
-            Change::Applied(i) => {
+            Change::Added(i) | Change::Applied(i) => {
                 if let Some(node) = i.status.as_ref().and_then(|s| s.node_name.as_deref()) {
                     if let Ok(req) = request_of(i, &self.types) {
                         book.bind(key, node, req);

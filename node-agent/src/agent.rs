@@ -514,6 +514,12 @@ impl Agent {
         ready: Option<(bool, &str)>,
     ) -> Result<(), AgentError> {
         let path = instance_path(key);
+        // Skip the round trips when the informer's copy already says so.
+        if let Some(cached) = self.instances.lock().expect("instances").get(key) {
+            if reported(cached, phase, provisioned, reason, message, ready) {
+                return Ok(());
+            }
+        }
         for _ in 0..5 {
             let Some(mut i) = self.api.get::<Instance>(&path).await? else {
                 return Ok(());
@@ -589,6 +595,32 @@ impl Agent {
             .cloned()
             .collect()
     }
+}
+
+/// Whether `i`'s status already carries what `report` would write.
+fn reported(
+    i: &Instance,
+    phase: InstancePhase,
+    provisioned: bool,
+    reason: &str,
+    message: &str,
+    ready: Option<(bool, &str)>,
+) -> bool {
+    let Some(s) = &i.status else { return false };
+    let cond = |t: &str, want: bool, why: &str| {
+        s.conditions.iter().any(|c| {
+            c.type_ == t
+                && (c.status == ConditionStatus::True) == want
+                && c.reason == why
+                && c.observed_generation == i.metadata.generation
+        })
+    };
+    let (r, why) = ready.unwrap_or((false, reason));
+    s.phase == phase
+        && s.message.as_deref().unwrap_or("") == message
+        && cond(Instance::CONDITION_PROVISIONED, provisioned, reason)
+        && cond(Instance::CONDITION_READY, r, why)
+        && (phase != InstancePhase::Running || s.launch_time.is_some())
 }
 
 /// Drives one domain towards `desired`; returns what it is afterwards.

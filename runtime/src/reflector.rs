@@ -56,7 +56,9 @@ impl std::fmt::Display for ObjectRef {
 /// What a subscriber is told.
 #[derive(Debug, Clone)]
 pub enum Change<K> {
-    /// Created or updated (the new state).
+    /// New to the cache (created, or first seen).
+    Added(Arc<K>),
+    /// Updated (the new state).
     Applied(Arc<K>),
     /// Gone (its last known state).
     Deleted(Arc<K>),
@@ -65,7 +67,7 @@ pub enum Change<K> {
 impl<K> Change<K> {
     pub fn object(&self) -> &Arc<K> {
         match self {
-            Change::Applied(o) | Change::Deleted(o) => o,
+            Change::Added(o) | Change::Applied(o) | Change::Deleted(o) => o,
         }
     }
 }
@@ -186,12 +188,17 @@ impl<K: Resource> Cache<K> {
     fn apply(&self, obj: K, revision: i64) {
         let key = ObjectRef::of(&obj);
         let obj = Arc::new(obj);
-        self.inner
+        let old = self
+            .inner
             .objects
             .write()
             .expect("cache lock")
             .insert(key, obj.clone());
-        self.publish(Change::Applied(obj));
+        self.publish(if old.is_some() {
+            Change::Applied(obj)
+        } else {
+            Change::Added(obj)
+        });
         self.inner.revision.send_replace(revision);
     }
 
@@ -222,7 +229,7 @@ impl<K: Resource> Cache<K> {
             }
             for (key, new) in &fresh_map {
                 if !objects.contains_key(key) {
-                    changes.push(Change::Applied(new.clone()));
+                    changes.push(Change::Added(new.clone()));
                 }
             }
             std::mem::swap(&mut *objects, &mut fresh_map);

@@ -87,7 +87,12 @@ async fn reflector_lists_pages_then_follows_changes() {
     assert!(
         matches!(changes.recv().await.unwrap(), Change::Deleted(o) if o.metadata.name == "t002")
     );
-    assert_eq!(cache.list_project("p").len(), 699);
+    store
+        .create(&Thing::new("p", "new", ThingSpec { n: 1 }))
+        .await
+        .unwrap();
+    assert!(matches!(changes.recv().await.unwrap(), Change::Added(o) if o.metadata.name == "new"));
+    assert_eq!(cache.list_project("p").len(), 700);
     assert!(cache.list_project("q").is_empty());
 }
 
