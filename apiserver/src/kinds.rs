@@ -15,7 +15,7 @@ use corral_api_types::{
     Project, Resource, Scope, SecurityGroup, Snapshot, Validate, ValidateUpdate, Volume,
     API_VERSION,
 };
-use corral_store::{ListOptions, ObjectEvent, ResourceStore, StoreError};
+use corral_store::{kind_prefix, ListOptions, ObjectEvent, ResourceStore, StoreError};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -415,10 +415,13 @@ where
             } else {
                 None
             };
+            // Stored bytes are the object's canonical JSON: parse them
+            // straight into the answer instead of through the typed model.
             let page = self
                 .store
-                .list::<K>(
-                    project,
+                .raw()
+                .list(
+                    &kind_prefix::<K>(project),
                     ListOptions {
                         limit: want,
                         continue_token: token.clone(),
@@ -426,10 +429,21 @@ where
                     },
                 )
                 .await?;
-            revision = Some(page.resource_version);
-            for item in &page.items {
-                let value = to_value(item)?;
-                if params.matches(&item.meta().labels, &value) {
+            revision = Some(page.revision);
+            for kv in &page.items {
+                let mut value: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+                    ApiError::from(StoreError::Corrupt {
+                        key: kv.key.clone(),
+                        source: e,
+                    })
+                })?;
+                if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                    meta.insert(
+                        "resourceVersion".into(),
+                        Value::String(kv.mod_revision.to_string()),
+                    );
+                }
+                if params.matches_value(&value) {
                     items.push(value);
                 }
             }

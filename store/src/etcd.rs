@@ -217,6 +217,59 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListPage> {
+        // An unbounded list is read in pages at one revision: one etcd
+        // response is capped (4 MiB by default), a big kind is not.
+        if options.limit.unwrap_or(0) == 0 {
+            let mut page = self
+                .list_page(
+                    prefix,
+                    ListOptions {
+                        limit: Some(UNBOUNDED_PAGE),
+                        ..options
+                    },
+                )
+                .await?;
+            let mut items = std::mem::take(&mut page.items);
+            while let Some(token) = page.continue_token.take() {
+                page = self
+                    .list_page(
+                        prefix,
+                        ListOptions {
+                            limit: Some(UNBOUNDED_PAGE),
+                            continue_token: Some(token),
+                            revision: None,
+                        },
+                    )
+                    .await?;
+                items.append(&mut page.items);
+            }
+            return Ok(ListPage {
+                items,
+                revision: page.revision,
+                continue_token: None,
+            });
+        }
+        self.list_page(prefix, options).await
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
+        self.watch_from(prefix, after_revision).await
+    }
+
+    async fn current_revision(&self) -> Result<i64> {
+        self.revision_now().await
+    }
+
+    async fn compact(&self, revision: i64) -> Result<()> {
+        self.compact_to(revision).await
+    }
+}
+
+/// Page size of unbounded lists.
+const UNBOUNDED_PAGE: usize = 1000;
+
+impl EtcdStore {
+    async fn list_page(&self, prefix: &str, options: ListOptions) -> Result<ListPage> {
         let (start, revision) = match &options.continue_token {
             Some(token) => {
                 let (rev, last) = continue_token::decode(token)?;
@@ -268,7 +321,7 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
+    async fn watch_from(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
         // etcd acknowledges a watch from a compacted revision and only
         // later cancels it; a read at that revision fails at once, so a
         // caller learns about it here, as with the embedded backend.
@@ -300,7 +353,7 @@ impl Store for EtcdStore {
         Ok(stream)
     }
 
-    async fn current_revision(&self) -> Result<i64> {
+    async fn revision_now(&self) -> Result<i64> {
         let mut kv = self.client.kv_client();
         // A count-only read of one key gives the header revision cheaply.
         let resp = kv
@@ -310,7 +363,7 @@ impl Store for EtcdStore {
         header_revision(resp.header())
     }
 
-    async fn compact(&self, revision: i64) -> Result<()> {
+    async fn compact_to(&self, revision: i64) -> Result<()> {
         let mut kv = self.client.kv_client();
         kv.compact(revision, None)
             .await

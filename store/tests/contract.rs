@@ -271,6 +271,32 @@ async fn list_at_past_revision(s: Arc<dyn Store>) {
     assert_eq!(values(&now.items), want);
 }
 
+/// More than one etcd response can carry (4 MiB): still one list.
+async fn big_unbounded_list(s: Arc<dyn Store>) {
+    let value = vec![b'v'; 4096];
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (s, value) = (s.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..200 {
+                s.create(&format!("/t/big/{t}-{i:03}"), value.clone())
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = s.list("/t/big/", ListOptions::default()).await.unwrap();
+    assert_eq!(all.items.len(), 1600);
+    assert!(all.continue_token.is_none());
+    let keys: Vec<&str> = all.items.iter().map(|kv| kv.key.as_str()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+}
+
 async fn bad_continue_token_is_rejected(s: Arc<dyn Store>) {
     for token in ["garbage!!", "", "bm90LWEtdG9rZW4"] {
         let r = s
@@ -477,6 +503,7 @@ macro_rules! contract_suite {
             case!(list_pages_are_consistent);
             case!(list_at_past_revision);
             case!(bad_continue_token_is_rejected);
+            case!(big_unbounded_list);
             case!(watch_delivers_every_event_in_order);
             case!(watch_replays_history_then_follows);
             case!(many_watchers_see_the_same_history);
