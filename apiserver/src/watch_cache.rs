@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::kinds::{KindApi, WatchItem};
 
 /// Events kept per kind for late starters.
-const RING: usize = 20_000;
+const RING: usize = 4_096;
 /// Live events a subscriber may lag behind before it is expired.
 const LAG: usize = 50_000;
 
