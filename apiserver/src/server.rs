@@ -31,6 +31,8 @@ pub struct ApiState {
     pub auth: Authenticator,
     pub metrics: Metrics,
     watch_cache: crate::watch_cache::WatchCache,
+    /// Every Project, kept current by a reflector.
+    projects: corral_runtime::Cache<Project>,
     kinds: HashMap<&'static str, Arc<dyn KindApi>>,
     openapi: Value,
 }
@@ -45,6 +47,7 @@ impl ApiState {
             auth: Authenticator::new(store.clone()),
             metrics: Metrics::new(),
             watch_cache: Default::default(),
+            projects: corral_runtime::Reflector::new(store.clone()).spawn(),
             openapi: crate::openapi::document(),
             store,
             kinds,
@@ -184,6 +187,15 @@ fn dry_run(q: &HashMap<String, String>) -> bool {
 
 /// The project path segment must name an existing project.
 async fn require_project(state: &ApiState, project: &str) -> Result<(), ApiError> {
+    // The shared Project cache answers the common case without a read; a
+    // project it has not seen yet (just created) is read from the store.
+    if state
+        .projects
+        .get(&corral_runtime::ObjectRef::new("", project))
+        .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        return Ok(());
+    }
     if state.store.get::<Project>("", project).await?.is_none() {
         return Err(ApiError::not_found(format!(
             "project {project:?} not found (an admin creates it: corral project create {project})"

@@ -1,5 +1,5 @@
 //! The reconcilers that make the hosts match the store: scheduler,
-//! instance lifecycle, network IPAM, node lifecycle. Each is a
+//! instance lifecycle, network IPAM, node lifecycle, key pairs. Each is a
 //! `corral_runtime::Reconciler`; [`ControllerManager`] wires them to shared
 //! caches and runs them while this process leads.
 //!
@@ -9,6 +9,7 @@
 
 pub mod instance;
 pub mod ipam;
+pub mod keypair;
 pub mod node_lifecycle;
 pub mod resources;
 pub mod scheduler;
@@ -193,6 +194,11 @@ impl ControllerManager {
             ipam = ipam.metrics(m);
         }
 
+        let mut keypairs = Controller::new("keypair", c.keypairs.clone()).concurrency(2);
+        if let Some(m) = with_metrics("keypair") {
+            keypairs = keypairs.metrics(m);
+        }
+
         let mut lifecycle = Controller::new("node-lifecycle", c.nodes.clone()).concurrency(2);
         if let Some(m) = with_metrics("node-lifecycle") {
             lifecycle = lifecycle.metrics(m);
@@ -206,6 +212,10 @@ impl ControllerManager {
             )),
             tokio::spawn(ipam.run(
                 Arc::new(ipam::Ipam::new(store.clone(), c.instances.clone())),
+                stop.clone(),
+            )),
+            tokio::spawn(keypairs.run(
+                Arc::new(keypair::KeyPairController::new(store.clone())),
                 stop.clone(),
             )),
             tokio::spawn(lifecycle.run(

@@ -63,6 +63,15 @@ pub struct OpenSshPublicKey {
     pub comment: String,
 }
 
+impl OpenSshPublicKey {
+    /// OpenSSH's SHA-256 fingerprint, base64 without the `SHA256:` prefix
+    /// (what EC2 shows for ED25519 keys).
+    pub fn sha256_fingerprint(&self) -> String {
+        use sha2::Digest;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&self.blob))
+    }
+}
+
 /// Why a public key line was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublicKeyError {

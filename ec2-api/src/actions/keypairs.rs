@@ -4,7 +4,6 @@
 use base64::Engine;
 use corral_api_types::ec2::resource_id;
 use corral_api_types::{parse_openssh_public_key, KeyPair, KeyPairSpec, Resource};
-use sha2::{Digest, Sha256};
 
 use super::{check_ids, ts, Ctx};
 use crate::error::{Ec2Error, Result};
@@ -24,7 +23,7 @@ fn check_key_name(name: &str) -> Result<()> {
 /// OpenSSH's SHA-256 fingerprint (base64), as EC2 gives for ED25519 keys.
 pub fn fingerprint(public_key: &str) -> String {
     match parse_openssh_public_key(public_key) {
-        Ok(k) => base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&k.blob)),
+        Ok(k) => k.sha256_fingerprint(),
         Err(_) => String::new(),
     }
 }

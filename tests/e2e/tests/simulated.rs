@@ -114,6 +114,16 @@ async fn examples_run_and_leave_nothing_behind(backend: Backend) {
     }
     assert_ne!(domains[0].0, domains[1].0, "spread over both hosts");
 
+    // The key pair controller recorded the fingerprint and the EC2 id.
+    until("key pair status", 30, || async {
+        let k: corral_api_types::KeyPair = c.store.get("demo", "admin").await.unwrap().unwrap();
+        k.status.as_ref().is_some_and(|s| {
+            s.fingerprint.as_deref() == Some("tOCELBY1lqU41OSQOFH7G3jrNMS6g/usnVMuGYhGNv4=")
+                && s.ec2_id.as_deref().is_some_and(|id| id.starts_with("key-"))
+        })
+    })
+    .await;
+
     // Delete everything that holds a domain or an address.
     for name in ["web-1", "web-2"] {
         let (code, body) = c
