@@ -49,17 +49,61 @@ pub enum WatchItem {
     Error(ApiError),
 }
 
-/// A page of a list.
+/// A page of a list. Items are the objects' JSON, as stored, with their
+/// `resourceVersion` put in: lists are served without decoding objects.
 pub struct ListOutput {
-    pub items: Vec<Value>,
+    pub items: Vec<Vec<u8>>,
     pub resource_version: i64,
     pub continue_token: Option<String>,
+}
+
+impl ListOutput {
+    /// The items as JSON values (for callers that look inside).
+    pub fn values(&self) -> Vec<Value> {
+        self.items
+            .iter()
+            .filter_map(|b| serde_json::from_slice(b).ok())
+            .collect()
+    }
+}
+
+/// Puts `"resourceVersion":"N"` into stored object bytes. The store keeps
+/// objects as canonical JSON with `metadata` right after `apiVersion` and
+/// `kind` (fixed strings), so the first `"metadata":{` is the key itself;
+/// anything else is parsed and rewritten the slow way.
+pub fn with_resource_version(stored: &[u8], revision: i64) -> Vec<u8> {
+    const KEY: &[u8] = b"\"metadata\":{";
+    if let Some(pos) = stored.windows(KEY.len()).position(|w| w == KEY) {
+        let at = pos + KEY.len();
+        let rv = format!("\"resourceVersion\":\"{revision}\"");
+        let mut out = Vec::with_capacity(stored.len() + rv.len() + 1);
+        out.extend_from_slice(&stored[..at]);
+        out.extend_from_slice(rv.as_bytes());
+        if stored.get(at) != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(&stored[at..]);
+        return out;
+    }
+    match serde_json::from_slice::<Value>(stored) {
+        Ok(mut v) => {
+            if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                meta.insert(
+                    "resourceVersion".into(),
+                    Value::String(revision.to_string()),
+                );
+            }
+            serde_json::to_vec(&v).unwrap_or_else(|_| stored.to_vec())
+        }
+        Err(_) => stored.to_vec(),
+    }
 }
 
 #[async_trait]
 pub trait KindApi: Send + Sync {
     fn info(&self) -> &'static KindInfo;
-    async fn create(&self, project: &str, body: Value, dry_run: bool) -> Result<Value, ApiError>;
+    /// Returns the created object's JSON.
+    async fn create(&self, project: &str, body: Value, dry_run: bool) -> Result<Vec<u8>, ApiError>;
     async fn get(&self, project: &str, name: &str) -> Result<Value, ApiError>;
     async fn replace(
         &self,
@@ -305,7 +349,11 @@ where
         self.info
     }
 
-    async fn create(&self, project: &str, body: Value, dry_run: bool) -> Result<Value, ApiError> {
+    async fn create(&self, project: &str, body: Value, dry_run: bool) -> Result<Vec<u8>, ApiError> {
+        let to_json = |o: &K| {
+            serde_json::to_vec(o)
+                .map_err(|e| ApiError::internal(format!("encoding {}: {e}", K::KIND)))
+        };
         let mut obj = self.admit(project, None, body)?;
         let meta = obj.meta_mut();
         meta.uid.clear();
@@ -315,10 +363,10 @@ where
         meta.deletion_timestamp = None;
         *obj.status_mut() = None;
         if dry_run {
-            return to_value(&obj);
+            return to_json(&obj);
         }
         let created = self.store.create(&obj).await?;
-        to_value(&created)
+        to_json(&created)
     }
 
     async fn get(&self, project: &str, name: &str) -> Result<Value, ApiError> {
@@ -430,22 +478,21 @@ where
                 )
                 .await?;
             revision = Some(page.revision);
+            let filtered = !params.labels.is_empty() || !params.fields.is_empty();
             for kv in &page.items {
-                let mut value: Value = serde_json::from_slice(&kv.value).map_err(|e| {
-                    ApiError::from(StoreError::Corrupt {
-                        key: kv.key.clone(),
-                        source: e,
-                    })
-                })?;
-                if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-                    meta.insert(
-                        "resourceVersion".into(),
-                        Value::String(kv.mod_revision.to_string()),
-                    );
+                let bytes = with_resource_version(&kv.value, kv.mod_revision);
+                if filtered {
+                    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                        ApiError::from(StoreError::Corrupt {
+                            key: kv.key.clone(),
+                            source: e,
+                        })
+                    })?;
+                    if !params.matches_value(&value) {
+                        continue;
+                    }
                 }
-                if params.matches_value(&value) {
-                    items.push(value);
-                }
+                items.push(bytes);
             }
             token = page.continue_token;
             if token.is_none() || (limit > 0 && items.len() >= limit) {
@@ -594,4 +641,25 @@ pub fn registry(store: &ResourceStore) -> Vec<Arc<dyn KindApi>> {
         api::<Project>(store),
         api::<Event>(store),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_version_goes_into_metadata() {
+        let stored =
+            br#"{"apiVersion":"corral/v1","kind":"Network","metadata":{"name":"a"},"spec":{}}"#;
+        let v: Value = serde_json::from_slice(&with_resource_version(stored, 42)).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "42");
+        assert_eq!(v["metadata"]["name"], "a");
+        let empty = br#"{"kind":"X","metadata":{},"spec":{}}"#;
+        let v: Value = serde_json::from_slice(&with_resource_version(empty, 7)).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "7");
+        // Not our layout: parsed and rewritten.
+        let odd = br#"{"spec":{"x":1},"metadata" : {"name":"b"}}"#;
+        let v: Value = serde_json::from_slice(&with_resource_version(odd, 9)).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "9");
+    }
 }

@@ -272,13 +272,24 @@ async fn list_or_watch(
     if let Some(c) = out.continue_token {
         metadata["continue"] = Value::String(c);
     }
-    Ok(Json(json!({
-        "apiVersion": corral_api_types::API_VERSION,
-        "kind": format!("{}List", info.kind),
-        "metadata": metadata,
-        "items": out.items,
-    }))
-    .into_response())
+    // The items are JSON already: splice them in.
+    let size: usize = out.items.iter().map(|i| i.len() + 1).sum();
+    let mut body = Vec::with_capacity(size + 256);
+    body.extend_from_slice(b"{\"apiVersion\":");
+    body.extend_from_slice(&serde_json::to_vec(corral_api_types::API_VERSION).unwrap_or_default());
+    body.extend_from_slice(b",\"kind\":");
+    body.extend_from_slice(&serde_json::to_vec(&format!("{}List", info.kind)).unwrap_or_default());
+    body.extend_from_slice(b",\"metadata\":");
+    body.extend_from_slice(&serde_json::to_vec(&metadata).unwrap_or_default());
+    body.extend_from_slice(b",\"items\":[");
+    for (i, item) in out.items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn watch(
@@ -297,7 +308,7 @@ async fn watch(
             p.limit = None;
             p.continue_token = None;
             let out = kind.list(project, &p).await?;
-            all.extend(out.items);
+            all.extend(out.values());
             (all, out.resource_version)
         }
     };
@@ -426,7 +437,7 @@ async fn project_create(
     let body = parse_body(&headers, &body)?;
     require_project(&state, &project).await?;
     let created = kind.create(&project, body, dry_run(&q)).await?;
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    Ok(created_response(created))
 }
 
 async fn cluster_create(
@@ -446,7 +457,16 @@ async fn cluster_create(
         object_check(&p, kind.info(), &body)?;
     }
     let created = kind.create("", body, dry_run(&q)).await?;
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    Ok(created_response(created))
+}
+
+fn created_response(json: Vec<u8>) -> Response {
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response()
 }
 
 // ---- items -------------------------------------------------------------------
@@ -629,8 +649,8 @@ async fn project_delete(
         };
         let out = k.list(Some(&project), &params).await?;
         if !out.items.is_empty() {
-            let names: Vec<&str> = out
-                .items
+            let values = out.values();
+            let names: Vec<&str> = values
                 .iter()
                 .filter_map(|o| o.pointer("/metadata/name").and_then(|n| n.as_str()))
                 .collect();
@@ -654,7 +674,7 @@ async fn project_delete(
         for e in events
             .list(Some(&project), &ListParams::default())
             .await?
-            .items
+            .values()
         {
             if let Some(name) = e.pointer("/metadata/name").and_then(|n| n.as_str()) {
                 match events.delete(&project, name, None, false).await {

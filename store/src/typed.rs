@@ -52,12 +52,17 @@ pub fn parse_resource_version(rv: &str) -> Result<i64> {
         .ok_or_else(|| StoreError::InvalidArgument(format!("invalid resourceVersion {rv:?}")))
 }
 
+/// The stored form: the object's JSON in field order (`apiVersion`, `kind`,
+/// `metadata`, `spec`, `status`) without `resourceVersion` (which is empty,
+/// so not serialized). Deterministic, so unchanged objects encode to
+/// unchanged bytes and the store skips the write.
 fn encode<K: Resource>(obj: &K) -> Result<Vec<u8>> {
-    let mut value = serde_json::to_value(obj).map_err(StoreError::Encode)?;
-    if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        meta.remove("resourceVersion");
+    if obj.meta().resource_version.is_empty() {
+        return serde_json::to_vec(obj).map_err(StoreError::Encode);
     }
-    serde_json::to_vec(&value).map_err(StoreError::Encode)
+    let mut copy = obj.clone();
+    copy.meta_mut().resource_version.clear();
+    serde_json::to_vec(&copy).map_err(StoreError::Encode)
 }
 
 fn decode<K: Resource>(kv: &KeyValue) -> Result<K> {
