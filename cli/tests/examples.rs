@@ -63,6 +63,18 @@ fn examples_apply_get_describe_delete() {
         "{wide:#?}"
     );
     assert!(wide.ok().contains("m1.tiny"), "{wide:#?}");
+    // Every instance has its EC2 id, derived like the EC2 façade does.
+    let ids: Vec<&str> = wide
+        .ok()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    assert_eq!(ids.len(), 2, "{wide:#?}");
+    assert!(
+        ids.iter().all(|id| id.starts_with("i-") && id.len() == 19),
+        "{ids:?}"
+    );
     let nets = s.corral(&["get", "net", "-p", "demo"]);
     assert!(nets.ok().contains("10.42.0.0/24"), "{nets:#?}");
     let types = s.corral(&["get", "instancetypes"]);

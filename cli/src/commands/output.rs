@@ -16,6 +16,27 @@ pub fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
 }
 
 /// A scalar at a JSON pointer as text, or `<none>`.
+/// The EC2 id: as the status records it, else derived from the uid the
+/// same way the EC2 façade derives it.
+fn ec2_id(v: &Value, kind: &str) -> String {
+    let recorded = text_at(v, "/status/ec2Id");
+    if recorded != NONE {
+        return recorded;
+    }
+    let Some(uid) = v.pointer("/metadata/uid").and_then(|u| u.as_str()) else {
+        return NONE.to_string();
+    };
+    if kind == "Image" {
+        // Kernels and ramdisks are aki-/ari-.
+        let image_type = v
+            .pointer("/spec/imageType")
+            .and_then(|t| serde_json::from_value(t.clone()).ok())
+            .unwrap_or_default();
+        return corral_api_types::ec2::image_id(image_type, uid);
+    }
+    corral_api_types::ec2::resource_id(kind, uid).unwrap_or_else(|| NONE.to_string())
+}
+
 pub fn text_at(v: &Value, pointer: &str) -> String {
     match v.pointer(pointer) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -238,7 +259,7 @@ pub fn columns(info: &KindInfo, wide: bool) -> Vec<Column> {
                 cols.push(col("TYPE", instance_type_cell));
                 cols.push(col("IMAGE", instance_image_cell));
                 cols.push(col("ZONE", |v, _| text_at(v, "/spec/availabilityZone")));
-                cols.push(col("EC2-ID", |v, _| text_at(v, "/status/ec2Id")));
+                cols.push(col("EC2-ID", |v, _| ec2_id(v, "Instance")));
             }
         }
         "networks" => {
@@ -263,7 +284,7 @@ pub fn columns(info: &KindInfo, wide: bool) -> Vec<Column> {
             if wide {
                 cols.push(col("NODE", |v, _| text_at(v, "/status/nodeName")));
                 cols.push(col("ZONE", |v, _| text_at(v, "/spec/availabilityZone")));
-                cols.push(col("EC2-ID", |v, _| text_at(v, "/status/ec2Id")));
+                cols.push(col("EC2-ID", |v, _| ec2_id(v, "Volume")));
             }
         }
         "snapshots" => {
@@ -283,7 +304,7 @@ pub fn columns(info: &KindInfo, wide: bool) -> Vec<Column> {
             cols.push(col("AGE", age_cell));
             if wide {
                 cols.push(col("VISIBILITY", |v, _| text_at(v, "/spec/visibility")));
-                cols.push(col("EC2-ID", |v, _| text_at(v, "/status/ec2Id")));
+                cols.push(col("EC2-ID", |v, _| ec2_id(v, "Image")));
             }
         }
         "keypairs" => {
