@@ -2,50 +2,12 @@
 //! custom endpoint and static credentials: flows, errors, pagination,
 //! filters, idempotency, DryRun, the terraform call sequences and tenancy.
 
-use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::{Filter, Tag};
-use aws_sdk_ec2::Client;
-use corral_api_types::{Instance, InstancePhase, InstanceStatus};
-use corral_ec2_api::testing::{add_user, seed_project, set_status, start, Keys, TestServer};
+use aws_sdk_ec2::types::Tag;
+mod common;
 
-fn client(s: &TestServer, k: &Keys) -> Client {
-    let conf = aws_sdk_ec2::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("corral-1"))
-        .endpoint_url(&s.url)
-        .credentials_provider(Credentials::new(&k.id, &k.secret, None, None, "test"))
-        .build();
-    Client::from_conf(conf)
-}
-
-fn code<E: ProvideErrorMetadata>(r: Result<impl std::fmt::Debug, E>) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.code().unwrap_or("<none>").to_string(),
-    }
-}
-
-fn filter(name: &str, values: &[&str]) -> Filter {
-    let mut f = Filter::builder().name(name);
-    for v in values {
-        f = f.values(*v);
-    }
-    f.build()
-}
-
-async fn set_phase(s: &TestServer, project: &str, id: &str, phase: InstancePhase) {
-    set_status::<Instance>(
-        &s.store,
-        project,
-        id,
-        InstanceStatus {
-            phase,
-            ..Default::default()
-        },
-    )
-    .await;
-}
+use common::{client, code, filter, set_phase};
+use corral_api_types::{Instance, InstancePhase};
+use corral_ec2_api::testing::{add_user, seed_project, start, Keys};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_pagination_filters_idempotency_dry_run() {

@@ -1,53 +1,15 @@
 //! The terraform aws provider's call sequences for aws_instance and
 //! aws_security_group, replayed with the AWS SDK for Rust.
 
-use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, Filter, InstanceAttributeName, IpPermission, IpRange, ResourceType, Tag,
+    AttributeBooleanValue, InstanceAttributeName, IpPermission, IpRange, ResourceType, Tag,
     TagSpecification,
 };
-use aws_sdk_ec2::Client;
-use corral_api_types::{Instance, InstancePhase, InstanceStatus};
-use corral_ec2_api::testing::{seed_project, set_status, start, Keys, TestServer};
+mod common;
 
-fn client(s: &TestServer, k: &Keys) -> Client {
-    let conf = aws_sdk_ec2::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("corral-1"))
-        .endpoint_url(&s.url)
-        .credentials_provider(Credentials::new(&k.id, &k.secret, None, None, "test"))
-        .build();
-    Client::from_conf(conf)
-}
-
-fn code<E: ProvideErrorMetadata>(r: Result<impl std::fmt::Debug, E>) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.code().unwrap_or("<none>").to_string(),
-    }
-}
-
-fn filter(name: &str, values: &[&str]) -> Filter {
-    let mut f = Filter::builder().name(name);
-    for v in values {
-        f = f.values(*v);
-    }
-    f.build()
-}
-
-async fn set_phase(s: &TestServer, project: &str, id: &str, phase: InstancePhase) {
-    set_status::<Instance>(
-        &s.store,
-        project,
-        id,
-        InstanceStatus {
-            phase,
-            ..Default::default()
-        },
-    )
-    .await;
-}
+use common::{client, code, filter, set_phase};
+use corral_api_types::InstancePhase;
+use corral_ec2_api::testing::{seed_project, start};
 
 /// terraform-provider-aws's aws_instance: create, read, delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
