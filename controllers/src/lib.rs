@@ -1,5 +1,6 @@
 //! The reconcilers that make the hosts match the store: scheduler,
-//! instance lifecycle, network IPAM, node lifecycle, key pairs. Each is a
+//! instance lifecycle, network IPAM, node lifecycle, key pairs, garbage
+//! collection of owned objects. Each is a
 //! `corral_runtime::Reconciler`; [`ControllerManager`] wires them to shared
 //! caches and runs them while this process leads.
 //!
@@ -7,6 +8,7 @@
 //! change what a user asked for in `spec`. They must not talk to
 //! hypervisors — that is the node agent's job.
 
+pub mod gc;
 pub mod instance;
 pub mod ipam;
 pub mod keypair;
@@ -204,7 +206,33 @@ impl ControllerManager {
             lifecycle = lifecycle.metrics(m);
         }
 
+        // Garbage collection of owned objects, for the kinds cached here;
+        // an owner's deletion wakes its dependents.
+        let gc = Arc::new(gc::GarbageCollector::new(store.clone(), c.clone()));
+        let gc_volumes = Controller::new("gc-volumes", c.volumes.clone())
+            .concurrency(2)
+            .watches(c.instances.clone(), {
+                let volumes = c.volumes.clone();
+                move |ch| match ch {
+                    Change::Deleted(i) => gc::dependents_of(
+                        &volumes,
+                        "Instance",
+                        &i.metadata.project,
+                        &i.metadata.name,
+                    ),
+                    _ => Vec::new(),
+                }
+            });
+        let gc_instances = Controller::new("gc-instances", c.instances.clone()).concurrency(2);
+        let gc_networks = Controller::new("gc-networks", c.networks.clone()).concurrency(1);
+        let gc_security_groups =
+            Controller::new("gc-securitygroups", c.security_groups.clone()).concurrency(1);
+
         let tasks = vec![
+            tokio::spawn(gc_volumes.run(gc.clone(), stop.clone())),
+            tokio::spawn(gc_instances.run(gc.clone(), stop.clone())),
+            tokio::spawn(gc_networks.run(gc.clone(), stop.clone())),
+            tokio::spawn(gc_security_groups.run(gc.clone(), stop.clone())),
             tokio::spawn(sched.run(scheduler, stop.clone())),
             tokio::spawn(inst.run(
                 Arc::new(instance::InstanceController::new(store.clone(), refs)),

@@ -407,12 +407,81 @@ async fn node_lifecycle_marks_unknown(env: Env) {
     let _ = Instance::KIND;
 }
 
+async fn owned_objects_go_with_their_owner(env: Env) {
+    use corral_api_types::{OwnerReference, Volume, VolumeSpec};
+    let s = &env.store;
+    // No nodes: the instance is never placed, so its deletion is immediate.
+    let vm = s.create(&instance("vm", "m1.tiny")).await.unwrap();
+    let owned = |name: &str, kind: &str, uid: &str| {
+        let mut v = Volume::new(
+            "p",
+            name,
+            VolumeSpec {
+                size_gib: Some(1),
+                ..Default::default()
+            },
+        );
+        v.metadata.owner_references = vec![OwnerReference {
+            kind: kind.into(),
+            name: "vm".into(),
+            uid: uid.into(),
+            controller: false,
+        }];
+        v
+    };
+    s.create(&owned("scratch", "Instance", &vm.metadata.uid))
+        .await
+        .unwrap();
+    s.create(&owned("stale-owner", "Instance", "some-other-uid"))
+        .await
+        .unwrap();
+    s.create(&owned("unknown-kind", "Widget", "x"))
+        .await
+        .unwrap();
+    until("stale owner's dependent collected", 20, || async {
+        s.get::<Volume>("p", "stale-owner").await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        s.get::<Volume>("p", "scratch").await.unwrap().is_some(),
+        "owner alive: kept"
+    );
+    // Delete the owner (as the API does: mark, finalizers release it).
+    until("finalizer on vm", 20, || async {
+        s.get::<Instance>("p", "vm")
+            .await
+            .unwrap()
+            .is_some_and(|i| !i.metadata.finalizers.is_empty())
+    })
+    .await;
+    let mut i: Instance = s.get("p", "vm").await.unwrap().unwrap();
+    i.metadata.deletion_timestamp = Some(Utc::now());
+    s.update(&i).await.unwrap();
+    until("owner gone and its volume collected", 20, || async {
+        s.get::<Instance>("p", "vm").await.unwrap().is_none()
+            && s.get::<Volume>("p", "scratch").await.unwrap().is_none()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        s.get::<Volume>("p", "unknown-kind")
+            .await
+            .unwrap()
+            .is_some(),
+        "unknown owner kind: kept"
+    );
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn placement_capacity_and_ipam() {
                 super::placement_capacity_and_ipam(super::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn owned_objects_go_with_their_owner() {
+                super::owned_objects_go_with_their_owner(super::$backend().await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn node_lifecycle_marks_unknown() {
