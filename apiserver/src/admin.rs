@@ -363,7 +363,9 @@ pub async fn bootstrap(store: &ResourceStore, admin: &str) -> Result<Bootstrap, 
     if store.get::<User>("", admin).await?.is_some() {
         return Ok(Bootstrap { admin: None });
     }
-    let issued = create_user(
+    // Several servers may start at once on a fresh etcd: whoever creates
+    // the admin first issues its credentials; the others go on without.
+    match create_user(
         store,
         admin,
         UserSpec {
@@ -371,8 +373,12 @@ pub async fn bootstrap(store: &ResourceStore, admin: &str) -> Result<Bootstrap, 
             ..Default::default()
         },
     )
-    .await?;
-    Ok(Bootstrap {
-        admin: Some(issued),
-    })
+    .await
+    {
+        Ok(issued) => Ok(Bootstrap {
+            admin: Some(issued),
+        }),
+        Err(StoreError::AlreadyExists { .. }) => Ok(Bootstrap { admin: None }),
+        Err(e) => Err(e),
+    }
 }
