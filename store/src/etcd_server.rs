@@ -66,8 +66,24 @@ impl EtcdServer {
             peer_port: free_port()?,
             data,
         };
-        server.spawn().await?;
-        Ok(server)
+        // A port found free can be taken by another process before etcd
+        // binds it (tests run in parallel): then try other ports.
+        let mut attempts = 0;
+        loop {
+            match server.spawn().await {
+                Ok(()) => return Ok(server),
+                Err(EtcdServerError::NotHealthy(_, log))
+                    if log.contains("address already in use") && attempts < 5 =>
+                {
+                    attempts += 1;
+                    server.kill();
+                    server.client_port = free_port()?;
+                    server.peer_port = free_port()?;
+                    let _ = std::fs::remove_dir_all(server.data.path().join("data"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `http://127.0.0.1:PORT`
