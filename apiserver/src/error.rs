@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use corral_api_types::FieldErrors;
+use corral_runtime::error_chain;
 use corral_store::StoreError;
 use serde::Serialize;
 
@@ -168,18 +169,6 @@ fn display_key(key: &str) -> String {
         }
         None => rest.to_string(),
     }
-}
-
-/// The error and its sources, one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[derive(Serialize)]

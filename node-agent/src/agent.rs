@@ -19,7 +19,7 @@ use corral_api_types::{
     DEFAULT_INSTANCE_TYPE,
 };
 use corral_runtime::status::set_condition;
-use corral_runtime::{ObjectRef, QueueOptions, Shutdown, WorkQueue};
+use corral_runtime::{error_chain, ObjectRef, QueueOptions, Shutdown, WorkQueue};
 use serde_json::Value;
 
 use crate::api::{ApiClient, ApiError};
@@ -670,15 +670,4 @@ fn converge_power(
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut Shutdown) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

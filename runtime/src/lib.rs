@@ -21,6 +21,19 @@ pub mod queue;
 pub mod reflector;
 pub mod status;
 
+/// An error and its sources on one line (`a: b: c`), for logs: error types
+/// keep their sources out of `Display`, so the chain is printed once here.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 pub use controller::{while_leading, Action, Controller, ReconcileError, Reconciler, Shutdown};
 pub use leader::{always_leader, LeaderElection};
 pub use queue::{QueueOptions, WorkQueue};

@@ -7,7 +7,7 @@ use corral_api_types::ec2::{
 };
 use corral_api_types::{ConditionStatus, Instance, InstanceType, SecurityGroup};
 
-use super::instance_view::{state, Lookup, RUNNING, STOPPED};
+use super::instance_view::{block_devices, state, Lookup, RUNNING, STOPPED};
 use super::instances::visible_instances;
 use super::{check_ids, Ctx};
 use crate::error::{Ec2Error, Result};
@@ -223,22 +223,7 @@ pub async fn describe_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
         }
         _ => {
             let l = Lookup::load(ctx).await?;
-            let mut devices: Vec<(String, String, bool)> = Vec::new();
-            if let Some(b) = &i.spec.boot_volume {
-                devices.push((
-                    "/dev/vda".into(),
-                    l.volumes.get(b).cloned().unwrap_or_default(),
-                    false,
-                ));
-            }
-            for v in &i.spec.volumes {
-                let dev = format!("/dev/{}", v.device.clone().unwrap_or_default());
-                devices.push((
-                    dev,
-                    l.volumes.get(&v.volume).cloned().unwrap_or_default(),
-                    v.delete_on_termination,
-                ));
-            }
+            let devices = block_devices(i, &l);
             x.set("blockDeviceMapping", &devices, |x, (dev, vol, dot)| {
                 x.leaf("deviceName", dev).el("ebs", |x| {
                     x.leaf("volumeId", vol)

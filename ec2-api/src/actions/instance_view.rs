@@ -277,6 +277,27 @@ pub const INSTANCE_FILTERS: &[&str] = &[
     "launch-index",
 ];
 
+/// (device name, volume id, deleteOnTermination) of each EBS-style disk.
+pub fn block_devices(i: &Instance, l: &Lookup) -> Vec<(String, String, bool)> {
+    let mut devices: Vec<(String, String, bool)> = Vec::new();
+    if let Some(b) = &i.spec.boot_volume {
+        devices.push((
+            "/dev/vda".into(),
+            l.volumes.get(b).cloned().unwrap_or_default(),
+            false,
+        ));
+    }
+    for v in &i.spec.volumes {
+        let dev = format!("/dev/{}", v.device.clone().unwrap_or_default());
+        devices.push((
+            dev,
+            l.volumes.get(&v.volume).cloned().unwrap_or_default(),
+            v.delete_on_termination,
+        ));
+    }
+    devices
+}
+
 fn root_device_type(i: &Instance) -> &'static str {
     if i.spec.boot_volume.is_some() {
         "ebs"
@@ -354,22 +375,7 @@ pub fn write_instance(x: &mut Xml, i: &Instance, l: &Lookup, account: &str) {
         .opt("architecture", image.map(|v| &v.1))
         .leaf("rootDeviceType", root_device_type(i))
         .leaf("rootDeviceName", "/dev/vda");
-    let mut devices: Vec<(String, String, bool)> = Vec::new();
-    if let Some(b) = &i.spec.boot_volume {
-        devices.push((
-            "/dev/vda".into(),
-            l.volumes.get(b).cloned().unwrap_or_default(),
-            false,
-        ));
-    }
-    for v in &i.spec.volumes {
-        let dev = format!("/dev/{}", v.device.clone().unwrap_or_default());
-        devices.push((
-            dev,
-            l.volumes.get(&v.volume).cloned().unwrap_or_default(),
-            v.delete_on_termination,
-        ));
-    }
+    let devices = block_devices(i, l);
     x.set("blockDeviceMapping", &devices, |x, (dev, vol, dot)| {
         x.leaf("deviceName", dev).el("ebs", |x| {
             x.leaf("volumeId", vol)
