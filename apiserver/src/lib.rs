@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod content;
 pub mod error;
 pub mod kinds;
 pub mod list;

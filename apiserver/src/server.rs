@@ -35,6 +35,8 @@ pub struct ApiState {
     projects: corral_runtime::Cache<Project>,
     kinds: HashMap<&'static str, Arc<dyn KindApi>>,
     openapi: Value,
+    /// Image bytes, when this server keeps them.
+    blobs: std::sync::OnceLock<corral_store::blobs::BlobStore>,
 }
 
 impl ApiState {
@@ -51,7 +53,18 @@ impl ApiState {
             openapi: crate::openapi::document(),
             store,
             kinds,
+            blobs: Default::default(),
         })
+    }
+
+    /// Lets this server keep image bytes in `blobs` (once; later calls are
+    /// ignored).
+    pub fn set_blobs(&self, blobs: corral_store::blobs::BlobStore) {
+        let _ = self.blobs.set(blobs);
+    }
+
+    pub fn blobs(&self) -> Option<&corral_store::blobs::BlobStore> {
+        self.blobs.get()
     }
 
     fn kind(&self, plural: &str) -> Result<&Arc<dyn KindApi>, ApiError> {
@@ -81,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/apply", post(apply))
         .merge(crate::admin::routes())
+        .merge(crate::content::routes())
         .route("/v1/projects", get(cluster_collection).post(cluster_create))
         .route(
             "/v1/projects/{project}",

@@ -348,6 +348,62 @@ impl Client {
         Err(ClientError::Api(ApiStatus::from_body(status, &body)))
     }
 
+    /// A GET answered with raw bytes.
+    pub async fn get_bytes(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .send(
+                Method::GET,
+                path,
+                query,
+                None,
+                Some(Duration::from_secs(60)),
+            )
+            .await?;
+        Ok(response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(root_cause(&e)))?
+            .to_vec())
+    }
+
+    /// A PUT of raw bytes (streamed; no timeout), answered with JSON.
+    pub async fn put_stream(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        body: reqwest::Body,
+        length: u64,
+    ) -> Result<Value, ClientError> {
+        let response = self
+            .http
+            .put(self.url(path, query))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    ClientError::Unreachable {
+                        url: self.server_root(),
+                    }
+                } else {
+                    ClientError::Transport(root_cause(&e))
+                }
+            })?;
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(ClientError::Api(ApiStatus::from_body(status, &bytes)));
+        }
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
     /// A request answered with JSON.
     pub async fn request(
         &self,

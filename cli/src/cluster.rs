@@ -35,6 +35,8 @@ pub struct LocalAgent {
     pub virt_type: String,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u64>,
+    /// Where a real host's images, disks and consoles live.
+    pub state_dir: std::path::PathBuf,
 }
 
 pub struct Background {
@@ -74,6 +76,7 @@ pub async fn start(
     store: &ResourceStore,
     controllers: Option<Leadership>,
     agent: Option<LocalAgent>,
+    blobs: Option<corral_store::blobs::BlobStore>,
     api_url: &str,
 ) -> Result<Background> {
     let (stop, stop_rx) = watch::channel(false);
@@ -88,7 +91,10 @@ pub async fn start(
         };
         let manager = Arc::new(ControllerManager::new(
             store.clone(),
-            ControllerOptions::default(),
+            ControllerOptions {
+                blobs,
+                ..Default::default()
+            },
         ));
         let rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -102,6 +108,7 @@ pub async fn start(
         let mut opts = AgentOptions::new(&local.node);
         opts.vcpus = local.vcpus;
         opts.memory_mib = local.memory_mib;
+        opts.state_dir = local.state_dir.clone();
         let agent = Agent::new(ApiClient::new(api_url, &token), Arc::new(hv), opts);
         let rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {

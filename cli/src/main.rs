@@ -40,12 +40,20 @@ enum Command {
         ec2_listen: SocketAddr,
         /// Hypervisor of the local node agent: `qemu:///system` on a real
         /// host, `test:///default` for a simulated one.
-        #[arg(long, env = "CORRAL_LIBVIRT", default_value = "test:///default")]
+        #[arg(long, env = "CORRAL_LIBVIRT", default_value = "qemu:///system")]
         libvirt: String,
-        /// Domain type for real hosts: `kvm`, or `qemu` (TCG) where KVM
-        /// cannot boot guests.
-        #[arg(long, default_value = "qemu")]
+        /// Domain type for real hosts: `kvm`, `qemu` (TCG), or `auto`
+        /// (kvm only where the CPU has vmx/svm and /dev/kvm opens).
+        #[arg(long, default_value = "auto")]
         virt_type: String,
+        /// Where the local agent keeps images, disks and consoles (QEMU
+        /// must be able to reach it: every parent directory 0755).
+        #[arg(
+            long,
+            env = "CORRAL_AGENT_DIR",
+            default_value = "/var/lib/corral/agent"
+        )]
+        agent_dir: PathBuf,
         /// Name of the local Node (default: this host's short name).
         #[arg(long)]
         node: Option<String>,
@@ -68,6 +76,9 @@ enum Command {
         /// Run the controllers here (behind leader election).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         controllers: bool,
+        /// Where this server keeps image bytes.
+        #[arg(long, env = "CORRAL_BLOB_DIR", default_value = "/var/lib/corral/blobs")]
+        blob_dir: PathBuf,
     },
     /// Run a node agent for one hypervisor host.
     Agent {
@@ -82,8 +93,16 @@ enum Command {
         node: String,
         #[arg(long, default_value = "qemu:///system")]
         libvirt: String,
-        #[arg(long, default_value = "qemu")]
+        /// `kvm`, `qemu` (TCG) or `auto` (kvm only where it can boot).
+        #[arg(long, default_value = "auto")]
         virt_type: String,
+        /// Where images, disks and consoles live (every parent 0755).
+        #[arg(
+            long,
+            env = "CORRAL_AGENT_DIR",
+            default_value = "/var/lib/corral/agent"
+        )]
+        agent_dir: PathBuf,
         /// Advertise this many vcpus instead of the host's (simulated hosts).
         #[arg(long)]
         vcpus: Option<u32>,
@@ -149,6 +168,15 @@ enum BenchCommand {
     },
 }
 
+/// `auto` becomes what this host can really boot.
+fn resolve_virt_type(v: &str) -> String {
+    if v == "auto" {
+        corral_node_agent::host::detect_virt_type().to_string()
+    } else {
+        v.to_string()
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -165,6 +193,7 @@ async fn main() -> Result<()> {
             ec2_listen,
             libvirt,
             virt_type,
+            agent_dir,
             node,
             no_agent,
         } => {
@@ -178,10 +207,12 @@ async fn main() -> Result<()> {
                     ec2_listen,
                     write_config: true,
                     controllers: Some(cluster::Leadership::Always),
+                    blob_dir: data_dir.join("blobs"),
                     agent: (!no_agent).then(|| cluster::LocalAgent {
                         node: node.unwrap_or_else(cluster::default_node_name),
                         libvirt,
-                        virt_type,
+                        virt_type: resolve_virt_type(&virt_type),
+                        state_dir: agent_dir,
                         // A simulated host advertises room for a lab.
                         vcpus: None,
                         memory_mib: None,
@@ -196,6 +227,7 @@ async fn main() -> Result<()> {
             ec2_listen,
             write_config,
             controllers,
+            blob_dir,
         } => {
             let etcd_store = corral_store::EtcdStore::connect(&etcd)
                 .await
@@ -212,6 +244,7 @@ async fn main() -> Result<()> {
                     ec2_listen,
                     write_config,
                     controllers: leadership,
+                    blob_dir,
                     agent: None,
                 },
             )
@@ -223,13 +256,16 @@ async fn main() -> Result<()> {
             node,
             libvirt,
             virt_type,
+            agent_dir,
             vcpus,
             memory_mib,
             zone,
         } => {
+            let virt_type = resolve_virt_type(&virt_type);
             let hv = corral_node_agent::Libvirt::open(&libvirt, &virt_type)
                 .with_context(|| format!("opening libvirt at {libvirt}"))?;
             let mut opts = corral_node_agent::AgentOptions::new(&node);
+            opts.state_dir = agent_dir;
             opts.vcpus = vcpus;
             opts.memory_mib = memory_mib;
             opts.zone = zone;

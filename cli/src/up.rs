@@ -25,6 +25,8 @@ pub struct ServeOptions {
     pub controllers: Option<crate::cluster::Leadership>,
     /// Run a node agent in this process.
     pub agent: Option<crate::cluster::LocalAgent>,
+    /// Where image bytes are kept.
+    pub blob_dir: PathBuf,
 }
 
 /// Opens the embedded store under `data_dir`.
@@ -152,27 +154,54 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
     let ec2_listener = tokio::net::TcpListener::bind(options.ec2_listen)
         .await
         .with_context(|| format!("binding the EC2 API to {}", options.ec2_listen))?;
+    let blobs = corral_store::blobs::BlobStore::open(&options.blob_dir)
+        .with_context(|| format!("opening the image store {}", options.blob_dir.display()))?;
     // Controllers and the agent start once the API can answer them.
     let background = crate::cluster::start(
         &store,
         options.controllers.clone(),
         options.agent.clone(),
+        Some(blobs.clone()),
         &server,
     )
     .await?;
     let state = ApiState::new(store);
+    state.set_blobs(blobs);
     println!(
         "Corral is up: native API {server}, EC2 API {ec2} (store: {}); stop with Ctrl-C",
         raw.backend()
     );
     tracing::info!(%server, %ec2, backend = raw.backend(), "serving the native and EC2 APIs");
-    let (api, ec2_api) = tokio::join!(
-        corral_apiserver::serve(state, listener, shutdown_signal()),
-        corral_ec2_api::serve(ec2_state, ec2_listener, shutdown_signal()),
-    );
-    api.context("serving the API")?;
-    ec2_api.context("serving the EC2 API")?;
-    background.stop().await;
+    // On a signal the agent and controllers stop first (the local agent's
+    // watch is one of the server's open connections), then the servers
+    // drain; streams still open after a few seconds (other clients'
+    // watches) do not keep the process alive.
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        background.stop().await;
+        let _ = stopping.send(true);
+    });
+    let signalled = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let servers = async {
+        tokio::join!(
+            corral_apiserver::serve(state, listener, signalled(stopped.clone())),
+            corral_ec2_api::serve(ec2_state, ec2_listener, signalled(stopped.clone())),
+        )
+    };
+    let grace = async {
+        signalled(stopped.clone()).await;
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    };
+    tokio::select! {
+        (api, ec2_api) = servers => {
+            api.context("serving the API")?;
+            ec2_api.context("serving the EC2 API")?;
+        }
+        _ = grace => tracing::warn!("connections still open after 5 s; stopping anyway"),
+    }
     println!("Corral stopped.");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The reconcilers that make the hosts match the store: scheduler,
-//! instance lifecycle, network IPAM, node lifecycle, key pairs, garbage
-//! collection of owned objects. Each is a
+//! instance lifecycle, network IPAM, node lifecycle, key pairs, image
+//! import, garbage collection of owned objects. Each is a
 //! `corral_runtime::Reconciler`; [`ControllerManager`] wires them to shared
 //! caches and runs them while this process leads.
 //!
@@ -9,6 +9,7 @@
 //! hypervisors — that is the node agent's job.
 
 pub mod gc;
+pub mod image;
 pub mod instance;
 pub mod ipam;
 pub mod keypair;
@@ -37,6 +38,9 @@ pub struct ControllerOptions {
     pub node_grace: Duration,
     /// Workers per controller.
     pub concurrency: usize,
+    /// Where image bytes are kept (the server's blob directory); without
+    /// it images stay Pending.
+    pub blobs: Option<corral_store::blobs::BlobStore>,
 }
 
 impl Default for ControllerOptions {
@@ -45,6 +49,7 @@ impl Default for ControllerOptions {
             policy: Policy::Spread,
             node_grace: Duration::from_secs(15),
             concurrency: 16,
+            blobs: None,
         }
     }
 }
@@ -201,6 +206,11 @@ impl ControllerManager {
             keypairs = keypairs.metrics(m);
         }
 
+        let mut images = Controller::new("image", c.images.clone()).concurrency(2);
+        if let Some(m) = with_metrics("image") {
+            images = images.metrics(m);
+        }
+
         let mut lifecycle = Controller::new("node-lifecycle", c.nodes.clone()).concurrency(2);
         if let Some(m) = with_metrics("node-lifecycle") {
             lifecycle = lifecycle.metrics(m);
@@ -244,6 +254,10 @@ impl ControllerManager {
             )),
             tokio::spawn(keypairs.run(
                 Arc::new(keypair::KeyPairController::new(store.clone())),
+                stop.clone(),
+            )),
+            tokio::spawn(images.run(
+                Arc::new(image::ImageController::new(store.clone(), o.blobs.clone())),
                 stop.clone(),
             )),
             tokio::spawn(lifecycle.run(

@@ -14,16 +14,20 @@ use std::time::Duration;
 
 use chrono::Utc;
 use corral_api_types::{
-    ConditionStatus, HypervisorInfo, HypervisorType, Instance, InstancePhase, InstanceStatus,
-    InstanceType, Node, NodeResources, NodeSpec, PowerState as Desired, Resource,
-    DEFAULT_INSTANCE_TYPE,
+    ec2, ConditionStatus, HypervisorInfo, HypervisorType, Image, ImageFormat, ImagePhase, Instance,
+    InstancePhase, InstanceStatus, InstanceType, KeyPair, Node, NodeResources, NodeSpec,
+    PowerState as Desired, Resource, DEFAULT_INSTANCE_TYPE,
 };
 use corral_runtime::status::set_condition;
 use corral_runtime::{error_chain, ObjectRef, QueueOptions, Shutdown, WorkQueue};
+use futures_util::FutureExt;
 use serde_json::Value;
 
 use crate::api::{ApiClient, ApiError};
-use crate::hypervisor::{domain_name, DomainSpec, Hypervisor, PowerState, DOMAIN_PREFIX};
+use crate::host::{guest_ready, HostFiles, Seed};
+use crate::hypervisor::{
+    domain_name, DiskSpec, DomainSpec, Hypervisor, KernelBoot, PowerState, DOMAIN_PREFIX,
+};
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -39,6 +43,11 @@ pub struct AgentOptions {
     pub zone: Option<String>,
     /// How long a guest gets to power off before it is destroyed.
     pub stop_timeout: Duration,
+    /// Where a real host keeps images, disks, seeds and console logs
+    /// (unused on simulated hosts).
+    pub state_dir: std::path::PathBuf,
+    /// How often a real host's domains are scanned for drift.
+    pub scan: Duration,
 }
 
 impl AgentOptions {
@@ -53,6 +62,8 @@ impl AgentOptions {
             disk_gib: 500,
             zone: None,
             stop_timeout: Duration::from_secs(60),
+            state_dir: std::path::PathBuf::from("/var/lib/corral/agent"),
+            scan: Duration::from_secs(2),
         }
     }
 }
@@ -63,6 +74,8 @@ pub enum AgentError {
     Api(#[from] ApiError),
     #[error("hypervisor")]
     Hypervisor(#[from] crate::hypervisor::HypervisorError),
+    #[error("host files")]
+    Host(#[from] crate::host::HostError),
     #[error("{0}")]
     Other(String),
 }
@@ -75,6 +88,15 @@ pub struct Agent {
     types: Mutex<HashMap<String, InstanceType>>,
     queue: Arc<WorkQueue<ObjectRef>>,
     synced: std::sync::atomic::AtomicBool,
+    /// A real host's files (None on simulated hosts).
+    files: std::sync::OnceLock<HostFiles>,
+    /// One image pull at a time.
+    pulls: tokio::sync::Mutex<()>,
+    /// Hash of the console bytes last sent, per domain.
+    consoles: Mutex<HashMap<String, u64>>,
+    /// Console log length when this agent last (re)booted a domain: only
+    /// what the guest printed after it tells whether that boot finished.
+    boot_marks: Mutex<HashMap<String, u64>>,
 }
 
 fn instance_path(key: &ObjectRef) -> String {
@@ -104,7 +126,16 @@ impl Agent {
             instances: Mutex::new(HashMap::new()),
             types: Mutex::new(HashMap::new()),
             synced: std::sync::atomic::AtomicBool::new(false),
+            files: std::sync::OnceLock::new(),
+            pulls: tokio::sync::Mutex::new(()),
+            consoles: Mutex::new(HashMap::new()),
+            boot_marks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The host's files, on a real host.
+    pub fn files(&self) -> Option<&HostFiles> {
+        self.files.get()
     }
 
     /// Runs until `stop` turns true.
@@ -126,6 +157,7 @@ impl Agent {
         }
         tracing::info!(node = %self.opts.node, "agent registered");
         let mut tasks = vec![
+            tokio::spawn(self.clone().scan_loop(stop.clone())),
             tokio::spawn(self.clone().heartbeat_loop(stop.clone())),
             tokio::spawn(self.clone().informer(stop.clone())),
             tokio::spawn(self.clone().resync_loop(stop.clone())),
@@ -134,7 +166,15 @@ impl Agent {
             let me = self.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(key) = me.queue.get().await {
-                    match me.converge(&key).await {
+                    // A bug in one instance's convergence must not take a
+                    // worker (and the key it holds) down with it.
+                    let outcome = std::panic::AssertUnwindSafe(me.converge(&key))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(AgentError::Other("converging panicked (a bug)".into()))
+                        });
+                    match outcome {
                         Ok(Some(after)) => {
                             me.queue.forget(&key);
                             me.queue.add_after(key.clone(), after);
@@ -160,6 +200,13 @@ impl Agent {
     async fn register(&self) -> Result<(), AgentError> {
         let hv = self.hv.clone();
         let facts = blocking(move || hv.facts()).await?;
+        if facts.virt_type != "test" && self.files.get().is_none() {
+            let dir = self.opts.state_dir.clone();
+            let files = tokio::task::spawn_blocking(move || HostFiles::open(&dir))
+                .await
+                .map_err(|e| AgentError::Other(e.to_string()))??;
+            let _ = self.files.set(files);
+        }
         let path = format!("/v1/nodes/{}", self.opts.node);
         if self.api.get::<Value>(&path).await?.is_none() {
             let mut node = Node::new(
@@ -293,6 +340,14 @@ impl Agent {
             if owned.contains(&d.name) || !d.name.starts_with(DOMAIN_PREFIX) {
                 continue;
             }
+            // Only what this node made: another agent may share libvirt.
+            let hv = self.hv.clone();
+            let name = d.name.clone();
+            if blocking(move || hv.node_of(&name)).await?.as_deref()
+                != Some(self.opts.node.as_str())
+            {
+                continue;
+            }
             tracing::warn!(domain = %d.name, "removing a Corral domain that no Instance on this node owns");
             let hv = self.hv.clone();
             let name = d.name.clone();
@@ -303,7 +358,74 @@ impl Agent {
             .await?;
             removed += 1;
         }
+        // Instance directories nothing owns (listed before the owners are
+        // read, so a directory being created meanwhile is never taken).
+        if let Some(files) = self.files.get().cloned() {
+            let uids = tokio::task::spawn_blocking(move || files.instance_uids())
+                .await
+                .map_err(|e| AgentError::Other(e.to_string()))??;
+            let owned: std::collections::HashSet<String> = self
+                .instances
+                .lock()
+                .expect("instances")
+                .values()
+                .map(|i| i.metadata.uid.clone())
+                .collect();
+            for uid in uids.into_iter().filter(|u| !owned.contains(u)) {
+                let hv = self.hv.clone();
+                let name = domain_name(&uid);
+                if blocking(move || hv.state(&name)).await?.is_some() {
+                    continue;
+                }
+                tracing::warn!(%uid, "removing the files of an instance no longer on this node");
+                let files = self.files.get().cloned().expect("files");
+                tokio::task::spawn_blocking(move || files.remove_instance(&uid))
+                    .await
+                    .map_err(|e| AgentError::Other(e.to_string()))??;
+                removed += 1;
+            }
+        }
         Ok(removed)
+    }
+
+    /// On a real host, looks at every Corral domain every few seconds and
+    /// wakes the instances whose domain changed or vanished: a domain
+    /// destroyed or undefined by hand comes back within seconds.
+    async fn scan_loop(self: Arc<Self>, mut stop: Shutdown) {
+        let mut tick = tokio::time::interval(self.opts.scan);
+        let mut last: HashMap<String, Option<PowerState>> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped(&mut stop) => return,
+            }
+            if self.files.get().is_none() || !self.synced.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                continue;
+            }
+            let hv = self.hv.clone();
+            let Ok(domains) = blocking(move || hv.list()).await else {
+                continue;
+            };
+            let now: HashMap<String, PowerState> =
+                domains.into_iter().map(|d| (d.name, d.state)).collect();
+            let instances: Vec<(ObjectRef, String)> = self
+                .instances
+                .lock()
+                .expect("instances")
+                .iter()
+                .map(|(k, i)| (k.clone(), domain_name(&i.metadata.uid)))
+                .collect();
+            let mut seen = HashMap::new();
+            for (key, name) in instances {
+                let state = now.get(&name).copied();
+                if last.get(&name) != Some(&state) {
+                    self.queue.add(key);
+                }
+                seen.insert(name, state);
+            }
+            last = seen;
+        }
     }
 
     async fn informer(self: Arc<Self>, mut stop: Shutdown) {
@@ -396,9 +518,10 @@ impl Agent {
         Ok(t)
     }
 
-    async fn domain_spec(&self, i: &Instance) -> Result<DomainSpec, AgentError> {
-        let (vcpus, memory_mib) = match (i.spec.cpus, i.spec.memory_mib) {
-            (Some(c), Some(m)) => (c, u64::from(m)),
+    /// vcpus, memory and root disk size (GiB) of an instance.
+    async fn sizes(&self, i: &Instance) -> Result<(u32, u64, u32), AgentError> {
+        match (i.spec.cpus, i.spec.memory_mib) {
+            (Some(c), Some(m)) => Ok((c, u64::from(m), 0)),
             _ => {
                 let t = self
                     .instance_type(
@@ -408,9 +531,96 @@ impl Agent {
                             .unwrap_or(DEFAULT_INSTANCE_TYPE),
                     )
                     .await?;
-                (t.spec.vcpus, u64::from(t.spec.memory_mib))
+                Ok((
+                    t.spec.vcpus,
+                    u64::from(t.spec.memory_mib),
+                    t.spec.root_disk_gib,
+                ))
             }
+        }
+    }
+
+    /// An Image that is Available, or why not yet.
+    async fn available_image(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Result<(Image, String), Wait>, AgentError> {
+        let Some(img) = self
+            .api
+            .get::<Image>(&format!("/v1/projects/{project}/images/{name}"))
+            .await?
+        else {
+            return Ok(Err(Wait::new(
+                "WaitingForImage",
+                format!("image {name:?} not found"),
+            )));
         };
+        let status = img.status.clone().unwrap_or_default();
+        match (status.phase, status.sha256.clone()) {
+            (ImagePhase::Available, Some(sha)) => Ok(Ok((img, sha))),
+            (phase, _) => Ok(Err(Wait::new(
+                "WaitingForImage",
+                format!(
+                    "image {name:?} is {phase:?}{}",
+                    status.message.map(|m| format!(": {m}")).unwrap_or_default()
+                ),
+            ))),
+        }
+    }
+
+    /// The cached file of an image's bytes, pulled from the API once and
+    /// verified against its sha256.
+    async fn pull_image(
+        &self,
+        project: &str,
+        name: &str,
+        sha: &str,
+    ) -> Result<std::path::PathBuf, AgentError> {
+        let files = self.files.get().cloned().expect("a real host");
+        let path = files
+            .images()
+            .path(sha)
+            .map_err(crate::host::HostError::from)?;
+        if path.is_file() {
+            return Ok(path);
+        }
+        let _one = self.pulls.lock().await;
+        if path.is_file() {
+            return Ok(path);
+        }
+        tracing::info!(image = %name, %sha, "pulling image");
+        let mut resp = self
+            .api
+            .download(&format!("/v1/projects/{project}/images/{name}/content"))
+            .await?;
+        let mut w = files
+            .images()
+            .writer()
+            .map_err(crate::host::HostError::from)?;
+        loop {
+            let chunk = resp
+                .chunk()
+                .await
+                .map_err(|e| AgentError::Other(format!("pulling image {name:?}: {e}")))?;
+            let Some(chunk) = chunk else { break };
+            w = tokio::task::spawn_blocking(move || w.write_all(&chunk).map(|()| w))
+                .await
+                .map_err(|e| AgentError::Other(e.to_string()))?
+                .map_err(crate::host::HostError::from)?;
+        }
+        let want = sha.to_string();
+        tokio::task::spawn_blocking(move || w.finish(Some(&want)))
+            .await
+            .map_err(|e| AgentError::Other(e.to_string()))?
+            .map_err(crate::host::HostError::from)?;
+        Ok(path)
+    }
+
+    /// Everything a domain needs: on a real host the image is pulled, the
+    /// root disk and the seed are written.
+    async fn domain_spec(&self, i: &Instance) -> Result<Result<DomainSpec, Wait>, AgentError> {
+        let (vcpus, memory_mib, root_gib) = self.sizes(i).await?;
         let nics = i
             .status
             .as_ref()
@@ -421,14 +631,118 @@ impl Agent {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(DomainSpec {
+        let mut spec = DomainSpec {
+            node: self.opts.node.clone(),
             uid: i.metadata.uid.clone(),
             project: i.metadata.project.clone(),
             instance: i.metadata.name.clone(),
             vcpus,
             memory_mib,
             nics,
+            ..Default::default()
+        };
+        let Some(files) = self.files.get().cloned() else {
+            return Ok(Ok(spec));
+        };
+        let project = i.metadata.project.as_str();
+        let uid = i.metadata.uid.clone();
+        let Some(image_name) = i.spec.image.as_deref() else {
+            return Ok(Err(Wait::new(
+                "BootVolumeUnsupported",
+                "booting from a volume is not supported on this node yet".into(),
+            )));
+        };
+        let (image, sha) = match self.available_image(project, image_name).await? {
+            Ok(x) => x,
+            Err(w) => return Ok(Err(w)),
+        };
+        let format = match image.spec.format {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+            ImageFormat::Iso => {
+                return Ok(Err(Wait::new(
+                    "UnsupportedImage",
+                    format!("image {image_name:?} is an ISO; instances boot from disk images"),
+                )))
+            }
+        };
+        let base = self.pull_image(project, image_name, &sha).await?;
+        if let Some(kernel) = image.spec.kernel.as_deref() {
+            let (_, ksha) = match self.available_image(project, kernel).await? {
+                Ok(x) => x,
+                Err(w) => return Ok(Err(w)),
+            };
+            let kernel_path = self.pull_image(project, kernel, &ksha).await?;
+            let initrd = match image.spec.ramdisk.as_deref() {
+                Some(r) => {
+                    let (_, rsha) = match self.available_image(project, r).await? {
+                        Ok(x) => x,
+                        Err(w) => return Ok(Err(w)),
+                    };
+                    Some(self.pull_image(project, r, &rsha).await?)
+                }
+                None => None,
+            };
+            spec.kernel = Some(KernelBoot {
+                kernel: kernel_path,
+                initrd,
+                cmdline: image
+                    .spec
+                    .kernel_args
+                    .clone()
+                    .unwrap_or_else(|| "console=ttyS0 root=/dev/vda".into()),
+            });
+        }
+        let mut public_keys = Vec::new();
+        if let Some(k) = i.spec.key_name.as_deref() {
+            match self
+                .api
+                .get::<KeyPair>(&format!("/v1/projects/{project}/keypairs/{k}"))
+                .await?
+            {
+                Some(kp) => public_keys.push(kp.spec.public_key),
+                None => {
+                    return Ok(Err(Wait::new(
+                        "WaitingForKeyPair",
+                        format!("key pair {k:?} not found"),
+                    )))
+                }
+            }
+        }
+        let seed = Seed {
+            instance_id: ec2::resource_id("Instance", &uid).unwrap_or_else(|| uid.clone()),
+            hostname: i.metadata.name.clone(),
+            public_keys,
+            user_data: i.spec.user_data.clone().unwrap_or_default().into_bytes(),
+        };
+        let f = files.clone();
+        let u = uid.clone();
+        let fmt = format.to_string();
+        let b = base.clone();
+        tokio::task::spawn_blocking(move || {
+            f.ensure_root_disk(&u, &b, &fmt, u64::from(root_gib) << 30)?;
+            f.write_seed(&u, &seed)
         })
+        .await
+        .map_err(|e| AgentError::Other(e.to_string()))??;
+        spec.disks = vec![
+            DiskSpec {
+                path: files.root_disk(&uid),
+                format: "qcow2".into(),
+                target: "vda".into(),
+                readonly: false,
+                serial: None,
+            },
+            DiskSpec {
+                path: files.seed_path(&uid),
+                format: "raw".into(),
+                target: SEED_DEVICE.into(),
+                readonly: true,
+                serial: Some("cidata".into()),
+            },
+        ];
+        spec.console_log = Some(files.console_log(&uid));
+        Ok(Ok(spec))
     }
 
     /// Makes the domain match the instance; returns when to look again.
@@ -452,13 +766,31 @@ impl Agent {
                 })
                 .await?;
             }
+            if let Some(files) = self.files.get().cloned() {
+                let uid = i.metadata.uid.clone();
+                tokio::task::spawn_blocking(move || files.remove_instance(&uid))
+                    .await
+                    .map_err(|e| AgentError::Other(e.to_string()))??;
+                self.consoles.lock().expect("consoles").remove(&name);
+                match self
+                    .api
+                    .delete(&format!("{}/console", instance_path(key)))
+                    .await
+                {
+                    Ok(()) | Err(ApiError::Status { code: 404, .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             self.report(
                 key,
-                InstancePhase::Terminating,
-                false,
-                "Destroyed",
-                "the domain is destroyed and undefined",
-                None,
+                Report {
+                    phase: InstancePhase::Terminating,
+                    provisioned: false,
+                    reason: "Destroyed",
+                    message: "the domain is destroyed and undefined",
+                    ready: None,
+                    drift: None,
+                },
             )
             .await?;
             return Ok(None);
@@ -470,26 +802,89 @@ impl Agent {
         if !addressed && state.is_none() {
             self.report(
                 key,
-                InstancePhase::Provisioning,
-                false,
-                "WaitingForNetwork",
-                "waiting for network addresses",
-                None,
+                Report {
+                    phase: InstancePhase::Provisioning,
+                    provisioned: false,
+                    reason: "WaitingForNetwork",
+                    message: "waiting for network addresses",
+                    ready: None,
+                    drift: None,
+                },
             )
             .await?;
             return Ok(None);
         }
+        let mut drift = None;
+        if let Some(files) = self.files.get() {
+            let disk = files.root_disk(&i.metadata.uid);
+            if state.is_some() && !disk.exists() {
+                drift = Some(format!(
+                    "the root disk {} was deleted outside Corral",
+                    disk.display()
+                ));
+            }
+        }
         if state.is_none() {
-            let spec = self.domain_spec(&i).await?;
+            let spec = match self.domain_spec(&i).await? {
+                Ok(spec) => spec,
+                Err(wait) => {
+                    self.report(
+                        key,
+                        Report {
+                            phase: InstancePhase::Provisioning,
+                            provisioned: false,
+                            reason: wait.reason,
+                            message: &wait.message,
+                            ready: None,
+                            drift: None,
+                        },
+                    )
+                    .await?;
+                    return Ok(Some(Duration::from_secs(5)));
+                }
+            };
             let hv = self.hv.clone();
             blocking(move || hv.define(&spec)).await?;
+        }
+        // A reboot asked for (EC2 RebootInstances, `corral reboot`).
+        let reboot = i
+            .metadata
+            .annotations
+            .get(ec2::REBOOT_ANNOTATION)
+            .filter(|want| {
+                !i.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == CONDITION_REBOOTED && &c.message == *want)
+                })
+            })
+            .cloned();
+        // A boot is about to start: readiness is judged on what follows.
+        let boots = matches!(
+            (&reboot, state, i.spec.power_state),
+            (Some(_), Some(PowerState::Running), _)
+                | (
+                    _,
+                    None | Some(PowerState::Shutoff | PowerState::Crashed),
+                    Desired::Running
+                )
+        );
+        if boots {
+            self.mark_boot(&i).await;
+        }
+        if let (Some(want), Some(PowerState::Running)) = (&reboot, state) {
+            let hv = self.hv.clone();
+            let n = name.clone();
+            blocking(move || hv.reboot(&n)).await?;
+            self.consoles.lock().expect("consoles").remove(&name);
+            self.mark_rebooted(key, want).await?;
         }
         let hv = self.hv.clone();
         let n = name.clone();
         let desired = i.spec.power_state;
         let timeout = self.opts.stop_timeout;
         let observed = blocking(move || converge_power(hv.as_ref(), &n, desired, timeout)).await?;
-        let (phase, ready, reason) = match observed {
+        let (phase, mut ready, mut reason) = match observed {
             PowerState::Running => (InstancePhase::Running, true, "Running"),
             PowerState::Paused => (InstancePhase::Paused, false, "Paused"),
             PowerState::Saved => (InstancePhase::Suspended, false, "Suspended"),
@@ -497,26 +892,142 @@ impl Agent {
             PowerState::Crashed => (InstancePhase::Failed, false, "Crashed"),
             PowerState::Other => (InstancePhase::Provisioning, false, "Transitioning"),
         };
-        self.report(key, phase, true, "Defined", "", Some((ready, reason)))
-            .await?;
-        Ok(None)
+        let mut again = None;
+        if let Some(files) = self.files.get().cloned() {
+            let uid = i.metadata.uid.clone();
+            let (tail, start) =
+                tokio::task::spawn_blocking(move || files.console_tail(&uid, CONSOLE_BYTES))
+                    .await
+                    .map_err(|e| AgentError::Other(e.to_string()))??;
+            self.sync_console(key, &name, &tail).await;
+            if observed == PowerState::Running {
+                let len = start + tail.len() as u64;
+                let mark = self
+                    .boot_marks
+                    .lock()
+                    .expect("boot marks")
+                    .get(&name)
+                    .copied()
+                    .filter(|m| *m <= len) // virtlogd rotated the log
+                    .unwrap_or(0);
+                let since = &tail[(mark.saturating_sub(start) as usize).min(tail.len())..];
+                ready = guest_ready(since);
+                reason = if ready { "GuestBooted" } else { "Booting" };
+                // Boot progress is watched closely; a booted guest's
+                // console is forwarded every few seconds.
+                again = Some(if ready {
+                    Duration::from_secs(3)
+                } else {
+                    Duration::from_millis(200)
+                });
+            }
+        }
+        self.report(
+            key,
+            Report {
+                phase,
+                provisioned: true,
+                reason: "Defined",
+                message: "",
+                ready: Some((ready, reason)),
+                drift: drift.as_deref(),
+            },
+        )
+        .await?;
+        Ok(again)
+    }
+
+    /// Remembers where the console log ends before a boot.
+    async fn mark_boot(&self, i: &Instance) {
+        let Some(files) = self.files.get().cloned() else {
+            return;
+        };
+        let path = files.console_log(&i.metadata.uid);
+        let len = tokio::task::spawn_blocking(move || {
+            std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+        })
+        .await
+        .unwrap_or(0);
+        self.boot_marks
+            .lock()
+            .expect("boot marks")
+            .insert(domain_name(&i.metadata.uid), len);
+    }
+
+    /// Sends the console's newest bytes to the API when they changed.
+    async fn sync_console(&self, key: &ObjectRef, name: &str, tail: &[u8]) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tail.hash(&mut h);
+        let h = h.finish();
+        if self.consoles.lock().expect("consoles").get(name) == Some(&h) {
+            return;
+        }
+        match self
+            .api
+            .put_bytes(&format!("{}/console", instance_path(key)), tail.to_vec())
+            .await
+        {
+            Ok(()) => {
+                self.consoles
+                    .lock()
+                    .expect("consoles")
+                    .insert(name.to_string(), h);
+            }
+            Err(e) => {
+                tracing::warn!(instance = %key, error = %error_chain(&e), "sending the console failed")
+            }
+        }
+    }
+
+    /// Records that the reboot asked for at `want` was done.
+    async fn mark_rebooted(&self, key: &ObjectRef, want: &str) -> Result<(), AgentError> {
+        let path = instance_path(key);
+        for _ in 0..5 {
+            let Some(mut i) = self.api.get::<Instance>(&path).await? else {
+                return Ok(());
+            };
+            let generation = i.metadata.generation;
+            let s = i.status.get_or_insert_with(InstanceStatus::default);
+            set_condition(
+                &mut s.conditions,
+                CONDITION_REBOOTED,
+                ConditionStatus::True,
+                "Requested",
+                want,
+                generation,
+                Utc::now(),
+            );
+            match self
+                .api
+                .put::<_, Value>(&format!("{path}/status"), &i)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(ApiError::Status { code: 409, .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AgentError::Other(format!(
+            "status of {key} kept conflicting"
+        )))
     }
 
     /// Writes this agent's part of the status: phase, Provisioned, Ready,
     /// launchTime. Leaves the rest (addresses, scheduling) alone.
-    async fn report(
-        &self,
-        key: &ObjectRef,
-        phase: InstancePhase,
-        provisioned: bool,
-        reason: &str,
-        message: &str,
-        ready: Option<(bool, &str)>,
-    ) -> Result<(), AgentError> {
+    async fn report(&self, key: &ObjectRef, r: Report<'_>) -> Result<(), AgentError> {
+        let Report {
+            phase,
+            provisioned,
+            reason,
+            message,
+            ready,
+            drift,
+        } = r;
         let path = instance_path(key);
         // Skip the round trips when the informer's copy already says so.
         if let Some(cached) = self.instances.lock().expect("instances").get(key) {
-            if reported(cached, phase, provisioned, reason, message, ready) {
+            if reported(cached, &r) {
                 return Ok(());
             }
         }
@@ -564,6 +1075,22 @@ impl Agent {
                 generation,
                 now,
             );
+            match drift {
+                Some(why) => {
+                    set_condition(
+                        &mut s.conditions,
+                        Instance::CONDITION_DRIFTED,
+                        ConditionStatus::True,
+                        "DiskMissing",
+                        why,
+                        generation,
+                        now,
+                    );
+                }
+                None => s
+                    .conditions
+                    .retain(|c| c.type_ != Instance::CONDITION_DRIFTED),
+            }
             if phase == InstancePhase::Running && s.launch_time.is_none() {
                 s.launch_time = Some(now);
             }
@@ -598,15 +1125,24 @@ impl Agent {
 }
 
 /// Whether `i`'s status already carries what `report` would write.
-fn reported(
-    i: &Instance,
-    phase: InstancePhase,
-    provisioned: bool,
-    reason: &str,
-    message: &str,
-    ready: Option<(bool, &str)>,
-) -> bool {
+fn reported(i: &Instance, r: &Report<'_>) -> bool {
+    let Report {
+        phase,
+        provisioned,
+        reason,
+        message,
+        ready,
+        drift,
+    } = *r;
     let Some(s) = &i.status else { return false };
+    let drifted = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == Instance::CONDITION_DRIFTED)
+        .map(|c| c.message.as_str());
+    if drifted != drift {
+        return false;
+    }
     let cond = |t: &str, want: bool, why: &str| {
         s.conditions.iter().any(|c| {
             c.type_ == t
@@ -623,6 +1159,40 @@ fn reported(
         && (phase != InstancePhase::Running || s.launch_time.is_some())
 }
 
+/// This agent's part of an instance's status.
+#[derive(Debug, Clone, Copy)]
+struct Report<'a> {
+    phase: InstancePhase,
+    provisioned: bool,
+    reason: &'a str,
+    message: &'a str,
+    /// Ready and its reason (None: not ready, for `reason`).
+    ready: Option<(bool, &'a str)>,
+    /// Why the instance drifted from what Corral made, if it did.
+    drift: Option<&'a str>,
+}
+
+/// Why a domain cannot be built yet.
+#[derive(Debug)]
+struct Wait {
+    reason: &'static str,
+    message: String,
+}
+
+impl Wait {
+    fn new(reason: &'static str, message: String) -> Wait {
+        Wait { reason, message }
+    }
+}
+
+/// Guest device of the NoCloud seed: last, so volumes keep their names.
+const SEED_DEVICE: &str = "vdz";
+/// Console bytes forwarded to the API (EC2 returns the last 64 KiB).
+const CONSOLE_BYTES: u64 = 64 * 1024;
+/// Condition recording the last reboot request done (its message is the
+/// request's timestamp).
+pub const CONDITION_REBOOTED: &str = "Rebooted";
+
 /// Drives one domain towards `desired`; returns what it is afterwards.
 fn converge_power(
     hv: &dyn Hypervisor,
@@ -631,6 +1201,15 @@ fn converge_power(
     stop_timeout: Duration,
 ) -> crate::hypervisor::Result<PowerState> {
     let state = hv.state(name)?.unwrap_or(PowerState::Shutoff);
+    if !matches!(
+        (desired, state),
+        (Desired::Running, PowerState::Running)
+            | (Desired::Stopped, PowerState::Shutoff | PowerState::Saved)
+            | (Desired::Paused, PowerState::Paused)
+            | (Desired::Suspended, PowerState::Saved | PowerState::Shutoff)
+    ) {
+        tracing::info!(domain = name, ?state, ?desired, "changing the power state");
+    }
     match (desired, state) {
         (Desired::Running, PowerState::Running) => {}
         (Desired::Running, PowerState::Paused) => hv.resume(name)?,

@@ -122,6 +122,35 @@ impl ApiClient {
         .map_err(|e| ApiError::Decode(e.to_string()))
     }
 
+    /// Starts a GET whose (large) body the caller reads in chunks.
+    pub async fn download(&self, path: &str) -> Result<reqwest::Response, ApiError> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// PUTs raw bytes.
+    pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> Result<(), ApiError> {
+        self.send(
+            self.http
+                .put(format!("{}{path}", self.base))
+                .header("content-type", "application/octet-stream")
+                .body(body)
+                .timeout(Duration::from_secs(30)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), ApiError> {
+        self.send(
+            self.http
+                .delete(format!("{}{path}", self.base))
+                .timeout(Duration::from_secs(30)),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// All items of a list path, following continue tokens, and the
     /// revision to watch from.
     pub async fn list(&self, path: &str) -> Result<(Vec<Value>, String), ApiError> {

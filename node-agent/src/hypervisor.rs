@@ -66,9 +66,32 @@ pub struct DomainInfo {
     pub id: Option<u32>,
 }
 
+/// One disk of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: std::path::PathBuf,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    /// Guest device: `vda`, `vdb`, ...
+    pub target: String,
+    pub readonly: bool,
+    /// Shown to the guest as the disk's serial (e.g. a volume id).
+    pub serial: Option<String>,
+}
+
+/// Direct kernel boot (AKI/ARI-style images).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelBoot {
+    pub kernel: std::path::PathBuf,
+    pub initrd: Option<std::path::PathBuf>,
+    pub cmdline: String,
+}
+
 /// What a domain is built from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DomainSpec {
+    /// The Node whose agent made it (recorded in the domain's metadata).
+    pub node: String,
     pub uid: String,
     pub project: String,
     pub instance: String,
@@ -76,6 +99,11 @@ pub struct DomainSpec {
     pub memory_mib: u64,
     /// (mac, network name)
     pub nics: Vec<(String, String)>,
+    /// In boot order: the root disk first.
+    pub disks: Vec<DiskSpec>,
+    pub kernel: Option<KernelBoot>,
+    /// Where the serial console is logged.
+    pub console_log: Option<std::path::PathBuf>,
 }
 
 pub trait Hypervisor: Send + Sync {
@@ -95,6 +123,33 @@ pub trait Hypervisor: Send + Sync {
     fn resume(&self, name: &str) -> Result<()>;
     /// Saves memory to disk and stops (resumed by `start`).
     fn save(&self, name: &str) -> Result<()>;
+    /// Restarts the guest (ACPI reboot, falling back to a reset).
+    fn reboot(&self, name: &str) -> Result<()>;
+    /// Adds a disk to the definition and, when running, to the guest.
+    fn attach_disk(&self, name: &str, disk: &DiskSpec) -> Result<()>;
+    /// Removes the disk with guest device `target`.
+    fn detach_disk(&self, name: &str, target: &str) -> Result<()>;
+    /// Guest devices of the domain's disks, as defined.
+    fn disk_targets(&self, name: &str) -> Result<Vec<String>>;
+    /// The Node recorded in the domain's metadata (None: not Corral's).
+    fn node_of(&self, name: &str) -> Result<Option<String>>;
+}
+
+/// The `<disk>` element for `d`.
+pub fn disk_xml(d: &DiskSpec) -> String {
+    let e = xml_escape;
+    format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='{fmt}' cache='none' discard='unmap'/><source file='{path}'/><target dev='{dev}' bus='virtio'/>{ro}{serial}</disk>",
+        fmt = e(&d.format),
+        path = e(&d.path.display().to_string()),
+        dev = e(&d.target),
+        ro = if d.readonly { "<readonly/>" } else { "" },
+        serial = d
+            .serial
+            .as_deref()
+            .map(|s| format!("<serial>{}</serial>", e(s)))
+            .unwrap_or_default(),
+    )
 }
 
 /// Writes a node description for libvirt's test driver and returns its
@@ -181,20 +236,56 @@ impl Libvirt {
 
     pub fn domain_xml(&self, spec: &DomainSpec) -> String {
         let e = xml_escape;
-        let mut nics = String::new();
-        if self.virt_type != "test" {
+        let real = self.virt_type != "test";
+        let mut devices = String::new();
+        let mut os = String::from("<type arch='x86_64'>hvm</type>");
+        if real {
+            match &spec.kernel {
+                Some(k) => {
+                    os.push_str(&format!(
+                        "<kernel>{}</kernel>",
+                        e(&k.kernel.display().to_string())
+                    ));
+                    if let Some(i) = &k.initrd {
+                        os.push_str(&format!("<initrd>{}</initrd>", e(&i.display().to_string())));
+                    }
+                    os.push_str(&format!("<cmdline>{}</cmdline>", e(&k.cmdline)));
+                }
+                None => os.push_str("<boot dev='hd'/>"),
+            }
+            for d in &spec.disks {
+                devices.push_str("    ");
+                devices.push_str(&disk_xml(d));
+                devices.push('\n');
+            }
             for (mac, _network) in &spec.nics {
-                nics.push_str(&format!(
+                devices.push_str(&format!(
                     "    <interface type='user'><mac address='{}'/><model type='virtio'/></interface>\n",
                     e(mac)
                 ));
             }
+            match &spec.console_log {
+                Some(log) => devices.push_str(&format!(
+                    "    <serial type='pty'><log file='{}' append='on'/><target port='0'/></serial>\n",
+                    e(&log.display().to_string())
+                )),
+                None => devices.push_str("    <serial type='pty'><target port='0'/></serial>\n"),
+            }
+            devices
+                .push_str("    <console type='pty'><target type='serial' port='0'/></console>\n");
+            devices.push_str("    <memballoon model='none'/>\n");
         }
+        let cpu = if self.virt_type == "kvm" {
+            "  <cpu mode='host-passthrough'/>\n"
+        } else {
+            ""
+        };
         format!(
-            "<domain type='{vt}'>\n  <name>{name}</name>\n  <uuid>{uid}</uuid>\n  <metadata>\n    <corral:instance xmlns:corral='https://corral.dev/xmlns/instance/v1'>\n      <corral:project>{project}</corral:project>\n      <corral:name>{instance}</corral:name>\n    </corral:instance>\n  </metadata>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>{cpus}</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>\n  <features><acpi/></features>\n  <on_poweroff>destroy</on_poweroff>\n  <devices>\n{nics}  </devices>\n</domain>\n",
+            "<domain type='{vt}'>\n  <name>{name}</name>\n  <uuid>{uid}</uuid>\n  <metadata>\n    <corral:instance xmlns:corral='https://corral.dev/xmlns/instance/v1'>\n      <corral:node>{node}</corral:node>\n      <corral:project>{project}</corral:project>\n      <corral:name>{instance}</corral:name>\n    </corral:instance>\n  </metadata>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>{cpus}</vcpu>\n  <os>{os}</os>\n  <features><acpi/></features>\n{cpu}  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n  <devices>\n{devices}  </devices>\n</domain>\n",
             vt = e(&self.virt_type),
             name = e(&domain_name(&spec.uid)),
             uid = e(&spec.uid),
+            node = e(&spec.node),
             project = e(&spec.project),
             instance = e(&spec.instance),
             mem = spec.memory_mib,
@@ -303,4 +394,103 @@ impl Hypervisor for Libvirt {
     fn save(&self, name: &str) -> Result<()> {
         self.with_domain(name, |d| Ok(d.managed_save(0)?))
     }
+
+    fn reboot(&self, name: &str) -> Result<()> {
+        self.with_domain(name, |d| match d.reboot(0) {
+            Ok(()) => Ok(()),
+            Err(_) => Ok(d.reset()?),
+        })
+    }
+
+    fn attach_disk(&self, name: &str, disk: &DiskSpec) -> Result<()> {
+        use virt::sys::{VIR_DOMAIN_AFFECT_CONFIG, VIR_DOMAIN_AFFECT_LIVE};
+        self.with_domain(name, |d| {
+            let live = d.is_active().unwrap_or(false);
+            let flags = if live {
+                VIR_DOMAIN_AFFECT_CONFIG | VIR_DOMAIN_AFFECT_LIVE
+            } else {
+                VIR_DOMAIN_AFFECT_CONFIG
+            };
+            d.attach_device_flags(&disk_xml(disk), flags)?;
+            Ok(())
+        })
+    }
+
+    fn detach_disk(&self, name: &str, target: &str) -> Result<()> {
+        use virt::sys::{VIR_DOMAIN_AFFECT_CONFIG, VIR_DOMAIN_AFFECT_LIVE};
+        self.with_domain(name, |d| {
+            let xml = d.xml_desc(0)?;
+            let Some(disk) = find_disk_element(&xml, target) else {
+                return Ok(());
+            };
+            let live = d.is_active().unwrap_or(false);
+            let flags = if live {
+                VIR_DOMAIN_AFFECT_CONFIG | VIR_DOMAIN_AFFECT_LIVE
+            } else {
+                VIR_DOMAIN_AFFECT_CONFIG
+            };
+            d.detach_device_flags(&disk, flags)?;
+            Ok(())
+        })
+    }
+
+    fn node_of(&self, name: &str) -> Result<Option<String>> {
+        let conn = self.conn.lock().expect("libvirt connection");
+        match self.lookup(&conn, name)? {
+            Some(d) => Ok(corral_node(&d.xml_desc(0)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn disk_targets(&self, name: &str) -> Result<Vec<String>> {
+        self.with_domain(name, |d| {
+            let xml = d.xml_desc(0)?;
+            Ok(disk_elements(&xml)
+                .into_iter()
+                .filter_map(|(t, _)| t)
+                .collect())
+        })
+    }
+}
+
+/// The text of the first `<corral:node>` element.
+fn corral_node(xml: &str) -> Option<String> {
+    let start = xml.find("<corral:node>")? + "<corral:node>".len();
+    let len = xml[start..].find("</corral:node>")?;
+    Some(
+        xml[start..start + len]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// Each `<disk>...</disk>` element of a domain's XML with its target dev.
+fn disk_elements(xml: &str) -> Vec<(Option<String>, String)> {
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find("<disk ") {
+        let Some(len) = rest[start..].find("</disk>") else {
+            break;
+        };
+        let element = &rest[start..start + len + "</disk>".len()];
+        let target = element.find("<target dev=").and_then(|i| {
+            let v = &element[i + "<target dev=".len()..];
+            let q = v.chars().next()?;
+            let v = &v[1..];
+            v.find(q).map(|end| v[..end].to_string())
+        });
+        out.push((target, element.to_string()));
+        rest = &rest[start + len..];
+    }
+    out
+}
+
+fn find_disk_element(xml: &str, target: &str) -> Option<String> {
+    disk_elements(xml)
+        .into_iter()
+        .find(|(t, _)| t.as_deref() == Some(target))
+        .map(|(_, e)| e)
 }

@@ -13,9 +13,12 @@
 //!   across etcd reconnects; when R's history is compacted it ends with
 //!   [`StoreError::Expired`] and the caller relists.
 //!
+//! [`blobs`] keeps content-addressed files (image bytes) beside it.
+//!
 //! It must not know about any kind's rules (validation, generation,
 //! finalizers): that is the API server's job, over [`ResourceStore`].
 
+pub mod blobs;
 mod contract;
 mod embedded;
 mod etcd;

@@ -1,6 +1,8 @@
 //! `corral delete`: by kind and names, or every object of manifests (in
 //! reverse apply order), optionally waiting until they are really gone
-//! (objects with finalizers linger until their controllers let go).
+//! (objects with finalizers linger until their controllers let go). A
+//! Project deleted together with objects in it waits for them first: only
+//! an empty project can be deleted.
 
 use std::time::Duration;
 
@@ -86,6 +88,20 @@ pub async fn run(args: DeleteArgs) -> Result<i32> {
             Scope::Project => project.unwrap_or_else(|| default_project.clone()),
             Scope::Cluster => String::new(),
         };
+        // A project is deleted only when empty: what was just deleted in
+        // it (instances finishing their termination) goes first.
+        if info.kind == "Project" {
+            let group: Vec<(&'static KindInfo, String)> = deleted
+                .iter()
+                .filter(|d| d.1 == name)
+                .map(|d| (d.0, d.2.clone()))
+                .collect();
+            if !group.is_empty()
+                && !wait_all(&ctx, &group, &name, &Until::Delete, args.timeout, "").await
+            {
+                failed = true;
+            }
+        }
         match ctx
             .client
             .delete(&item_path(info, &project, &name), &[])

@@ -11,6 +11,7 @@
 
 mod admin;
 mod apply;
+mod content;
 mod delete;
 mod describe;
 mod diff;
@@ -50,6 +51,10 @@ pub enum ClientCommand {
     /// Wait until objects meet a condition, reach a phase or are deleted.
     #[command(after_help = EXIT_CODES)]
     Wait(wait::WaitArgs),
+    /// Print an instance's serial console (`-f` follows it).
+    Console(content::ConsoleArgs),
+    /// Image bytes: `corral image upload NAME FILE`.
+    Image(content::ImageArgs),
     /// Manage projects (admin).
     Project(admin::ProjectArgs),
     /// Manage users (admin).
@@ -168,6 +173,8 @@ async fn dispatch(command: ClientCommand) -> Result<i32> {
         ClientCommand::Delete(a) => delete::run(a).await,
         ClientCommand::Diff(a) => diff::run(a).await,
         ClientCommand::Wait(a) => wait::run(a).await,
+        ClientCommand::Console(a) => content::console(a).await,
+        ClientCommand::Image(a) => content::image(a).await,
         ClientCommand::Project(a) => admin::project(a).await,
         ClientCommand::User(a) => admin::user(a).await,
         ClientCommand::Credentials(a) => admin::credentials(a).await,

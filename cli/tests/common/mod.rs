@@ -20,12 +20,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
 
 /// Kills the server once stdin closes, then removes the directory.
 const GUARD: &str = r#"
-"$0" up --data-dir "$1/data" --listen "$2" --ec2-listen "$3" >"$1/up.log" 2>&1 &
+bin=$0 dir=$1 addr=$2 ec2=$3
+shift 3
+"$bin" up --data-dir "$dir/data" --listen "$addr" --ec2-listen "$ec2" "$@" >"$dir/up.log" 2>&1 &
 pid=$!
 cat >/dev/null
 kill "$pid" 2>/dev/null
 wait "$pid"
-rm -rf "$1"
+rm -rf "$dir"
 "#;
 
 /// A running `corral up`.
@@ -48,8 +50,14 @@ fn free_port() -> u16 {
 }
 
 impl Server {
-    /// Starts a server and waits until `/healthz` answers.
+    /// Starts a server with a simulated host and waits until `/healthz`
+    /// answers.
     pub fn start() -> Server {
+        Server::start_with(&["--libvirt", "test:///default"])
+    }
+
+    /// Starts a server with these extra `corral up` arguments.
+    pub fn start_with(extra: &[&str]) -> Server {
         let mut last_log = String::new();
         for _ in 0..3 {
             let dir = tempfile::Builder::new()
@@ -69,6 +77,7 @@ impl Server {
                 .arg(&dir)
                 .arg(&addr)
                 .arg(&ec2)
+                .args(extra)
                 .env("HOME", &home)
                 .env("CORRAL_CONFIG", &config)
                 .env_remove("CORRAL_SERVER")

@@ -256,14 +256,26 @@ async fn power_states_and_drift() {
         hv.state(&dom).unwrap() == Some(PowerState::Running)
     })
     .await;
-    // An unknown domain named like Corral's is removed.
+    // An unknown domain this node made is removed; one labelled with
+    // another node (an agent sharing libvirt) is left alone.
+    let foreign = DomainSpec {
+        node: "elsewhere".into(),
+        uid: "00000000-0000-4000-8000-000000000002".into(),
+        project: "x".into(),
+        instance: "theirs".into(),
+        vcpus: 1,
+        memory_mib: 128,
+        ..Default::default()
+    };
+    hv.define(&foreign).unwrap();
     let orphan = DomainSpec {
+        node: "sim-1".into(),
         uid: "00000000-0000-4000-8000-000000000001".into(),
         project: "x".into(),
         instance: "ghost".into(),
         vcpus: 1,
         memory_mib: 128,
-        nics: vec![],
+        ..Default::default()
     };
     hv.define(&orphan).unwrap();
     hv.start(&domain_name(&orphan.uid)).unwrap();
@@ -271,5 +283,7 @@ async fn power_states_and_drift() {
         hv.state(&domain_name(&orphan.uid)).unwrap().is_none()
     })
     .await;
+    assert!(hv.state(&domain_name(&foreign.uid)).unwrap().is_some());
+    hv.undefine(&domain_name(&foreign.uid)).unwrap();
     assert_eq!(all_domains(&c).len(), 2);
 }

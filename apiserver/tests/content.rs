@@ -1,0 +1,335 @@
+//! Image bytes and console text over real HTTP: uploads verified and
+//! recorded in the Image's status, downloads for nodes, console writes by
+//! the instance's node only, bounded to the newest 64 KiB.
+
+use std::sync::Arc;
+
+use corral_api_types::auth::{Role, UserSpec};
+use corral_api_types::{Instance, InstanceSpec, InstanceStatus, Resource};
+use corral_apiserver::auth::create_user;
+use corral_apiserver::{bootstrap, ApiState};
+use corral_store::blobs::BlobStore;
+use corral_store::{EmbeddedStore, ResourceStore};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    admin: String,
+    store: ResourceStore,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(with_blobs: bool) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+    let store = ResourceStore::new(Arc::new(raw));
+    let admin = bootstrap(&store, "admin")
+        .await
+        .unwrap()
+        .admin
+        .unwrap()
+        .token;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = ApiState::new(store.clone());
+    if with_blobs {
+        state.set_blobs(BlobStore::open(&dir.path().join("blobs")).unwrap());
+    }
+    tokio::spawn(corral_apiserver::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+    Api {
+        base,
+        http: reqwest::Client::new(),
+        admin,
+        store,
+        _dir: dir,
+    }
+}
+
+impl Api {
+    async fn send(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Vec<u8>) {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.bytes().await.unwrap().to_vec())
+    }
+
+    async fn json(&self, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn user(&self, name: &str, role: Role, project: &str, node: &str) -> String {
+        create_user(
+            &self.store,
+            name,
+            UserSpec {
+                role,
+                project: project.into(),
+                node_name: node.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .token
+    }
+}
+
+fn text(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn image_bytes_are_uploaded_verified_and_served() {
+    let api = start(true).await;
+    let (c, _) = api
+        .json(
+            reqwest::Method::POST,
+            "/v1/projects",
+            json!({"metadata": {"name": "p"}}),
+        )
+        .await;
+    assert_eq!(c, StatusCode::CREATED);
+    for (name, source) in [
+        ("up", json!({"upload": true})),
+        ("file", json!({"path": "/nonexistent.qcow2"})),
+    ] {
+        let (c, b) = api
+            .json(
+                reqwest::Method::POST,
+                "/v1/projects/p/images",
+                json!({"metadata": {"name": name}, "spec": {"source": source, "format": "qcow2"}}),
+            )
+            .await;
+        assert_eq!(c, StatusCode::CREATED, "{b}");
+    }
+    let put = reqwest::Method::PUT;
+    let path = "/v1/projects/p/images/up/content";
+
+    // Not a qcow2: refused, naming the field.
+    let (c, b) = api
+        .send(&api.admin, put.clone(), path, b"not an image".to_vec())
+        .await;
+    assert_eq!(c, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(text(&b)["details"]["causes"][0]["field"], "spec.format");
+
+    // A checksum that does not match: refused.
+    let mut bytes = b"QFI\xfb".to_vec();
+    bytes.extend(std::iter::repeat_n(7u8, 3 << 20));
+    let wrong = format!("{path}?sha256={}", "0".repeat(64));
+    let (c, b) = api
+        .send(&api.admin, put.clone(), &wrong, bytes.clone())
+        .await;
+    assert_eq!(
+        c,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(String::from_utf8_lossy(&b).contains("checksum mismatch"));
+    let (c, _) = api
+        .send(
+            &api.admin,
+            put.clone(),
+            &format!("{path}?sha256=xyz"),
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(c, StatusCode::BAD_REQUEST);
+
+    // The real thing (larger than the 4 MiB JSON body limit is fine too).
+    bytes.extend(std::iter::repeat_n(9u8, 2 << 20));
+    let (c, b) = api.send(&api.admin, put.clone(), path, bytes.clone()).await;
+    assert_eq!(c, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let answer = text(&b);
+    let sha = answer["sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha.len(), 64);
+    assert_eq!(answer["sizeBytes"], bytes.len());
+    let (_, img) = api
+        .json(
+            reqwest::Method::GET,
+            "/v1/projects/p/images/up",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(img["status"]["phase"], "available");
+    assert_eq!(img["status"]["sha256"], sha.as_str());
+    assert_eq!(img["status"]["sizeBytes"], bytes.len());
+
+    // Nodes download it; so do members of the project; others do not.
+    let node = api.user("node-n1", Role::Node, "", "n1").await;
+    let (c, got) = api
+        .send(&node, reqwest::Method::GET, path, Vec::new())
+        .await;
+    assert_eq!(c, StatusCode::OK);
+    assert!(got == bytes, "downloaded bytes differ");
+    let member = api.user("m", Role::Member, "p", "").await;
+    let (c, _) = api
+        .send(&member, reqwest::Method::GET, path, Vec::new())
+        .await;
+    assert_eq!(c, StatusCode::OK);
+    let (c, _) = api.send(&node, put.clone(), path, bytes.clone()).await;
+    assert_eq!(c, StatusCode::FORBIDDEN);
+    let (c, _) = api
+        .json(
+            reqwest::Method::POST,
+            "/v1/projects",
+            json!({"metadata": {"name": "q"}}),
+        )
+        .await;
+    assert_eq!(c, StatusCode::CREATED);
+    let stranger = api.user("s", Role::Member, "q", "").await;
+    let (c, _) = api
+        .send(&stranger, reqwest::Method::GET, path, Vec::new())
+        .await;
+    assert!(
+        c == StatusCode::FORBIDDEN || c == StatusCode::NOT_FOUND,
+        "{c}"
+    );
+
+    // An image whose bytes come from a path takes no upload.
+    let (c, b) = api
+        .send(
+            &api.admin,
+            put.clone(),
+            "/v1/projects/p/images/file/content",
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(c, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        text(&b)["details"]["causes"][0]["field"],
+        "spec.source.upload"
+    );
+    // And is not downloadable before it is available.
+    let (c, _) = api
+        .send(
+            &node,
+            reqwest::Method::GET,
+            "/v1/projects/p/images/file/content",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(c, StatusCode::CONFLICT);
+    let (c, _) = api
+        .send(&api.admin, put, "/v1/projects/p/images/none/content", bytes)
+        .await;
+    assert_eq!(c, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_server_without_a_blob_store_says_so() {
+    let api = start(false).await;
+    api.json(
+        reqwest::Method::POST,
+        "/v1/projects",
+        json!({"metadata": {"name": "p"}}),
+    )
+    .await;
+    api.json(
+        reqwest::Method::POST,
+        "/v1/projects/p/images",
+        json!({"metadata": {"name": "up"}, "spec": {"source": {"upload": true}}}),
+    )
+    .await;
+    let (c, b) = api
+        .send(
+            &api.admin,
+            reqwest::Method::PUT,
+            "/v1/projects/p/images/up/content",
+            b"QFI\xfb".to_vec(),
+        )
+        .await;
+    assert_eq!(c, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&b).contains("blob"));
+}
+
+#[tokio::test]
+async fn consoles_are_written_by_their_node_and_bounded() {
+    let api = start(false).await;
+    api.json(
+        reqwest::Method::POST,
+        "/v1/projects",
+        json!({"metadata": {"name": "p"}}),
+    )
+    .await;
+    let mut i = Instance::new("p", "vm", InstanceSpec::default());
+    i.status = Some(InstanceStatus {
+        node_name: Some("n1".into()),
+        ..Default::default()
+    });
+    api.store.create(&i).await.unwrap();
+    let n1 = api.user("node-n1", Role::Node, "", "n1").await;
+    let n2 = api.user("node-n2", Role::Node, "", "n2").await;
+    let member = api.user("m", Role::Member, "p", "").await;
+    let path = "/v1/projects/p/instances/vm/console";
+    let put = reqwest::Method::PUT;
+    let get = reqwest::Method::GET;
+
+    let (c, b) = api.send(&api.admin, get.clone(), path, Vec::new()).await;
+    assert_eq!((c, b.len()), (StatusCode::OK, 0));
+    let (c, _) = api
+        .send(&n1, put.clone(), path, b"corral-guest: boot\n".to_vec())
+        .await;
+    assert_eq!(c, StatusCode::NO_CONTENT);
+    let (_, b) = api.send(&member, get.clone(), path, Vec::new()).await;
+    assert_eq!(b, b"corral-guest: boot\n");
+    let (_, b) = api
+        .send(&member, get.clone(), &format!("{path}?tail=5"), Vec::new())
+        .await;
+    assert_eq!(b, b"boot\n");
+    let (c, _) = api
+        .send(&member, get.clone(), &format!("{path}?tail=x"), Vec::new())
+        .await;
+    assert_eq!(c, StatusCode::BAD_REQUEST);
+
+    // Only the instance's own node writes it.
+    let (c, _) = api.send(&member, put.clone(), path, b"x".to_vec()).await;
+    assert_eq!(c, StatusCode::FORBIDDEN);
+    let (c, _) = api.send(&n2, put.clone(), path, b"x".to_vec()).await;
+    assert_eq!(c, StatusCode::NOT_FOUND);
+    let (c, _) = api.send(&n2, get.clone(), path, Vec::new()).await;
+    assert_eq!(c, StatusCode::NOT_FOUND);
+
+    // The newest 64 KiB are kept.
+    let mut big = vec![b'a'; 70 * 1024];
+    big.extend_from_slice(b"END");
+    let (c, _) = api.send(&n1, put.clone(), path, big.clone()).await;
+    assert_eq!(c, StatusCode::NO_CONTENT);
+    let (_, b) = api.send(&api.admin, get.clone(), path, Vec::new()).await;
+    assert_eq!(b.len(), 64 * 1024);
+    assert!(b.ends_with(b"END"));
+
+    let (c, _) = api
+        .send(&n1, reqwest::Method::DELETE, path, Vec::new())
+        .await;
+    assert_eq!(c, StatusCode::NO_CONTENT);
+    let (_, b) = api.send(&api.admin, get, path, Vec::new()).await;
+    assert!(b.is_empty());
+}

@@ -1,0 +1,414 @@
+//! Real guests, end to end over real processes: `corral up` (API and
+//! controllers), a separate `corral agent` on `qemu:///system`, libvirtd,
+//! virtlogd and QEMU (TCG here), booting the project's test guest
+//! (tests/images). Needs root, libvirtd running (scripts/start-libvirt)
+//! and the guest image (tests/images/build-guest); it fails, never skips,
+//! when they are missing.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{write, Out, Server};
+
+const BIN: &str = env!("CARGO_BIN_EXE_corral");
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg("qemu:///system")
+        .args(args)
+        .output()
+        .expect("running virsh (apt install libvirt-clients)");
+    assert!(
+        out.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn virsh_ok(args: &[&str]) -> bool {
+    Command::new("virsh")
+        .arg("-c")
+        .arg("qemu:///system")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn domstate(domain: &str) -> String {
+    virsh(&["domstate", domain]).trim().to_string()
+}
+
+fn domid(domain: &str) -> String {
+    virsh(&["domid", domain]).trim().to_string()
+}
+
+/// Builds (or finds cached) the test guest; answers its directory.
+fn guest_image() -> PathBuf {
+    let dir = PathBuf::from("/var/cache/corral/guest");
+    let out = Command::new(repo().join("tests/images/build-guest"))
+        .arg(&dir)
+        .output()
+        .expect("running tests/images/build-guest");
+    assert!(
+        out.status.success(),
+        "building the guest image failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn chmod_755(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Removes, even when the test fails, every domain whose disks live under
+/// the test's directory.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let dir = self.0.display().to_string();
+        let Ok(out) = Command::new("virsh")
+            .args(["-c", "qemu:///system", "list", "--all", "--name"])
+            .output()
+        else {
+            return;
+        };
+        for name in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = name.trim();
+            if !name.starts_with("corral-") {
+                continue;
+            }
+            let disks = Command::new("virsh")
+                .args(["-c", "qemu:///system", "domblklist", name])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if disks.contains(&dir) {
+                virsh_ok(&["destroy", name]);
+                virsh_ok(&["undefine", name, "--managed-save"]);
+            }
+        }
+    }
+}
+
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(s: &Server, token: &str, node: &str, dir: &Path) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open("/tmp/corral-guests-agent.log")
+            .unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "agent",
+                "--server",
+                &s.url,
+                "--token",
+                token,
+                "--node",
+                node,
+                "--libvirt",
+                "qemu:///system",
+                "--agent-dir",
+            ])
+            .arg(dir.join("agent"))
+            .env("RUST_LOG", "corral_node_agent=info,warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting corral agent");
+        Agent { child }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(s: &Server, name: &str) -> serde_json::Value {
+    s.corral(&["get", "instance", name, "-p", "demo", "-o", "json"])
+        .json()
+}
+
+fn phase(s: &Server, name: &str) -> String {
+    get(s, name)["status"]["phase"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn ready(s: &Server, name: &str) -> bool {
+    get(s, name)["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+fn console(s: &Server, name: &str) -> String {
+    s.corral(&["console", name, "-p", "demo"]).ok().to_string()
+}
+
+fn boots(s: &Server, name: &str) -> usize {
+    console(s, name).matches("corral-guest: boot\n").count()
+        + console(s, name).matches("corral-guest: boot\r\n").count()
+}
+
+/// The value of the first console line `corral-guest: KEY VALUE`.
+fn guest_lines(console: &str, key: &str) -> Vec<String> {
+    let prefix = format!("corral-guest: {key} ");
+    console
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once(&prefix).map(|x| x.1))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The examples' instance manifest with web-2 changed.
+fn instances_with(web2_spec: &str, web2_meta: &str) -> String {
+    let text =
+        std::fs::read_to_string(repo().join("manifests/examples/50-instances.yaml")).unwrap();
+    let (first, second) = text.split_once("\n---\n").expect("two documents");
+    let mut second = second.replacen("spec:\n", &format!("spec:\n{web2_spec}"), 1);
+    if !web2_meta.is_empty() {
+        second = second.replacen("metadata:\n", &format!("metadata:\n{web2_meta}"), 1);
+    }
+    format!("{first}\n---\n{second}")
+}
+
+fn apply_web2(s: &Server, dir: &Path, spec: &str, meta: &str) -> Out {
+    let p = write(dir, "instances.yaml", &instances_with(spec, meta));
+    s.corral(&["apply", "-f", p.to_str().unwrap()])
+}
+
+#[test]
+fn examples_boot_real_guests_that_obey_power_and_survive_drift() {
+    assert!(
+        virsh_ok(&["version"]),
+        "libvirtd is not answering on qemu:///system: run scripts/start-libvirt (as root)"
+    );
+    let guest = guest_image();
+    // The example Image imports from this path on the server host.
+    std::fs::create_dir_all("/var/lib/corral/import").unwrap();
+    std::fs::copy(
+        guest.join("tiny.qcow2"),
+        "/var/lib/corral/import/tiny.qcow2",
+    )
+    .unwrap();
+
+    let s = Server::start_with(&["--no-agent"]);
+    // QEMU runs as its own user: the agent's files must be reachable.
+    chmod_755(&s.dir);
+    let _cleanup = Cleanup(s.dir.clone());
+    let node = format!("guests{}", std::process::id());
+    let created = s.corral(&[
+        "user",
+        "create",
+        &format!("node-{node}"),
+        "--role",
+        "node",
+        "--node",
+        &node,
+    ]);
+    let token = created
+        .ok()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API token:"))
+        .map(|t| t.trim().to_string())
+        .expect("a token for the node user");
+    let mut agent = Agent::start(&s, &token, &node, &s.dir);
+
+    let examples = repo().join("manifests/examples");
+    s.corral(&["apply", "-f", examples.to_str().unwrap()]).ok();
+    let out = s.corral(&[
+        "wait",
+        "image/tiny",
+        "-p",
+        "demo",
+        "--for",
+        "phase=available",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(
+        out.code,
+        0,
+        "{out:#?}\n{}",
+        s.corral(&["get", "image", "tiny", "-p", "demo", "-o", "yaml"])
+            .stdout
+    );
+
+    // Both example instances boot and say what they were given.
+    for name in ["web-1", "web-2"] {
+        wait_until(&format!("{name} Ready"), || ready(&s, name));
+        assert_eq!(phase(&s, name), "Running");
+        let i = get(&s, name);
+        let uid = i["metadata"]["uid"].as_str().unwrap().to_string();
+        let domain = format!("corral-{uid}");
+        assert_eq!(domstate(&domain), "running");
+        let text = console(&s, name);
+        let keys = guest_lines(&text, "public-key");
+        assert_eq!(
+            keys,
+            ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ4uHWXmWgwN6MKFpsgnnGaU1rtTEBKPNu/L09gAucb admin@demo"],
+            "{text}"
+        );
+        let b64 = guest_lines(&text, "user-data-b64");
+        let user_data = base64::engine::general_purpose::STANDARD
+            .decode(b64.first().expect("a user-data line"))
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(user_data).unwrap(),
+            i["spec"]["userData"].as_str().unwrap(),
+            "{text}"
+        );
+        assert_eq!(guest_lines(&text, "hostname"), [name]);
+        // The instance id is the EC2 id (`i-` and 17 hex digits).
+        let id = guest_lines(&text, "instance-id");
+        assert!(
+            id.len() == 1 && id[0].starts_with("i-") && id[0].len() == 19,
+            "{text}"
+        );
+    }
+
+    let web2 = get(&s, "web-2");
+    let domain = format!("corral-{}", web2["metadata"]["uid"].as_str().unwrap());
+    let scratch = s.scratch("guests");
+
+    // Stop: a clean ACPI power-off, then shut off in libvirt.
+    apply_web2(&s, &scratch, "  powerState: Stopped\n", "").ok();
+    wait_until("web-2 Stopped", || phase(&s, "web-2") == "Stopped");
+    assert_eq!(domstate(&domain), "shut off");
+    assert!(console(&s, "web-2").contains("corral-guest: poweroff"));
+
+    // Start again: a second boot.
+    apply_web2(&s, &scratch, "", "").ok();
+    wait_until("web-2 Ready again", || ready(&s, "web-2"));
+    assert_eq!(boots(&s, "web-2"), 2);
+
+    // Pause and resume: no new boot.
+    apply_web2(&s, &scratch, "  powerState: Paused\n", "").ok();
+    wait_until("web-2 Paused", || phase(&s, "web-2") == "Paused");
+    assert_eq!(domstate(&domain), "paused");
+    apply_web2(&s, &scratch, "", "").ok();
+    wait_until("web-2 Running after pause", || {
+        phase(&s, "web-2") == "Running" && domstate(&domain) == "running"
+    });
+
+    // Suspend (managed save) and resume: memory comes back, no new boot.
+    apply_web2(&s, &scratch, "  powerState: Suspended\n", "").ok();
+    wait_until("web-2 Suspended", || phase(&s, "web-2") == "Suspended");
+    assert_eq!(domstate(&domain), "shut off");
+    assert!(virsh(&["dominfo", &domain]).contains("Managed save:   yes"));
+    apply_web2(&s, &scratch, "", "").ok();
+    wait_until("web-2 Running after suspend", || {
+        phase(&s, "web-2") == "Running" && domstate(&domain) == "running"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(boots(&s, "web-2"), 2, "resume must not reboot");
+
+    // Reboot on request: a third boot.
+    apply_web2(
+        &s,
+        &scratch,
+        "",
+        "  annotations:\n    corral/reboot-requested-at: \"2026-11-25T12:00:00Z\"\n",
+    )
+    .ok();
+    wait_until("web-2 rebooted", || {
+        boots(&s, "web-2") == 3 && ready(&s, "web-2")
+    });
+
+    // Destroyed by hand: back within seconds.
+    let before = domid(&domain);
+    virsh(&["destroy", &domain]);
+    wait_until("web-2 restarted after virsh destroy", || {
+        domstate(&domain) == "running" && domid(&domain) != before
+    });
+    // Undefined by hand: defined again on the same disk.
+    virsh(&["destroy", &domain]);
+    virsh(&["undefine", &domain]);
+    wait_until("web-2 redefined", || {
+        virsh_ok(&["domstate", &domain]) && domstate(&domain) == "running"
+    });
+    wait_until("web-2 Ready after redefinition", || ready(&s, "web-2"));
+
+    // The agent killed and restarted: guests untouched.
+    let web1 = format!(
+        "corral-{}",
+        get(&s, "web-1")["metadata"]["uid"].as_str().unwrap()
+    );
+    let ids = (domid(&web1), domid(&domain));
+    let boots_before = (boots(&s, "web-1"), boots(&s, "web-2"));
+    agent.kill();
+    agent = Agent::start(&s, &token, &node, &s.dir);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!((domid(&web1), domid(&domain)), ids);
+    assert_eq!((boots(&s, "web-1"), boots(&s, "web-2")), boots_before);
+    assert!(ready(&s, "web-1") && ready(&s, "web-2"));
+
+    // Deleting everything leaves no domain and no file behind.
+    let uids: BTreeSet<String> = ["web-1", "web-2"]
+        .iter()
+        .map(|n| get(&s, n)["metadata"]["uid"].as_str().unwrap().to_string())
+        .collect();
+    s.corral(&["delete", "-f", examples.to_str().unwrap()]).ok();
+    wait_until("instances gone", || {
+        s.corral(&["get", "instances", "-p", "demo", "-o", "name"])
+            .stdout
+            .trim()
+            .is_empty()
+    });
+    let all = virsh(&["list", "--all", "--name"]);
+    for uid in &uids {
+        assert!(
+            !all.contains(uid.as_str()),
+            "domain of {uid} left behind: {all}"
+        );
+        let dir = s.dir.join("agent/instances").join(uid);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    agent.kill();
+}

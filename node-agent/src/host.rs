@@ -1,0 +1,381 @@
+//! A real host's files: the image cache (blobs by sha256, pulled once and
+//! verified), and one directory per instance holding its root disk (a
+//! qcow2 overlay on the cached image), its NoCloud seed and its console
+//! log.
+//!
+//! ```text
+//! ROOT/images/sha256/<hex>          cached image bytes (read-only, shared)
+//! ROOT/instances/<uid>/disk.qcow2   root disk overlay
+//! ROOT/instances/<uid>/seed.iso     NoCloud seed (label cidata)
+//! ROOT/instances/<uid>/console.log  serial console (written by virtlogd)
+//! ```
+//!
+//! QEMU runs as its own user: every directory here is 0755 and every file
+//! QEMU reads is 0644. Blocking I/O and child processes (`qemu-img`,
+//! `genisoimage`): async callers use `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use corral_store::blobs::{BlobError, BlobStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Blob(#[from] BlobError),
+    #[error("{command} failed: {message}")]
+    Command { command: String, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HostError + '_ {
+    move |source| HostError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub type Result<T> = std::result::Result<T, HostError>;
+
+fn make_dir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(io(path))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(io(path))
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| HostError::Command {
+        command: shown.clone(),
+        message: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(HostError::Command {
+            command: shown,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The NoCloud data of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    pub instance_id: String,
+    pub hostname: String,
+    pub public_keys: Vec<String>,
+    pub user_data: Vec<u8>,
+}
+
+/// A YAML scalar: plain when that is unambiguous, else a JSON string
+/// (JSON strings are YAML).
+fn yaml_scalar(s: &str) -> String {
+    let plain = !s.is_empty()
+        && !s.contains(": ")
+        && !s.contains(" #")
+        && !s.ends_with(':')
+        && s.chars().all(|c| !c.is_control())
+        && !s.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@`".contains(c) || c.is_whitespace())
+        && !s.ends_with(char::is_whitespace);
+    if plain {
+        s.to_string()
+    } else {
+        serde_json::to_string(s).expect("a string serializes")
+    }
+}
+
+impl Seed {
+    /// NoCloud `meta-data`.
+    pub fn meta_data(&self) -> String {
+        let mut out = format!(
+            "instance-id: {}\nlocal-hostname: {}\n",
+            yaml_scalar(&self.instance_id),
+            yaml_scalar(&self.hostname)
+        );
+        if !self.public_keys.is_empty() {
+            out.push_str("public-keys:\n");
+            for k in &self.public_keys {
+                out.push_str(&format!("  - {}\n", yaml_scalar(k.trim())));
+            }
+        }
+        out
+    }
+}
+
+/// One host's files.
+#[derive(Debug, Clone)]
+pub struct HostFiles {
+    root: PathBuf,
+    images: BlobStore,
+}
+
+impl HostFiles {
+    pub fn open(root: &Path) -> Result<HostFiles> {
+        make_dir(root)?;
+        make_dir(&root.join("instances"))?;
+        Ok(HostFiles {
+            images: BlobStore::open(&root.join("images"))?,
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn images(&self) -> &BlobStore {
+        &self.images
+    }
+
+    pub fn instance_dir(&self, uid: &str) -> PathBuf {
+        self.root.join("instances").join(uid)
+    }
+
+    pub fn root_disk(&self, uid: &str) -> PathBuf {
+        self.instance_dir(uid).join("disk.qcow2")
+    }
+
+    pub fn seed_path(&self, uid: &str) -> PathBuf {
+        self.instance_dir(uid).join("seed.iso")
+    }
+
+    pub fn console_log(&self, uid: &str) -> PathBuf {
+        self.instance_dir(uid).join("console.log")
+    }
+
+    /// Creates the root disk as a qcow2 overlay on `base` unless it exists
+    /// (an existing disk holds the guest's data: it is never recreated).
+    /// Grows it to `min_bytes` when the image is smaller. Returns whether
+    /// it was created.
+    pub fn ensure_root_disk(
+        &self,
+        uid: &str,
+        base: &Path,
+        base_format: &str,
+        min_bytes: u64,
+    ) -> Result<bool> {
+        let disk = self.root_disk(uid);
+        if disk.exists() {
+            return Ok(false);
+        }
+        make_dir(&self.instance_dir(uid))?;
+        let info = run(Command::new("qemu-img")
+            .args(["info", "--output=json", "-f", base_format])
+            .arg(base))?;
+        let virtual_size = serde_json::from_str::<serde_json::Value>(&info)
+            .ok()
+            .and_then(|v| v["virtual-size"].as_u64())
+            .unwrap_or(0);
+        let tmp = disk.with_extension("qcow2.part");
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
+            .arg(base)
+            .arg(&tmp);
+        if min_bytes > virtual_size {
+            cmd.arg(min_bytes.to_string());
+        }
+        run(&mut cmd)?;
+        set_mode(&tmp, 0o644)?;
+        std::fs::rename(&tmp, &disk).map_err(io(&disk))?;
+        Ok(true)
+    }
+
+    /// Writes the NoCloud seed ISO (volume label `cidata`), replacing any
+    /// earlier one.
+    pub fn write_seed(&self, uid: &str, seed: &Seed) -> Result<()> {
+        let dir = self.instance_dir(uid);
+        make_dir(&dir)?;
+        let staging = dir.join("seed.d");
+        let _ = std::fs::remove_dir_all(&staging);
+        make_dir(&staging)?;
+        let write = |name: &str, bytes: &[u8]| {
+            let p = staging.join(name);
+            std::fs::write(&p, bytes).map_err(io(&p))
+        };
+        write("meta-data", seed.meta_data().as_bytes())?;
+        write("user-data", &seed.user_data)?;
+        let tmp = dir.join("seed.iso.part");
+        run(Command::new("genisoimage")
+            .args(["-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
+            .arg(&tmp)
+            .arg(staging.join("user-data"))
+            .arg(staging.join("meta-data")))?;
+        let _ = std::fs::remove_dir_all(&staging);
+        set_mode(&tmp, 0o644)?;
+        let dest = self.seed_path(uid);
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))
+    }
+
+    /// Removes everything the instance owned on this host.
+    pub fn remove_instance(&self, uid: &str) -> Result<()> {
+        let dir = self.instance_dir(uid);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&dir)(e)),
+        }
+    }
+
+    /// The uids that have a directory here.
+    pub fn instance_uids(&self) -> Result<Vec<String>> {
+        let d = self.root.join("instances");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&d).map_err(io(&d))? {
+            let e = e.map_err(io(&d))?;
+            if let Some(n) = e.file_name().to_str() {
+                out.push(n.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest `max` bytes of the console log (empty if none yet) and
+    /// their offset in the log.
+    pub fn console_tail(&self, uid: &str, max: u64) -> Result<(Vec<u8>, u64)> {
+        use std::io::{Read, Seek, SeekFrom};
+        let p = self.console_log(uid);
+        let mut f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(io(&p)(e)),
+        };
+        let len = f.metadata().map_err(io(&p))?.len();
+        let start = len.saturating_sub(max);
+        f.seek(SeekFrom::Start(start)).map_err(io(&p))?;
+        let mut out = Vec::new();
+        // The guest may be writing meanwhile: read no more than `max`.
+        f.take(max).read_to_end(&mut out).map_err(io(&p))?;
+        Ok((out, start))
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
+}
+
+/// Whether a guest has finished booting, judged from its console: a
+/// readiness line after the last kernel banner.
+pub fn guest_ready(console: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(console);
+    let boot = ["Linux version ", "corral-guest: boot"]
+        .iter()
+        .filter_map(|m| text.rfind(m))
+        .max();
+    let ready = ["corral-guest: ready", " login: "]
+        .iter()
+        .filter_map(|m| text.rfind(m))
+        .max();
+    match (boot, ready) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(b), Some(r)) => r > b,
+    }
+}
+
+/// Picks the domain type for this host: `kvm` only when the CPU has
+/// hardware virtualisation (vmx/svm) and /dev/kvm opens read-write;
+/// otherwise `qemu` (TCG), which always boots. A paravirtualised nested
+/// KVM exposes /dev/kvm on CPUs without vmx/svm and cannot boot standard
+/// guests, so /dev/kvm alone is not trusted.
+pub fn detect_virt_type() -> &'static str {
+    let cpu_ok = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| {
+            c.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false);
+    let dev_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if cpu_ok && dev_ok {
+        "kvm"
+    } else {
+        "qemu"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_data_quotes_what_yaml_would_misread() {
+        let s = Seed {
+            instance_id: "i-0123456789abcdef0".into(),
+            hostname: "web-1".into(),
+            public_keys: vec![
+                "ssh-ed25519 AAAAC3Nza admin@demo".into(),
+                "ssh-rsa AAAAB3 me #1: laptop".into(),
+            ],
+            user_data: Vec::new(),
+        };
+        assert_eq!(
+            s.meta_data(),
+            "instance-id: i-0123456789abcdef0\nlocal-hostname: web-1\npublic-keys:\n  - ssh-ed25519 AAAAC3Nza admin@demo\n  - \"ssh-rsa AAAAB3 me #1: laptop\"\n"
+        );
+        let parsed: serde_json::Value = yaml_serde::from_str(&s.meta_data()).unwrap();
+        assert_eq!(parsed["public-keys"][1], "ssh-rsa AAAAB3 me #1: laptop");
+        assert_eq!(yaml_scalar("- x"), "\"- x\"");
+        assert_eq!(yaml_scalar("a\nb"), "\"a\\nb\"");
+    }
+
+    #[test]
+    fn readiness_is_judged_after_the_last_boot() {
+        assert!(!guest_ready(b""));
+        assert!(!guest_ready(b"corral-guest: boot\n"));
+        assert!(guest_ready(b"corral-guest: boot\ncorral-guest: ready\n"));
+        // Rebooted: the old ready line does not count.
+        assert!(!guest_ready(
+            b"corral-guest: boot\ncorral-guest: ready\n[0.0] Linux version 6.1\n"
+        ));
+        assert!(guest_ready(b"Linux version 6.1\n\ndebian login: "));
+    }
+
+    #[test]
+    fn seed_iso_and_overlay_are_real_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = HostFiles::open(dir.path()).unwrap();
+        let seed = Seed {
+            instance_id: "i-1".into(),
+            hostname: "h".into(),
+            public_keys: vec!["ssh-ed25519 AAAA k".into()],
+            user_data: b"#!/bin/sh\necho hi\n".to_vec(),
+        };
+        files.write_seed("u1", &seed).unwrap();
+        let iso = std::fs::read(files.seed_path("u1")).unwrap();
+        assert_eq!(&iso[0x8001..0x8006], b"CD001");
+        assert_eq!(&iso[0x8028..0x802e], b"cidata");
+
+        let base = dir.path().join("base.qcow2");
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("16M"))
+        .unwrap();
+        assert!(files
+            .ensure_root_disk("u1", &base, "qcow2", 64 << 20)
+            .unwrap());
+        // Never recreated.
+        assert!(!files
+            .ensure_root_disk("u1", &base, "qcow2", 64 << 20)
+            .unwrap());
+        let info = run(Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(files.root_disk("u1")))
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(v["virtual-size"], 64 << 20);
+        assert_eq!(v["backing-filename"], base.display().to_string());
+        assert_eq!(files.instance_uids().unwrap(), vec!["u1".to_string()]);
+        files.remove_instance("u1").unwrap();
+        assert!(files.instance_uids().unwrap().is_empty());
+    }
+}
