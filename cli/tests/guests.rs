@@ -73,7 +73,12 @@ fn guest_image() -> PathBuf {
     dir
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_until_or(what, f, String::new)
+}
+
+/// Waits; on time-out, fails with what `diagnose` says.
+fn wait_until_or(what: &str, mut f: impl FnMut() -> bool, diagnose: impl Fn() -> String) {
     let deadline = Instant::now() + TIMEOUT;
     while Instant::now() < deadline {
         if f() {
@@ -81,7 +86,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    panic!("timed out waiting for {what}");
+    panic!("timed out waiting for {what}\n{}", diagnose());
 }
 
 fn chmod_755(p: &Path) {
@@ -223,8 +228,300 @@ fn apply_web2(s: &Server, dir: &Path, spec: &str, meta: &str) -> Out {
     s.corral(&["apply", "-f", p.to_str().unwrap()])
 }
 
+/// The tests here boot several TCG guests each: one at a time.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A node user's token, and an agent for it.
+fn node_agent(s: &Server) -> (String, String, Agent) {
+    let node = format!(
+        "guests{}x{}",
+        std::process::id(),
+        s.addr.rsplit(':').next().unwrap()
+    );
+    let created = s.corral(&[
+        "user",
+        "create",
+        &format!("node-{node}"),
+        "--role",
+        "node",
+        "--node",
+        &node,
+    ]);
+    let token = created
+        .ok()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API token:"))
+        .map(|t| t.trim().to_string())
+        .expect("a token for the node user");
+    let agent = Agent::start(s, &token, &node, &s.dir);
+    (node, token, agent)
+}
+
+fn apply(s: &Server, dir: &Path, name: &str, yaml: &str) {
+    let p = write(dir, name, yaml);
+    s.corral(&["apply", "-f", p.to_str().unwrap()]).ok();
+}
+
+fn get_in(s: &Server, kind: &str, name: &str) -> serde_json::Value {
+    s.corral(&["get", kind, name, "-p", "vols", "-o", "json"])
+        .json()
+}
+
+fn console_in(s: &Server, name: &str) -> String {
+    s.corral(&["console", name, "-p", "vols"]).ok().to_string()
+}
+
+fn ready_in(s: &Server, name: &str) -> bool {
+    get_in(s, "instance", name)["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+const VOLS_BASE: &str = "apiVersion: corral/v1
+kind: Project
+metadata: {name: vols}
+---
+apiVersion: corral/v1
+kind: Network
+metadata: {name: lan, project: vols}
+spec: {cidr: 10.43.0.0/24, mode: nat}
+---
+apiVersion: corral/v1
+kind: Image
+metadata: {name: tiny, project: vols}
+spec:
+  source: {path: /var/lib/corral/import/tiny.qcow2}
+  format: qcow2
+";
+
+fn instance_yaml(name: &str, volumes: &[(&str, &str)], user_data: &str) -> String {
+    let mut vols = String::new();
+    for (v, d) in volumes {
+        vols.push_str(&format!("    - {{volume: {v}, device: {d}}}\n"));
+    }
+    let vols = if vols.is_empty() {
+        String::new()
+    } else {
+        format!("  volumes:\n{vols}")
+    };
+    let ud: String = user_data.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: corral/v1\nkind: Instance\nmetadata: {{name: {name}, project: vols}}\nspec:\n  instanceType: m1.tiny\n  image: tiny\n  nics: [{{network: lan}}]\n{vols}  userData: |\n{ud}"
+    )
+}
+
+const WRITER: &str = "#!/bin/sh
+( while [ ! -b /dev/vdb ]; do sleep 1; done
+  printf corral-volume-data-42 | dd of=/dev/vdb conv=fsync 2>/dev/null
+  echo corral-test: wrote > /dev/console ) </dev/null >/dev/null 2>&1 &
+";
+
+const READER: &str = "#!/bin/sh
+echo vdb=$(head -c 21 /dev/vdb)
+echo vdc=$(head -c 21 /dev/vdc)
+";
+
+#[test]
+fn volumes_hot_plug_snapshot_clone_boot_and_outlive_instances() {
+    let _one = one_at_a_time();
+    assert!(
+        virsh_ok(&["version"]),
+        "libvirtd is not answering on qemu:///system: run scripts/start-libvirt (as root)"
+    );
+    let guest = guest_image();
+    std::fs::create_dir_all("/var/lib/corral/import").unwrap();
+    std::fs::copy(
+        guest.join("tiny.qcow2"),
+        "/var/lib/corral/import/tiny.qcow2",
+    )
+    .unwrap();
+    let s = Server::start_with(&["--no-agent"]);
+    chmod_755(&s.dir);
+    let _cleanup = Cleanup(s.dir.clone());
+    let (_node, _token, agent) = node_agent(&s);
+    let dir = s.scratch("vols");
+    let files = s.dir.join("agent");
+
+    // A running guest gets a volume hot-plugged and writes to it.
+    apply(&s, &dir, "base.yaml", VOLS_BASE);
+    apply(
+        &s,
+        &dir,
+        "writer.yaml",
+        &instance_yaml("writer", &[], WRITER),
+    );
+    wait_until("writer Ready", || ready_in(&s, "writer"));
+    apply(&s, &dir, "v1.yaml", "apiVersion: corral/v1\nkind: Volume\nmetadata: {name: v1, project: vols}\nspec: {sizeGiB: 1}\n");
+    apply(
+        &s,
+        &dir,
+        "writer.yaml",
+        &instance_yaml("writer", &[("v1", "vdb")], WRITER),
+    );
+    wait_until_or(
+        "the volume hot-plugged and written",
+        || {
+            let c = console_in(&s, "writer");
+            c.contains("corral-guest: hotplug vdb 1073741824") && c.contains("corral-test: wrote")
+        },
+        || {
+            let uid = get_in(&s, "instance", "writer")["metadata"]["uid"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            format!(
+                "{}\n{}",
+                console_in(&s, "writer"),
+                virsh(&["domblklist", &format!("corral-{uid}")])
+            )
+        },
+    );
+    let v1 = get_in(&s, "volume", "v1");
+    assert_eq!(v1["status"]["phase"], "in-use", "{v1}");
+    assert_eq!(v1["status"]["attachedTo"]["instance"], "writer", "{v1}");
+
+    // Snapshot it; then the instance goes and the volume stays.
+    apply(&s, &dir, "s1.yaml", "apiVersion: corral/v1\nkind: Snapshot\nmetadata: {name: s1, project: vols}\nspec: {volume: v1}\n");
+    s.corral(&[
+        "wait",
+        "snapshot/s1",
+        "-p",
+        "vols",
+        "--for",
+        "phase=completed",
+        "--timeout",
+        "120s",
+    ])
+    .ok();
+    s.corral(&[
+        "delete",
+        "instance",
+        "writer",
+        "-p",
+        "vols",
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .ok();
+    wait_until("v1 available again", || {
+        get_in(&s, "volume", "v1")["status"]["phase"] == "available"
+    });
+    let v1_uid = get_in(&s, "volume", "v1")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(files
+        .join("volumes")
+        .join(format!("{v1_uid}.qcow2"))
+        .is_file());
+
+    // A clone of the snapshot and the original, on a new instance: both
+    // hold what the first guest wrote. A third boots from a volume.
+    apply(&s, &dir, "v2.yaml", "apiVersion: corral/v1\nkind: Volume\nmetadata: {name: v2, project: vols}\nspec: {source: {snapshot: s1}}\n---\napiVersion: corral/v1\nkind: Volume\nmetadata: {name: v3, project: vols}\nspec: {source: {image: tiny}, sizeGiB: 1}\n");
+    apply(
+        &s,
+        &dir,
+        "reader.yaml",
+        &instance_yaml("reader", &[("v1", "vdb"), ("v2", "vdc")], READER),
+    );
+    apply(&s, &dir, "vboot.yaml", "apiVersion: corral/v1\nkind: Instance\nmetadata: {name: vboot, project: vols}\nspec:\n  instanceType: m1.tiny\n  bootVolume: v3\n  nics: [{network: lan}]\n");
+    wait_until("reader Ready", || ready_in(&s, "reader"));
+    let c = console_in(&s, "reader");
+    assert!(
+        c.contains("corral-guest: user-data-out vdb=corral-volume-data-42"),
+        "{c}"
+    );
+    assert!(
+        c.contains("corral-guest: user-data-out vdc=corral-volume-data-42"),
+        "{c}"
+    );
+    wait_until("vboot Ready", || ready_in(&s, "vboot"));
+    assert!(console_in(&s, "vboot").contains("corral-guest: blockdev vda 1073741824"));
+
+    // Unplugged from a running guest.
+    apply(
+        &s,
+        &dir,
+        "reader.yaml",
+        &instance_yaml("reader", &[("v2", "vdc")], READER),
+    );
+    wait_until("vdb unplugged", || {
+        console_in(&s, "reader").contains("corral-guest: unplug vdb")
+    });
+    wait_until("v1 available", || {
+        get_in(&s, "volume", "v1")["status"]["phase"] == "available"
+    });
+
+    // A volume in use is not deleted until it is free.
+    s.corral(&["delete", "volume", "v2", "-p", "vols"]).ok();
+    std::thread::sleep(Duration::from_secs(3));
+    let v2 = get_in(&s, "volume", "v2");
+    assert_eq!(v2["status"]["phase"], "deleting", "{v2}");
+    assert!(
+        v2["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("in use by instance \"reader\""),
+        "{v2}"
+    );
+    let v2_uid = v2["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(files
+        .join("volumes")
+        .join(format!("{v2_uid}.qcow2"))
+        .is_file());
+    s.corral(&[
+        "delete",
+        "instance",
+        "reader",
+        "-p",
+        "vols",
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .ok();
+    wait_until("v2 gone", || {
+        s.corral(&["get", "volume", "v2", "-p", "vols"]).code != 0
+    });
+    assert!(!files
+        .join("volumes")
+        .join(format!("{v2_uid}.qcow2"))
+        .exists());
+
+    // Everything deleted: no file, no domain left.
+    for f in ["vboot.yaml", "s1.yaml", "v1.yaml", "v2.yaml"] {
+        s.corral(&[
+            "delete",
+            "-f",
+            dir.join(f).to_str().unwrap(),
+            "--ignore-not-found",
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .ok();
+    }
+    let left = |sub: &str| {
+        std::fs::read_dir(files.join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    wait_until("no volume or snapshot files", || {
+        left("volumes") == 0 && left("snapshots") == 0 && left("instances") == 0
+    });
+    drop(agent);
+}
+
 #[test]
 fn examples_boot_real_guests_that_obey_power_and_survive_drift() {
+    let _one = one_at_a_time();
     assert!(
         virsh_ok(&["version"]),
         "libvirtd is not answering on qemu:///system: run scripts/start-libvirt (as root)"

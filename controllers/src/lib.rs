@@ -1,6 +1,6 @@
 //! The reconcilers that make the hosts match the store: scheduler,
 //! instance lifecycle, network IPAM, node lifecycle, key pairs, image
-//! import, garbage collection of owned objects. Each is a
+//! import, volumes and snapshots, garbage collection of owned objects. Each is a
 //! `corral_runtime::Reconciler`; [`ControllerManager`] wires them to shared
 //! caches and runs them while this process leads.
 //!
@@ -16,12 +16,13 @@ pub mod keypair;
 pub mod node_lifecycle;
 pub mod resources;
 pub mod scheduler;
+pub mod volume;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use corral_api_types::{
-    Image, Instance, InstanceType, KeyPair, Network, Node, SecurityGroup, Volume,
+    Image, Instance, InstanceType, KeyPair, Network, Node, SecurityGroup, Snapshot, Volume,
 };
 use corral_runtime::metrics::RuntimeMetrics;
 use corral_runtime::{while_leading, Cache, Change, Controller, ObjectRef, Reflector, Shutdown};
@@ -64,6 +65,7 @@ pub struct Caches {
     pub keypairs: Cache<KeyPair>,
     pub images: Cache<Image>,
     pub volumes: Cache<Volume>,
+    pub snapshots: Cache<Snapshot>,
     pub security_groups: Cache<SecurityGroup>,
 }
 
@@ -78,6 +80,7 @@ impl Caches {
             keypairs: Reflector::new(store.clone()).spawn(),
             images: Reflector::new(store.clone()).spawn(),
             volumes: Reflector::new(store.clone()).spawn(),
+            snapshots: Reflector::new(store.clone()).spawn(),
             security_groups: Reflector::new(store.clone()).spawn(),
         }
     }
@@ -135,6 +138,7 @@ impl ControllerManager {
             c.instances.clone(),
             c.nodes.clone(),
             c.instance_types.clone(),
+            c.volumes.clone(),
             o.policy,
         )
         .await;
@@ -206,6 +210,68 @@ impl ControllerManager {
             keypairs = keypairs.metrics(m);
         }
 
+        let mut volumes = Controller::new("volume", c.volumes.clone())
+            .concurrency(4)
+            .watches(c.instances.clone(), {
+                let volumes = c.volumes.clone();
+                move |ch| volume::volumes_of(&volumes, ch)
+            })
+            .watches(c.snapshots.clone(), {
+                let volumes = c.volumes.clone();
+                move |ch| {
+                    let s = ch.object();
+                    volumes
+                        .list()
+                        .iter()
+                        .filter(|v| {
+                            v.metadata.project == s.metadata.project
+                                && v.spec.source.snapshot.as_deref()
+                                    == Some(s.metadata.name.as_str())
+                        })
+                        .map(|v| ObjectRef::of(v.as_ref()))
+                        .collect()
+                }
+            })
+            .watches(c.volumes.clone(), {
+                let volumes = c.volumes.clone();
+                move |ch| {
+                    let src = ch.object();
+                    volumes
+                        .list()
+                        .iter()
+                        .filter(|v| {
+                            v.metadata.project == src.metadata.project
+                                && v.spec.source.volume.as_deref()
+                                    == Some(src.metadata.name.as_str())
+                        })
+                        .map(|v| ObjectRef::of(v.as_ref()))
+                        .collect()
+                }
+            });
+        if let Some(m) = with_metrics("volume") {
+            volumes = volumes.metrics(m);
+        }
+        let mut snapshots = Controller::new("snapshot", c.snapshots.clone())
+            .concurrency(2)
+            .watches(c.volumes.clone(), {
+                let snapshots = c.snapshots.clone();
+                move |ch| {
+                    let v = ch.object();
+                    snapshots
+                        .list()
+                        .iter()
+                        .filter(|s| {
+                            s.metadata.project == v.metadata.project
+                                && s.spec.volume == v.metadata.name
+                        })
+                        .map(|s| ObjectRef::of(s.as_ref()))
+                        .collect()
+                }
+            });
+        if let Some(m) = with_metrics("snapshot") {
+            snapshots = snapshots.metrics(m);
+        }
+
         let mut images = Controller::new("image", c.images.clone()).concurrency(2);
         if let Some(m) = with_metrics("image") {
             images = images.metrics(m);
@@ -254,6 +320,24 @@ impl ControllerManager {
             )),
             tokio::spawn(keypairs.run(
                 Arc::new(keypair::KeyPairController::new(store.clone())),
+                stop.clone(),
+            )),
+            tokio::spawn(volumes.run(
+                Arc::new(volume::VolumeController::new(
+                    store.clone(),
+                    c.instances.clone(),
+                    c.volumes.clone(),
+                    c.snapshots.clone(),
+                    c.nodes.clone(),
+                )),
+                stop.clone(),
+            )),
+            tokio::spawn(snapshots.run(
+                Arc::new(volume::SnapshotController::new(
+                    store.clone(),
+                    c.volumes.clone(),
+                    c.nodes.clone(),
+                )),
                 stop.clone(),
             )),
             tokio::spawn(images.run(

@@ -1,5 +1,6 @@
 //! The scheduler: places each unbound Instance on a Ready, schedulable Node
-//! with room for it, honouring availability zone, node selector and taints;
+//! with room for it, honouring availability zone, node selector, taints and
+//! the node already holding any volume it uses;
 //! spread (least loaded) by default, binpack (most loaded) as an option.
 //!
 //! Placement decisions are taken one at a time under a lock over the
@@ -19,7 +20,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use corral_api_types::{
     ConditionStatus, EventType, Instance, InstancePhase, InstanceStatus, InstanceType, Node,
-    TaintEffect,
+    TaintEffect, Volume,
 };
 use corral_runtime::status::{set_condition, update_with_retry, EventRecorder};
 use corral_runtime::{Action, Cache, Change, ObjectRef, ReconcileError, Reconciler};
@@ -69,6 +70,7 @@ pub struct Scheduler {
     store: ResourceStore,
     nodes: Cache<Node>,
     types: Cache<InstanceType>,
+    volumes: Cache<Volume>,
     policy: Policy,
     book: Mutex<Book>,
     events: EventRecorder,
@@ -103,6 +105,7 @@ enum Reject {
     NotReady,
     Unschedulable,
     Zone,
+    Volume,
     Selector,
     Taint,
     Cpu,
@@ -116,6 +119,7 @@ impl Reject {
             Reject::NotReady => "not ready",
             Reject::Unschedulable => "unschedulable",
             Reject::Zone => "in another availability zone",
+            Reject::Volume => "not holding the instance's volumes",
             Reject::Selector => "not matching the node selector",
             Reject::Taint => "with a taint the instance does not tolerate",
             Reject::Cpu => "insufficient vcpus",
@@ -132,6 +136,7 @@ impl Scheduler {
         instances: Cache<Instance>,
         nodes: Cache<Node>,
         types: Cache<InstanceType>,
+        volumes: Cache<Volume>,
         policy: Policy,
     ) -> Arc<Scheduler> {
         let scheduler = Arc::new(Scheduler {
@@ -139,6 +144,7 @@ impl Scheduler {
             store,
             nodes,
             types,
+            volumes,
             policy,
             book: Mutex::new(Book::default()),
         });
@@ -243,6 +249,20 @@ impl Scheduler {
             if node.spec.zone.as_deref() != Some(zone.as_str()) {
                 return Err(Reject::Zone);
             }
+        }
+        // Volumes are files on one node: the instance goes where they are.
+        let project = &instance.metadata.project;
+        let on_other_node = instance
+            .spec
+            .volumes
+            .iter()
+            .map(|a| a.volume.as_str())
+            .chain(instance.spec.boot_volume.as_deref())
+            .filter_map(|v| self.volumes.get(&ObjectRef::new(project, v)))
+            .filter_map(|v| v.status.as_ref().and_then(|s| s.node_name.clone()))
+            .any(|n| n != node.metadata.name);
+        if on_other_node {
+            return Err(Reject::Volume);
         }
         if !instance
             .spec

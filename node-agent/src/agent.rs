@@ -16,7 +16,7 @@ use chrono::Utc;
 use corral_api_types::{
     ec2, ConditionStatus, HypervisorInfo, HypervisorType, Image, ImageFormat, ImagePhase, Instance,
     InstancePhase, InstanceStatus, InstanceType, KeyPair, Node, NodeResources, NodeSpec,
-    PowerState as Desired, Resource, DEFAULT_INSTANCE_TYPE,
+    PowerState as Desired, Resource, Snapshot, SnapshotPhase, Volume, DEFAULT_INSTANCE_TYPE,
 };
 use corral_runtime::status::set_condition;
 use corral_runtime::{error_chain, ObjectRef, QueueOptions, Shutdown, WorkQueue};
@@ -158,6 +158,7 @@ impl Agent {
         tracing::info!(node = %self.opts.node, "agent registered");
         let mut tasks = vec![
             tokio::spawn(self.clone().scan_loop(stop.clone())),
+            tokio::spawn(self.clone().storage_loop(stop.clone())),
             tokio::spawn(self.clone().heartbeat_loop(stop.clone())),
             tokio::spawn(self.clone().informer(stop.clone())),
             tokio::spawn(self.clone().resync_loop(stop.clone())),
@@ -428,6 +429,222 @@ impl Agent {
         }
     }
 
+    /// On a real host, makes the files of the Volumes and Snapshots bound
+    /// to this node match them, every second: creates (empty, from an
+    /// image, a snapshot or another volume), snapshots, and removes what
+    /// is being deleted.
+    async fn storage_loop(self: Arc<Self>, mut stop: Shutdown) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped(&mut stop) => return,
+            }
+            if self.files.get().is_none() {
+                continue;
+            }
+            if let Err(e) = self.converge_storage().await {
+                tracing::warn!(error = %error_chain(&e), "volume and snapshot files");
+            }
+        }
+    }
+
+    pub async fn converge_storage(&self) -> Result<(), AgentError> {
+        let files = self.files.get().cloned().expect("a real host");
+        let (volumes, _) = self.api.list("/v1/volumes").await?;
+        for v in volumes {
+            let Ok(v) = serde_json::from_value::<Volume>(v) else {
+                continue;
+            };
+            let key = ObjectRef::of(&v);
+            if let Err(e) = self.converge_volume(&files, &v).await {
+                tracing::warn!(volume = %key, error = %error_chain(&e), "volume file");
+            }
+        }
+        let (snapshots, _) = self.api.list("/v1/snapshots").await?;
+        for s in snapshots {
+            let Ok(s) = serde_json::from_value::<Snapshot>(s) else {
+                continue;
+            };
+            let key = ObjectRef::of(&s);
+            if let Err(e) = self.converge_snapshot(&files, &s).await {
+                tracing::warn!(snapshot = %key, error = %error_chain(&e), "snapshot file");
+            }
+        }
+        Ok(())
+    }
+
+    async fn converge_volume(&self, files: &HostFiles, v: &Volume) -> Result<(), AgentError> {
+        let status = v.status.clone().unwrap_or_default();
+        if status.node_name.as_deref() != Some(self.opts.node.as_str()) {
+            return Ok(());
+        }
+        let path = files.volume_path(&v.metadata.uid);
+        let api_path = format!(
+            "/v1/projects/{}/volumes/{}",
+            v.metadata.project, v.metadata.name
+        );
+        if v.metadata.deletion_timestamp.is_some() {
+            if status.attached_to.is_some() || status.location.is_none() {
+                return Ok(());
+            }
+            let (f, p) = (files.clone(), path.clone());
+            host_blocking(move || f.remove_file(&p)).await?;
+            tracing::info!(volume = %ObjectRef::of(v), "volume file removed");
+            return self
+                .update_status::<Volume>(&api_path, |s| {
+                    let s = s.get_or_insert_with(Default::default);
+                    s.location = None;
+                })
+                .await;
+        }
+        if status.location.is_some() {
+            return Ok(());
+        }
+        let project = v.metadata.project.as_str();
+        let min = u64::from(v.spec.size_gib.unwrap_or(0)) << 30;
+        // The source, as (file, format), when the volume copies one.
+        let source: Option<(std::path::PathBuf, String)> = if let Some(img) = &v.spec.source.image {
+            let (image, sha) = match self.available_image(project, img).await? {
+                Ok(x) => x,
+                Err(_) => return Ok(()), // not yet
+            };
+            let fmt = match image.spec.format {
+                ImageFormat::Raw => "raw",
+                _ => "qcow2",
+            };
+            Some((self.pull_image(project, img, &sha).await?, fmt.into()))
+        } else if let Some(snap) = &v.spec.source.snapshot {
+            let Some(s) = self
+                .api
+                .get::<Snapshot>(&format!("/v1/projects/{project}/snapshots/{snap}"))
+                .await?
+            else {
+                return Ok(());
+            };
+            let st = s.status.unwrap_or_default();
+            match (st.phase, st.location) {
+                (SnapshotPhase::Completed, Some(loc)) => Some((loc.into(), "qcow2".into())),
+                _ => return Ok(()),
+            }
+        } else if let Some(src) = &v.spec.source.volume {
+            let Some(s) = self
+                .api
+                .get::<Volume>(&format!("/v1/projects/{project}/volumes/{src}"))
+                .await?
+            else {
+                return Ok(());
+            };
+            match s.status.and_then(|st| st.location) {
+                Some(loc) => Some((loc.into(), "qcow2".into())),
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
+        let (f, p) = (files.clone(), path.clone());
+        match source {
+            Some((src, fmt)) => host_blocking(move || f.copy_image(&src, &fmt, &p, min)).await?,
+            None => host_blocking(move || f.create_empty(&p, min.max(1 << 30))).await?,
+        }
+        let size = virtual_size_gib(&path).await;
+        tracing::info!(volume = %ObjectRef::of(v), path = %path.display(), "volume file created");
+        let location = path.display().to_string();
+        self.update_status::<Volume>(&api_path, |s| {
+            let s = s.get_or_insert_with(Default::default);
+            s.location = Some(location.clone());
+            s.size_gib = size;
+        })
+        .await
+    }
+
+    async fn converge_snapshot(
+        &self,
+        files: &HostFiles,
+        snap: &Snapshot,
+    ) -> Result<(), AgentError> {
+        let status = snap.status.clone().unwrap_or_default();
+        if status.node_name.as_deref() != Some(self.opts.node.as_str()) {
+            return Ok(());
+        }
+        let path = files.snapshot_path(&snap.metadata.uid);
+        let project = snap.metadata.project.as_str();
+        let api_path = format!("/v1/projects/{project}/snapshots/{}", snap.metadata.name);
+        if snap.metadata.deletion_timestamp.is_some() {
+            if status.location.is_none() {
+                return Ok(());
+            }
+            let (f, p) = (files.clone(), path.clone());
+            host_blocking(move || f.remove_file(&p)).await?;
+            return self
+                .update_status::<Snapshot>(&api_path, |s| {
+                    let s = s.get_or_insert_with(Default::default);
+                    s.location = None;
+                })
+                .await;
+        }
+        if status.phase != SnapshotPhase::Pending {
+            return Ok(());
+        }
+        let Some(volume) = self
+            .api
+            .get::<Volume>(&format!(
+                "/v1/projects/{project}/volumes/{}",
+                snap.spec.volume
+            ))
+            .await?
+        else {
+            return Ok(());
+        };
+        let Some(src) = volume.status.as_ref().and_then(|s| s.location.clone()) else {
+            return Ok(());
+        };
+        // A guest may be writing: qemu-img reads the image as it stands
+        // (crash-consistent; what the guest flushed is in it).
+        let (f, p) = (files.clone(), path.clone());
+        host_blocking(move || f.copy_image(std::path::Path::new(&src), "qcow2", &p, 0)).await?;
+        let size = virtual_size_gib(&path).await;
+        tracing::info!(snapshot = %ObjectRef::of(snap), "snapshot taken");
+        let location = path.display().to_string();
+        self.update_status::<Snapshot>(&api_path, |s| {
+            let s = s.get_or_insert_with(Default::default);
+            s.location = Some(location.clone());
+            s.phase = SnapshotPhase::Completed;
+            s.progress = 100;
+            s.size_gib = size;
+        })
+        .await
+    }
+
+    /// Read-modify-write of an object's status through the API.
+    async fn update_status<K>(
+        &self,
+        path: &str,
+        edit: impl Fn(&mut Option<K::Status>),
+    ) -> Result<(), AgentError>
+    where
+        K: Resource + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        for _ in 0..5 {
+            let Some(mut obj) = self.api.get::<K>(path).await? else {
+                return Ok(());
+            };
+            edit(obj.status_mut());
+            match self
+                .api
+                .put::<_, Value>(&format!("{path}/status"), &obj)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(ApiError::Status { code: 409, .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AgentError::Other(format!(
+            "status of {path} kept conflicting"
+        )))
+    }
+
     async fn informer(self: Arc<Self>, mut stop: Shutdown) {
         let path = "/v1/instances";
         'relist: loop {
@@ -646,11 +863,45 @@ impl Agent {
         };
         let project = i.metadata.project.as_str();
         let uid = i.metadata.uid.clone();
+        let mut volume_disks = Vec::new();
+        for (volume, device) in attachments(i) {
+            match self.volume_disk(project, &volume, &device).await? {
+                Ok(d) => volume_disks.push(d),
+                Err(w) => return Ok(Err(w)),
+            }
+        }
+        let seed_disk = DiskSpec {
+            path: files.seed_path(&uid),
+            format: "raw".into(),
+            target: SEED_DEVICE.into(),
+            readonly: true,
+            serial: None,
+            cdrom: true,
+        };
         let Some(image_name) = i.spec.image.as_deref() else {
-            return Ok(Err(Wait::new(
-                "BootVolumeUnsupported",
-                "booting from a volume is not supported on this node yet".into(),
-            )));
+            // Boot from volume: the volume is the root disk.
+            let Some(boot) = i.spec.boot_volume.as_deref() else {
+                return Ok(Err(Wait::new(
+                    "NoBootDisk",
+                    "the instance names neither an image nor a boot volume".into(),
+                )));
+            };
+            let root = match self.volume_disk(project, boot, "vda").await? {
+                Ok(d) => d,
+                Err(w) => return Ok(Err(w)),
+            };
+            let seed = match self.seed(i).await? {
+                Ok(s) => s,
+                Err(w) => return Ok(Err(w)),
+            };
+            let (f, u) = (files.clone(), uid.clone());
+            host_blocking(move || f.write_seed(&u, &seed)).await?;
+            spec.disks = std::iter::once(root)
+                .chain(volume_disks)
+                .chain(std::iter::once(seed_disk))
+                .collect();
+            spec.console_log = Some(files.console_log(&uid));
+            return Ok(Ok(spec));
         };
         let (image, sha) = match self.available_image(project, image_name).await? {
             Ok(x) => x,
@@ -693,6 +944,39 @@ impl Agent {
                     .unwrap_or_else(|| "console=ttyS0 root=/dev/vda".into()),
             });
         }
+        let seed = match self.seed(i).await? {
+            Ok(s) => s,
+            Err(w) => return Ok(Err(w)),
+        };
+        let f = files.clone();
+        let u = uid.clone();
+        let fmt = format.to_string();
+        let b = base.clone();
+        tokio::task::spawn_blocking(move || {
+            f.ensure_root_disk(&u, &b, &fmt, u64::from(root_gib) << 30)?;
+            f.write_seed(&u, &seed)
+        })
+        .await
+        .map_err(|e| AgentError::Other(e.to_string()))??;
+        spec.disks = std::iter::once(DiskSpec {
+            path: files.root_disk(&uid),
+            format: "qcow2".into(),
+            target: "vda".into(),
+            readonly: false,
+            serial: None,
+            cdrom: false,
+        })
+        .chain(volume_disks)
+        .chain(std::iter::once(seed_disk))
+        .collect();
+        spec.console_log = Some(files.console_log(&uid));
+        Ok(Ok(spec))
+    }
+
+    /// The NoCloud data of an instance, or why not yet.
+    async fn seed(&self, i: &Instance) -> Result<Result<Seed, Wait>, AgentError> {
+        let project = i.metadata.project.as_str();
+        let uid = &i.metadata.uid;
         let mut public_keys = Vec::new();
         if let Some(k) = i.spec.key_name.as_deref() {
             match self
@@ -709,40 +993,94 @@ impl Agent {
                 }
             }
         }
-        let seed = Seed {
-            instance_id: ec2::resource_id("Instance", &uid).unwrap_or_else(|| uid.clone()),
+        Ok(Ok(Seed {
+            instance_id: ec2::resource_id("Instance", uid).unwrap_or_else(|| uid.clone()),
             hostname: i.metadata.name.clone(),
             public_keys,
             user_data: i.spec.user_data.clone().unwrap_or_default().into_bytes(),
-        };
-        let f = files.clone();
-        let u = uid.clone();
-        let fmt = format.to_string();
-        let b = base.clone();
-        tokio::task::spawn_blocking(move || {
-            f.ensure_root_disk(&u, &b, &fmt, u64::from(root_gib) << 30)?;
-            f.write_seed(&u, &seed)
-        })
-        .await
-        .map_err(|e| AgentError::Other(e.to_string()))??;
-        spec.disks = vec![
-            DiskSpec {
-                path: files.root_disk(&uid),
+        }))
+    }
+
+    /// The disk of a volume created on this node, or why not yet.
+    async fn volume_disk(
+        &self,
+        project: &str,
+        volume: &str,
+        device: &str,
+    ) -> Result<Result<DiskSpec, Wait>, AgentError> {
+        let v = self
+            .api
+            .get::<Volume>(&format!("/v1/projects/{project}/volumes/{volume}"))
+            .await?;
+        let status = v
+            .as_ref()
+            .and_then(|v| v.status.clone())
+            .unwrap_or_default();
+        let here = status.node_name.as_deref() == Some(self.opts.node.as_str());
+        match (&v, here, status.location) {
+            (Some(v), true, Some(location)) => Ok(Ok(DiskSpec {
+                path: location.into(),
                 format: "qcow2".into(),
-                target: "vda".into(),
+                target: device.to_string(),
                 readonly: false,
-                serial: None,
-            },
-            DiskSpec {
-                path: files.seed_path(&uid),
-                format: "raw".into(),
-                target: SEED_DEVICE.into(),
-                readonly: true,
-                serial: Some("cidata".into()),
-            },
-        ];
-        spec.console_log = Some(files.console_log(&uid));
-        Ok(Ok(spec))
+                // virtio serials hold 20 bytes: `vol` and the 17 hex
+                // digits, as EC2's NVMe volumes show theirs.
+                serial: ec2::resource_id("Volume", &v.metadata.uid).map(|id| id.replace('-', "")),
+                cdrom: false,
+            })),
+            (None, ..) => Ok(Err(Wait::new(
+                "WaitingForVolume",
+                format!("volume {volume:?} not found"),
+            ))),
+            _ => Ok(Err(Wait::new(
+                "WaitingForVolume",
+                format!("volume {volume:?} is not created on this node yet"),
+            ))),
+        }
+    }
+
+    /// Hot-plugs and unplugs volumes so the domain has what the instance
+    /// lists.
+    async fn sync_volumes(&self, i: &Instance, name: &str) -> Result<(), AgentError> {
+        let hv = self.hv.clone();
+        let n = name.to_string();
+        let current: Vec<String> = blocking(move || hv.disk_targets(&n))
+            .await?
+            .into_iter()
+            .filter(|t| t != "vda" && t != SEED_DEVICE)
+            .collect();
+        let desired = attachments(i);
+        for (volume, device) in &desired {
+            if current.contains(device) {
+                continue;
+            }
+            match self
+                .volume_disk(&i.metadata.project, volume, device)
+                .await?
+            {
+                Ok(disk) => {
+                    tracing::info!(domain = name, volume = %volume, device = %device, "attaching volume");
+                    let hv = self.hv.clone();
+                    let n = name.to_string();
+                    blocking(move || hv.attach_disk(&n, &disk)).await?;
+                }
+                Err(wait) => {
+                    tracing::debug!(domain = name, reason = wait.reason, "volume not ready")
+                }
+            }
+        }
+        for device in current {
+            if desired.iter().any(|(_, d)| *d == device) {
+                continue;
+            }
+            tracing::info!(domain = name, device = %device, "detaching volume");
+            let hv = self.hv.clone();
+            let n = name.to_string();
+            if let Err(e) = blocking(move || hv.detach_disk(&n, &device)).await {
+                tracing::warn!(domain = name, error = %error_chain(&e), "detaching a volume");
+            }
+        }
+        Ok(())
     }
 
     /// Makes the domain match the instance; returns when to look again.
@@ -845,6 +1183,9 @@ impl Agent {
             };
             let hv = self.hv.clone();
             blocking(move || hv.define(&spec)).await?;
+        }
+        if state.is_some() && self.files.get().is_some() {
+            self.sync_volumes(&i, &name).await?;
         }
         // A reboot asked for (EC2 RebootInstances, `corral reboot`).
         let reboot = i
@@ -1172,6 +1513,50 @@ struct Report<'a> {
     drift: Option<&'a str>,
 }
 
+async fn host_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::host::Result<T> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AgentError::Other(e.to_string()))?
+        .map_err(AgentError::from)
+}
+
+/// A qcow2 file's virtual size in whole GiB (rounded up).
+async fn virtual_size_gib(path: &std::path::Path) -> Option<u32> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .await
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let bytes = v["virtual-size"].as_u64()?;
+    u32::try_from(bytes.div_ceil(1 << 30)).ok()
+}
+
+/// (volume, guest device) of each volume attachment; devices not named
+/// get the first free of vdb, vdc, ...
+fn attachments(i: &Instance) -> Vec<(String, String)> {
+    let named: Vec<&str> = i
+        .spec
+        .volumes
+        .iter()
+        .filter_map(|a| a.device.as_deref())
+        .collect();
+    let mut free = (b'b'..=b'y')
+        .map(|c| format!("vd{}", c as char))
+        .filter(|d| !named.contains(&d.as_str()));
+    i.spec
+        .volumes
+        .iter()
+        .filter_map(|a| {
+            let device = a.device.clone().or_else(|| free.next())?;
+            Some((a.volume.clone(), device))
+        })
+        .collect()
+}
+
 /// Why a domain cannot be built yet.
 #[derive(Debug)]
 struct Wait {
@@ -1185,8 +1570,9 @@ impl Wait {
     }
 }
 
-/// Guest device of the NoCloud seed: last, so volumes keep their names.
-const SEED_DEVICE: &str = "vdz";
+/// Where the NoCloud seed goes: an IDE CD-ROM, as Nova attaches config
+/// drives, so virtio disk names are the root disk's and the volumes'.
+const SEED_DEVICE: &str = "hdc";
 /// Console bytes forwarded to the API (EC2 returns the last 64 KiB).
 const CONSOLE_BYTES: u64 = 64 * 1024;
 /// Condition recording the last reboot request done (its message is the

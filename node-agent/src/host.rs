@@ -117,6 +117,8 @@ impl HostFiles {
     pub fn open(root: &Path) -> Result<HostFiles> {
         make_dir(root)?;
         make_dir(&root.join("instances"))?;
+        make_dir(&root.join("volumes"))?;
+        make_dir(&root.join("snapshots"))?;
         Ok(HostFiles {
             images: BlobStore::open(&root.join("images"))?,
             root: root.to_path_buf(),
@@ -145,6 +147,66 @@ impl HostFiles {
 
     pub fn console_log(&self, uid: &str) -> PathBuf {
         self.instance_dir(uid).join("console.log")
+    }
+
+    pub fn volume_path(&self, uid: &str) -> PathBuf {
+        self.root.join("volumes").join(format!("{uid}.qcow2"))
+    }
+
+    pub fn snapshot_path(&self, uid: &str) -> PathBuf {
+        self.root.join("snapshots").join(format!("{uid}.qcow2"))
+    }
+
+    /// Creates an empty qcow2 file of `size_bytes` at `dest` (whole or not
+    /// at all).
+    pub fn create_empty(&self, dest: &Path, size_bytes: u64) -> Result<()> {
+        let tmp = dest.with_extension("qcow2.part");
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&tmp)
+            .arg(size_bytes.to_string()))?;
+        set_mode(&tmp, 0o644)?;
+        std::fs::rename(&tmp, dest).map_err(io(dest))
+    }
+
+    /// Copies `src` (any format qemu-img reads, even while a guest has it
+    /// open) into a standalone qcow2 at `dest`, grown to `min_bytes`.
+    pub fn copy_image(
+        &self,
+        src: &Path,
+        src_format: &str,
+        dest: &Path,
+        min_bytes: u64,
+    ) -> Result<()> {
+        let tmp = dest.with_extension("qcow2.part");
+        run(Command::new("qemu-img")
+            .args(["convert", "-U", "-q", "-f", src_format, "-O", "qcow2"])
+            .arg(src)
+            .arg(&tmp))?;
+        let info = run(Command::new("qemu-img")
+            .args(["info", "--output=json", "-U"])
+            .arg(&tmp))?;
+        let size = serde_json::from_str::<serde_json::Value>(&info)
+            .ok()
+            .and_then(|v| v["virtual-size"].as_u64())
+            .unwrap_or(0);
+        if min_bytes > size {
+            run(Command::new("qemu-img")
+                .args(["resize", "-q", "-f", "qcow2"])
+                .arg(&tmp)
+                .arg(min_bytes.to_string()))?;
+        }
+        set_mode(&tmp, 0o644)?;
+        std::fs::rename(&tmp, dest).map_err(io(dest))
+    }
+
+    /// Removes a file (absent is fine).
+    pub fn remove_file(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(path)(e)),
+        }
     }
 
     /// Creates the root disk as a qcow2 overlay on `base` unless it exists

@@ -77,6 +77,9 @@ pub struct DiskSpec {
     pub readonly: bool,
     /// Shown to the guest as the disk's serial (e.g. a volume id).
     pub serial: Option<String>,
+    /// A read-only CD-ROM on the IDE bus (target `hdc`), as config drives
+    /// are attached: virtio names stay for the root disk and volumes.
+    pub cdrom: bool,
 }
 
 /// Direct kernel boot (AKI/ARI-style images).
@@ -138,6 +141,14 @@ pub trait Hypervisor: Send + Sync {
 /// The `<disk>` element for `d`.
 pub fn disk_xml(d: &DiskSpec) -> String {
     let e = xml_escape;
+    if d.cdrom {
+        return format!(
+            "<disk type='file' device='cdrom'><driver name='qemu' type='{fmt}'/><source file='{path}'/><target dev='{dev}' bus='ide'/><readonly/></disk>",
+            fmt = e(&d.format),
+            path = e(&d.path.display().to_string()),
+            dev = e(&d.target),
+        );
+    }
     format!(
         "<disk type='file' device='disk'><driver name='qemu' type='{fmt}' cache='none' discard='unmap'/><source file='{path}'/><target dev='{dev}' bus='virtio'/>{ro}{serial}</disk>",
         fmt = e(&d.format),
