@@ -222,9 +222,7 @@ async fn image_download(
         .into_response())
 }
 
-fn console_key(project: &str, name: &str) -> String {
-    format!("/corral/consoles/{project}/{name}")
-}
+use corral_store::console_key;
 
 /// The instance, if `p` may see it (a node: only when bound to it).
 async fn visible_instance(

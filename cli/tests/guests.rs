@@ -443,6 +443,73 @@ fn volumes_hot_plug_snapshot_clone_boot_and_outlive_instances() {
         "{c}"
     );
     wait_until("vboot Ready", || ready_in(&s, "vboot"));
+
+    // AKI/ARI-style: a kernel uploaded with the CLI, a ramdisk imported,
+    // and a machine image that boots them directly.
+    apply(
+        &s,
+        &dir,
+        "kernel.yaml",
+        &format!(
+            "apiVersion: corral/v1\nkind: Image\nmetadata: {{name: kernel, project: vols}}\nspec: {{source: {{upload: true}}, format: raw, imageType: kernel}}\n---\napiVersion: corral/v1\nkind: Image\nmetadata: {{name: ramdisk, project: vols}}\nspec: {{source: {{path: {}}}, format: raw, imageType: ramdisk}}\n---\napiVersion: corral/v1\nkind: Image\nmetadata: {{name: direct, project: vols}}\nspec:\n  source: {{path: /var/lib/corral/import/tiny.qcow2}}\n  kernel: kernel\n  ramdisk: ramdisk\n  kernelArgs: console=ttyS0 corral.direct=1\n",
+            guest.join("initrd.img").display()
+        ),
+    );
+    let up = s.corral(&[
+        "image",
+        "upload",
+        "kernel",
+        guest.join("vmlinuz").to_str().unwrap(),
+        "-p",
+        "vols",
+    ]);
+    assert!(up.ok().starts_with("image/kernel uploaded: "), "{up:#?}");
+    s.corral(&[
+        "wait",
+        "image/kernel",
+        "image/ramdisk",
+        "image/direct",
+        "-p",
+        "vols",
+        "--for",
+        "phase=available",
+        "--timeout",
+        "120s",
+    ])
+    .ok();
+    apply(
+        &s,
+        &dir,
+        "kboot.yaml",
+        "apiVersion: corral/v1\nkind: Instance\nmetadata: {name: kboot, project: vols}\nspec:\n  instanceType: m1.tiny\n  image: direct\n  nics: [{network: lan}]\n",
+    );
+    wait_until_or(
+        "kboot Ready",
+        || ready_in(&s, "kboot"),
+        || {
+            let d = s
+                .corral(&["describe", "instance", "kboot", "-p", "vols"])
+                .stdout;
+            let c = console_in(&s, "kboot");
+            format!("{d}\n{}", &c[c.len().saturating_sub(3000)..])
+        },
+    );
+    let c = console_in(&s, "kboot");
+    assert!(
+        c.contains("Command line: console=ttyS0 corral.direct=1"),
+        "{c}"
+    );
+    s.corral(&[
+        "delete",
+        "instance",
+        "kboot",
+        "-p",
+        "vols",
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .ok();
     assert!(console_in(&s, "vboot").contains("corral-guest: blockdev vda 1073741824"));
 
     // Unplugged from a running guest.
@@ -609,6 +676,54 @@ fn examples_boot_real_guests_that_obey_power_and_survive_drift() {
             "{text}"
         );
     }
+
+    // The same console through the EC2 façade, with the aws CLI.
+    let web1_id = s
+        .corral(&["get", "instance", "web-1", "-p", "demo", "-o", "wide"])
+        .ok()
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().last())
+        .expect("web-1's EC2 id")
+        .to_string();
+    // A member of the project (an admin's EC2 calls act in `default`).
+    let created = s.corral(&[
+        "user",
+        "create",
+        "demo-dev",
+        "--role",
+        "member",
+        "--project",
+        "demo",
+    ]);
+    let field = |name: &str| {
+        created
+            .ok()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{name} in {created:#?}"))
+    };
+    let (key_id, secret) = (field("EC2 access key id:"), field("EC2 secret access key:"));
+    let cfg = s.home.join(".config/corral");
+    let out = Command::new("aws")
+        .args(["ec2", "get-console-output", "--instance-id", &web1_id])
+        .args(["--output", "text", "--query", "Output"])
+        .env("AWS_CONFIG_FILE", cfg.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_PROFILE", "corral")
+        .env("AWS_ACCESS_KEY_ID", &key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env_remove("AWS_ENDPOINT_URL_EC2")
+        .env_remove("AWS_SESSION_TOKEN")
+        .output()
+        .expect("running aws (pip install awscli)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("corral-guest: hostname web-1"),
+        "aws ec2 get-console-output: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let web2 = get(&s, "web-2");
     let domain = format!("corral-{}", web2["metadata"]["uid"].as_str().unwrap());

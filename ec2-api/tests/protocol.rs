@@ -267,6 +267,17 @@ async fn hostile_input_never_produces_a_500() {
             ("UserData", "%%%not base64"),
         ],
         vec![("Action", "CreateKeyPair"), ("KeyName", &long)],
+        vec![("Action", "GetConsoleOutput")],
+        vec![("Action", "GetConsoleOutput"), ("InstanceId", "i-<>")],
+        vec![
+            ("Action", "GetConsoleOutput"),
+            ("InstanceId", "i-0123456789abcdef0"),
+            ("Latest", "maybe"),
+        ],
+        vec![
+            ("Action", "GetConsoleOutput"),
+            ("InstanceId", "i-0123456789abcdef0"),
+        ],
         vec![
             ("Action", "ImportKeyPair"),
             ("KeyName", "k"),

@@ -48,6 +48,9 @@ pub struct AgentOptions {
     pub state_dir: std::path::PathBuf,
     /// How often a real host's domains are scanned for drift.
     pub scan: Duration,
+    /// Virtual CPUs offered per host CPU (Nova's cpu_allocation_ratio;
+    /// not applied when `vcpus` overrides what the host reports).
+    pub cpu_allocation_ratio: f64,
 }
 
 impl AgentOptions {
@@ -64,6 +67,7 @@ impl AgentOptions {
             stop_timeout: Duration::from_secs(60),
             state_dir: std::path::PathBuf::from("/var/lib/corral/agent"),
             scan: Duration::from_secs(2),
+            cpu_allocation_ratio: 16.0,
         }
     }
 }
@@ -231,6 +235,11 @@ impl Agent {
             memory_mib: self.opts.memory_mib.unwrap_or(facts.memory_mib),
             disk_gib: self.opts.disk_gib,
         };
+        let mut allocatable = resources.clone();
+        if self.opts.vcpus.is_none() {
+            allocatable.vcpus =
+                (f64::from(facts.vcpus) * self.opts.cpu_allocation_ratio.max(1.0)) as u32;
+        }
         let hypervisor = HypervisorInfo {
             type_: match facts.virt_type.as_str() {
                 "kvm" => HypervisorType::Kvm,
@@ -243,7 +252,7 @@ impl Agent {
         };
         self.update_node_status(move |status| {
             status.capacity = resources.clone();
-            status.allocatable = resources.clone();
+            status.allocatable = allocatable.clone();
             status.hypervisor = Some(hypervisor.clone());
         })
         .await

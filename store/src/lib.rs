@@ -32,6 +32,6 @@ pub use contract::{
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use etcd::EtcdStore;
 pub use typed::{
-    kind_prefix, object_key, parse_resource_version, ObjectEvent, ObjectList, ObjectWatch,
-    ResourceStore, ROOT,
+    console_key, kind_prefix, object_key, parse_resource_version, ObjectEvent, ObjectList,
+    ObjectWatch, ResourceStore, ROOT,
 };

@@ -19,6 +19,12 @@ use crate::contract::{KeyValue, ListOptions, Result, Store, StoreError, WatchEve
 
 pub const ROOT: &str = "/corral/";
 
+/// Key of an instance's console text (not a resource: raw bytes, the
+/// newest 64 KiB, written by its node's agent through the API).
+pub fn console_key(project: &str, name: &str) -> String {
+    format!("{ROOT}consoles/{project}/{name}")
+}
+
 /// Key of one object.
 pub fn object_key<K: Resource>(project: &str, name: &str) -> String {
     format!(

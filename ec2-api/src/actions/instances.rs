@@ -566,6 +566,41 @@ pub async fn stop_start(ctx: &Ctx<'_>, start: bool) -> Result<Xml> {
     Ok(x)
 }
 
+/// GetConsoleOutput: the newest serial console bytes (64 KiB at most, as
+/// EC2 returns), base64-encoded.
+pub async fn console_output(ctx: &Ctx<'_>) -> Result<Xml> {
+    let id = ctx.params.required("InstanceId")?.to_string();
+    check_ids(
+        std::slice::from_ref(&id),
+        &["i"],
+        "InvalidInstanceID.Malformed",
+        "instance id",
+    )?;
+    ctx.params.bool("Latest")?;
+    let all = visible_instances(ctx).await?;
+    let Some(i) = all.iter().find(|i| instance_id(&i.metadata.uid) == id) else {
+        return Err(not_found(std::slice::from_ref(&id)));
+    };
+    ctx.gate()?;
+    let bytes = ctx
+        .store
+        .raw()
+        .get(&corral_store::console_key(ctx.project(), &i.metadata.name))
+        .await?
+        .map(|kv| kv.value)
+        .unwrap_or_default();
+    let mut x = Xml::new();
+    x.leaf("instanceId", &id)
+        .leaf("timestamp", super::ts(&Utc::now()));
+    if !bytes.is_empty() {
+        x.leaf(
+            "output",
+            base64::engine::general_purpose::STANDARD.encode(&bytes),
+        );
+    }
+    Ok(x)
+}
+
 pub async fn reboot(ctx: &Ctx<'_>) -> Result<Xml> {
     let instances = named_instances(ctx).await?;
     for i in &instances {

@@ -129,6 +129,7 @@ pub async fn dispatch(ctx: &Ctx<'_>, action: &str) -> Result<Xml> {
         "StopInstances" => instances::stop_start(ctx, false).await,
         "StartInstances" => instances::stop_start(ctx, true).await,
         "RebootInstances" => instances::reboot(ctx).await,
+        "GetConsoleOutput" => instances::console_output(ctx).await,
         "DescribeInstanceStatus" => instance_attrs::describe_status(ctx).await,
         "DescribeInstanceAttribute" => instance_attrs::describe_attribute(ctx).await,
         "ModifyInstanceAttribute" => instance_attrs::modify_attribute(ctx).await,
