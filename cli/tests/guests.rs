@@ -801,6 +801,40 @@ fn examples_boot_real_guests_that_obey_power_and_survive_drift() {
     assert_eq!((boots(&s, "web-1"), boots(&s, "web-2")), boots_before);
     assert!(ready(&s, "web-1") && ready(&s, "web-2"));
 
+    // A root disk deleted by hand is reported (the guest keeps running on
+    // the open file; nothing is recreated under it).
+    let web1_uid = get(&s, "web-1")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disk = s
+        .dir
+        .join("agent/instances")
+        .join(&web1_uid)
+        .join("disk.qcow2");
+    std::fs::remove_file(&disk).unwrap();
+    wait_until_or(
+        "web-1 Drifted",
+        || {
+            get(&s, "web-1")["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c["type"] == "Drifted"
+                            && c["status"] == "True"
+                            && c["reason"] == "DiskMissing"
+                            && c["message"].as_str().unwrap_or("").contains("disk.qcow2")
+                    })
+                })
+        },
+        || {
+            s.corral(&["describe", "instance", "web-1", "-p", "demo"])
+                .stdout
+        },
+    );
+    assert!(!disk.exists(), "the agent must not recreate a deleted disk");
+    assert_eq!(domstate(&web1), "running");
+
     // Deleting everything leaves no domain and no file behind.
     let uids: BTreeSet<String> = ["web-1", "web-2"]
         .iter()
