@@ -166,6 +166,29 @@ enum BenchCommand {
         #[arg(long, default_value_t = 30)]
         list_runs: usize,
     },
+    /// Real guests: POST -> Ready through Corral on qemu:///system (1 and
+    /// N concurrent instances) next to a bare QEMU boot of the same guest
+    /// (B0), measured in the same run. Root, libvirtd running.
+    Boot {
+        /// Rounds of each kind (bare QEMU, 1 instance, N concurrent).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Instances booted at once in the concurrent rounds.
+        #[arg(long, default_value_t = 10)]
+        concurrent: usize,
+        /// The test guest (built there by tests/images/build-guest).
+        #[arg(long, default_value = "/var/cache/corral/guest")]
+        guest_dir: PathBuf,
+        /// Give up on a round after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Also boot N bare QEMUs at once, for scale.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        bare_concurrent: bool,
+        /// Keep the temporary directory (logs, store) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 /// `auto` becomes what this host can really boot.
@@ -324,6 +347,24 @@ async fn main() -> Result<()> {
                     clients,
                     list_size,
                     list_runs,
+                })
+                .await
+            }
+            BenchCommand::Boot {
+                runs,
+                concurrent,
+                guest_dir,
+                timeout,
+                bare_concurrent,
+                keep,
+            } => {
+                bench::boot(bench::BootBenchOptions {
+                    runs,
+                    concurrent,
+                    guest_dir,
+                    timeout: std::time::Duration::from_secs(timeout),
+                    bare_concurrent,
+                    keep,
                 })
                 .await
             }
