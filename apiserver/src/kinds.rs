@@ -418,28 +418,40 @@ where
         resource_version: Option<&str>,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
-        let current = self.current(project, name).await?;
-        let current_rv = current.meta().resource_version.clone();
-        if let Some(rv) = resource_version {
-            check_resource_version(K::KIND, name, rv, &current_rv)?;
-        }
-        if dry_run {
-            return to_value(&current);
-        }
-        if !current.meta().finalizers.is_empty() {
-            // Mark; whoever holds a finalizer finishes the deletion.
-            if current.meta().deletion_timestamp.is_some() {
+        // Without a resourceVersion from the caller the compare-and-swap
+        // is ours: a controller writing status meanwhile (IPAM on a
+        // Network) is retried, not reported as a conflict.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self.current(project, name).await?;
+            let current_rv = current.meta().resource_version.clone();
+            if let Some(rv) = resource_version {
+                check_resource_version(K::KIND, name, rv, &current_rv)?;
+            }
+            if dry_run {
                 return to_value(&current);
             }
-            let mut marked = current.clone();
-            marked.meta_mut().deletion_timestamp = Some(Utc::now());
-            return to_value(&self.store.update(&marked).await?);
+            let outcome = if !current.meta().finalizers.is_empty() {
+                // Mark; whoever holds a finalizer finishes the deletion.
+                if current.meta().deletion_timestamp.is_some() {
+                    return to_value(&current);
+                }
+                let mut marked = current.clone();
+                marked.meta_mut().deletion_timestamp = Some(Utc::now());
+                self.store.update(&marked).await
+            } else {
+                self.store
+                    .delete::<K>(Self::project_of(project), name, Some(&current_rv))
+                    .await
+            };
+            match outcome {
+                Err(StoreError::Conflict { .. }) if resource_version.is_none() && attempt < 16 => {
+                    continue
+                }
+                other => return to_value(&other?),
+            }
         }
-        let deleted = self
-            .store
-            .delete::<K>(Self::project_of(project), name, Some(&current_rv))
-            .await?;
-        to_value(&deleted)
     }
 
     async fn list(
