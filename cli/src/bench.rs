@@ -1656,8 +1656,9 @@ mod boot {
             )
         }
 
-        /// Starts the node agent on qemu:///system, advertising `vcpus`.
-        async fn start_agent(&mut self, api: &Api, vcpus: u64) -> Result<()> {
+        /// Starts the node agent on qemu:///system; answers the vCPUs its
+        /// Node offers once Ready.
+        async fn start_agent(&mut self, api: &Api) -> Result<u64> {
             let exe = std::env::current_exe().context("finding the corral binary")?;
             let issued = api
                 .ok(
@@ -1679,8 +1680,6 @@ mod boot {
                 .args(["--libvirt", LIBVIRT, "--virt-type", self.virt_type])
                 .arg("--agent-dir")
                 .arg(&agent_dir)
-                .arg("--vcpus")
-                .arg(vcpus.to_string())
                 .env("RUST_LOG", "warn,corral_node_agent=info")
                 .stdout(out)
                 .stderr(err);
@@ -1697,7 +1696,7 @@ mod boot {
                     )
                     .await?;
                 if code == 200 && has_true_condition(&node, "Ready") {
-                    return Ok(());
+                    return Ok(node["status"]["allocatable"]["vcpus"].as_u64().unwrap_or(0));
                 }
                 if let Some(Ok(Some(status))) = self.agent.as_mut().map(|c| c.try_wait()) {
                     bail!(
@@ -2059,10 +2058,15 @@ mod boot {
             memory_mib: it["spec"]["memoryMiB"].as_u64().unwrap_or(512),
             root_disk_gib: it["spec"]["rootDiskGiB"].as_u64().unwrap_or(1),
         };
-        // The scheduler does not overcommit: advertise room for the
-        // concurrent round whatever this host's cpu count.
-        let vcpus = (ncpu as u64).max(size.vcpus * n as u64);
-        env.start_agent(&api, vcpus).await?;
+        // The node offers what the agent decides (with its default vCPU
+        // overcommit); the concurrent round must fit on it.
+        let vcpus = env.start_agent(&api).await?;
+        anyhow::ensure!(
+            vcpus >= size.vcpus * n as u64,
+            "node {} offers {vcpus} vCPUs; {n} m1.tiny instances need {}: lower --concurrent",
+            env.node,
+            size.vcpus * n as u64
+        );
         let watcher = Watcher {
             seen: Arc::default(),
             uids: Arc::default(),
@@ -2116,7 +2120,7 @@ mod boot {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         println!(
-            "corral up (embedded store) and a node agent ({}, advertising {vcpus} vcpus) on {LIBVIRT}; instances m1.tiny ({} vcpu, {} MiB, {} GiB root)",
+            "corral up (embedded store) and a node agent ({}, offering {vcpus} vCPUs) on {LIBVIRT}; instances m1.tiny ({} vcpu, {} MiB, {} GiB root)",
             env.node, size.vcpus, size.memory_mib, size.root_disk_gib
         );
 
