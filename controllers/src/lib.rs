@@ -216,58 +216,29 @@ impl ControllerManager {
                 let volumes = c.volumes.clone();
                 move |ch| volume::volumes_of(&volumes, ch)
             })
-            .watches(c.snapshots.clone(), {
-                let volumes = c.volumes.clone();
-                move |ch| {
-                    let s = ch.object();
-                    volumes
-                        .list()
-                        .iter()
-                        .filter(|v| {
-                            v.metadata.project == s.metadata.project
-                                && v.spec.source.snapshot.as_deref()
-                                    == Some(s.metadata.name.as_str())
-                        })
-                        .map(|v| ObjectRef::of(v.as_ref()))
-                        .collect()
-                }
-            })
-            .watches(c.volumes.clone(), {
-                let volumes = c.volumes.clone();
-                move |ch| {
-                    let src = ch.object();
-                    volumes
-                        .list()
-                        .iter()
-                        .filter(|v| {
-                            v.metadata.project == src.metadata.project
-                                && v.spec.source.volume.as_deref()
-                                    == Some(src.metadata.name.as_str())
-                        })
-                        .map(|v| ObjectRef::of(v.as_ref()))
-                        .collect()
-                }
-            });
+            .watches(
+                c.snapshots.clone(),
+                volume::referring(c.volumes.clone(), |v: &Volume| {
+                    v.spec.source.snapshot.as_deref()
+                }),
+            )
+            .watches(
+                c.volumes.clone(),
+                volume::referring(c.volumes.clone(), |v: &Volume| {
+                    v.spec.source.volume.as_deref()
+                }),
+            );
         if let Some(m) = with_metrics("volume") {
             volumes = volumes.metrics(m);
         }
         let mut snapshots = Controller::new("snapshot", c.snapshots.clone())
             .concurrency(2)
-            .watches(c.volumes.clone(), {
-                let snapshots = c.snapshots.clone();
-                move |ch| {
-                    let v = ch.object();
-                    snapshots
-                        .list()
-                        .iter()
-                        .filter(|s| {
-                            s.metadata.project == v.metadata.project
-                                && s.spec.volume == v.metadata.name
-                        })
-                        .map(|s| ObjectRef::of(s.as_ref()))
-                        .collect()
-                }
-            });
+            .watches(
+                c.volumes.clone(),
+                volume::referring(c.snapshots.clone(), |s: &Snapshot| {
+                    Some(s.spec.volume.as_str())
+                }),
+            );
         if let Some(m) = with_metrics("snapshot") {
             snapshots = snapshots.metrics(m);
         }

@@ -88,6 +88,28 @@ pub fn volumes_of(
     out
 }
 
+/// Maps a change of any object to the `cache` objects of its project whose
+/// `refers` names it (clones of a snapshot or volume, snapshots of a
+/// volume).
+pub fn referring<O, R>(
+    cache: Cache<O>,
+    refers: fn(&O) -> Option<&str>,
+) -> impl Fn(&corral_runtime::Change<R>) -> Vec<ObjectRef> + Send + Sync + 'static
+where
+    O: corral_api_types::Resource,
+    R: corral_api_types::Resource,
+{
+    move |ch| {
+        let m = ch.object().meta();
+        cache
+            .list()
+            .iter()
+            .filter(|o| o.meta().project == m.project && refers(o) == Some(m.name.as_str()))
+            .map(|o| ObjectRef::of(o.as_ref()))
+            .collect()
+    }
+}
+
 pub struct VolumeController {
     store: ResourceStore,
     instances: Cache<Instance>,

@@ -501,8 +501,8 @@ impl Agent {
             host_blocking(move || f.remove_file(&p)).await?;
             tracing::info!(volume = %ObjectRef::of(v), "volume file removed");
             return self
-                .update_status::<Volume>(&api_path, |s| {
-                    let s = s.get_or_insert_with(Default::default);
+                .update_status::<Volume>(&api_path, |o| {
+                    let s = o.status.get_or_insert_with(Default::default);
                     s.location = None;
                 })
                 .await;
@@ -559,8 +559,8 @@ impl Agent {
         let size = virtual_size_gib(&path).await;
         tracing::info!(volume = %ObjectRef::of(v), path = %path.display(), "volume file created");
         let location = path.display().to_string();
-        self.update_status::<Volume>(&api_path, |s| {
-            let s = s.get_or_insert_with(Default::default);
+        self.update_status::<Volume>(&api_path, |o| {
+            let s = o.status.get_or_insert_with(Default::default);
             s.location = Some(location.clone());
             s.size_gib = size;
         })
@@ -586,8 +586,8 @@ impl Agent {
             let (f, p) = (files.clone(), path.clone());
             host_blocking(move || f.remove_file(&p)).await?;
             return self
-                .update_status::<Snapshot>(&api_path, |s| {
-                    let s = s.get_or_insert_with(Default::default);
+                .update_status::<Snapshot>(&api_path, |o| {
+                    let s = o.status.get_or_insert_with(Default::default);
                     s.location = None;
                 })
                 .await;
@@ -615,8 +615,8 @@ impl Agent {
         let size = virtual_size_gib(&path).await;
         tracing::info!(snapshot = %ObjectRef::of(snap), "snapshot taken");
         let location = path.display().to_string();
-        self.update_status::<Snapshot>(&api_path, |s| {
-            let s = s.get_or_insert_with(Default::default);
+        self.update_status::<Snapshot>(&api_path, |o| {
+            let s = o.status.get_or_insert_with(Default::default);
             s.location = Some(location.clone());
             s.phase = SnapshotPhase::Completed;
             s.progress = 100;
@@ -626,11 +626,7 @@ impl Agent {
     }
 
     /// Read-modify-write of an object's status through the API.
-    async fn update_status<K>(
-        &self,
-        path: &str,
-        edit: impl Fn(&mut Option<K::Status>),
-    ) -> Result<(), AgentError>
+    async fn update_status<K>(&self, path: &str, edit: impl Fn(&mut K)) -> Result<(), AgentError>
     where
         K: Resource + serde::Serialize + serde::de::DeserializeOwned,
     {
@@ -638,7 +634,7 @@ impl Agent {
             let Some(mut obj) = self.api.get::<K>(path).await? else {
                 return Ok(());
             };
-            edit(obj.status_mut());
+            edit(&mut obj);
             match self
                 .api
                 .put::<_, Value>(&format!("{path}/status"), &obj)
@@ -1332,11 +1328,7 @@ impl Agent {
 
     /// Records that the reboot asked for at `want` was done.
     async fn mark_rebooted(&self, key: &ObjectRef, want: &str) -> Result<(), AgentError> {
-        let path = instance_path(key);
-        for _ in 0..5 {
-            let Some(mut i) = self.api.get::<Instance>(&path).await? else {
-                return Ok(());
-            };
+        self.update_status::<Instance>(&instance_path(key), |i| {
             let generation = i.metadata.generation;
             let s = i.status.get_or_insert_with(InstanceStatus::default);
             set_condition(
@@ -1348,19 +1340,8 @@ impl Agent {
                 generation,
                 Utc::now(),
             );
-            match self
-                .api
-                .put::<_, Value>(&format!("{path}/status"), &i)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(ApiError::Status { code: 409, .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(AgentError::Other(format!(
-            "status of {key} kept conflicting"
-        )))
+        })
+        .await
     }
 
     /// Writes this agent's part of the status: phase, Provisioned, Ready,
