@@ -196,9 +196,19 @@ fn console(s: &Server, name: &str) -> String {
     s.corral(&["console", name, "-p", "demo"]).ok().to_string()
 }
 
+/// Boots of an instance's guest, counted in the whole console log on its
+/// node (the API keeps only the newest 64 KiB, about two boots' worth).
 fn boots(s: &Server, name: &str) -> usize {
-    console(s, name).matches("corral-guest: boot\n").count()
-        + console(s, name).matches("corral-guest: boot\r\n").count()
+    let uid = get(s, name)["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = s.dir.join("agent/instances").join(uid).join("console.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.trim_end_matches('\r') == "corral-guest: boot")
+        .count()
 }
 
 /// The value of the first console line `corral-guest: KEY VALUE`.
@@ -232,6 +242,27 @@ fn apply_web2(s: &Server, dir: &Path, spec: &str, meta: &str) -> Out {
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Everything a guests test needs: libvirtd answering, the test guest
+/// where the Images import it from, and a `corral up --no-agent` whose
+/// directory QEMU (its own user) can reach, cleaned up even on failure.
+fn guest_server() -> (Server, Cleanup, PathBuf) {
+    assert!(
+        virsh_ok(&["version"]),
+        "libvirtd is not answering on qemu:///system: run scripts/start-libvirt (as root)"
+    );
+    let guest = guest_image();
+    std::fs::create_dir_all("/var/lib/corral/import").unwrap();
+    std::fs::copy(
+        guest.join("tiny.qcow2"),
+        "/var/lib/corral/import/tiny.qcow2",
+    )
+    .unwrap();
+    let s = Server::start_with(&["--no-agent"]);
+    chmod_755(&s.dir);
+    let cleanup = Cleanup(s.dir.clone());
+    (s, cleanup, guest)
 }
 
 /// A node user's token, and an agent for it.
@@ -330,20 +361,7 @@ echo vdc=$(head -c 21 /dev/vdc)
 #[test]
 fn volumes_hot_plug_snapshot_clone_boot_and_outlive_instances() {
     let _one = one_at_a_time();
-    assert!(
-        virsh_ok(&["version"]),
-        "libvirtd is not answering on qemu:///system: run scripts/start-libvirt (as root)"
-    );
-    let guest = guest_image();
-    std::fs::create_dir_all("/var/lib/corral/import").unwrap();
-    std::fs::copy(
-        guest.join("tiny.qcow2"),
-        "/var/lib/corral/import/tiny.qcow2",
-    )
-    .unwrap();
-    let s = Server::start_with(&["--no-agent"]);
-    chmod_755(&s.dir);
-    let _cleanup = Cleanup(s.dir.clone());
+    let (s, _cleanup, guest) = guest_server();
     let (_node, _token, agent) = node_agent(&s);
     let dir = s.scratch("vols");
     let files = s.dir.join("agent");
@@ -589,40 +607,8 @@ fn volumes_hot_plug_snapshot_clone_boot_and_outlive_instances() {
 #[test]
 fn examples_boot_real_guests_that_obey_power_and_survive_drift() {
     let _one = one_at_a_time();
-    assert!(
-        virsh_ok(&["version"]),
-        "libvirtd is not answering on qemu:///system: run scripts/start-libvirt (as root)"
-    );
-    let guest = guest_image();
-    // The example Image imports from this path on the server host.
-    std::fs::create_dir_all("/var/lib/corral/import").unwrap();
-    std::fs::copy(
-        guest.join("tiny.qcow2"),
-        "/var/lib/corral/import/tiny.qcow2",
-    )
-    .unwrap();
-
-    let s = Server::start_with(&["--no-agent"]);
-    // QEMU runs as its own user: the agent's files must be reachable.
-    chmod_755(&s.dir);
-    let _cleanup = Cleanup(s.dir.clone());
-    let node = format!("guests{}", std::process::id());
-    let created = s.corral(&[
-        "user",
-        "create",
-        &format!("node-{node}"),
-        "--role",
-        "node",
-        "--node",
-        &node,
-    ]);
-    let token = created
-        .ok()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("API token:"))
-        .map(|t| t.trim().to_string())
-        .expect("a token for the node user");
-    let mut agent = Agent::start(&s, &token, &node, &s.dir);
+    let (s, _cleanup, _guest) = guest_server();
+    let (node, token, mut agent) = node_agent(&s);
 
     let examples = repo().join("manifests/examples");
     s.corral(&["apply", "-f", examples.to_str().unwrap()]).ok();
