@@ -100,9 +100,10 @@ async fn node(store: &ResourceStore, name: &str, vcpus: u32, memory_mib: u64, re
 }
 
 async fn heartbeat(store: &ResourceStore, name: &str) {
-    let mut n: Node = store.get("", name).await.unwrap().unwrap();
-    n.status.as_mut().unwrap().heartbeat_time = Some(Utc::now());
-    store.update(&n).await.unwrap();
+    mutate::<Node>(store, "", name, |n| {
+        n.status.as_mut().unwrap().heartbeat_time = Some(Utc::now())
+    })
+    .await;
 }
 
 fn instance(name: &str, itype: &str) -> Instance {
@@ -142,6 +143,25 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// Read-modify-write of `project/name`, retried when a controller wrote it
+/// first.
+async fn mutate<K: corral_api_types::Resource>(
+    store: &ResourceStore,
+    project: &str,
+    name: &str,
+    f: impl Fn(&mut K),
+) {
+    loop {
+        let mut obj: K = store.get(project, name).await.unwrap().unwrap();
+        f(&mut obj);
+        match store.update(&obj).await {
+            Ok(_) => return,
+            Err(corral_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => panic!("updating {project}/{name}: {e}"),
+        }
+    }
 }
 
 fn node_of(i: &Instance) -> Option<String> {
@@ -323,9 +343,10 @@ async fn placement_capacity_and_ipam(env: Env) {
         .metadata
         .finalizers
         .contains(&"corral/instance".to_string()));
-    let mut deleting = marked.clone();
-    deleting.metadata.deletion_timestamp = Some(Utc::now());
-    s.update(&deleting).await.unwrap();
+    mutate::<Instance>(s, "p", &victim, |i| {
+        i.metadata.deletion_timestamp = Some(Utc::now())
+    })
+    .await;
     until("terminating", 20, || async {
         s.get::<Instance>("p", &victim)
             .await
@@ -338,16 +359,17 @@ async fn placement_capacity_and_ipam(env: Env) {
         s.get::<Instance>("p", &victim).await.unwrap().is_some(),
         "held until the domain is gone"
     );
-    let mut i: Instance = s.get("p", &victim).await.unwrap().unwrap();
-    i.status.as_mut().unwrap().conditions.push(Condition {
-        type_: "Provisioned".into(),
-        status: ConditionStatus::False,
-        reason: "Destroyed".into(),
-        message: String::new(),
-        last_transition_time: Some(Utc::now()),
-        observed_generation: 0,
-    });
-    s.update(&i).await.unwrap();
+    mutate::<Instance>(s, "p", &victim, |i| {
+        i.status.as_mut().unwrap().conditions.push(Condition {
+            type_: "Provisioned".into(),
+            status: ConditionStatus::False,
+            reason: "Destroyed".into(),
+            message: String::new(),
+            last_transition_time: Some(Utc::now()),
+            observed_generation: 0,
+        })
+    })
+    .await;
     until("gone", 20, || async {
         s.get::<Instance>("p", &victim).await.unwrap().is_none()
     })
@@ -454,9 +476,10 @@ async fn owned_objects_go_with_their_owner(env: Env) {
             .is_some_and(|i| !i.metadata.finalizers.is_empty())
     })
     .await;
-    let mut i: Instance = s.get("p", "vm").await.unwrap().unwrap();
-    i.metadata.deletion_timestamp = Some(Utc::now());
-    s.update(&i).await.unwrap();
+    mutate::<Instance>(s, "p", "vm", |i| {
+        i.metadata.deletion_timestamp = Some(Utc::now())
+    })
+    .await;
     until("owner gone and its volume collected", 20, || async {
         s.get::<Instance>("p", "vm").await.unwrap().is_none()
             && s.get::<Volume>("p", "scratch").await.unwrap().is_none()

@@ -188,9 +188,16 @@ async fn controller_reconciles_changes_deletes_and_retries() {
 
     // Hammer one key with updates: reconciles may coalesce but never overlap.
     for round in 0..30 {
-        let mut t = store.get::<Thing>("p", "t5").await.unwrap().unwrap();
-        t.spec.n = 1000 + round;
-        store.update(&t).await.unwrap();
+        // The reconciler writes status meanwhile: retry on a conflict.
+        loop {
+            let mut t = store.get::<Thing>("p", "t5").await.unwrap().unwrap();
+            t.spec.n = 1000 + round;
+            match store.update(&t).await {
+                Ok(_) => break,
+                Err(corral_store::StoreError::Conflict { .. }) => continue,
+                Err(e) => panic!("updating t5: {e}"),
+            }
+        }
     }
     eventually("last update reconciled", || {
         recorder
