@@ -16,6 +16,8 @@ pub mod agent;
 pub mod api;
 pub mod host;
 pub mod hypervisor;
+pub mod metadata;
+pub mod net;
 
 pub use agent::{Agent, AgentOptions};
 pub use api::ApiClient;
