@@ -101,6 +101,11 @@ fn plan(network: &Network, instances: &[Arc<Instance>]) -> Result<Plan, String> 
     let mut allocations = BTreeMap::new();
     let mut held: HashSet<String> = HashSet::new();
     for (ip, who) in &current {
+        // Floating IPs are the address controller's to give back.
+        if crate::address::is_address_owner(who) {
+            allocations.insert(ip.clone(), who.clone());
+            continue;
+        }
         if let Some((_, _, fixed)) = wanted.get(who) {
             if fixed.is_none_or(|f| f.to_string() == *ip) && !held.contains(who) {
                 allocations.insert(ip.clone(), who.clone());
@@ -111,8 +116,9 @@ fn plan(network: &Network, instances: &[Arc<Instance>]) -> Result<Plan, String> 
     let mut assigned = BTreeMap::new();
     let mut failed = Vec::new();
     for (ip, who) in &allocations {
-        let (name, idx, _) = &wanted[who];
-        assigned.insert((name.clone(), *idx), ip.clone());
+        if let Some((name, idx, _)) = wanted.get(who) {
+            assigned.insert((name.clone(), *idx), ip.clone());
+        }
     }
     let usable = |ip: Ipv4Addr| cidr.is_host(ip) && ip != gateway;
     // Fixed addresses first, so a dynamic one never takes them.
@@ -397,6 +403,16 @@ mod tests {
             .failed
             .iter()
             .all(|(_, _, why)| why.contains("no free address")));
+    }
+
+    #[test]
+    fn floating_addresses_are_kept_and_never_reused() {
+        let mut n = net("10.0.0.0/29");
+        n.status.as_mut().unwrap().allocations =
+            [("10.0.0.2".to_string(), crate::address::owner("eip"))].into();
+        let p = plan(&n, &[inst("a", None)]).unwrap();
+        assert_eq!(p.allocations["10.0.0.2"], crate::address::owner("eip"));
+        assert_eq!(p.assigned[&("a".to_string(), 0)], "10.0.0.3");
     }
 
     #[test]

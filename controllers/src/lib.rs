@@ -1,6 +1,6 @@
 //! The reconcilers that make the hosts match the store: scheduler,
 //! instance lifecycle, network IPAM, node lifecycle, key pairs, image
-//! import, volumes and snapshots, garbage collection of owned objects. Each is a
+//! import, volumes and snapshots, floating addresses, garbage collection of owned objects. Each is a
 //! `corral_runtime::Reconciler`; [`ControllerManager`] wires them to shared
 //! caches and runs them while this process leads.
 //!
@@ -8,6 +8,7 @@
 //! change what a user asked for in `spec`. They must not talk to
 //! hypervisors — that is the node agent's job.
 
+pub mod address;
 pub mod gc;
 pub mod image;
 pub mod instance;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_api_types::{
-    Image, Instance, InstanceType, KeyPair, Network, Node, SecurityGroup, Snapshot, Volume,
+    Address, Image, Instance, InstanceType, KeyPair, Network, Node, SecurityGroup, Snapshot, Volume,
 };
 use corral_runtime::metrics::RuntimeMetrics;
 use corral_runtime::{while_leading, Cache, Change, Controller, ObjectRef, Reflector, Shutdown};
@@ -67,6 +68,7 @@ pub struct Caches {
     pub volumes: Cache<Volume>,
     pub snapshots: Cache<Snapshot>,
     pub security_groups: Cache<SecurityGroup>,
+    pub addresses: Cache<Address>,
 }
 
 impl Caches {
@@ -82,6 +84,7 @@ impl Caches {
             volumes: Reflector::new(store.clone()).spawn(),
             snapshots: Reflector::new(store.clone()).spawn(),
             security_groups: Reflector::new(store.clone()).spawn(),
+            addresses: Reflector::new(store.clone()).spawn(),
         }
     }
 }
@@ -248,6 +251,33 @@ impl ControllerManager {
             images = images.metrics(m);
         }
 
+        let mut addresses = Controller::new("address", c.addresses.clone())
+            .concurrency(2)
+            .watches(
+                c.instances.clone(),
+                address::addresses_of_instance(c.addresses.clone()),
+            )
+            .watches(
+                c.networks.clone(),
+                address::addresses_of_network(c.addresses.clone()),
+            )
+            .watches(c.addresses.clone(), {
+                // Another Address leaving a NIC frees it for this one.
+                let addresses = c.addresses.clone();
+                move |ch: &Change<Address>| {
+                    let a = ch.object();
+                    match &a.spec.instance {
+                        Some(i) => {
+                            address::addresses_naming(&addresses, &a.metadata.project, i, true)
+                        }
+                        None => Vec::new(),
+                    }
+                }
+            });
+        if let Some(m) = with_metrics("address") {
+            addresses = addresses.metrics(m);
+        }
+
         let mut lifecycle = Controller::new("node-lifecycle", c.nodes.clone()).concurrency(2);
         if let Some(m) = with_metrics("node-lifecycle") {
             lifecycle = lifecycle.metrics(m);
@@ -313,6 +343,15 @@ impl ControllerManager {
             )),
             tokio::spawn(images.run(
                 Arc::new(image::ImageController::new(store.clone(), o.blobs.clone())),
+                stop.clone(),
+            )),
+            tokio::spawn(addresses.run(
+                Arc::new(address::AddressController::new(
+                    store.clone(),
+                    c.addresses.clone(),
+                    c.networks.clone(),
+                    c.instances.clone(),
+                )),
                 stop.clone(),
             )),
             tokio::spawn(lifecycle.run(
