@@ -17,6 +17,7 @@ pub mod keypair;
 pub mod node_lifecycle;
 pub mod resources;
 pub mod scheduler;
+pub mod security_group;
 pub mod volume;
 
 use std::sync::Arc;
@@ -246,6 +247,13 @@ impl ControllerManager {
             snapshots = snapshots.metrics(m);
         }
 
+        let mut groups = Controller::new("securitygroup", c.security_groups.clone())
+            .concurrency(2)
+            .watches(c.instances.clone(), security_group::groups_of);
+        if let Some(m) = with_metrics("securitygroup") {
+            groups = groups.metrics(m);
+        }
+
         let mut images = Controller::new("image", c.images.clone()).concurrency(2);
         if let Some(m) = with_metrics("image") {
             images = images.metrics(m);
@@ -338,6 +346,13 @@ impl ControllerManager {
                     store.clone(),
                     c.volumes.clone(),
                     c.nodes.clone(),
+                )),
+                stop.clone(),
+            )),
+            tokio::spawn(groups.run(
+                Arc::new(security_group::SecurityGroupController::new(
+                    store.clone(),
+                    c.instances.clone(),
                 )),
                 stop.clone(),
             )),

@@ -191,6 +191,10 @@ pub struct SecurityGroupStatus {
     /// EC2 id, `sg-` and 17 hex digits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec2_id: Option<String>,
+    /// Addresses of the instance NICs carrying this group, sorted: what
+    /// other groups' `sourceGroup` rules admit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub observed_generation: i64,
 }
