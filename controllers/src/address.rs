@@ -32,11 +32,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use corral_api_types::ec2::{derive_id, resource_id};
-use corral_api_types::net::{parse_ipv4, Ipv4Cidr};
+use corral_api_types::ec2::resource_id;
+use corral_api_types::kinds::address::{
+    address_association_id, is_pool_owner, pool_owner, take_ip,
+};
 use corral_api_types::{
-    Address, AddressStatus, ConditionStatus, Instance, InstanceStatus, Network, NetworkStatus,
-    Resource,
+    Address, AddressStatus, ConditionStatus, Instance, InstanceStatus, Network, Resource,
 };
 use corral_runtime::status::{add_finalizer, remove_finalizer, set_condition, update_with_retry};
 use corral_runtime::{Action, Cache, Change, ObjectRef, ReconcileError, Reconciler};
@@ -48,22 +49,12 @@ pub const CONDITION_ASSOCIATED: &str = "Associated";
 
 /// The owner string of an Address in a Network's allocation table.
 pub fn owner(address: &str) -> String {
-    format!("Address/{address}")
+    pool_owner(address)
 }
 
 /// Whether an allocation-table owner is an Address (not an instance NIC).
 pub fn is_address_owner(who: &str) -> bool {
-    who.starts_with("Address/")
-}
-
-/// The association id of `address` on (`instance` uid, `nic`): stable for
-/// one association, new for the next.
-pub fn association_id(address_uid: &str, instance_uid: &str, nic: usize) -> String {
-    derive_id(
-        "eipassoc",
-        "AddressAssociation",
-        &format!("{address_uid}/{instance_uid}/{nic}"),
-    )
+    is_pool_owner(who)
 }
 
 pub struct AddressController {
@@ -132,32 +123,6 @@ pub fn addresses_of_network(
     }
 }
 
-/// The first free usable host address of a pool (not its gateway).
-fn free_ip(network: &Network) -> Option<String> {
-    let cidr: Ipv4Cidr = network.spec.cidr.parse().ok()?;
-    let gateway = network
-        .spec
-        .gateway
-        .as_deref()
-        .and_then(parse_ipv4)
-        .unwrap_or_else(|| cidr.first_host());
-    let taken = network.status.as_ref().map(|s| &s.allocations);
-    (u32::from(cidr.first_host())..=u32::from(cidr.last_host()))
-        .map(std::net::Ipv4Addr::from)
-        .filter(|ip| cidr.is_host(*ip) && *ip != gateway)
-        .map(|ip| ip.to_string())
-        .find(|ip| taken.is_none_or(|t| !t.contains_key(ip)))
-}
-
-fn held_ip(network: &Network, me: &str) -> Option<String> {
-    network.status.as_ref().and_then(|s| {
-        s.allocations
-            .iter()
-            .find(|(_, who)| *who == me)
-            .map(|(ip, _)| ip.clone())
-    })
-}
-
 /// What an Address's status should say about its association.
 enum Association {
     /// Not asked for.
@@ -187,30 +152,26 @@ impl AddressController {
         }
         let mut outcome: Result<String, (&'static str, String)> =
             Err(("NetworkNotFound", String::new()));
-        let written = update_with_retry::<Network, _>(&self.store, &key.project, &key.name, |n| {
-            if let Some(ip) = held_ip(n, &me) {
-                outcome = Ok(ip);
-                return false;
-            }
-            match free_ip(n) {
-                Some(ip) => {
-                    n.status
-                        .get_or_insert_with(NetworkStatus::default)
-                        .allocations
-                        .insert(ip.clone(), me.clone());
-                    outcome = Ok(ip);
-                    true
-                }
-                None => {
-                    outcome = Err((
-                        "PoolExhausted",
-                        format!("pool network {:?} has no free address", n.metadata.name),
-                    ));
-                    false
-                }
-            }
-        })
-        .await?;
+        let written =
+            update_with_retry::<Network, _>(
+                &self.store,
+                &key.project,
+                &key.name,
+                |n| match take_ip(n, &me) {
+                    Some((ip, changed)) => {
+                        outcome = Ok(ip);
+                        changed
+                    }
+                    None => {
+                        outcome = Err((
+                            "PoolExhausted",
+                            format!("pool network {:?} has no free address", n.metadata.name),
+                        ));
+                        false
+                    }
+                },
+            )
+            .await?;
         if written.is_none() {
             return Ok(Err((
                 "NetworkNotFound",
@@ -446,7 +407,7 @@ impl Reconciler<Address> for AddressController {
                     );
                 }
                 Association::On(name, iuid, nic) => {
-                    s.association_id = Some(association_id(&uid, iuid, *nic));
+                    s.association_id = Some(address_association_id(&uid, iuid, *nic));
                     set_condition(
                         &mut s.conditions,
                         CONDITION_ASSOCIATED,
@@ -463,44 +424,5 @@ impl Reconciler<Address> for AddressController {
         })
         .await?;
         Ok(Action::AwaitChange)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use corral_api_types::NetworkSpec;
-
-    #[test]
-    fn free_ip_skips_gateway_and_taken() {
-        let mut n = Network::new(
-            "p",
-            "public",
-            NetworkSpec {
-                cidr: "192.0.2.0/29".into(),
-                ..Default::default()
-            },
-        );
-        assert_eq!(free_ip(&n).as_deref(), Some("192.0.2.2"));
-        n.status = Some(NetworkStatus {
-            allocations: [
-                ("192.0.2.2".to_string(), "web/0".to_string()),
-                ("192.0.2.3".to_string(), owner("a")),
-            ]
-            .into(),
-            ..Default::default()
-        });
-        assert_eq!(free_ip(&n).as_deref(), Some("192.0.2.4"));
-        assert_eq!(held_ip(&n, &owner("a")).as_deref(), Some("192.0.2.3"));
-        assert!(is_address_owner(&owner("a")));
-        assert!(!is_address_owner("web/0"));
-    }
-
-    #[test]
-    fn association_ids_are_stable_per_association() {
-        let a = association_id("u", "i1", 0);
-        assert!(corral_api_types::ec2::is_id_with_prefix(&a, "eipassoc"));
-        assert_eq!(a, association_id("u", "i1", 0));
-        assert_ne!(a, association_id("u", "i2", 0));
     }
 }

@@ -2,15 +2,17 @@
 //! associated with an instance's interface (DNAT on its node).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::is_zero_i64;
+use crate::net::{parse_ipv4, Ipv4Cidr};
 use crate::validate::{
     check_immutable, check_meta_update, check_opt_ref, check_ref, check_tags, header, NameRule,
 };
-use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
+use crate::{Condition, Defaults, FieldErrors, Network, NetworkStatus, Validate, ValidateUpdate};
 
 crate::resource!(
     /// A floating IP address.
@@ -55,6 +57,89 @@ pub struct AddressStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub observed_generation: i64,
+}
+
+/// Label that marks a project's Network as its pool of floating IPs (the
+/// EC2 façade's AllocateAddress takes from it; without one, from the
+/// Network named [`DEFAULT_POOL_NETWORK`]).
+pub const POOL_LABEL: &str = "corral.dev/address-pool";
+/// The pool Network when none is labelled [`POOL_LABEL`]`=true`.
+pub const DEFAULT_POOL_NETWORK: &str = "public";
+
+/// A project's pool Network: the first (by name) labelled
+/// `corral.dev/address-pool=true`, else the one named `public`.
+pub fn pool_network(networks: &[Network]) -> Option<&Network> {
+    let mut labelled: Vec<&Network> = networks
+        .iter()
+        .filter(|n| n.metadata.labels.get(POOL_LABEL).map(String::as_str) == Some("true"))
+        .collect();
+    labelled.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    labelled.first().copied().or_else(|| {
+        networks
+            .iter()
+            .find(|n| n.metadata.name == DEFAULT_POOL_NETWORK)
+    })
+}
+
+/// The owner string of an Address in its pool's allocation table
+/// (`Network.status.allocations`): `Address/<name>`.
+pub fn pool_owner(address: &str) -> String {
+    format!("Address/{address}")
+}
+
+/// Whether an allocation-table owner is an Address (not an instance NIC).
+pub fn is_pool_owner(who: &str) -> bool {
+    who.starts_with("Address/")
+}
+
+/// The IP `owner` holds in `network`, if any.
+pub fn held_ip(network: &Network, owner: &str) -> Option<String> {
+    network.status.as_ref().and_then(|s| {
+        s.allocations
+            .iter()
+            .find(|(_, who)| *who == owner)
+            .map(|(ip, _)| ip.clone())
+    })
+}
+
+/// The first free usable host address of a pool: inside its CIDR, not its
+/// gateway, not in its allocation table.
+pub fn free_ip(network: &Network) -> Option<String> {
+    let cidr: Ipv4Cidr = network.spec.cidr.parse().ok()?;
+    let gateway = network
+        .spec
+        .gateway
+        .as_deref()
+        .and_then(parse_ipv4)
+        .unwrap_or_else(|| cidr.first_host());
+    let taken = network.status.as_ref().map(|s| &s.allocations);
+    (u32::from(cidr.first_host())..=u32::from(cidr.last_host()))
+        .map(Ipv4Addr::from)
+        .filter(|ip| cidr.is_host(*ip) && *ip != gateway)
+        .map(|ip| ip.to_string())
+        .find(|ip| taken.is_none_or(|t| !t.contains_key(ip)))
+}
+
+/// Takes an IP for `owner` in `network`'s table (or finds the one it
+/// holds); `None` when the pool is exhausted. The caller writes the
+/// Network back with compare-and-swap.
+pub fn take_ip(network: &mut Network, owner: &str) -> Option<(String, bool)> {
+    if let Some(ip) = held_ip(network, owner) {
+        return Some((ip, false));
+    }
+    let ip = free_ip(network)?;
+    network
+        .status
+        .get_or_insert_with(NetworkStatus::default)
+        .allocations
+        .insert(ip.clone(), owner.to_string());
+    Some((ip, true))
+}
+
+/// The association id of an Address on NIC `nic` of the instance with uid
+/// `instance_uid`: stable for one association, new for the next.
+pub fn address_association_id(address_uid: &str, instance_uid: &str, nic: usize) -> String {
+    crate::ec2::association_id(address_uid, &format!("{instance_uid}/{nic}"))
 }
 
 impl Validate for Address {
@@ -115,6 +200,45 @@ status: {ip: 192.0.2.5, ec2Id: eipalloc-0123456789abcdef0, associationId: eipass
         );
         assert_eq!(a.spec.nic, Some(0));
         assert!(a.validate().is_empty(), "{}", a.validate());
+    }
+
+    #[test]
+    fn pool_rule_and_allocation_table() {
+        let net = |name: &str, pool: bool| {
+            let mut n = Network::new(
+                "p",
+                name,
+                crate::NetworkSpec {
+                    cidr: "192.0.2.0/29".into(),
+                    ..Default::default()
+                },
+            );
+            if pool {
+                n.metadata.labels.insert(POOL_LABEL.into(), "true".into());
+            }
+            n
+        };
+        let nets = vec![net("public", false), net("zz", true), net("ext", true)];
+        assert_eq!(pool_network(&nets).unwrap().metadata.name, "ext");
+        assert_eq!(pool_network(&nets[..1]).unwrap().metadata.name, "public");
+        assert!(pool_network(&[net("lan", false)]).is_none());
+
+        let mut n = net("public", false);
+        n.status = Some(NetworkStatus {
+            allocations: [("192.0.2.2".to_string(), "web/0".to_string())].into(),
+            ..Default::default()
+        });
+        let me = pool_owner("a");
+        assert!(is_pool_owner(&me) && !is_pool_owner("web/0"));
+        assert_eq!(take_ip(&mut n, &me), Some(("192.0.2.3".into(), true)));
+        assert_eq!(take_ip(&mut n, &me), Some(("192.0.2.3".into(), false)));
+        for k in 0..3 {
+            assert!(take_ip(&mut n, &pool_owner(&k.to_string())).is_some());
+        }
+        assert_eq!(take_ip(&mut n, &pool_owner("late")), None, "gateway never");
+        let id = address_association_id("u", "i", 0);
+        assert!(crate::ec2::is_id_with_prefix(&id, "eipassoc"));
+        assert_ne!(id, address_association_id("u", "i", 1));
     }
 
     #[test]
