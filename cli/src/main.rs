@@ -112,6 +112,10 @@ enum Command {
         /// Availability zone of this node.
         #[arg(long)]
         zone: Option<String>,
+        /// Port of the instance metadata service on this host; guests reach
+        /// it as http://169.254.169.254/ (redirected to their gateway).
+        #[arg(long, default_value_t = 8775)]
+        metadata_port: u16,
     },
     /// Measure performance; prints figures and the ratios the goals use.
     Bench {
@@ -283,6 +287,7 @@ async fn main() -> Result<()> {
             vcpus,
             memory_mib,
             zone,
+            metadata_port,
         } => {
             let virt_type = resolve_virt_type(&virt_type);
             let hv = corral_node_agent::Libvirt::open(&libvirt, &virt_type)
@@ -292,6 +297,7 @@ async fn main() -> Result<()> {
             opts.vcpus = vcpus;
             opts.memory_mib = memory_mib;
             opts.zone = zone;
+            opts.metadata_port = metadata_port;
             let agent = corral_node_agent::Agent::new(
                 corral_node_agent::ApiClient::new(&server, &token),
                 std::sync::Arc::new(hv),

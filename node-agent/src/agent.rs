@@ -23,6 +23,8 @@ use corral_runtime::{error_chain, ObjectRef, QueueOptions, Shutdown, WorkQueue};
 use futures_util::FutureExt;
 use serde_json::Value;
 
+mod netsync;
+
 use crate::api::{ApiClient, ApiError};
 use crate::host::{guest_ready, HostFiles, Seed};
 use crate::hypervisor::{
@@ -51,6 +53,9 @@ pub struct AgentOptions {
     /// Virtual CPUs offered per host CPU (Nova's cpu_allocation_ratio;
     /// not applied when `vcpus` overrides what the host reports).
     pub cpu_allocation_ratio: f64,
+    /// Where the metadata service listens on a real host (guests reach it
+    /// as 169.254.169.254:80 through a redirect to their gateway).
+    pub metadata_port: u16,
 }
 
 impl AgentOptions {
@@ -68,6 +73,7 @@ impl AgentOptions {
             state_dir: std::path::PathBuf::from("/var/lib/corral/agent"),
             scan: Duration::from_secs(2),
             cpu_allocation_ratio: 16.0,
+            metadata_port: 8775,
         }
     }
 }
@@ -101,6 +107,10 @@ pub struct Agent {
     /// Console log length when this agent last (re)booted a domain: only
     /// what the guest printed after it tells whether that boot finished.
     boot_marks: Mutex<HashMap<String, u64>>,
+    /// Host networking last applied (real hosts).
+    net: tokio::sync::Mutex<netsync::NetState>,
+    /// Who is who for the metadata service.
+    metadata: crate::metadata::MetadataTable,
 }
 
 fn instance_path(key: &ObjectRef) -> String {
@@ -134,6 +144,8 @@ impl Agent {
             pulls: tokio::sync::Mutex::new(()),
             consoles: Mutex::new(HashMap::new()),
             boot_marks: Mutex::new(HashMap::new()),
+            net: tokio::sync::Mutex::new(Default::default()),
+            metadata: crate::metadata::MetadataTable::new(),
         })
     }
 
@@ -167,6 +179,10 @@ impl Agent {
             tokio::spawn(self.clone().informer(stop.clone())),
             tokio::spawn(self.clone().resync_loop(stop.clone())),
         ];
+        if self.files.get().is_some() {
+            tasks.push(tokio::spawn(self.clone().net_loop(stop.clone())));
+            tasks.push(tokio::spawn(self.clone().metadata_server(stop.clone())));
+        }
         for _ in 0..self.opts.concurrency.max(1) {
             let me = self.clone();
             tasks.push(tokio::spawn(async move {
@@ -843,16 +859,14 @@ impl Agent {
     /// root disk and the seed are written.
     async fn domain_spec(&self, i: &Instance) -> Result<Result<DomainSpec, Wait>, AgentError> {
         let (vcpus, memory_mib, root_gib) = self.sizes(i).await?;
-        let nics = i
-            .status
-            .as_ref()
-            .map(|s| {
-                s.addresses
-                    .iter()
-                    .map(|a| (a.mac.clone(), a.network.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let nics = if self.files.get().is_some() {
+            match self.nic_specs(i).await? {
+                Ok(n) => n,
+                Err(w) => return Ok(Err(w)),
+            }
+        } else {
+            Vec::new()
+        };
         let mut spec = DomainSpec {
             node: self.opts.node.clone(),
             uid: i.metadata.uid.clone(),
@@ -1133,6 +1147,7 @@ impl Agent {
                     message: "the domain is destroyed and undefined",
                     ready: None,
                     drift: None,
+                    lease: None,
                 },
             )
             .await?;
@@ -1152,6 +1167,7 @@ impl Agent {
                     message: "waiting for network addresses",
                     ready: None,
                     drift: None,
+                    lease: None,
                 },
             )
             .await?;
@@ -1180,12 +1196,16 @@ impl Agent {
                             message: &wait.message,
                             ready: None,
                             drift: None,
+                            lease: None,
                         },
                     )
                     .await?;
                     return Ok(Some(Duration::from_secs(5)));
                 }
             };
+            // The guest's network, DHCP reservation and rules exist before
+            // it boots.
+            self.sync_net().await?;
             let hv = self.hv.clone();
             blocking(move || hv.define(&spec)).await?;
         }
@@ -1239,6 +1259,10 @@ impl Agent {
             PowerState::Other => (InstancePhase::Provisioning, false, "Transitioning"),
         };
         let mut again = None;
+        let lease = match observed {
+            PowerState::Running => self.lease_state(&i).await,
+            _ => None,
+        };
         if let Some(files) = self.files.get().cloned() {
             let uid = i.metadata.uid.clone();
             let (tail, start) =
@@ -1277,6 +1301,9 @@ impl Agent {
                 message: "",
                 ready: Some((ready, reason)),
                 drift: drift.as_deref(),
+                lease: lease
+                    .as_ref()
+                    .map(|(ok, why, msg)| (*ok, *why, msg.as_str())),
             },
         )
         .await?;
@@ -1354,6 +1381,7 @@ impl Agent {
             message,
             ready,
             drift,
+            lease,
         } = r;
         let path = instance_path(key);
         // Skip the round trips when the informer's copy already says so.
@@ -1422,6 +1450,21 @@ impl Agent {
                     .conditions
                     .retain(|c| c.type_ != Instance::CONDITION_DRIFTED),
             }
+            if let Some((ok, why, msg)) = lease {
+                set_condition(
+                    &mut s.conditions,
+                    CONDITION_LEASED,
+                    if ok {
+                        ConditionStatus::True
+                    } else {
+                        ConditionStatus::False
+                    },
+                    why,
+                    msg,
+                    generation,
+                    now,
+                );
+            }
             if phase == InstancePhase::Running && s.launch_time.is_none() {
                 s.launch_time = Some(now);
             }
@@ -1464,6 +1507,7 @@ fn reported(i: &Instance, r: &Report<'_>) -> bool {
         message,
         ready,
         drift,
+        lease,
     } = *r;
     let Some(s) = &i.status else { return false };
     let drifted = s
@@ -1483,7 +1527,16 @@ fn reported(i: &Instance, r: &Report<'_>) -> bool {
         })
     };
     let (r, why) = ready.unwrap_or((false, reason));
-    s.phase == phase
+    let leased = lease.is_none_or(|(ok, why, msg)| {
+        s.conditions.iter().any(|c| {
+            c.type_ == CONDITION_LEASED
+                && (c.status == ConditionStatus::True) == ok
+                && c.reason == why
+                && c.message == msg
+        })
+    });
+    leased
+        && s.phase == phase
         && s.message.as_deref().unwrap_or("") == message
         && cond(Instance::CONDITION_PROVISIONED, provisioned, reason)
         && cond(Instance::CONDITION_READY, r, why)
@@ -1501,6 +1554,9 @@ struct Report<'a> {
     ready: Option<(bool, &'a str)>,
     /// Why the instance drifted from what Corral made, if it did.
     drift: Option<&'a str>,
+    /// The `AddressLeased` condition (status, reason, message); `None`
+    /// leaves it as it is.
+    lease: Option<(bool, &'a str, &'a str)>,
 }
 
 async fn host_blocking<T: Send + 'static>(
@@ -1568,6 +1624,8 @@ const CONSOLE_BYTES: u64 = 64 * 1024;
 /// Condition recording the last reboot request done (its message is the
 /// request's timestamp).
 pub const CONDITION_REBOOTED: &str = "Rebooted";
+/// Condition: every NIC's DHCP lease holds the address IPAM allocated.
+pub const CONDITION_LEASED: &str = "AddressLeased";
 
 /// Drives one domain towards `desired`; returns what it is afterwards.
 fn converge_power(

@@ -90,6 +90,23 @@ pub struct KernelBoot {
     pub cmdline: String,
 }
 
+/// One network interface of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    pub mac: String,
+    /// The libvirt network (`corral-<uid>`) or, for `bridged` Networks, the
+    /// host bridge.
+    pub source: NicSource,
+    /// The tap device on the host (see `net::tap_name`).
+    pub tap: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicSource {
+    Network(String),
+    Bridge(String),
+}
+
 /// What a domain is built from.
 #[derive(Debug, Clone, Default)]
 pub struct DomainSpec {
@@ -100,8 +117,7 @@ pub struct DomainSpec {
     pub instance: String,
     pub vcpus: u32,
     pub memory_mib: u64,
-    /// (mac, network name)
-    pub nics: Vec<(String, String)>,
+    pub nics: Vec<NicSpec>,
     /// In boot order: the root disk first.
     pub disks: Vec<DiskSpec>,
     pub kernel: Option<KernelBoot>,
@@ -136,6 +152,14 @@ pub trait Hypervisor: Send + Sync {
     fn disk_targets(&self, name: &str) -> Result<Vec<String>>;
     /// The Node recorded in the domain's metadata (None: not Corral's).
     fn node_of(&self, name: &str) -> Result<Option<String>>;
+    /// Makes the (transient) libvirt network `name` exist as `xml` says,
+    /// with exactly `hosts` as DHCP reservations (MAC, `<host>` element),
+    /// updated live so running guests keep their links.
+    fn sync_network(&self, name: &str, xml: &str, hosts: &[(String, String)]) -> Result<()>;
+    /// Corral's libvirt networks (named `corral-…`).
+    fn networks(&self) -> Result<Vec<String>>;
+    /// Destroys a libvirt network (its bridge, dnsmasq and leases go too).
+    fn remove_network(&self, name: &str) -> Result<()>;
 }
 
 /// The `<disk>` element for `d`.
@@ -269,10 +293,15 @@ impl Libvirt {
                 devices.push_str(&disk_xml(d));
                 devices.push('\n');
             }
-            for (mac, _network) in &spec.nics {
+            for nic in &spec.nics {
+                let (kind, source) = match &nic.source {
+                    NicSource::Network(n) => ("network", format!("<source network='{}'/>", e(n))),
+                    NicSource::Bridge(b) => ("bridge", format!("<source bridge='{}'/>", e(b))),
+                };
                 devices.push_str(&format!(
-                    "    <interface type='user'><mac address='{}'/><model type='virtio'/></interface>\n",
-                    e(mac)
+                    "    <interface type='{kind}'><mac address='{mac}'/>{source}<target dev='{tap}'/><model type='virtio'/></interface>\n",
+                    mac = e(&nic.mac),
+                    tap = e(&nic.tap),
                 ));
             }
             match &spec.console_log {
@@ -453,6 +482,73 @@ impl Hypervisor for Libvirt {
         }
     }
 
+    fn sync_network(&self, name: &str, xml: &str, hosts: &[(String, String)]) -> Result<()> {
+        use virt::sys;
+        let conn = self.conn.lock().expect("libvirt connection");
+        let net = match conn.lookup_network_by_name(name) {
+            Ok(n) => n,
+            Err(e) if e.code().is(virt::error::ErrorNumber::NoNetwork) => {
+                conn.create_network_xml(xml)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !net.is_active()? {
+            net.create()?;
+        }
+        let current = net.xml_desc(0)?;
+        let have: Vec<(String, String)> = host_elements(&current);
+        for (mac, elem) in &have {
+            if !hosts.iter().any(|(m, e)| m == mac && host_same(e, elem)) {
+                net.update(
+                    sys::VIR_NETWORK_UPDATE_COMMAND_DELETE,
+                    sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                    -1,
+                    elem,
+                    sys::VIR_NETWORK_UPDATE_AFFECT_LIVE,
+                )?;
+            }
+        }
+        for (mac, elem) in hosts {
+            if !have.iter().any(|(m, e)| m == mac && host_same(e, elem)) {
+                net.update(
+                    sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+                    sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                    -1,
+                    elem,
+                    sys::VIR_NETWORK_UPDATE_AFFECT_LIVE,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn networks(&self) -> Result<Vec<String>> {
+        let conn = self.conn.lock().expect("libvirt connection");
+        let mut names = conn.list_networks()?;
+        names.extend(conn.list_defined_networks()?);
+        names.retain(|n| n.starts_with(crate::net::NETWORK_PREFIX));
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn remove_network(&self, name: &str) -> Result<()> {
+        let conn = self.conn.lock().expect("libvirt connection");
+        let net = match conn.lookup_network_by_name(name) {
+            Ok(n) => n,
+            Err(e) if e.code().is(virt::error::ErrorNumber::NoNetwork) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if net.is_active()? {
+            net.destroy()?;
+        }
+        if net.is_persistent()? {
+            net.undefine()?;
+        }
+        Ok(())
+    }
+
     fn disk_targets(&self, name: &str) -> Result<Vec<String>> {
         self.with_domain(name, |d| {
             let xml = d.xml_desc(0)?;
@@ -462,6 +558,42 @@ impl Hypervisor for Libvirt {
                 .collect())
         })
     }
+}
+
+/// The `<host .../>` DHCP reservations in a network's XML: (MAC, element).
+fn host_elements(xml: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find("<host ") {
+        let Some(len) = rest[start..].find("/>") else {
+            break;
+        };
+        let elem = &rest[start..start + len + 2];
+        if let Some(mac) = attr(elem, "mac") {
+            out.push((mac.to_ascii_lowercase(), elem.to_string()));
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out
+}
+
+/// The value of attribute `name` in one element (either quote style).
+fn attr<'a>(elem: &'a str, name: &str) -> Option<&'a str> {
+    for q in ['\'', '"'] {
+        let pat = format!(" {name}={q}");
+        if let Some(i) = elem.find(&pat) {
+            let v = &elem[i + pat.len()..];
+            return v.find(q).map(|j| &v[..j]);
+        }
+    }
+    None
+}
+
+/// Whether two `<host>` elements reserve the same thing.
+fn host_same(a: &str, b: &str) -> bool {
+    ["mac", "ip", "name"]
+        .iter()
+        .all(|k| attr(a, k).map(str::to_ascii_lowercase) == attr(b, k).map(str::to_ascii_lowercase))
 }
 
 /// The text of the first `<corral:node>` element.
