@@ -95,6 +95,22 @@ impl Xml {
         self.close(name)
     }
 
+    /// `<name>...</name>` with `f` writing the content, only when `value`
+    /// is present.
+    pub fn el_opt<T>(
+        &mut self,
+        name: &str,
+        value: Option<T>,
+        f: impl FnOnce(&mut Xml, T),
+    ) -> &mut Self {
+        if let Some(v) = value {
+            self.open(name);
+            f(self, v);
+            self.close(name);
+        }
+        self
+    }
+
     /// `<name><item>...</item>...</name>` (always written, empty or not, as
     /// EC2 does for the sets it returns).
     pub fn set<T>(

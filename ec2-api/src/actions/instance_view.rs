@@ -413,6 +413,15 @@ pub fn write_instance(x: &mut Xml, i: &Instance, l: &Lookup, account: &str) {
                     x.leaf("groupId", id).leaf("groupName", gn);
                 },
             )
+            .el_opt(
+                "association",
+                addr.and_then(|a| a.floating_ip.as_ref()),
+                |x, ip| {
+                    x.leaf("publicIp", ip)
+                        .leaf("publicDnsName", "")
+                        .leaf("ipOwnerId", account);
+                },
+            )
             .el("attachment", |x| {
                 x.leaf("deviceIndex", n)
                     .leaf("status", "attached")

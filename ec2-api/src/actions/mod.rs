@@ -1,6 +1,7 @@
 //! Actions: each turns parameters into resource reads and writes and
 //! writes the response body. Shared helpers live here.
 
+mod addresses;
 mod disks;
 mod images;
 mod instance_attrs;
@@ -148,6 +149,11 @@ pub async fn dispatch(ctx: &Ctx<'_>, action: &str) -> Result<Xml> {
         "DeleteSnapshot" => snapshots::delete_snapshot(ctx).await,
         "DescribeImages" => images::describe(ctx).await,
         "DeregisterImage" => images::deregister(ctx).await,
+        "AllocateAddress" => addresses::allocate(ctx).await,
+        "DescribeAddresses" => addresses::describe(ctx).await,
+        "AssociateAddress" => addresses::associate(ctx).await,
+        "DisassociateAddress" => addresses::disassociate(ctx).await,
+        "ReleaseAddress" => addresses::release(ctx).await,
         "DescribeVpcs" => vpcs::describe_vpcs(ctx).await,
         "DescribeSubnets" => vpcs::describe_subnets(ctx).await,
         "DescribeVpcAttribute" => vpcs::describe_vpc_attribute(ctx).await,

@@ -369,6 +369,15 @@ pub async fn describe_network_interfaces(ctx: &Ctx<'_>) -> Result<Xml> {
                 addr.map(|a| &a.ip).or(nic.fixed_ip.as_ref()),
             )
             .leaf("sourceDestCheck", true)
+            .el_opt(
+                "association",
+                addr.and_then(|a| a.floating_ip.as_ref()),
+                |x, ip| {
+                    x.leaf("publicIp", ip)
+                        .leaf("publicDnsName", "")
+                        .leaf("ipOwnerId", &account);
+                },
+            )
             .leaf("interfaceType", "interface")
             .set("groupSet", &groups, |x, (gid, gn)| {
                 x.leaf("groupId", gid).leaf("groupName", gn);

@@ -1,4 +1,5 @@
 //! Helpers shared by the SDK suites.
+#![allow(dead_code)] // each suite uses its own subset
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
