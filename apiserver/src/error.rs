@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use corral_api_types::FieldErrors;
 use corral_runtime::error_chain;
+use corral_store::quota::QuotaError;
 use corral_store::StoreError;
 use serde::Serialize;
 
@@ -155,6 +156,37 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %error_chain(&e), "store error");
                 ApiError::internal(e.to_string())
             }
+        }
+    }
+}
+
+impl From<QuotaError> for ApiError {
+    /// Over quota is 403 Forbidden, as Kubernetes answers an exceeded
+    /// ResourceQuota; the cause names the quota.
+    fn from(e: QuotaError) -> ApiError {
+        match e {
+            QuotaError::Exceeded {
+                ref plural,
+                ref name,
+                ref exceeded,
+                ..
+            } => ApiError {
+                code: StatusCode::FORBIDDEN,
+                reason: "Forbidden",
+                message: e.to_string(),
+                details: Some(Details {
+                    kind: plural.to_string(),
+                    name: name.clone(),
+                    causes: vec![Cause {
+                        field: format!("quota.{}", exceeded.resource),
+                        message: format!(
+                            "QuotaExceeded: requested {}, used {}, limit {}",
+                            exceeded.requested, exceeded.used, exceeded.limit
+                        ),
+                    }],
+                }),
+            },
+            QuotaError::Store(e) => e.into(),
         }
     }
 }

@@ -15,7 +15,7 @@ use corral_api_types::{
     Project, Resource, Scope, SecurityGroup, Snapshot, Validate, ValidateUpdate, Volume,
     API_VERSION,
 };
-use corral_store::{kind_prefix, ListOptions, ObjectEvent, ResourceStore, StoreError};
+use corral_store::{kind_prefix, quota, ListOptions, ObjectEvent, ResourceStore, StoreError};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -311,10 +311,17 @@ where
             return Err(ApiError::invalid(K::KIND, &new.meta().name, &errors));
         }
         *new.status_mut() = current.status().cloned();
+        let deleting = new.meta().deletion_timestamp.is_some() && new.meta().finalizers.is_empty();
+        // Growth (a bigger type, a resized volume) is charged first.
+        let charge = if deleting {
+            None
+        } else {
+            quota::charge(&self.store, &new, Some(current), dry_run).await?
+        };
         if dry_run {
             return Ok(new);
         }
-        if new.meta().deletion_timestamp.is_some() && new.meta().finalizers.is_empty() {
+        if deleting {
             let meta = new.meta();
             let deleted = self
                 .store
@@ -322,7 +329,24 @@ where
                 .await?;
             return Ok(deleted);
         }
-        Ok(self.store.update(&new).await?)
+        self.write_charged(charge, self.store.update(&new).await)
+            .await
+    }
+
+    /// The outcome of a write that `charge` paid for: a failed write gives
+    /// the charge back.
+    async fn write_charged(
+        &self,
+        charge: Option<quota::Charge>,
+        written: Result<K, StoreError>,
+    ) -> Result<K, ApiError> {
+        if let Some(c) = &charge {
+            match &written {
+                Ok(_) => quota::confirm(&self.store, c).await,
+                Err(_) => quota::refund(&self.store, c).await,
+            }
+        }
+        Ok(written?)
     }
 }
 
@@ -362,10 +386,13 @@ where
         meta.creation_timestamp = None;
         meta.deletion_timestamp = None;
         *obj.status_mut() = None;
+        let charge = quota::charge(&self.store, &obj, None, dry_run).await?;
         if dry_run {
             return to_json(&obj);
         }
-        let created = self.store.create(&obj).await?;
+        let created = self
+            .write_charged(charge, self.store.create(&obj).await)
+            .await?;
         to_json(&created)
     }
 
@@ -591,15 +618,15 @@ where
             meta.resource_version.clear();
             meta.generation = 1;
             *desired.status_mut() = None;
+            let charge = quota::charge(&self.store, &desired, None, dry_run).await?;
             if dry_run {
                 return Ok((ApplyResult::Created, to_value(&desired)?));
             }
-            return match self.store.create(&desired).await {
-                Ok(created) => Ok((ApplyResult::Created, to_value(&created)?)),
-                // Lost a race with another creator: report it, don't clobber.
-                Err(e @ StoreError::AlreadyExists { .. }) => Err(e.into()),
-                Err(e) => Err(e.into()),
-            };
+            // Lost a race with another creator: reported (409), not clobbered.
+            let created = self
+                .write_charged(charge, self.store.create(&desired).await)
+                .await?;
+            return Ok((ApplyResult::Created, to_value(&created)?));
         };
         // The manifest owns spec, labels and annotations; everything else
         // (finalizers, owners, status) stays as the server has it.

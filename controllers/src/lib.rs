@@ -1,6 +1,7 @@
 //! The reconcilers that make the hosts match the store: scheduler,
 //! instance lifecycle, network IPAM, node lifecycle, key pairs, image
-//! import, volumes and snapshots, floating addresses, garbage collection of owned objects. Each is a
+//! import, volumes and snapshots, floating addresses, project quota usage,
+//! garbage collection of owned objects. Each is a
 //! `corral_runtime::Reconciler`; [`ControllerManager`] wires them to shared
 //! caches and runs them while this process leads.
 //!
@@ -15,6 +16,7 @@ pub mod instance;
 pub mod ipam;
 pub mod keypair;
 pub mod node_lifecycle;
+pub mod quota;
 pub mod resources;
 pub mod scheduler;
 pub mod security_group;
@@ -286,6 +288,17 @@ impl ControllerManager {
             addresses = addresses.metrics(m);
         }
 
+        // Project usage: recomputed when instances or volumes come and go.
+        let projects: Cache<corral_api_types::Project> = Reflector::new(store.clone()).spawn();
+        let mut quotas = Controller::new("quota", projects)
+            .concurrency(2)
+            .watches(c.instances.clone(), quota::project_of_instance)
+            .watches(c.volumes.clone(), quota::project_of_volume)
+            .watches(c.addresses.clone(), quota::project_of_address);
+        if let Some(m) = with_metrics("quota") {
+            quotas = quotas.metrics(m);
+        }
+
         let mut lifecycle = Controller::new("node-lifecycle", c.nodes.clone()).concurrency(2);
         if let Some(m) = with_metrics("node-lifecycle") {
             lifecycle = lifecycle.metrics(m);
@@ -367,6 +380,10 @@ impl ControllerManager {
                     c.networks.clone(),
                     c.instances.clone(),
                 )),
+                stop.clone(),
+            )),
+            tokio::spawn(quotas.run(
+                Arc::new(quota::QuotaController::new(store.clone())),
                 stop.clone(),
             )),
             tokio::spawn(lifecycle.run(

@@ -9,12 +9,13 @@ use chrono::Utc;
 use corral_api_types::ec2::{
     resource_id, CLIENT_TOKEN_ANNOTATION, NAME_ANNOTATION, REQUEST_HASH_ANNOTATION,
 };
+use corral_api_types::kinds::project::QuotaResource;
 use corral_api_types::validate::is_dns_label;
 use corral_api_types::{
     Address, Defaults, Image, Instance, KeyPair, Network, ObjectMeta, Resource, SecurityGroup,
     Snapshot, Validate, ValidateUpdate, Volume,
 };
-use corral_store::{ListOptions, ResourceStore, StoreError};
+use corral_store::{quota, ListOptions, ResourceStore, StoreError};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Ec2Error, Result};
@@ -113,7 +114,7 @@ fn invalid(kind: &str, errors: &corral_api_types::FieldErrors) -> Ec2Error {
     Ec2Error::invalid_value(format!("invalid {kind}: {errors}"))
 }
 
-/// Defaults, validates and creates.
+/// Defaults, validates, charges the project's quota and creates.
 pub async fn create<K: Resource + Validate + Defaults>(store: &ResourceStore, obj: K) -> Result<K> {
     let mut obj = obj;
     obj.apply_defaults();
@@ -122,7 +123,48 @@ pub async fn create<K: Resource + Validate + Defaults>(store: &ResourceStore, ob
         return Err(invalid(K::KIND, &errors));
     }
     obj.meta_mut().generation = 1;
-    Ok(store.create(&obj).await?)
+    let charge = quota::charge(store, &obj, None, false)
+        .await
+        .map_err(quota_error)?;
+    let created = store.create(&obj).await;
+    settle_charge(store, charge, created.is_ok()).await;
+    Ok(created?)
+}
+
+/// A charge's write is done: confirmed if it succeeded, else given back.
+async fn settle_charge(store: &ResourceStore, charge: Option<quota::Charge>, written: bool) {
+    match (charge, written) {
+        (Some(c), true) => quota::confirm(store, &c).await,
+        (Some(c), false) => quota::refund(store, &c).await,
+        (None, _) => {}
+    }
+}
+
+/// A quota refusal in EC2's words: the codes AWS uses for its limits
+/// (memory has no AWS quota of its own; it counts as the instance limit).
+pub fn quota_error(e: quota::QuotaError) -> Ec2Error {
+    match e {
+        quota::QuotaError::Exceeded {
+            ref project,
+            ref exceeded,
+            ..
+        } => {
+            let code = match exceeded.resource {
+                QuotaResource::Instances | QuotaResource::MemoryMiB => "InstanceLimitExceeded",
+                QuotaResource::Vcpus => "VcpuLimitExceeded",
+                QuotaResource::Volumes | QuotaResource::VolumeGiB => "VolumeLimitExceeded",
+                QuotaResource::Addresses => "AddressLimitExceeded",
+            };
+            Ec2Error::client(
+                code,
+                format!(
+                    "You have exceeded the {} quota of project {project}: requested {}, used {}, limit {}.",
+                    exceeded.resource, exceeded.requested, exceeded.used, exceeded.limit
+                ),
+            )
+        }
+        quota::QuotaError::Store(e) => e.into(),
+    }
 }
 
 /// Read-modify-write with the API server's rules; retried on conflicts.
@@ -156,7 +198,12 @@ where
                 Err(e) => Err(e.into()),
             };
         }
-        match store.update(&new).await {
+        let charge = quota::charge(store, &new, Some(&current), false)
+            .await
+            .map_err(quota_error)?;
+        let written = store.update(&new).await;
+        settle_charge(store, charge, written.is_ok()).await;
+        match written {
             Ok(k) => return Ok(k),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),

@@ -14,6 +14,9 @@
 //!   [`StoreError::Expired`] and the caller relists.
 //!
 //! [`blobs`] keeps content-addressed files (image bytes) beside it.
+//! [`quota`] charges project quotas by CAS on the Project, for both write
+//! paths above (the one mechanism that must sit below both the API server
+//! and the EC2 façade; the rules it applies are api-types').
 //!
 //! It must not know about any kind's rules (validation, generation,
 //! finalizers): that is the API server's job, over [`ResourceStore`].
@@ -23,6 +26,7 @@ mod contract;
 mod embedded;
 mod etcd;
 pub mod etcd_server;
+pub mod quota;
 mod typed;
 
 pub use contract::{

@@ -1,7 +1,14 @@
 //! Project: a tenant (Nova's project, EC2's account) with its quotas.
 //! Cluster-scoped; the project's name is what other objects put in
 //! `metadata.project`.
+//!
+//! The quota rules live here, without I/O: what each object counts
+//! against its project ([`instance_amounts`], [`volume_amounts`],
+//! [`address_amounts`]), and whether a growth fits
+//! ([`ProjectResources::check_growth`]). The mechanism that charges them
+//! race-free at admission is `corral_store::quota`.
 
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +55,229 @@ impl ProjectResources {
     pub fn is_empty(&self) -> bool {
         *self == ProjectResources::default()
     }
+
+    /// The limit on `r`, if any.
+    pub fn limit(&self, r: QuotaResource) -> Option<u32> {
+        match r {
+            QuotaResource::Instances => self.instances,
+            QuotaResource::Vcpus => self.vcpus,
+            QuotaResource::MemoryMiB => self.memory_mib,
+            QuotaResource::VolumeGiB => self.volume_gib,
+            QuotaResource::Volumes => self.volumes,
+            QuotaResource::Addresses => self.addresses,
+        }
+    }
+
+    /// Whether `used` may grow by `growth` under these limits (absent
+    /// limits are unlimited). Only the resources that grow are checked, as
+    /// in Kubernetes' ResourceQuota: a project already over a lowered limit
+    /// may still shrink or change other things.
+    pub fn check_growth(
+        &self,
+        used: &QuotaAmounts,
+        growth: &QuotaAmounts,
+    ) -> Result<(), QuotaExceeded> {
+        for r in QuotaResource::ALL {
+            let (Some(limit), want) = (self.limit(r), growth.get(r)) else {
+                continue;
+            };
+            if want > 0 && used.get(r).saturating_add(want) > u64::from(limit) {
+                return Err(QuotaExceeded {
+                    resource: r,
+                    requested: want,
+                    used: used.get(r),
+                    limit: u64::from(limit),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One quota of a project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuotaResource {
+    Instances,
+    Vcpus,
+    MemoryMiB,
+    VolumeGiB,
+    Volumes,
+    Addresses,
+}
+
+impl QuotaResource {
+    pub const ALL: [QuotaResource; 6] = [
+        QuotaResource::Instances,
+        QuotaResource::Vcpus,
+        QuotaResource::MemoryMiB,
+        QuotaResource::VolumeGiB,
+        QuotaResource::Volumes,
+        QuotaResource::Addresses,
+    ];
+
+    /// The field name in `spec.quotas`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaResource::Instances => "instances",
+            QuotaResource::Vcpus => "vcpus",
+            QuotaResource::MemoryMiB => "memoryMiB",
+            QuotaResource::VolumeGiB => "volumeGiB",
+            QuotaResource::Volumes => "volumes",
+            QuotaResource::Addresses => "addresses",
+        }
+    }
+}
+
+impl std::fmt::Display for QuotaResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A growth refused by a quota: what was asked, what is used, the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("exceeded quota {resource}: requested {requested}, used {used}, limit {limit}")]
+pub struct QuotaExceeded {
+    pub resource: QuotaResource,
+    pub requested: u64,
+    pub used: u64,
+    pub limit: u64,
+}
+
+/// Amounts of every quota resource, for arithmetic (absent = 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuotaAmounts {
+    pub instances: u64,
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub volume_gib: u64,
+    pub volumes: u64,
+    pub addresses: u64,
+}
+
+impl QuotaAmounts {
+    pub fn get(&self, r: QuotaResource) -> u64 {
+        match r {
+            QuotaResource::Instances => self.instances,
+            QuotaResource::Vcpus => self.vcpus,
+            QuotaResource::MemoryMiB => self.memory_mib,
+            QuotaResource::VolumeGiB => self.volume_gib,
+            QuotaResource::Volumes => self.volumes,
+            QuotaResource::Addresses => self.addresses,
+        }
+    }
+
+    fn set(&mut self, r: QuotaResource, v: u64) {
+        *match r {
+            QuotaResource::Instances => &mut self.instances,
+            QuotaResource::Vcpus => &mut self.vcpus,
+            QuotaResource::MemoryMiB => &mut self.memory_mib,
+            QuotaResource::VolumeGiB => &mut self.volume_gib,
+            QuotaResource::Volumes => &mut self.volumes,
+            QuotaResource::Addresses => &mut self.addresses,
+        } = v;
+    }
+
+    fn zip(self, other: QuotaAmounts, f: impl Fn(u64, u64) -> u64) -> QuotaAmounts {
+        let mut out = QuotaAmounts::default();
+        for r in QuotaResource::ALL {
+            out.set(r, f(self.get(r), other.get(r)));
+        }
+        out
+    }
+
+    pub fn saturating_add(self, other: QuotaAmounts) -> QuotaAmounts {
+        self.zip(other, u64::saturating_add)
+    }
+
+    /// Per resource, how much `self` exceeds `old` (never negative).
+    pub fn growth_over(self, old: QuotaAmounts) -> QuotaAmounts {
+        self.zip(old, u64::saturating_sub)
+    }
+
+    pub fn max(self, other: QuotaAmounts) -> QuotaAmounts {
+        self.zip(other, u64::max)
+    }
+
+    /// True when `self` is at least `other` in every resource.
+    pub fn covers(&self, other: &QuotaAmounts) -> bool {
+        QuotaResource::ALL
+            .iter()
+            .all(|r| self.get(*r) >= other.get(*r))
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == QuotaAmounts::default()
+    }
+
+    /// Absent fields read as 0.
+    pub fn from_resources(r: &ProjectResources) -> QuotaAmounts {
+        let mut out = QuotaAmounts::default();
+        for q in QuotaResource::ALL {
+            out.set(q, r.limit(q).map(u64::from).unwrap_or(0));
+        }
+        out
+    }
+
+    /// Every field set (saturating at `u32::MAX`).
+    pub fn to_resources(&self) -> ProjectResources {
+        let c = |v: u64| Some(u32::try_from(v).unwrap_or(u32::MAX));
+        ProjectResources {
+            instances: c(self.instances),
+            vcpus: c(self.vcpus),
+            memory_mib: c(self.memory_mib),
+            volume_gib: c(self.volume_gib),
+            volumes: c(self.volumes),
+            addresses: c(self.addresses),
+        }
+    }
+}
+
+/// What one instance counts: itself, and its vCPUs and memory — explicit
+/// `cpus`/`memoryMiB` win over its type's (`itype`, when it exists; an
+/// unknown type counts no vCPUs or memory until it appears, since
+/// references are checked for syntax only).
+pub fn instance_amounts(
+    spec: &super::InstanceSpec,
+    itype: Option<&super::InstanceTypeSpec>,
+) -> QuotaAmounts {
+    QuotaAmounts {
+        instances: 1,
+        vcpus: u64::from(spec.cpus.or(itype.map(|t| t.vcpus)).unwrap_or(0)),
+        memory_mib: u64::from(spec.memory_mib.or(itype.map(|t| t.memory_mib)).unwrap_or(0)),
+        ..Default::default()
+    }
+}
+
+/// What one volume of `size_gib` counts.
+pub fn volume_amounts(size_gib: u32) -> QuotaAmounts {
+    QuotaAmounts {
+        volumes: 1,
+        volume_gib: u64::from(size_gib),
+        ..Default::default()
+    }
+}
+
+/// What one floating address counts.
+pub fn address_amounts() -> QuotaAmounts {
+    QuotaAmounts {
+        addresses: 1,
+        ..Default::default()
+    }
+}
+
+/// A charge made at admission for an object not yet written (or not yet
+/// grown): counted in `status.usage` until the object is seen holding it,
+/// or until it expires (the write failed or its writer crashed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaCharge {
+    /// `<plural>/<name>` of the object charged for.
+    pub object: String,
+    /// What the object holds once written.
+    pub amounts: ProjectResources,
+    /// When the charge stops counting unless the object holds it.
+    pub expires: DateTime<Utc>,
 }
 
 /// Desired state of a project.
@@ -66,9 +296,13 @@ pub struct ProjectSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProjectStatus {
-    /// Current consumption.
+    /// Current consumption, charged at admission and recomputed from
+    /// what exists by the quota controller.
     #[serde(default, skip_serializing_if = "ProjectResources::is_empty")]
     pub usage: ProjectResources,
+    /// Charges for writes admitted but not yet seen (see [`QuotaCharge`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_charges: Vec<QuotaCharge>,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub observed_generation: i64,
 }
@@ -104,7 +338,7 @@ mod tests {
     use super::*;
     use crate::kinds::testing::round_trip;
     use crate::validate::testing::assert_errors;
-    use crate::Resource;
+    use crate::{InstanceSpec, InstanceTypeSpec, Resource};
 
     #[test]
     fn round_trip_and_rules() {
@@ -132,6 +366,63 @@ status:
                 "metadata.project: must be empty: Project is cluster-scoped",
                 "spec.description: must be at most 255 characters (is 256)",
             ],
+        );
+    }
+
+    #[test]
+    fn quota_growth_is_checked_only_where_it_grows() {
+        let limits = ProjectResources {
+            instances: Some(2),
+            vcpus: Some(4),
+            ..Default::default()
+        };
+        let used = QuotaAmounts {
+            instances: 1,
+            vcpus: 3,
+            memory_mib: 1 << 40,
+            ..Default::default()
+        };
+        let tiny = InstanceTypeSpec {
+            vcpus: 1,
+            memory_mib: 512,
+            root_disk_gib: 1,
+            ..Default::default()
+        };
+        let one = instance_amounts(&InstanceSpec::default(), Some(&tiny));
+        assert_eq!((one.instances, one.vcpus, one.memory_mib), (1, 1, 512));
+        assert_eq!(limits.check_growth(&used, &one), Ok(()));
+        let big = instance_amounts(
+            &InstanceSpec {
+                cpus: Some(2),
+                memory_mib: Some(64),
+                ..Default::default()
+            },
+            Some(&tiny),
+        );
+        let err = limits.check_growth(&used, &big).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "exceeded quota vcpus: requested 2, used 3, limit 4"
+        );
+        // Shrinking or unlimited resources never fail, even when over.
+        let over = QuotaAmounts {
+            vcpus: 9,
+            ..Default::default()
+        };
+        let mem_only = QuotaAmounts {
+            memory_mib: 10,
+            ..Default::default()
+        };
+        assert_eq!(limits.check_growth(&over, &mem_only), Ok(()));
+        assert_eq!(big.growth_over(one).instances, 0);
+        assert_eq!(big.growth_over(one).vcpus, 1);
+        assert!(big.max(one).covers(&one));
+        assert_eq!(
+            QuotaAmounts::from_resources(&used.to_resources()),
+            QuotaAmounts {
+                memory_mib: u64::from(u32::MAX),
+                ..used
+            }
         );
     }
 }

@@ -1,0 +1,391 @@
+//! Project quotas, charged at admission — the one place both write paths
+//! (the native API and the EC2 façade) call before they create or grow an
+//! Instance, Volume or Address.
+//!
+//! The rules (what an object counts, whether a growth fits) are
+//! api-types' ([`corral_api_types::kinds::project`]); this module is the
+//! mechanism, shaped like Kubernetes' ResourceQuota admission:
+//!
+//! 1. [`charge`] reads the Project, checks `status.usage + growth` against
+//!    `spec.quotas`, and writes the new usage *and* a pending charge naming
+//!    the object by compare-and-swap on the Project's revision. Two
+//!    concurrent creates both read the same usage; only one CAS wins, the
+//!    other re-reads and sees the first one's charge, so they can never
+//!    both squeeze past the last unit.
+//! 2. The caller then writes the object, and calls [`confirm`] when that
+//!    succeeded (the charge is now held by the object) or [`refund`] when
+//!    it failed (both best effort: an unreleased charge expires).
+//! 3. [`settle`] (run by the quota controller) recomputes usage from what
+//!    exists: each object counts what it holds, or its pending charge if
+//!    that is larger and not expired; charges whose object holds them (or
+//!    which expired after [`CHARGE_TTL`]) are dropped. So deletions release
+//!    usage, and a crash between charge and write leaks nothing for longer
+//!    than the TTL. The controller reads the Project *before* the objects and
+//!    writes by CAS, so a charge made meanwhile makes it retry, and a charge
+//!    made before is in what it read: no admitted write is ever uncounted.
+//!
+//! Projects without any quota are not charged (no write on the hot path);
+//! their usage is still reported by the controller.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use corral_api_types::kinds::project::{
+    address_amounts, instance_amounts, volume_amounts, QuotaAmounts, QuotaCharge, QuotaExceeded,
+};
+use corral_api_types::{
+    Address, Instance, InstanceType, Project, ProjectStatus, Resource, Snapshot, Volume,
+    DEFAULT_INSTANCE_TYPE,
+};
+
+use crate::contract::StoreError;
+use crate::typed::ResourceStore;
+
+/// How long a charge counts without its object holding it: far longer
+/// than the gap between a charge and its write.
+pub const CHARGE_TTL: Duration = Duration::from_secs(60);
+
+/// CAS attempts on the Project before giving up with the conflict.
+const ATTEMPTS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    /// The write would exceed a quota.
+    #[error("{plural} {name:?} is forbidden: {exceeded} in project {project:?}")]
+    Exceeded {
+        project: String,
+        plural: &'static str,
+        name: String,
+        exceeded: QuotaExceeded,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A charge made by [`charge`], to be given back with [`refund`] if the
+/// write it was for fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub project: String,
+    pub object: String,
+    pub growth: QuotaAmounts,
+}
+
+fn object_name<K: Resource>(name: &str) -> String {
+    format!("{}/{name}", K::PLURAL)
+}
+
+/// What `obj` counts against its project, or `None` for kinds without
+/// quotas. Reads the instance type of an Instance, and the source of a
+/// Volume without a size.
+pub async fn amounts_of<K: Resource>(
+    store: &ResourceStore,
+    obj: &K,
+) -> Result<Option<QuotaAmounts>, StoreError> {
+    let any = obj as &dyn Any;
+    if let Some(i) = any.downcast_ref::<Instance>() {
+        let itype = match (i.spec.cpus, i.spec.memory_mib) {
+            (Some(_), Some(_)) => None,
+            _ => {
+                let name = i
+                    .spec
+                    .instance_type
+                    .as_deref()
+                    .unwrap_or(DEFAULT_INSTANCE_TYPE);
+                store.get::<InstanceType>("", name).await?
+            }
+        };
+        return Ok(Some(instance_amounts(
+            &i.spec,
+            itype.as_ref().map(|t| &t.spec),
+        )));
+    }
+    if let Some(v) = any.downcast_ref::<Volume>() {
+        let size = match v.spec.size_gib {
+            Some(s) => s,
+            None => source_size(store, v).await?,
+        };
+        return Ok(Some(volume_amounts(size)));
+    }
+    if any.downcast_ref::<Address>().is_some() {
+        return Ok(Some(address_amounts()));
+    }
+    Ok(None)
+}
+
+/// The size a volume without `sizeGiB` gets from its source, when known.
+async fn source_size(store: &ResourceStore, v: &Volume) -> Result<u32, StoreError> {
+    if let Some(s) = v.status.as_ref().and_then(|s| s.size_gib) {
+        return Ok(s);
+    }
+    let project = &v.metadata.project;
+    if let Some(snap) = &v.spec.source.snapshot {
+        if let Some(s) = store.get::<Snapshot>(project, snap).await? {
+            return Ok(s.status.and_then(|s| s.size_gib).unwrap_or(0));
+        }
+    }
+    if let Some(src) = &v.spec.source.volume {
+        if let Some(s) = store.get::<Volume>(project, src).await? {
+            return Ok(s
+                .spec
+                .size_gib
+                .or(s.status.and_then(|s| s.size_gib))
+                .unwrap_or(0));
+        }
+    }
+    Ok(0)
+}
+
+/// Charges the project of `new` for creating it (`old` = `None`) or for
+/// replacing `old` with it: checks the growth against the quotas and
+/// records it by compare-and-swap. With `dry_run` it only checks.
+///
+/// `Ok(None)`: nothing to charge (a kind without quotas, no growth, no
+/// Project object, or a project without quotas).
+pub async fn charge<K: Resource>(
+    store: &ResourceStore,
+    new: &K,
+    old: Option<&K>,
+    dry_run: bool,
+) -> Result<Option<Charge>, QuotaError> {
+    if !is_counted::<K>() {
+        return Ok(None);
+    }
+    let meta = new.meta();
+    // The common case (a project without quotas) costs one read.
+    let Some(mut project) = store.get::<Project>("", &meta.project).await? else {
+        return Ok(None);
+    };
+    if project.spec.quotas.is_empty() {
+        return Ok(None);
+    }
+    let amounts = amounts_of(store, new).await?.unwrap_or_default();
+    let growth = match old {
+        Some(old) => amounts.growth_over(amounts_of(store, old).await?.unwrap_or_default()),
+        None => amounts,
+    };
+    if growth.is_zero() {
+        return Ok(None);
+    }
+    let object = object_name::<K>(&meta.name);
+    let mut last = None;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            match store.get::<Project>("", &meta.project).await? {
+                Some(p) => project = p,
+                None => return Ok(None),
+            }
+            if project.spec.quotas.is_empty() {
+                return Ok(None);
+            }
+        }
+        let status = project.status.get_or_insert_with(ProjectStatus::default);
+        let used = QuotaAmounts::from_resources(&status.usage);
+        project
+            .spec
+            .quotas
+            .check_growth(&used, &growth)
+            .map_err(|exceeded| QuotaError::Exceeded {
+                project: meta.project.clone(),
+                plural: K::PLURAL,
+                name: meta.name.clone(),
+                exceeded,
+            })?;
+        if dry_run {
+            return Ok(None);
+        }
+        status.usage = used.saturating_add(growth).to_resources();
+        let expires = Utc::now() + CHARGE_TTL;
+        match status
+            .pending_charges
+            .iter_mut()
+            .find(|c| c.object == object)
+        {
+            Some(c) => {
+                c.amounts = QuotaAmounts::from_resources(&c.amounts)
+                    .max(amounts)
+                    .to_resources();
+                c.expires = expires;
+            }
+            None => status.pending_charges.push(QuotaCharge {
+                object: object.clone(),
+                amounts: amounts.to_resources(),
+                expires,
+            }),
+        }
+        match store.update(&project).await {
+            Ok(_) => {
+                return Ok(Some(Charge {
+                    project: meta.project.clone(),
+                    object,
+                    growth,
+                }))
+            }
+            Err(e @ StoreError::Conflict { .. }) => {
+                last = Some(e);
+                tokio::task::yield_now().await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| StoreError::InvalidArgument("quota charge retried".into()))
+        .into())
+}
+
+/// Whether objects of `K` count against a quota.
+pub fn is_counted<K: Resource>() -> bool {
+    let t = std::any::TypeId::of::<K>();
+    t == std::any::TypeId::of::<Instance>()
+        || t == std::any::TypeId::of::<Volume>()
+        || t == std::any::TypeId::of::<Address>()
+}
+
+/// Gives back a charge whose write failed. Best effort: if it cannot be
+/// written, the charge expires and [`settle`] drops it.
+pub async fn refund(store: &ResourceStore, charge: &Charge) {
+    release(store, charge, true).await
+}
+
+/// Marks a charge's write done: the object now holds what was charged, so
+/// the pending charge goes (usage stays). Without this a charge whose
+/// object is created and deleted before [`settle`] runs would count until
+/// it expires. Best effort, like [`refund`].
+pub async fn confirm(store: &ResourceStore, charge: &Charge) {
+    release(store, charge, false).await
+}
+
+async fn release(store: &ResourceStore, charge: &Charge, give_back: bool) {
+    for _ in 0..ATTEMPTS {
+        let mut project = match store.get::<Project>("", &charge.project).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(project = %charge.project, error = %e, "releasing a quota charge: reading the project");
+                return;
+            }
+        };
+        let Some(status) = project.status.as_mut() else {
+            return;
+        };
+        let Some(at) = status
+            .pending_charges
+            .iter()
+            .position(|c| c.object == charge.object)
+        else {
+            return;
+        };
+        status.pending_charges.remove(at);
+        if give_back {
+            let used = QuotaAmounts::from_resources(&status.usage);
+            status.usage = used.growth_over(charge.growth).to_resources();
+        }
+        match store.update(&project).await {
+            Ok(_) => return,
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(project = %charge.project, error = %e, "releasing a quota charge");
+                return;
+            }
+        }
+    }
+}
+
+/// Recomputes a project's `status.usage` from what exists and its live
+/// pending charges, dropping charges that are settled or expired, and
+/// writes it if it changed. Returns when the earliest remaining charge
+/// expires (the caller should look again then), or `None`.
+pub async fn settle(store: &ResourceStore, project: &str) -> Result<Option<Duration>, StoreError> {
+    let types: BTreeMap<String, InstanceType> = store
+        .list::<InstanceType>(None, Default::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|t| (t.metadata.name.clone(), t))
+        .collect();
+    loop {
+        // The Project first: charges made after this read make our CAS
+        // fail; charges made before it are in what we read.
+        let Some(mut p) = store.get::<Project>("", project).await? else {
+            return Ok(None);
+        };
+        let mut held: BTreeMap<String, QuotaAmounts> = BTreeMap::new();
+        for i in store
+            .list::<Instance>(Some(project), Default::default())
+            .await?
+            .items
+        {
+            let itype = match (i.spec.cpus, i.spec.memory_mib) {
+                (Some(_), Some(_)) => None,
+                _ => types.get(
+                    i.spec
+                        .instance_type
+                        .as_deref()
+                        .unwrap_or(DEFAULT_INSTANCE_TYPE),
+                ),
+            };
+            let a = instance_amounts(&i.spec, itype.map(|t| &t.spec));
+            held.insert(object_name::<Instance>(&i.metadata.name), a);
+        }
+        for v in store
+            .list::<Volume>(Some(project), Default::default())
+            .await?
+            .items
+        {
+            let size = v
+                .spec
+                .size_gib
+                .or(v.status.as_ref().and_then(|s| s.size_gib))
+                .unwrap_or(0);
+            held.insert(
+                object_name::<Volume>(&v.metadata.name),
+                volume_amounts(size),
+            );
+        }
+        for a in store
+            .list::<Address>(Some(project), Default::default())
+            .await?
+            .items
+        {
+            held.insert(object_name::<Address>(&a.metadata.name), address_amounts());
+        }
+
+        let now = Utc::now();
+        let status = p.status.clone().unwrap_or_default();
+        let mut pending = Vec::new();
+        let mut counted = held.clone();
+        for c in &status.pending_charges {
+            let amounts = QuotaAmounts::from_resources(&c.amounts);
+            let holds = held.get(&c.object).is_some_and(|h| h.covers(&amounts));
+            if holds || c.expires <= now {
+                continue;
+            }
+            let entry = counted.entry(c.object.clone()).or_default();
+            *entry = entry.max(amounts);
+            pending.push(c.clone());
+        }
+        let usage = counted
+            .values()
+            .fold(QuotaAmounts::default(), |acc, a| acc.saturating_add(*a));
+        let next = pending
+            .iter()
+            .map(|c| (c.expires - now).to_std().unwrap_or_default())
+            .min();
+        let want = ProjectStatus {
+            usage: usage.to_resources(),
+            pending_charges: pending,
+            observed_generation: p.metadata.generation,
+        };
+        if p.status.as_ref() == Some(&want) {
+            return Ok(next);
+        }
+        p.status = Some(want);
+        match store.update(&p).await {
+            Ok(_) => return Ok(next),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
