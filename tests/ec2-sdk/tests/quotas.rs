@@ -1,0 +1,139 @@
+//! Project quotas and request limits as the AWS SDK sees them: the error
+//! codes AWS uses for its own limits, and user data capped at 16 KiB
+//! before base64 like EC2.
+
+mod common;
+
+use common::{client, code};
+use corral_api_types::{Instance, Project, ProjectResources, Volume};
+use corral_ec2_api::testing::{seed_project, start};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_instances_over_quota_gets_the_aws_codes() {
+    let s = start().await;
+    let image = seed_project(&s.store, "default").await;
+    let mut p: Project = s.store.get("", "default").await.unwrap().unwrap();
+    p.spec.quotas = ProjectResources {
+        instances: Some(3),
+        vcpus: Some(4),
+        volumes: Some(1),
+        volume_gib: Some(5),
+        ..Default::default()
+    };
+    s.store.update(&p).await.unwrap();
+    let ec2 = client(&s, &s.admin);
+    let run = |itype: &'static str, min: i32, max: i32| {
+        ec2.run_instances()
+            .image_id(&image)
+            .instance_type(itype.into())
+            .min_count(min)
+            .max_count(max)
+    };
+
+    // 2 vCPUs, then 2 more: the vCPU limit is reached first.
+    run("m1.medium", 1, 1).send().await.unwrap();
+    let err = run("m1.large", 1, 1).send().await.unwrap_err();
+    let meta = aws_sdk_ec2::error::ProvideErrorMetadata::meta(&err);
+    assert_eq!(meta.code(), Some("VcpuLimitExceeded"), "{err:?}");
+    assert!(
+        meta.message()
+            .unwrap()
+            .contains("vcpus quota of project default: requested 4, used 2, limit 4"),
+        "{meta:?}"
+    );
+    // MinCount 1, MaxCount 5: as many as fit (two more instances).
+    let r = run("m1.tiny", 1, 5).send().await.unwrap();
+    assert_eq!(r.instances().len(), 2);
+    assert_eq!(
+        code(run("m1.tiny", 1, 1).send().await),
+        "InstanceLimitExceeded"
+    );
+    let all = s
+        .store
+        .list::<Instance>(Some("default"), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 3);
+
+    // Volumes: size, then count.
+    let zones = ec2.describe_availability_zones().send().await.unwrap();
+    let zone = zones.availability_zones()[0]
+        .zone_name()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        code(
+            ec2.create_volume()
+                .availability_zone(&zone)
+                .size(6)
+                .send()
+                .await
+        ),
+        "VolumeLimitExceeded"
+    );
+    ec2.create_volume()
+        .availability_zone(&zone)
+        .size(5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            ec2.create_volume()
+                .availability_zone(&zone)
+                .size(1)
+                .send()
+                .await
+        ),
+        "VolumeLimitExceeded"
+    );
+    let vols = s
+        .store
+        .list::<Volume>(Some("default"), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(vols.items.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_data_is_limited_to_16_kib_before_base64() {
+    let s = start().await;
+    let image = seed_project(&s.store, "default").await;
+    let ec2 = client(&s, &s.admin);
+    let run = |bytes: usize| {
+        // The SDK base64-encodes user data as EC2 expects it.
+        let text = "#!/bin/sh\n".to_string() + &"x".repeat(bytes - 10);
+        ec2.run_instances()
+            .image_id(&image)
+            .min_count(1)
+            .max_count(1)
+            .user_data(base64(text.as_bytes()))
+    };
+    let err = run(16 * 1024 + 1).send().await.unwrap_err();
+    let meta = aws_sdk_ec2::error::ProvideErrorMetadata::meta(&err);
+    assert_eq!(meta.code(), Some("InvalidParameterValue"), "{err:?}");
+    assert!(meta.message().unwrap().contains("16384"), "{meta:?}");
+    run(16 * 1024).send().await.unwrap();
+}
+
+/// Standard base64 with padding (the SDK leaves encoding to the caller).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
