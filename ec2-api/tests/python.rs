@@ -33,6 +33,7 @@ async fn boto3_drives_the_facade() {
     let s = start().await;
     let keys = add_user(&s.store, "alice", Some("demo")).await;
     let image = seed_project(&s.store, "demo").await;
+    public_pool(&s.store, "demo").await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/boto3_smoke.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script).env("IMAGE_ID", &image);
@@ -147,4 +148,130 @@ async fn aws_cli_run_stop_start_terminate() {
     assert!(ok, "{out}");
     let (_, out) = aws(&s.url, k, &["describe-instances", "--instance-ids", &id]).await;
     assert_eq!(state_of(&json(&out)), "terminated");
+}
+
+/// Elastic IPs with the aws CLI: allocate → associate → describe →
+/// disassociate → release, and the errors in between. (The façade alone:
+/// association is what the Address says; the controllers' part, the
+/// instance's public IP, is proven in tests/ec2-sdk.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_elastic_ips() {
+    need("aws", &["--version"]);
+    let s = start().await;
+    let image = seed_project(&s.store, "default").await;
+    let k = &s.admin;
+    let (ok, out) = aws(&s.url, k, &["allocate-address", "--domain", "vpc"]).await;
+    assert!(!ok && out.contains("InsufficientAddressCapacity"), "{out}");
+    public_pool(&s.store, "default").await;
+
+    let (ok, out) = aws(&s.url, k, &["allocate-address", "--domain", "vpc"]).await;
+    assert!(ok, "{out}");
+    let v = json(&out);
+    let (alloc, ip) = (
+        v["AllocationId"].as_str().unwrap().to_string(),
+        v["PublicIp"].as_str().unwrap().to_string(),
+    );
+    assert!(
+        alloc.starts_with("eipalloc-") && ip.starts_with("198.51.100."),
+        "{v}"
+    );
+    assert_eq!(v["Domain"], "vpc");
+
+    let (ok, out) = aws(
+        &s.url,
+        k,
+        &["run-instances", "--image-id", &image, "--count", "1"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let id = json(&out)["Instances"][0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (ok, out) = aws(
+        &s.url,
+        k,
+        &[
+            "associate-address",
+            "--allocation-id",
+            &alloc,
+            "--instance-id",
+            &id,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let assoc = json(&out)["AssociationId"].as_str().unwrap().to_string();
+    assert!(assoc.starts_with("eipassoc-"), "{assoc}");
+
+    let (ok, out) = aws(&s.url, k, &["describe-addresses", "--public-ips", &ip]).await;
+    assert!(ok, "{out}");
+    let a = &json(&out)["Addresses"][0];
+    assert_eq!(a["AllocationId"], alloc.as_str());
+    assert_eq!(a["InstanceId"], id.as_str());
+    assert_eq!(a["AssociationId"], assoc.as_str());
+    let (ok, out) = aws(
+        &s.url,
+        k,
+        &[
+            "describe-addresses",
+            "--filters",
+            &format!("Name=instance-id,Values={id}"),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(json(&out)["Addresses"].as_array().unwrap().len(), 1);
+
+    let (ok, out) = aws(&s.url, k, &["release-address", "--allocation-id", &alloc]).await;
+    assert!(!ok && out.contains("InvalidIPAddress.InUse"), "{out}");
+    let (ok, out) = aws(
+        &s.url,
+        k,
+        &["disassociate-address", "--association-id", &assoc],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (_, out) = aws(
+        &s.url,
+        k,
+        &["describe-addresses", "--allocation-ids", &alloc],
+    )
+    .await;
+    assert!(
+        json(&out)["Addresses"][0].get("AssociationId").is_none(),
+        "{out}"
+    );
+
+    let (ok, out) = aws(&s.url, k, &["release-address", "--allocation-id", &alloc]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = aws(
+        &s.url,
+        k,
+        &["describe-addresses", "--allocation-ids", &alloc],
+    )
+    .await;
+    assert!(!ok && out.contains("InvalidAllocationID.NotFound"), "{out}");
+    let (ok, out) = aws(&s.url, k, &["describe-addresses"]).await;
+    assert!(
+        ok && json(&out)["Addresses"].as_array().unwrap().is_empty(),
+        "{out}"
+    );
+}
+
+/// The Network `public` (198.51.100.0/28) in `project`: its address pool.
+async fn public_pool(store: &corral_store::ResourceStore, project: &str) {
+    use corral_api_types::{Network, NetworkSpec, Resource};
+    store
+        .create(&Network::new(
+            project,
+            "public",
+            NetworkSpec {
+                cidr: "198.51.100.0/28".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
 }

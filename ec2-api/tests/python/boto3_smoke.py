@@ -114,4 +114,14 @@ assert ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [sg]}])["Tag
 
 ec2.delete_security_group(GroupId=sg)
 expect_error("InvalidGroup.NotFound", ec2.describe_security_groups, GroupIds=[sg])
+# Elastic IPs (the pool is the project's Network "public").
+eip = ec2.allocate_address(Domain="vpc")
+assert eip["AllocationId"].startswith("eipalloc-") and eip["Domain"] == "vpc", eip
+ec2.create_tags(Resources=[eip["AllocationId"]], Tags=[{"Key": "Name", "Value": "front"}])
+got = ec2.describe_addresses(Filters=[{"Name": "tag:Name", "Values": ["front"]}])["Addresses"]
+assert [a["PublicIp"] for a in got] == [eip["PublicIp"]], got
+expect_error("InvalidAllocationID.NotFound", ec2.describe_addresses, AllocationIds=["eipalloc-0123456789abcdef0"])
+expect_error("InvalidParameterValue", ec2.describe_addresses, Filters=[{"Name": "bogus", "Values": ["x"]}])
+ec2.release_address(AllocationId=eip["AllocationId"])
+assert ec2.describe_addresses()["Addresses"] == []
 print("boto3 smoke: ok")
