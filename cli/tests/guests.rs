@@ -199,7 +199,14 @@ fn console(s: &Server, name: &str) -> String {
 /// Boots of an instance's guest, counted in the whole console log on its
 /// node (the API keeps only the newest 64 KiB, about two boots' worth).
 fn boots(s: &Server, name: &str) -> usize {
-    let uid = get(s, name)["metadata"]["uid"]
+    boots_in(s, "demo", name)
+}
+
+/// [`boots`] of an instance in `project`.
+fn boots_in(s: &Server, project: &str, name: &str) -> usize {
+    let uid = s
+        .corral(&["get", "instance", name, "-p", project, "-o", "json"])
+        .json()["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_string();
@@ -843,4 +850,303 @@ fn examples_boot_real_guests_that_obey_power_and_survive_drift() {
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
     agent.kill();
+}
+
+const NETS: &str = "apiVersion: corral/v1
+kind: Project
+metadata: {name: nets}
+---
+apiVersion: corral/v1
+kind: Network
+metadata: {name: lan, project: nets}
+spec: {cidr: 10.61.0.0/24, mode: nat}
+---
+apiVersion: corral/v1
+kind: Network
+metadata: {name: iso, project: nets}
+spec: {cidr: 10.62.0.0/24, mode: isolated}
+---
+apiVersion: corral/v1
+kind: Network
+metadata: {name: public, project: nets}
+spec: {cidr: 203.0.113.0/24, mode: nat}
+---
+apiVersion: corral/v1
+kind: Image
+metadata: {name: tiny, project: nets}
+spec:
+  source: {path: /var/lib/corral/import/tiny.qcow2}
+  format: qcow2
+---
+apiVersion: corral/v1
+kind: SecurityGroup
+metadata: {name: client, project: nets}
+spec: {description: fetches from web}
+---
+apiVersion: corral/v1
+kind: Instance
+metadata: {name: a, project: nets}
+spec:
+  instanceType: m1.tiny
+  image: tiny
+  nics: [{network: lan, fixedIp: 10.61.0.10, securityGroups: [web]}]
+---
+apiVersion: corral/v1
+kind: Instance
+metadata: {name: b, project: nets}
+spec:
+  instanceType: m1.tiny
+  image: tiny
+  nics: [{network: lan, fixedIp: 10.61.0.11, securityGroups: [client]}]
+  userData: |
+    #!/bin/sh
+    corral-fetch http://10.61.0.10/ &
+---
+apiVersion: corral/v1
+kind: Instance
+metadata: {name: c, project: nets}
+spec:
+  instanceType: m1.tiny
+  image: tiny
+  nics: [{network: iso, fixedIp: 10.62.0.10}]
+  userData: |
+    #!/bin/sh
+    corral-fetch http://10.61.0.10/ &
+";
+
+/// Security group `web`: HTTP from the host's address and, when
+/// `from_clients`, from the members of group `client`.
+fn web_group(host: &str, from_clients: bool) -> String {
+    let clients = if from_clients {
+        "    - {protocol: tcp, fromPort: 80, toPort: 80, sourceGroup: client}\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: corral/v1\nkind: SecurityGroup\nmetadata: {{name: web, project: nets}}\nspec:\n  ingress:\n    - {{protocol: tcp, fromPort: 80, toPort: 80, cidr: {host}/32}}\n{clients}"
+    )
+}
+
+fn address(instance: Option<&str>) -> String {
+    let inst = instance
+        .map(|i| format!(", instance: {i}"))
+        .unwrap_or_default();
+    format!("apiVersion: corral/v1\nkind: Address\nmetadata: {{name: a-ip, project: nets}}\nspec: {{network: public{inst}}}\n")
+}
+
+/// The body of `GET /` from `ip`:80, if it answers within a few seconds.
+fn http_get(ip: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:80").parse().ok()?;
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    c.write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n").ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.trim().to_string())
+}
+
+/// The address this host sends from towards `ip`.
+fn source_address_towards(ip: &str) -> String {
+    let out = Command::new("ip")
+        .args(["route", "get", ip])
+        .output()
+        .expect("running ip route get");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "src" {
+            return words.next().unwrap_or_default().to_string();
+        }
+    }
+    panic!("no source address towards {ip}: {text}")
+}
+
+/// What of Corral's host networking is left: bridges, libvirt networks,
+/// dnsmasq processes, iptables chains and lease files.
+fn host_networking_left() -> Vec<String> {
+    let mut left = Vec::new();
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    for l in String::from_utf8_lossy(&links.stdout).lines() {
+        if let Some(dev) = l.split(": ").nth(1) {
+            if dev.starts_with("crb") || dev.starts_with("crt") {
+                left.push(format!("link {dev}"));
+            }
+        }
+    }
+    for n in virsh(&["net-list", "--all", "--name"]).lines() {
+        if n.trim().starts_with("corral-") {
+            left.push(format!("network {}", n.trim()));
+        }
+    }
+    let save = Command::new("iptables-save").output().unwrap();
+    for l in String::from_utf8_lossy(&save.stdout).lines() {
+        if l.contains("CORRAL-") {
+            left.push(format!("iptables {l}"));
+        }
+    }
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    for l in String::from_utf8_lossy(&ps.stdout).lines() {
+        if l.contains("dnsmasq") && l.contains("corral-") {
+            left.push(format!("process {l}"));
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/var/lib/libvirt/dnsmasq") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("crb") || name.starts_with("corral-") {
+                left.push(format!("file {name}"));
+            }
+        }
+    }
+    left
+}
+
+#[test]
+fn guests_get_their_addresses_metadata_groups_and_floating_ips() {
+    let _one = one_at_a_time();
+    let (s, _cleanup, _guest) = guest_server();
+    let (_node, _token, agent) = node_agent(&s);
+    let dir = s.scratch("nets");
+    let host = source_address_towards("203.0.113.10");
+    apply(&s, &dir, "nets.yaml", NETS);
+    apply(&s, &dir, "web.yaml", &web_group(&host, true));
+    apply(&s, &dir, "address.yaml", &address(Some("a")));
+
+    let get = |kind: &str, name: &str| {
+        s.corral(&["get", kind, name, "-p", "nets", "-o", "json"])
+            .json()
+    };
+    let console = |name: &str| s.corral(&["console", name, "-p", "nets"]).ok().to_string();
+    let condition = |name: &str, t: &str| -> (String, String) {
+        get("instance", name)["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t).cloned())
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or("").to_string(),
+                    c["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .unwrap_or_default()
+    };
+    let diagnose = |name: &str| {
+        format!(
+            "{name}: {}\nconsole:\n{}\nagent log tail:\n{}",
+            get("instance", name),
+            console(name),
+            std::fs::read_to_string("/tmp/corral-guests-agent.log")
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+
+    // Each guest gets by DHCP exactly the address its status shows, and
+    // the metadata service tells it its own id and address (v1 and v2).
+    for (name, ip) in [
+        ("a", "10.61.0.10"),
+        ("b", "10.61.0.11"),
+        ("c", "10.62.0.10"),
+    ] {
+        wait_until_or(
+            &format!("{name} to say who it is"),
+            || !guest_lines(&console(name), "imds-v2").is_empty(),
+            || diagnose(name),
+        );
+        let i = get("instance", name);
+        assert_eq!(i["status"]["addresses"][0]["ip"], ip, "{i}");
+        let id = i["status"]["ec2Id"].as_str().unwrap().to_string();
+        let con = console(name);
+        let net = guest_lines(&con, "net");
+        assert!(
+            net.iter()
+                .any(|l| l.starts_with("eth0 ") && l.contains(&format!(" ip {ip}/24 "))),
+            "{name} leased {ip}: {net:?}\n{con}"
+        );
+        assert_eq!(
+            guest_lines(&con, "imds-v1 instance-id"),
+            [id.clone()],
+            "{con}"
+        );
+        assert_eq!(guest_lines(&con, "imds-v1 local-ipv4"), [ip], "{con}");
+        assert_eq!(guest_lines(&con, "imds-v2 instance-id"), [id], "{con}");
+        wait_until_or(
+            &format!("{name}'s lease to be reported"),
+            || condition(name, "AddressLeased") == ("True".into(), "Leased".into()),
+            || diagnose(name),
+        );
+    }
+    // The isolated network's default route is absent; its guest can't
+    // reach the NAT network's guests.
+    let c_net = guest_lines(&console("c"), "net");
+    assert!(c_net[0].ends_with(" gw -"), "{c_net:?}");
+
+    // b reaches a's web server while a's group admits b's group.
+    let a_id = get("instance", "a")["status"]["ec2Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fetches = |name: &str| guest_lines(&console(name), "fetch http://10.61.0.10/");
+    wait_until_or(
+        "b to fetch a's page",
+        || fetches("b").iter().any(|l| l.starts_with("ok ")),
+        || diagnose("b"),
+    );
+    assert_eq!(
+        fetches("b"),
+        [format!("ok 1 corral-guest a {a_id}")],
+        "b's first fetch already succeeded"
+    );
+    // The host reaches a through its floating address.
+    wait_until("the floating address", || {
+        get("address", "a-ip")["status"]["ip"].is_string()
+            && get("instance", "a")["status"]["addresses"][0]["floatingIp"].is_string()
+    });
+    let fip = get("address", "a-ip")["status"]["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fip.starts_with("203.0.113."), "{fip}");
+    wait_until_or(
+        "a's page through its floating address",
+        || http_get(&fip) == Some(format!("corral-guest a {a_id}")),
+        || diagnose("a"),
+    );
+    assert!(
+        fetches("c").iter().all(|l| l.starts_with("fail")),
+        "the isolated guest reached a: {:?}",
+        fetches("c")
+    );
+    assert!(!fetches("c").is_empty(), "c tried: {}", console("c"));
+
+    // Removing the rule cuts b off within seconds, without a restart.
+    let boots_before: Vec<usize> = ["a", "b"].iter().map(|n| boots_in(&s, "nets", n)).collect();
+    apply(&s, &dir, "web.yaml", &web_group(&host, false));
+    wait_until_or(
+        "b to be refused",
+        || fetches("b").iter().any(|l| l.starts_with("fail 2")),
+        || diagnose("b"),
+    );
+    // Disassociating the address takes the host's way in away.
+    apply(&s, &dir, "address.yaml", &address(None));
+    wait_until("a's floating address to stop answering", || {
+        http_get(&fip).is_none()
+    });
+    assert!(get("instance", "a")["status"]["addresses"][0]["floatingIp"].is_null());
+    let boots_after: Vec<usize> = ["a", "b"].iter().map(|n| boots_in(&s, "nets", n)).collect();
+    assert_eq!(boots_before, boots_after, "no guest restarted");
+
+    // Deleting everything leaves nothing of the host networking behind.
+    s.corral(&["delete", "-f", dir.to_str().unwrap()]).ok();
+    wait_until_or(
+        "host networking to be gone",
+        || host_networking_left().is_empty(),
+        || format!("{:#?}", host_networking_left()),
+    );
+    drop(agent);
 }

@@ -611,10 +611,37 @@ fn remove_hooks(table: &str) -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// Bridged guest-to-guest traffic passes iptables only with br_netfilter
+/// on (`bridge-nf-call-iptables`); without it security groups between
+/// guests of one network would not hold, so this is an error.
+fn ensure_bridge_netfilter() -> Result<(), FirewallError> {
+    let knob = std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    if !knob.exists() {
+        // A module on most distributions; built in on some kernels.
+        let _ = run("modprobe", &["br_netfilter"], None);
+    }
+    let ok = std::fs::read_to_string(knob).is_ok_and(|v| v.trim() == "1")
+        || std::fs::write(knob, "1").is_ok();
+    if !ok {
+        return Err(FirewallError::Failed {
+            cmd: "enabling br_netfilter".into(),
+            stderr: format!(
+                "{} is missing or read-only: security groups cannot filter bridged traffic",
+                knob.display()
+            ),
+        });
+    }
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+    Ok(())
+}
+
 /// Makes the host's iptables hold exactly `plan`'s rules. Idempotent; an
 /// empty plan removes every Corral chain and jump.
 pub fn apply_firewall(plan: &NetPlan) -> Result<(), FirewallError> {
     let rules = plan.rules();
+    if !rules.is_empty() {
+        ensure_bridge_netfilter()?;
+    }
     for table in ["mangle", "filter", "nat"] {
         let want = rules.iter().find(|r| r.table == table);
         let existing = existing_chains(table)?;
