@@ -9,12 +9,16 @@
 //! hold state of its own (several servers share one store) and must not
 //! check that referenced objects exist — GitOps applies in any order; the
 //! controllers report missing references as conditions.
+//!
+//! What one request or client may ask for is bounded; [`limits`] lists
+//! every limit, its value and its answer.
 
 pub mod admin;
 pub mod auth;
 pub mod content;
 pub mod error;
 pub mod kinds;
+pub mod limits;
 pub mod list;
 mod metrics;
 mod openapi;

@@ -78,7 +78,7 @@ pub fn document() -> Value {
         let list_params = json!([
             {"name": "labelSelector", "in": "query", "schema": {"type": "string"}},
             {"name": "fieldSelector", "in": "query", "schema": {"type": "string"}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+            {"name": "limit", "in": "query", "description": "page size; larger than the maximum is 400", "schema": {"type": "integer", "minimum": 0, "maximum": crate::list::MAX_LIMIT}},
             {"name": "continue", "in": "query", "schema": {"type": "string"}},
             {"name": "watch", "in": "query", "schema": {"type": "boolean"}},
             {"name": "resourceVersion", "in": "query", "schema": {"type": "string"}}

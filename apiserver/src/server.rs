@@ -22,8 +22,7 @@ use crate::kinds::{registry, KindApi, WatchItem};
 use crate::list::ListParams;
 use crate::metrics::Metrics;
 
-/// Largest request body accepted.
-pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+pub use crate::limits::BODY_LIMIT;
 
 /// Shared state of one API server.
 pub struct ApiState {
@@ -37,6 +36,8 @@ pub struct ApiState {
     openapi: Value,
     /// Image bytes, when this server keeps them.
     blobs: std::sync::OnceLock<corral_store::blobs::BlobStore>,
+    /// Open watches per client (see [`crate::limits`]).
+    pub watch_slots: crate::limits::WatchSlots,
 }
 
 impl ApiState {
@@ -54,6 +55,7 @@ impl ApiState {
             store,
             kinds,
             blobs: Default::default(),
+            watch_slots: Default::default(),
         })
     }
 
@@ -94,7 +96,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/apply", post(apply))
         .merge(crate::admin::routes())
-        .merge(crate::content::routes())
         .route("/v1/projects", get(cluster_collection).post(cluster_create))
         .route(
             "/v1/projects/{project}",
@@ -126,6 +127,10 @@ pub fn router(state: AppState) -> Router {
             get(cluster_item_get).put(cluster_status_put),
         )
         .fallback(|| async { ApiError::not_found("no such path") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::limits::limit_body))
+        // Content streams (image bytes) have limits of their own.
+        .merge(crate::content::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
@@ -136,7 +141,6 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(crate::metrics::serve))
         .route("/openapi.json", get(openapi))
         .merge(api)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
@@ -279,7 +283,8 @@ async fn list_or_watch(
             });
     }
     if params.watch {
-        return watch(state, kind.clone(), project, params).await;
+        let slot = state.watch_slots.acquire(&watch_client(p))?;
+        return watch(state, kind.clone(), project, params, slot).await;
     }
     let out = kind.list(project, &params).await?;
     let mut metadata = json!({"resourceVersion": out.resource_version.to_string()});
@@ -306,11 +311,21 @@ async fn list_or_watch(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// Whose watches count together: a node agent's node, else the user.
+fn watch_client(p: &Principal) -> String {
+    if p.node.is_empty() {
+        p.user.clone()
+    } else {
+        format!("node:{}", p.node)
+    }
+}
+
 async fn watch(
     state: &ApiState,
     kind: Arc<dyn KindApi>,
     project: Option<&str>,
     params: ListParams,
+    slot: crate::limits::WatchSlot,
 ) -> Result<Response, ApiError> {
     let info = kind.info();
     // Without a version: the current objects first, as ADDED.
@@ -334,6 +349,8 @@ async fn watch(
     let heartbeat = params.heartbeat;
     let kind_name = info.kind;
     tokio::spawn(async move {
+        // Held while the stream lives: the client's watch count.
+        let _slot = slot;
         let line = |v: Value| {
             let mut bytes = serde_json::to_vec(&v).unwrap_or_default();
             bytes.push(b'\n');
@@ -772,6 +789,11 @@ async fn apply(
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
     let body = parse_body(&headers, &body)?;
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "apply takes one object per request (a JSON or YAML mapping); send each document on its own",
+        ));
+    }
     let kind_name = body
         .get("kind")
         .and_then(|k| k.as_str())

@@ -1,0 +1,163 @@
+//! The native API's limits on what one request or client may ask for.
+//! Each exceeded limit is a 4xx Status naming it — never an OOM or a 500.
+//!
+//! | limit | value | answer |
+//! |---|---|---|
+//! | request body (resources, apply, admin) | [`BODY_LIMIT`] = 4 MiB | 413 `RequestEntityTooLarge` |
+//! | objects per request | 1 (`/v1/apply` takes one object; there is no batch endpoint) | 422 |
+//! | list page size (`limit`) | [`crate::list::MAX_LIMIT`] = 5000 | 400 `BadRequest` (not clamped) |
+//! | concurrent watches per client (user) | [`DEFAULT_WATCHES_PER_CLIENT`] = 100 | 429 `TooManyRequests` |
+//! | names, labels, annotations, tags, user data | api-types' validation: names are DNS labels (63) or subdomains (253), label keys/values 63 (prefix 253), annotations 256 KiB in all, 50 tags of 128/256, user data 16 KiB | 422 `Invalid` |
+//! | JSON nesting | serde_json's 128 levels | 400 `BadRequest` |
+//!
+//! Image uploads (`…/images/{name}/content`) are exempt from the body
+//! limit: they stream to the blob store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+
+/// Largest request body accepted (image content aside).
+pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Concurrent watches one client may hold open by default.
+pub const DEFAULT_WATCHES_PER_CLIENT: usize = 100;
+
+fn too_large(len: Option<u64>) -> Response {
+    let sent = len
+        .map(|l| format!("is {l} bytes"))
+        .unwrap_or_else(|| "is larger".into());
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLarge",
+        format!("the request body {sent}; the limit is {BODY_LIMIT} bytes (4 MiB)"),
+    )
+    .into_response()
+}
+
+/// Answers a body over [`BODY_LIMIT`] (refused by the body extractor,
+/// from its declared length or while reading) with a Status naming the
+/// limit. The refusal itself stays with the extractor, after
+/// authentication, as before: answering before the handler runs makes
+/// clients still sending see a broken pipe instead of the 413.
+pub async fn limit_body(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return too_large(declared.filter(|l| *l > BODY_LIMIT as u64));
+    }
+    resp
+}
+
+/// Open watches per client.
+#[derive(Clone)]
+pub struct WatchSlots {
+    inner: Arc<SlotsInner>,
+}
+
+struct SlotsInner {
+    limit: AtomicUsize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl Default for WatchSlots {
+    fn default() -> Self {
+        WatchSlots {
+            inner: Arc::new(SlotsInner {
+                limit: AtomicUsize::new(DEFAULT_WATCHES_PER_CLIENT),
+                open: Mutex::default(),
+            }),
+        }
+    }
+}
+
+/// One open watch; the slot is given back when dropped (the stream ended
+/// or the client went away).
+pub struct WatchSlot {
+    inner: Arc<SlotsInner>,
+    client: String,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.inner.open.lock().expect("watch slots");
+        if let Some(n) = open.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl WatchSlots {
+    pub fn set_limit(&self, limit: usize) {
+        self.inner.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> usize {
+        self.inner.limit.load(Ordering::Relaxed)
+    }
+
+    /// Watches `client` has open now.
+    pub fn open(&self, client: &str) -> usize {
+        let open = self.inner.open.lock().expect("watch slots");
+        open.get(client).copied().unwrap_or(0)
+    }
+
+    /// A slot for one more watch of `client`, or 429.
+    pub fn acquire(&self, client: &str) -> Result<WatchSlot, ApiError> {
+        let limit = self.limit();
+        let mut open = self.inner.open.lock().expect("watch slots");
+        let n = open.entry(client.to_string()).or_insert(0);
+        if *n >= limit {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                format!(
+                    "{client:?} has {n} watches open, the most one client may hold on this server ({limit}); close one first"
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(WatchSlot {
+            inner: self.inner.clone(),
+            client: client.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_counted_per_client_and_given_back() {
+        let slots = WatchSlots::default();
+        slots.set_limit(2);
+        let a = slots.acquire("u").unwrap();
+        let _b = slots.acquire("u").unwrap();
+        let err = slots.acquire("u").err().unwrap();
+        assert_eq!(err.code, StatusCode::TOO_MANY_REQUESTS);
+        assert!(err.message.contains("(2)"), "{}", err.message);
+        let _other = slots.acquire("v").unwrap();
+        drop(a);
+        assert_eq!(slots.open("u"), 1);
+        let _c = slots.acquire("u").unwrap();
+    }
+}
