@@ -32,10 +32,12 @@
 //! (`404 - Not Found`, `401 - Unauthorized`, ...).
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::connect_info::{ConnectInfo, Connected};
@@ -49,7 +51,9 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 
 /// Where guests reach the service; the host DNATs it to a listener of
 /// [`serve`] on the guest network's gateway address.
@@ -235,20 +239,192 @@ impl std::fmt::Debug for MetadataTable {
 }
 
 /// Serves the metadata service on `listener` until `shutdown` completes,
-/// then finishes the requests under way. Requests are answered for the
-/// instance `table` holds for the connection's (local, peer) addresses.
+/// then finishes the requests under way (giving up on connections still
+/// open [`SHUTDOWN_GRACE`] later). Requests are answered for the instance
+/// `table` holds for the connection's (local, peer) addresses.
 pub async fn serve(
     listener: TcpListener,
     table: MetadataTable,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new().fallback(handle).with_state(table);
-    axum::serve(
-        listener,
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
+        GuestListener::new(listener),
         app.into_make_service_with_connect_info::<ConnectionAddrs>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    })
+    .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => return served,
+        Ok(()) = stopped => {}
+    }
+    // Shutdown has begun: a guest that keeps a request trickling in must
+    // not hold the agent up.
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!("metadata connections still open after the shutdown grace; left behind");
+            Ok(())
+        }
+    }
+}
+
+/// How long [`serve`] waits for open connections after shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A connection with no byte read or written for this long is closed:
+/// stalled requests and idle keep-alives alike.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections one guest address may hold open at once; more are closed
+/// on accept, so one guest cannot take the agent's file descriptors.
+const MAX_CONNECTIONS_PER_PEER: usize = 16;
+
+/// A [`TcpListener`] that caps connections per guest address and hands out
+/// streams that close when idle.
+struct GuestListener {
+    inner: TcpListener,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl GuestListener {
+    fn new(inner: TcpListener) -> Self {
+        Self {
+            inner,
+            open: Arc::default(),
+        }
+    }
+}
+
+impl axum::serve::Listener for GuestListener {
+    type Io = GuestStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (GuestStream, SocketAddr) {
+        loop {
+            // axum's own accept logs and backs off on errors.
+            let (stream, peer) = axum::serve::Listener::accept(&mut self.inner).await;
+            match PeerSlot::take(&self.open, peer.ip()) {
+                Some(slot) => return (GuestStream::new(stream, slot), peer),
+                None => {
+                    tracing::debug!(%peer, "too many metadata connections from one guest; closed")
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// One open connection counted against its peer address.
+struct PeerSlot {
+    peer: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PeerSlot {
+    fn take(open: &Arc<Mutex<HashMap<IpAddr, usize>>>, peer: IpAddr) -> Option<Self> {
+        let mut counts = open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(peer).or_default();
+        if *n >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            peer,
+            open: open.clone(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A guest's connection: fails with `TimedOut` once no I/O has made
+/// progress for [`IDLE_TIMEOUT`], and frees its [`PeerSlot`] when dropped.
+struct GuestStream {
+    stream: TcpStream,
+    idle: Pin<Box<Sleep>>,
+    _slot: PeerSlot,
+}
+
+impl GuestStream {
+    fn new(stream: TcpStream, slot: PeerSlot) -> Self {
+        Self {
+            stream,
+            idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+            _slot: slot,
+        }
+    }
+
+    /// Passes `ready` on (and restarts the idle clock), or fails the I/O
+    /// when it has been pending too long.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        ready: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match ready {
+            Poll::Ready(r) => {
+                self.idle
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncRead for GuestStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let ready = Pin::new(&mut this.stream).poll_read(cx, buf);
+        this.watch(cx, ready)
+    }
+}
+
+impl AsyncWrite for GuestStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let ready = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch(cx, ready)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let ready = Pin::new(&mut this.stream).poll_flush(cx);
+        this.watch(cx, ready)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 /// Both ends of the TCP connection a request came on.
@@ -258,10 +434,10 @@ struct ConnectionAddrs {
     peer: SocketAddr,
 }
 
-impl Connected<IncomingStream<'_, TcpListener>> for ConnectionAddrs {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+impl Connected<IncomingStream<'_, GuestListener>> for ConnectionAddrs {
+    fn connect_info(stream: IncomingStream<'_, GuestListener>) -> Self {
         Self {
-            local: stream.io().local_addr().ok(),
+            local: stream.io().stream.local_addr().ok(),
             peer: *stream.remote_addr(),
         }
     }
@@ -468,9 +644,12 @@ impl Node {
 }
 
 /// A directory listed in name order, subdirectories with a trailing `/`.
+/// Empty values are left out: EC2 has no empty categories, and clients
+/// (botocore) retry an empty answer as a failure.
 fn dir(children: Vec<(&str, Node)>) -> Node {
     let mut children: Vec<_> = children
         .into_iter()
+        .filter(|(_, node)| !matches!(node, Node::Leaf(s) if s.is_empty()))
         .map(|(name, node)| {
             let listed = match node {
                 Node::Dir(_) => format!("{name}/"),
@@ -807,6 +986,20 @@ mod tests {
         );
         assert_eq!(text(&m, "/latest//meta-data"), None);
         assert_eq!(text(&m, "latest/meta-data"), None);
+    }
+
+    #[test]
+    fn empty_values_are_not_served() {
+        let mut m = md();
+        m.instance_type.clear();
+        m.security_groups = vec![];
+        m.user_data = Some(vec![]);
+        let listing = text(&m, "/latest/meta-data/").unwrap();
+        assert!(!listing.contains("instance-type"), "{listing}");
+        assert!(!listing.contains("security-groups"), "{listing}");
+        assert_eq!(text(&m, "/latest/meta-data/instance-type"), None);
+        assert_eq!(text(&m, "/latest/").unwrap(), "dynamic\nmeta-data");
+        assert!(resolve(&m, "/latest/user-data").is_none());
     }
 
     #[test]

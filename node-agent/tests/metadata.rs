@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use corral_node_agent::metadata::{serve, InstanceMetadata, MetadataTable};
+use corral_node_agent::metadata::{serve, InstanceMetadata, MetadataTable, SHUTDOWN_GRACE};
 use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
@@ -646,6 +646,115 @@ async fn raw(to: SocketAddr, bytes: &[u8]) -> String {
     let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut reply)).await;
     assert!(read.is_ok(), "the server keeps a finished connection open");
     String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// The test guest's client (tests/images/guest-imds) speaks HTTP/1.0 by
+/// hand through nc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_by_hand() {
+    let s = Imds::start().await;
+    let put = "PUT /latest/api/token HTTP/1.0\r\nHost: 169.254.169.254\r\n\
+               X-aws-ec2-metadata-token-ttl-seconds: 60\r\nContent-Length: 0\r\n\
+               Connection: close\r\n\r\n";
+    let reply = raw(s.a, put.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
+    let token = reply.split("\r\n\r\n").nth(1).expect("a body");
+    let get = format!(
+        "GET /latest/meta-data/instance-id HTTP/1.0\r\nX-aws-ec2-metadata-token: {token}\r\n\r\n"
+    );
+    let reply = raw(s.a, get.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with(&format!("\r\n\r\n{ID_A}")), "{reply}");
+    s.stop().await;
+}
+
+/// Connections from guests are bounded in number and in idle time, and a
+/// guest trickling bytes cannot hold up shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_connections_are_bounded() {
+    let s = Imds::start().await;
+    let (a, b) = (guest(GUEST_A), guest(GUEST_B));
+    let id = s.url_a("/latest/meta-data/instance-id");
+    let open_from_a = || async {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::from((GUEST_A, 0))).unwrap();
+        sock.connect(s.a).await.unwrap()
+    };
+
+    // A stalled request is dropped once idle.
+    let mut stalled = open_from_a().await;
+    stalled
+        .write_all(b"GET /latest/meta-data/ HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), stalled.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a stalled connection stays open");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // At most 16 open connections per guest; others are closed at once.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(open_from_a().await);
+    }
+    let closed = futures_util::future::join_all(held.iter_mut().map(|c| async move {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await;
+        matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+    }))
+    .await;
+    assert_eq!(closed.iter().filter(|c| **c).count(), 4, "{closed:?}");
+    // Other guests are not affected.
+    let tb = good_token(&b, &s.url_b("/latest/api/token")).await;
+    let r = send(
+        b.get(s.url_b("/latest/meta-data/instance-id"))
+            .header("X-aws-ec2-metadata-token", tb),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    drop(held);
+    let mut served = false;
+    for _ in 0..50 {
+        // Until the server has seen them close, a new one is still refused.
+        if a.get(&id).send().await.map(|r| r.status()).ok() == Some(StatusCode::OK) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        served,
+        "guest A is not served again after closing its connections"
+    );
+
+    // Shutdown with a guest trickling a request byte by byte.
+    let mut trickle = open_from_a().await;
+    let trickler = tokio::spawn(async move {
+        for byte in b"GET /latest/meta-data/instance-id HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .cycle()
+            .take(60)
+        {
+            if trickle.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    s.stop().await;
+    assert!(
+        started.elapsed() < SHUTDOWN_GRACE + Duration::from_secs(2),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    trickler.abort();
 }
 
 fn need(tool: &str, check: &[&str]) {
