@@ -22,7 +22,11 @@
 //! - expiry is measured on the monotonic clock: a wall-clock jump neither
 //!   extends nor cuts a token's life;
 //! - no input makes the service panic or answer 500; requests with an
-//!   oversized target or header block are refused before any work.
+//!   oversized target or header block are refused before any work;
+//! - one guest address holds at most 16 connections, each closed after 5 s
+//!   without I/O, and [`serve`] returns at most [`SHUTDOWN_GRACE`] after its
+//!   shutdown signal: no guest can take the agent's file descriptors or
+//!   hold up its shutdown.
 //!
 //! The answers follow EC2's: `text/plain` values and listings (one entry a
 //! line, no trailing newline, directories with a trailing `/`), a trailing
@@ -501,7 +505,7 @@ fn answer(
 
     if path == TOKEN_PATH {
         if method != Method::PUT {
-            return not_allowed("OPTIONS, PUT");
+            return not_allowed("PUT");
         }
         // A proxy in front of the caller: EC2 refuses to issue tokens
         // through one, which is what stops SSRF via open proxies.
@@ -526,7 +530,7 @@ fn answer(
             .into_response();
     }
     if *method != Method::GET && *method != Method::HEAD {
-        return not_allowed("OPTIONS, GET, HEAD");
+        return not_allowed("GET, HEAD");
     }
 
     match headers.get(TOKEN_HEADER) {
