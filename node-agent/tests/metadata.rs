@@ -764,6 +764,40 @@ async fn guest_connections_are_bounded() {
     trickler.abort();
 }
 
+/// Walks every listing the way cloud-init's crawler does: an entry ending
+/// in `/` is a directory, `N=name` is entered as `N/`, anything else is a
+/// value; every listed entry must answer 200 with a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listed_entry_resolves() {
+    let s = Imds::start().await;
+    let a = guest(GUEST_A);
+    for version in ["1.0", "2007-01-19", "2009-04-04", "2021-03-23", "latest"] {
+        let mut dirs = vec![format!("/{version}/")];
+        let mut values = 0;
+        while let Some(d) = dirs.pop() {
+            for entry in text(&a, &s.url_a(&d)).await.lines() {
+                assert!(!entry.is_empty(), "empty entry in {d}");
+                if let Some((n, _)) = entry.split_once('=') {
+                    dirs.push(format!("{d}{n}/"));
+                } else if entry.ends_with('/') || d.matches('/').count() == 2 {
+                    // `/latest/` lists its directories without a slash.
+                    match entry {
+                        "user-data" => values += 1,
+                        e => dirs.push(format!("{d}{}/", e.trim_end_matches('/'))),
+                    }
+                } else {
+                    let r = get(&a, &s.url_a(&format!("{d}{entry}"))).await;
+                    assert_eq!(r.status, StatusCode::OK, "{d}{entry}");
+                    assert!(!r.body.is_empty(), "{d}{entry}");
+                    values += 1;
+                }
+            }
+        }
+        assert!(values >= 8, "{version}: only {values} values");
+    }
+    s.stop().await;
+}
+
 fn need(tool: &str, check: &[&str]) {
     let ok = std::process::Command::new(tool)
         .args(check)
