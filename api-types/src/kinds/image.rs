@@ -22,6 +22,9 @@ crate::resource!(
     Project
 );
 
+/// Most accounts an image may be shared with.
+pub const MAX_LAUNCH_PERMISSIONS: usize = 100;
+
 /// Longest `kernelArgs`, characters.
 pub const MAX_KERNEL_ARGS: usize = 1024;
 
@@ -112,6 +115,11 @@ pub struct ImageSpec {
     /// `private` (default) or `public`.
     #[serde(default)]
     pub visibility: Visibility,
+    /// EC2 account ids (12 digits, one per project) that may also see and
+    /// launch this image — EC2's launchPermission by user id;
+    /// `visibility: public` is its `all` group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub launch_permissions: Vec<String>,
     /// `x86_64` (default), `aarch64` or `i686`.
     #[serde(default)]
     pub architecture: Architecture,
@@ -230,6 +238,20 @@ impl Validate for Image {
         }
         if let Some(m) = spec.min_disk_gib {
             check_range(&mut errs, "spec.minDiskGiB", m, 1, 16384);
+        }
+        for (k, id) in spec.launch_permissions.iter().enumerate() {
+            if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                errs.push(
+                    format!("spec.launchPermissions[{k}]"),
+                    "must be a 12-digit account id",
+                );
+            }
+        }
+        if spec.launch_permissions.len() > MAX_LAUNCH_PERMISSIONS {
+            errs.push(
+                "spec.launchPermissions",
+                format!("at most {MAX_LAUNCH_PERMISSIONS} accounts"),
+            );
         }
         check_tags(&mut errs, "spec.tags", &spec.tags);
         errs

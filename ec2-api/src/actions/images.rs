@@ -1,5 +1,6 @@
-//! DescribeImages and DeregisterImage. Public images of other projects are
-//! listed too (as EC2 lists public AMIs), owned by their project's account.
+//! DescribeImages and DeregisterImage. Public images of other projects, and
+//! those shared with the caller's account (`spec.launchPermissions`), are
+//! listed too (as EC2 lists them), owned by their project's account.
 
 use corral_api_types::{Image, ImagePhase, ImageType, Instance, Visibility};
 
@@ -68,8 +69,10 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         .list::<Image>(None, Default::default())
         .await?
         .items;
+    let me = ctx.account();
     images.extend(others.into_iter().filter(|i| {
-        i.metadata.project != ctx.project() && i.spec.visibility == Visibility::Public
+        i.metadata.project != ctx.project()
+            && (i.spec.visibility == Visibility::Public || i.spec.launch_permissions.contains(&me))
     }));
     if let Some(missing) = ids
         .iter()
@@ -80,7 +83,6 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
             format!("The image id '[{missing}]' does not exist"),
         ));
     }
-    let me = ctx.account();
     let owner = |i: &Image| corral_api_types::ec2::account_id(&i.metadata.project);
     let id_of = |name: &Option<String>, project: &str, all: &[Image]| {
         name.as_ref()

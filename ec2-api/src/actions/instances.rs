@@ -242,17 +242,27 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
         }
     }
     let networks = list_all::<Network>(ctx.store, &project).await?;
-    let network = match p.get_nonempty("SubnetId") {
-        Some(s) => networks
-            .iter()
-            .find(|n| corral_api_types::ec2::subnet_id(&n.metadata.uid) == s)
-            .ok_or_else(|| Ec2Error::client("InvalidSubnetID.NotFound", format!("The subnet ID '{}' does not exist", clip(s))))?,
-        None => networks.iter().find(|n| n.metadata.name == "default").ok_or_else(|| {
-            Ec2Error::client(
-                "VPCIdNotSpecified",
-                "No default VPC for this user: give a SubnetId, or create the Network \"default\" (CreateDefaultVpc)",
-            )
-        })?,
+    // The subnet's Network; without a SubnetId the default VPC, made
+    // when missing (after the DryRun gate below).
+    let subnet = match p.get_nonempty("SubnetId") {
+        Some(s) => Some(
+            networks
+                .iter()
+                .find(|n| {
+                    super::vpcs::has_subnet(n)
+                        && corral_api_types::ec2::subnet_id(&n.metadata.uid) == s
+                })
+                .ok_or_else(|| {
+                    Ec2Error::client(
+                        "InvalidSubnetID.NotFound",
+                        format!("The subnet ID '{}' does not exist", clip(s)),
+                    )
+                })?
+                .metadata
+                .name
+                .clone(),
+        ),
+        None => None,
     };
     let fixed_ip = p.get_nonempty("PrivateIpAddress").map(str::to_string);
     if fixed_ip.is_some() && max > 1 {
@@ -304,6 +314,10 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
     let disable_termination = p.bool("DisableApiTermination")?.unwrap_or(false);
     let disable_stop = p.bool("DisableApiStop")?.unwrap_or(false);
     ctx.gate()?;
+    let network_name = match subnet {
+        Some(n) => n,
+        None => super::vpcs::default_network(ctx).await?.metadata.name,
+    };
 
     let first_uid = new_uid(&project, Instance::KIND, token.as_deref(), 0);
     let reservation = reservation_id(&first_uid);
@@ -319,7 +333,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
             instance_type: instance_type.clone(),
             image: Some(image.metadata.name.clone()),
             nics: vec![Nic {
-                network: network.metadata.name.clone(),
+                network: network_name.clone(),
                 fixed_ip: fixed_ip.clone(),
                 security_groups: sgs.clone(),
                 mac: None,

@@ -3,6 +3,7 @@
 
 mod addresses;
 mod disks;
+mod image_register;
 mod images;
 mod instance_attrs;
 mod instance_types;
@@ -149,6 +150,9 @@ pub async fn dispatch(ctx: &Ctx<'_>, action: &str) -> Result<Xml> {
         "DeleteSnapshot" => snapshots::delete_snapshot(ctx).await,
         "DescribeImages" => images::describe(ctx).await,
         "DeregisterImage" => images::deregister(ctx).await,
+        "RegisterImage" => image_register::register(ctx).await,
+        "DescribeImageAttribute" => image_register::describe_attribute(ctx).await,
+        "ModifyImageAttribute" => image_register::modify_attribute(ctx).await,
         "AllocateAddress" => addresses::allocate(ctx).await,
         "DescribeAddresses" => addresses::describe(ctx).await,
         "AssociateAddress" => addresses::associate(ctx).await,
@@ -158,6 +162,7 @@ pub async fn dispatch(ctx: &Ctx<'_>, action: &str) -> Result<Xml> {
         "DescribeSubnets" => vpcs::describe_subnets(ctx).await,
         "DescribeVpcAttribute" => vpcs::describe_vpc_attribute(ctx).await,
         "CreateVpc" => vpcs::create_vpc(ctx).await,
+        "CreateSubnet" => vpcs::create_subnet(ctx).await,
         "CreateDefaultVpc" => vpcs::create_default_vpc(ctx).await,
         "DeleteVpc" => vpcs::delete_vpc(ctx).await,
         "DescribeNetworkInterfaces" => vpcs::describe_network_interfaces(ctx).await,
