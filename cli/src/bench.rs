@@ -677,6 +677,9 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
 
 pub use boot::{boot, BootBenchOptions};
 
+mod ec2;
+pub use ec2::{ec2, Ec2BenchOptions};
+
 /// `corral bench boot`: apply → guest-ready through Corral on real QEMU
 /// (libvirt, `qemu:///system`) next to a bare QEMU boot of the same guest
 /// (B0), measured in the same run.

@@ -170,6 +170,27 @@ enum BenchCommand {
         #[arg(long, default_value_t = 30)]
         list_runs: usize,
     },
+    /// The EC2 façade: RunInstances, DescribeInstances (with N instances
+    /// present) and TerminateInstances, SigV4-signed, on simulated hosts,
+    /// next to the native API doing the same in the same run.
+    Ec2 {
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// RunInstances calls (and native creates, and terminates).
+        #[arg(long, default_value_t = 500)]
+        runs: usize,
+        /// Instances present for the DescribeInstances cases, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        present: Vec<usize>,
+        /// DescribeInstances calls (and native lists) per case.
+        #[arg(long, default_value_t = 1000)]
+        describes: usize,
+        /// Use a private etcd instead of the embedded store.
+        #[arg(long)]
+        etcd: bool,
+    },
     /// Real guests: POST -> Ready through Corral on qemu:///system (1 and
     /// N concurrent instances) next to a bare QEMU boot of the same guest
     /// (B0), measured in the same run. Root, libvirtd running.
@@ -353,6 +374,24 @@ async fn main() -> Result<()> {
                     clients,
                     list_size,
                     list_runs,
+                })
+                .await
+            }
+            BenchCommand::Ec2 {
+                hosts,
+                clients,
+                runs,
+                present,
+                describes,
+                etcd,
+            } => {
+                bench::ec2(bench::Ec2BenchOptions {
+                    hosts,
+                    clients,
+                    runs,
+                    present,
+                    describes,
+                    etcd,
                 })
                 .await
             }
