@@ -1206,6 +1206,22 @@ impl Agent {
             // The guest's network, DHCP reservation and rules exist before
             // it boots.
             self.sync_net().await?;
+            if let Some(why) = self.network_failure(&i).await {
+                self.report(
+                    key,
+                    Report {
+                        phase: InstancePhase::Provisioning,
+                        provisioned: false,
+                        reason: "NetworkUnavailable",
+                        message: &why,
+                        ready: None,
+                        drift: None,
+                        lease: None,
+                    },
+                )
+                .await?;
+                return Ok(Some(Duration::from_secs(5)));
+            }
             let hv = self.hv.clone();
             blocking(move || hv.define(&spec)).await?;
         }

@@ -72,6 +72,9 @@ pub async fn run(args: DeleteArgs) -> Result<i32> {
         };
         targets.extend(parsed.into_iter().map(|(i, n)| (i, None, n)));
     }
+    // Projects last, whatever order the manifests list them in: a project
+    // is deleted only once what was deleted in it is gone.
+    targets.sort_by_key(|(i, _, _)| i.kind == "Project");
     let ctx = Ctx::from_conn(&args.conn)?;
     let default_project = if targets
         .iter()

@@ -26,6 +26,8 @@ const REGION: &str = "corral-1";
 pub(super) struct NetState {
     applied: Option<NetPlan>,
     at: Option<Instant>,
+    /// Networks libvirt would not run, by Network uid: why.
+    failed: HashMap<String, String>,
 }
 
 /// What one sync read from the API, by project.
@@ -328,17 +330,8 @@ impl Agent {
         let mut state = self.net.lock().await;
         let (plan, entries) = self.net_plan().await?;
         self.metadata.set(entries);
-        for n in plan.networks.iter().filter(|n| n.managed()) {
-            let name = net::network_name(&n.uid);
-            let xml = n.libvirt_xml();
-            let hosts: Vec<(String, String)> = n
-                .hosts
-                .iter()
-                .map(|(mac, (ip, host))| (mac.clone(), NetDef::host_xml(mac, *ip, host)))
-                .collect();
-            let hv = self.hv.clone();
-            blocking(move || hv.sync_network(&name, &xml, &hosts)).await?;
-        }
+        // Stale networks go first: one left by an earlier agent may hold the
+        // bridge address a planned one needs.
         let want: Vec<String> = plan
             .networks
             .iter()
@@ -360,6 +353,33 @@ impl Agent {
         for name in removed {
             tracing::info!(network = %name, "removed a network nothing here uses");
         }
+        for n in plan.networks.iter().filter(|n| n.managed()) {
+            let name = net::network_name(&n.uid);
+            let xml = n.libvirt_xml();
+            let hosts: Vec<(String, String)> = n
+                .hosts
+                .iter()
+                .map(|(mac, (ip, host))| (mac.clone(), NetDef::host_xml(mac, *ip, host)))
+                .collect();
+            let hv = self.hv.clone();
+            // One network that cannot run (say, its CIDR is taken on this
+            // host) must not hold up the others or the firewall.
+            match blocking(move || hv.sync_network(&name, &xml, &hosts)).await {
+                Ok(()) => {
+                    state.failed.remove(&n.uid);
+                }
+                Err(e) => {
+                    let msg = format!("network {} cannot run here: {}", n.display, error_chain(&e));
+                    if state.failed.get(&n.uid) != Some(&msg) {
+                        tracing::warn!(network = %n.display, error = %msg, "host networking");
+                    }
+                    state.failed.insert(n.uid.clone(), msg);
+                }
+            }
+        }
+        state
+            .failed
+            .retain(|uid, _| plan.networks.iter().any(|n| &n.uid == uid));
         let stale = state.at.is_none_or(|t| t.elapsed() > REASSERT);
         if state.applied.as_ref() != Some(&plan) || stale {
             let p = plan.clone();
@@ -371,6 +391,17 @@ impl Agent {
             state.at = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Why one of the instance's networks cannot run on this host, if so.
+    pub(super) async fn network_failure(&self, i: &Instance) -> Option<String> {
+        let state = self.net.lock().await;
+        let plan = state.applied.as_ref()?;
+        (0..i.spec.nics.len()).find_map(|idx| {
+            let tap = net::tap_name(&i.metadata.uid, idx);
+            let port = plan.ports.iter().find(|p| p.tap == tap)?;
+            state.failed.get(&port.network).cloned()
+        })
     }
 
     /// The `AddressLeased` condition of a running instance on a real host:
