@@ -127,6 +127,9 @@ pub fn router(state: AppState) -> Router {
             get(cluster_item_get).put(cluster_status_put),
         )
         .fallback(|| async { ApiError::not_found("no such path") })
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::method_not_allowed(format!("{method} is not allowed on this path"))
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(crate::limits::limit_body))
         // Content streams (image bytes) have limits of their own.

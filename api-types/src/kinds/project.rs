@@ -219,9 +219,11 @@ impl QuotaAmounts {
         out
     }
 
-    /// Every field set (saturating at `u32::MAX`).
+    /// The non-zero amounts (saturating at `u32::MAX`): zero is absent, so
+    /// a project whose usage went back to nothing stores what it started
+    /// with.
     pub fn to_resources(&self) -> ProjectResources {
-        let c = |v: u64| Some(u32::try_from(v).unwrap_or(u32::MAX));
+        let c = |v: u64| (v > 0).then(|| u32::try_from(v).unwrap_or(u32::MAX));
         ProjectResources {
             instances: c(self.instances),
             vcpus: c(self.vcpus),
