@@ -540,10 +540,12 @@ impl Hypervisor for Libvirt {
             Err(e) if e.code().is(virt::error::ErrorNumber::NoNetwork) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        // A transient network is gone once destroyed: ask first.
+        let persistent = net.is_persistent()?;
         if net.is_active()? {
             net.destroy()?;
         }
-        if net.is_persistent()? {
+        if persistent {
             net.undefine()?;
         }
         Ok(())
