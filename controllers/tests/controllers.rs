@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use corral_api_types::{
     seeded_instance_types, Condition, ConditionStatus, Instance, InstancePhase, InstanceSpec,
-    Network, NetworkSpec, Nic, Node, NodeResources, NodeSpec, NodeStatus, Resource,
+    Network, NetworkSpec, Nic, Node, NodeResources, NodeSpec, NodeStatus, Resource, SecurityGroup,
 };
 use corral_controllers::{ControllerManager, ControllerOptions};
 use corral_store::etcd_server::EtcdServer;
@@ -495,6 +495,51 @@ async fn owned_objects_go_with_their_owner(env: Env) {
     );
 }
 
+/// A group's `status.members` follows the addresses of the NICs that
+/// carry it, as instances get addresses and go away.
+async fn security_group_members_follow_instances(env: Env) {
+    let s = &env.store;
+    s.create(&Network::new(
+        "p",
+        "lan",
+        NetworkSpec {
+            cidr: "10.9.0.0/24".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    s.create(&SecurityGroup::new("p", "web", Default::default()))
+        .await
+        .unwrap();
+    node(s, "n1", 8, 8192, true).await;
+    let mut tagged = instance("w1", "m1.tiny");
+    tagged.spec.nics[0].security_groups = vec!["web".into()];
+    tagged.spec.nics[0].fixed_ip = Some("10.9.0.7".into());
+    s.create(&tagged).await.unwrap();
+    s.create(&instance("plain", "m1.tiny")).await.unwrap();
+    let members = || async {
+        s.get::<SecurityGroup>("p", "web")
+            .await
+            .unwrap()
+            .and_then(|g| g.status)
+            .map(|st| st.members)
+            .unwrap_or_default()
+    };
+    until("w1's address listed", 20, || async {
+        members().await == ["10.9.0.7".to_string()]
+    })
+    .await;
+    mutate::<Instance>(s, "p", "w1", |i| {
+        i.metadata.deletion_timestamp = Some(Utc::now())
+    })
+    .await;
+    until("w1 no longer listed", 20, || async {
+        members().await.is_empty()
+    })
+    .await;
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -505,6 +550,10 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn owned_objects_go_with_their_owner() {
                 super::owned_objects_go_with_their_owner(super::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn security_group_members_follow_instances() {
+                super::security_group_members_follow_instances(super::$backend().await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn node_lifecycle_marks_unknown() {
