@@ -5,7 +5,7 @@
 mod common;
 
 use common::{client, code};
-use corral_api_types::{Instance, Project, ProjectResources, Volume};
+use corral_api_types::{Instance, Project, ProjectResources, Resource, Volume};
 use corral_ec2_api::testing::{seed_project, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,4 +136,30 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocate_address_over_quota_is_address_limit_exceeded() {
+    let s = start().await;
+    let mut p: Project = s.store.get("", "default").await.unwrap().unwrap();
+    p.spec.quotas.addresses = Some(1);
+    s.store.update(&p).await.unwrap();
+    let pool = corral_api_types::Network::new(
+        "default",
+        "public",
+        corral_api_types::NetworkSpec {
+            cidr: "203.0.113.0/28".into(),
+            ..Default::default()
+        },
+    );
+    s.store.create(&pool).await.unwrap();
+    let ec2 = client(&s, &s.admin);
+    ec2.allocate_address().send().await.unwrap();
+    let err = ec2.allocate_address().send().await.unwrap_err();
+    let meta = aws_sdk_ec2::error::ProvideErrorMetadata::meta(&err);
+    assert_eq!(meta.code(), Some("AddressLimitExceeded"), "{err:?}");
+    assert!(
+        meta.message().unwrap().contains("addresses quota"),
+        "{meta:?}"
+    );
 }
