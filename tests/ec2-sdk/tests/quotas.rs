@@ -163,3 +163,40 @@ async fn allocate_address_over_quota_is_address_limit_exceeded() {
         "{meta:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bigger_instance_type_over_quota_is_refused() {
+    let s = start().await;
+    let image = seed_project(&s.store, "default").await;
+    let mut p: Project = s.store.get("", "default").await.unwrap().unwrap();
+    p.spec.quotas.vcpus = Some(1);
+    s.store.update(&p).await.unwrap();
+    let ec2 = client(&s, &s.admin);
+    let r = ec2
+        .run_instances()
+        .image_id(&image)
+        .instance_type("m1.small".into())
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let id = r.instances()[0].instance_id().unwrap().to_string();
+    common::set_phase(&s, "default", &id, corral_api_types::InstancePhase::Running).await;
+    ec2.stop_instances().instance_ids(&id).send().await.unwrap();
+    common::set_phase(&s, "default", &id, corral_api_types::InstancePhase::Stopped).await;
+    let resize = |t: &'static str| {
+        ec2.modify_instance_attribute()
+            .instance_id(&id)
+            .instance_type(
+                aws_sdk_ec2::types::AttributeValue::builder()
+                    .value(t)
+                    .build(),
+            )
+    };
+    assert_eq!(code(resize("m1.medium").send().await), "VcpuLimitExceeded");
+    let i: Instance = s.store.get("default", &id).await.unwrap().unwrap();
+    assert_eq!(i.spec.instance_type.as_deref(), Some("m1.small"));
+    // Same vCPUs, more memory: no vCPU growth, no memory quota.
+    resize("m1.tiny").send().await.unwrap();
+}
