@@ -897,7 +897,9 @@ metadata: {name: b, project: nets}
 spec:
   instanceType: m1.tiny
   image: tiny
-  nics: [{network: lan, fixedIp: 10.61.0.11, securityGroups: [client]}]
+  nics:
+    - {network: lan, fixedIp: 10.61.0.11, securityGroups: [client]}
+    - {network: iso, fixedIp: 10.62.0.11}
   userData: |
     #!/bin/sh
     corral-fetch http://10.61.0.10/ &
@@ -1083,6 +1085,14 @@ fn guests_get_their_addresses_metadata_groups_and_floating_ips() {
             || diagnose(name),
         );
     }
+    // b's second NIC, on the isolated network, got its address too.
+    let b_net = guest_lines(&console("b"), "net");
+    assert!(
+        b_net
+            .iter()
+            .any(|l| l.starts_with("eth1 ") && l.contains(" ip 10.62.0.11/24 gw -")),
+        "{b_net:?}"
+    );
     // The isolated network's default route is absent; its guest can't
     // reach the NAT network's guests.
     let c_net = guest_lines(&console("c"), "net");
