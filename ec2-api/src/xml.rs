@@ -46,6 +46,23 @@ pub fn namespace_version(version: Option<&str>) -> &str {
     }
 }
 
+/// Escapes what is written through it into the string.
+struct Escaping<'a>(&'a mut String);
+
+impl Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        // Most text needs no escaping: copy it whole.
+        if s.bytes()
+            .all(|b| b >= 0x20 && !matches!(b, b'&' | b'<' | b'>' | b'"' | b'\'') && b < 0xEF)
+        {
+            self.0.push_str(s);
+        } else {
+            escape(s, self.0);
+        }
+        Ok(())
+    }
+}
+
 /// A response body under construction.
 #[derive(Default)]
 pub struct Xml {
@@ -71,12 +88,10 @@ impl Xml {
         self
     }
 
-    /// `<name>value</name>`, escaped.
+    /// `<name>value</name>`, escaped as it is formatted (no copy).
     pub fn leaf(&mut self, name: &str, value: impl Display) -> &mut Self {
         self.open(name);
-        let mut text = String::new();
-        let _ = write!(text, "{value}");
-        escape(&text, &mut self.buf);
+        let _ = write!(Escaping(&mut self.buf), "{value}");
         self.close(name)
     }
 
@@ -177,6 +192,21 @@ pub fn error_response(err: &Ec2Error, request_id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn leaves_escape_what_needs_it_and_copy_the_rest() {
+        let mut x = Xml::new();
+        x.leaf("a", "plain text é")
+            .leaf("b", "x<y & 'z' \"q\" >")
+            .leaf("c", "cr\r\u{1}\u{FFFF}")
+            .leaf("d", 42);
+        assert_eq!(
+            x.into_string(),
+            "<a>plain text é</a><b>x&lt;y &amp; &apos;z&apos; &quot;q&quot; &gt;</b>\
+             <c>cr&#13;\u{FFFD}\u{FFFD}</c><d>42</d>"
+        );
+    }
+
     use super::*;
 
     #[test]

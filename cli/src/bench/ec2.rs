@@ -55,7 +55,7 @@ struct Ec2Client {
 impl Ec2Client {
     /// Calls `action`; returns the XML body of a 200, else an error with
     /// the EC2 error text.
-    async fn call(&self, action: &str, params: &[(&str, &str)]) -> Result<String> {
+    async fn call(&self, action: &str, params: &[(&str, &str)]) -> Result<impl AsRef<[u8]>> {
         let mut body = format!("Action={action}&Version=2016-11-15");
         for (k, v) in params {
             body.push('&');
@@ -84,9 +84,13 @@ impl Ec2Client {
             .send()
             .await?;
         let status = resp.status();
-        let text = resp.text().await?;
-        anyhow::ensure!(status.is_success(), "{action}: {status} {text}");
-        Ok(text)
+        let bytes = resp.bytes().await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "{action}: {status} {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        Ok(bytes)
     }
 }
 
@@ -225,6 +229,7 @@ pub async fn ec2(options: Ec2BenchOptions) -> Result<()> {
                     ],
                 )
                 .await?;
+            let xml = String::from_utf8_lossy(xml.as_ref());
             let id = all_of(&xml, "instanceId")
                 .first()
                 .context("no instanceId")?
@@ -278,7 +283,8 @@ pub async fn ec2(options: Ec2BenchOptions) -> Result<()> {
         // Let the controllers settle (placement, addresses), so reads are
         // measured on a steady project as a user would see it.
         settle(&cluster, &name, n).await;
-        let got = all_of(&ec2.call("DescribeInstances", &[]).await?, "instanceId").len();
+        let answer = ec2.call("DescribeInstances", &[]).await?;
+        let got = all_of(&String::from_utf8_lossy(answer.as_ref()), "instanceId").len();
         anyhow::ensure!(got >= n, "DescribeInstances showed {got} of {n}");
         let cl = ec2.clone();
         let describe = measure(
@@ -289,7 +295,7 @@ pub async fn ec2(options: Ec2BenchOptions) -> Result<()> {
                 let cl = cl.clone();
                 async move {
                     let xml = cl.call("DescribeInstances", &[]).await?;
-                    anyhow::ensure!(xml.len() > n * 100, "short answer");
+                    anyhow::ensure!(xml.as_ref().len() > n * 100, "short answer");
                     Ok(())
                 }
             },

@@ -132,7 +132,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         .filter(|i| ids.is_empty() || ids.contains(&instance_id(&i.metadata.uid)))
         .filter(|i| filters.matches(|f| l.field(i, f), i.tags()))
         .collect();
-    items.sort_by_key(|i| instance_id(&i.metadata.uid));
+    items.sort_by_cached_key(|i| instance_id(&i.metadata.uid));
     let (items, next) = page.apply(items, |i| instance_id(&i.metadata.uid));
     let mut x = Xml::new();
     write_reservations(&mut x, &items, &l, &ctx.account());
