@@ -6,9 +6,10 @@
 //! object releases its share and a charge whose write never happened
 //! (a failed create, a crashed server) is dropped once it expires.
 //!
-//! Projects without quotas are recomputed at most every
-//! [`UNLIMITED_PERIOD`]: their usage is informational, and a burst of
-//! creates in a big project must not turn into a full listing per create.
+//! A project without quotas is not counted at all. A project with quotas
+//! is recomputed at most every [`MIN_PERIOD`]: a burst of creates in a big
+//! project must not become a full listing per create (in-flight creates
+//! are held by their pending charges meanwhile, so only releases wait).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,8 +20,8 @@ use corral_api_types::{Address, Instance, Project, Resource, Volume};
 use corral_runtime::{Action, Change, ObjectRef, ReconcileError, Reconciler};
 use corral_store::ResourceStore;
 
-/// Least time between two recomputations of a project without quotas.
-pub const UNLIMITED_PERIOD: Duration = Duration::from_secs(10);
+/// Least time between two recomputations of one project.
+pub const MIN_PERIOD: Duration = Duration::from_secs(1);
 /// Full recomputation period even when nothing seems to change.
 pub const RESYNC: Duration = Duration::from_secs(60);
 
@@ -74,20 +75,21 @@ impl Reconciler<Project> for QuotaController {
             self.last.lock().expect("last").remove(&key.name);
             return Ok(Action::AwaitChange);
         };
-        let unlimited = p.spec.quotas.is_empty()
+        let untracked = p.spec.quotas.is_empty()
             && p.status
                 .as_ref()
-                .is_none_or(|s| s.pending_charges.is_empty());
-        if unlimited {
-            let since = self
-                .last
-                .lock()
-                .expect("last")
-                .get(&key.name)
-                .map(Instant::elapsed);
-            if let Some(since) = since.filter(|s| *s < UNLIMITED_PERIOD) {
-                return Ok(Action::Requeue(UNLIMITED_PERIOD - since));
-            }
+                .is_none_or(|s| s.usage.is_empty() && s.pending_charges.is_empty());
+        if untracked {
+            return Ok(Action::AwaitChange);
+        }
+        let since = self
+            .last
+            .lock()
+            .expect("last")
+            .get(&key.name)
+            .map(Instant::elapsed);
+        if let Some(since) = since.filter(|s| *s < MIN_PERIOD) {
+            return Ok(Action::Requeue(MIN_PERIOD - since));
         }
         self.last
             .lock()

@@ -24,8 +24,9 @@
 //!    writes by CAS, so a charge made meanwhile makes it retry, and a charge
 //!    made before is in what it read: no admitted write is ever uncounted.
 //!
-//! Projects without any quota are not charged (no write on the hot path);
-//! their usage is still reported by the controller.
+//! Projects without any quota are neither charged nor counted (no write on
+//! the hot path, no listing per change), as Kubernetes tracks usage only
+//! under a ResourceQuota; setting a quota starts the count.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -295,7 +296,7 @@ async fn release(store: &ResourceStore, charge: &Charge, give_back: bool) {
 
 /// Recomputes a project's `status.usage` from what exists and its live
 /// pending charges, dropping charges that are settled or expired, and
-/// writes it if it changed. Returns when the earliest remaining charge
+/// writes it if it changed (a project without quotas gets an empty usage). Returns when the earliest remaining charge
 /// expires (the caller should look again then), or `None`.
 pub async fn settle(store: &ResourceStore, project: &str) -> Result<Option<Duration>, StoreError> {
     let types: BTreeMap<String, InstanceType> = store
@@ -311,6 +312,23 @@ pub async fn settle(store: &ResourceStore, project: &str) -> Result<Option<Durat
         let Some(mut p) = store.get::<Project>("", project).await? else {
             return Ok(None);
         };
+        if p.spec.quotas.is_empty() {
+            // Untracked: nothing is charged, so nothing is counted (a
+            // project with no quotas pays no listing per change).
+            let want = ProjectStatus {
+                observed_generation: p.metadata.generation,
+                ..Default::default()
+            };
+            if p.status.as_ref().is_none_or(|s| *s == want) {
+                return Ok(None);
+            }
+            p.status = Some(want);
+            match store.update(&p).await {
+                Ok(_) => return Ok(None),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
         let mut held: BTreeMap<String, QuotaAmounts> = BTreeMap::new();
         for i in store
             .list::<Instance>(Some(project), Default::default())
