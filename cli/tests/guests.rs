@@ -903,6 +903,7 @@ spec:
   userData: |
     #!/bin/sh
     corral-fetch http://10.61.0.10/ &
+    corral-fetch http://198.51.100.2/ &
 ---
 apiVersion: corral/v1
 kind: Instance
@@ -914,6 +915,7 @@ spec:
   userData: |
     #!/bin/sh
     corral-fetch http://10.61.0.10/ &
+    corral-fetch http://198.51.100.2/ &
 ";
 
 /// Security group `web`: HTTP from the host's address and, when
@@ -965,6 +967,81 @@ fn source_address_towards(ip: &str) -> String {
     panic!("no source address towards {ip}: {text}")
 }
 
+/// "The outside world" for NAT: a network namespace behind a veth pair
+/// (198.51.100.1 on the host, .2 inside) whose web server logs who asked.
+struct Uplink {
+    server: Child,
+    log: PathBuf,
+}
+
+const UPLINK_NS: &str = "corral-test-uplink";
+
+impl Uplink {
+    fn start(dir: &Path) -> Uplink {
+        let sh = |script: &str| {
+            let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", UPLINK_NS])
+            .status();
+        let _ = Command::new("ip").args(["link", "del", "cupl0"]).status();
+        sh(&format!(
+            "ip netns add {UPLINK_NS} && ip link add cupl0 type veth peer name cupl1 \
+             && ip link set cupl1 netns {UPLINK_NS} && ip addr add 198.51.100.1/24 dev cupl0 \
+             && ip link set cupl0 up && ip netns exec {UPLINK_NS} ip addr add 198.51.100.2/24 dev cupl1 \
+             && ip netns exec {UPLINK_NS} ip link set cupl1 up && ip netns exec {UPLINK_NS} ip link set lo up"
+        ));
+        let root = dir.join("uplink");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("index.html"), "outside\n").unwrap();
+        let log = dir.join("uplink.log");
+        let server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                UPLINK_NS,
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "198.51.100.2",
+            ])
+            .current_dir(&root)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("python3 -m http.server");
+        Uplink { server, log }
+    }
+
+    /// The client addresses the outside server saw.
+    fn clients(&self) -> BTreeSet<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip")
+            .args(["netns", "del", UPLINK_NS])
+            .status();
+        let _ = Command::new("ip").args(["link", "del", "cupl0"]).status();
+    }
+}
+
 /// What of Corral's host networking is left: bridges, libvirt networks,
 /// dnsmasq processes, iptables chains and lease files.
 fn host_networking_left() -> Vec<String> {
@@ -1012,6 +1089,7 @@ fn guests_get_their_addresses_metadata_groups_and_floating_ips() {
     let (_node, _token, agent) = node_agent(&s);
     let dir = s.scratch("nets");
     let host = source_address_towards("203.0.113.10");
+    let uplink = Uplink::start(&s.scratch("uplink"));
     apply(&s, &dir, "nets.yaml", NETS);
     apply(&s, &dir, "web.yaml", &web_group(&host, true));
     apply(&s, &dir, "address.yaml", &address(Some("a")));
@@ -1132,6 +1210,24 @@ fn guests_get_their_addresses_metadata_groups_and_floating_ips() {
         fetches("c")
     );
     assert!(!fetches("c").is_empty(), "c tried: {}", console("c"));
+
+    // NAT: b reaches the outside, which sees the host's address, never
+    // the guest's; the isolated c does not get there.
+    let outside = |name: &str| guest_lines(&console(name), "fetch http://198.51.100.2/");
+    wait_until_or(
+        "b to reach the outside",
+        || outside("b").iter().any(|l| l.starts_with("ok ")),
+        || diagnose("b"),
+    );
+    assert_eq!(
+        uplink.clients(),
+        BTreeSet::from(["198.51.100.1".to_string()])
+    );
+    assert!(
+        !outside("c").is_empty() && outside("c").iter().all(|l| l.starts_with("fail")),
+        "{:?}",
+        outside("c")
+    );
 
     // Removing the rule cuts b off within seconds, without a restart.
     let boots_before: Vec<usize> = ["a", "b"].iter().map(|n| boots_in(&s, "nets", n)).collect();
