@@ -408,13 +408,28 @@ where
         dry_run: bool,
     ) -> Result<Value, ApiError> {
         let new = self.admit(project, Some(name), body)?;
-        let current = self.current(project, name).await?;
-        let current_rv = current.meta().resource_version.clone();
-        check_resource_version(K::KIND, name, &new.meta().resource_version, &current_rv)?;
-        let written = self
-            .write_replacement(&current, new, &current_rv, dry_run)
-            .await?;
-        to_value(&written)
+        // Without a resourceVersion from the caller the compare-and-swap
+        // is ours (as for deletes): a controller writing status meanwhile
+        // is retried, not reported as a conflict the caller never risked.
+        let caller_rv = !new.meta().resource_version.is_empty();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self.current(project, name).await?;
+            let current_rv = current.meta().resource_version.clone();
+            check_resource_version(K::KIND, name, &new.meta().resource_version, &current_rv)?;
+            match self
+                .write_replacement(&current, new.clone(), &current_rv, dry_run)
+                .await
+            {
+                Err(e)
+                    if e.code == axum::http::StatusCode::CONFLICT && !caller_rv && attempt < 16 =>
+                {
+                    continue
+                }
+                written => return to_value(&written?),
+            }
+        }
     }
 
     async fn replace_status(
@@ -685,6 +700,49 @@ pub fn registry(store: &ResourceStore) -> Vec<Arc<dyn KindApi>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the chaos suite: a PUT without a resourceVersion answered
+    /// 409 when a controller wrote the object's status between the
+    /// server's read and its compare-and-swap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replace_without_resource_version_retries_its_own_conflicts() {
+        use corral_api_types::{Network, NetworkSpec, NetworkStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let raw = corral_store::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let store = ResourceStore::new(std::sync::Arc::new(raw));
+        let spec = NetworkSpec {
+            cidr: "10.9.0.0/24".into(),
+            ..Default::default()
+        };
+        store.create(&Network::new("p", "n", spec)).await.unwrap();
+        let api = TypedKindApi::<Network>::new(store.clone());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let mut net: Network = store.get("p", "n").await.unwrap().unwrap();
+                    n += 1;
+                    net.status = Some(NetworkStatus {
+                        observed_generation: n,
+                        ..Default::default()
+                    });
+                    let _ = store.update(&net).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            })
+        };
+        for i in 0..200 {
+            let body = serde_json::json!({"metadata": {"name": "n"},
+                "spec": {"cidr": "10.9.0.0/24", "tags": {"i": i.to_string()}}});
+            api.replace("p", "n", body, false)
+                .await
+                .unwrap_or_else(|e| panic!("replace {i}: {e}"));
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        writer.await.unwrap();
+    }
 
     #[test]
     fn resource_version_goes_into_metadata() {
