@@ -13,6 +13,7 @@
 
 mod actions;
 pub mod auth;
+pub mod decoded;
 pub mod error;
 pub mod filter;
 pub mod objects;

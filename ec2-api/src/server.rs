@@ -45,6 +45,8 @@ pub struct Ec2State {
     pub store: ResourceStore,
     pub auth: Arc<Authenticator>,
     pub config: Arc<Ec2Config>,
+    /// Decoded Instances by (key, revision), reused across requests.
+    pub decoded: Arc<crate::decoded::DecodedInstances>,
 }
 
 impl Ec2State {
@@ -53,6 +55,7 @@ impl Ec2State {
             auth: Arc::new(Authenticator::new(store.clone())),
             store,
             config: Arc::new(config),
+            decoded: Arc::default(),
         }
     }
 }
@@ -195,6 +198,7 @@ async fn process(
         params,
         dry_run,
         config: &state.config,
+        decoded: &state.decoded,
         host,
     };
     let doc = actions::dispatch(&ctx, action).await?;

@@ -207,7 +207,17 @@ pub async fn allocate(ctx: &Ctx<'_>) -> Result<Xml> {
         .annotations
         .insert(DOMAIN_ANNOTATION.into(), domain.into());
     let a = objects::create(ctx.store, a).await?;
-    let ip = match reserve(ctx, &pool, &id).await? {
+    let reserved = match reserve(ctx, &pool, &id).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Leave no address without an IP behind (a retry makes a new one).
+            if let Err(cleanup) = release_object(ctx, &a).await {
+                tracing::warn!(address = %id, error = %cleanup, "removing an address that got no IP");
+            }
+            return Err(e);
+        }
+    };
+    let ip = match reserved {
         Some(ip) => ip,
         None => {
             release_object(ctx, &a).await?;
@@ -232,7 +242,10 @@ pub async fn allocate(ctx: &Ctx<'_>) -> Result<Xml> {
 /// Takes an IP in `pool` for the Address `name` (CAS, retried).
 async fn reserve(ctx: &Ctx<'_>, pool: &str, name: &str) -> Result<Option<String>> {
     let owner = pool_owner(name);
-    for _ in 0..16 {
+    for attempt in 0..16u32 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
+        }
         let Some(mut n) = ctx.store.get::<Network>(ctx.project(), pool).await? else {
             return Ok(None);
         };
@@ -259,7 +272,10 @@ async fn reserve(ctx: &Ctx<'_>, pool: &str, name: &str) -> Result<Option<String>
 /// Removes the Address `name`'s entry from `pool` (CAS, retried).
 async fn unreserve(ctx: &Ctx<'_>, pool: &str, name: &str) -> Result<()> {
     let owner = pool_owner(name);
-    for _ in 0..16 {
+    for attempt in 0..16u32 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
+        }
         let Some(mut n) = ctx.store.get::<Network>(ctx.project(), pool).await? else {
             return Ok(());
         };

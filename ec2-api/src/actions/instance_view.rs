@@ -450,9 +450,15 @@ pub fn write_instance(x: &mut Xml, i: &Instance, l: &Lookup, account: &str) {
 
 /// Writes `reservationSet`: consecutive instances of one reservation share
 /// an item.
-pub fn write_reservations(x: &mut Xml, instances: &[Instance], l: &Lookup, account: &str) {
+pub fn write_reservations<I: std::borrow::Borrow<Instance>>(
+    x: &mut Xml,
+    instances: &[I],
+    l: &Lookup,
+    account: &str,
+) {
     let mut groups: Vec<(String, Vec<&Instance>)> = Vec::new();
     for i in instances {
+        let i: &Instance = i.borrow();
         let r = reservation(i);
         match groups.last_mut() {
             Some((last, members)) if *last == r => members.push(i),

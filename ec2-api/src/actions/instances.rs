@@ -6,6 +6,8 @@
 //! once the controllers have released theirs it reads as `terminated` for
 //! an hour, after which the next DescribeInstances purges it.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use chrono::Utc;
 use corral_api_types::ec2::{
@@ -55,9 +57,18 @@ fn not_found(ids: &[String]) -> Ec2Error {
 /// The project's instances, minus terminated ones past their hour (which
 /// are purged on the way).
 pub async fn visible_instances(ctx: &Ctx<'_>) -> Result<Vec<Instance>> {
+    Ok(visible_shared(ctx)
+        .await?
+        .into_iter()
+        .map(Arc::unwrap_or_clone)
+        .collect())
+}
+
+/// [`visible_instances`] without copying the (shared, decoded) objects.
+pub async fn visible_shared(ctx: &Ctx<'_>) -> Result<Vec<Arc<Instance>>> {
     let now = Utc::now();
     let mut out = Vec::new();
-    for i in list_all::<Instance>(ctx.store, ctx.project()).await? {
+    for i in ctx.decoded.list(ctx.store, ctx.project()).await? {
         let expired = state(&i) == TERMINATED
             && i.metadata
                 .deletion_timestamp
@@ -117,7 +128,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     let page = Page::parse(ctx.params, !ids.is_empty(), "instanceIds", 5)?;
     let filters = Filters::parse(ctx.params, INSTANCE_FILTERS, true)?;
     ctx.gate()?;
-    let all = visible_instances(ctx).await?;
+    let all = visible_shared(ctx).await?;
     let missing: Vec<String> = ids
         .iter()
         .filter(|id| !all.iter().any(|i| instance_id(&i.metadata.uid) == **id))
@@ -127,7 +138,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         return Err(not_found(&missing));
     }
     let l = Lookup::load(ctx).await?;
-    let mut items: Vec<Instance> = all
+    let mut items: Vec<Arc<Instance>> = all
         .into_iter()
         .filter(|i| ids.is_empty() || ids.contains(&instance_id(&i.metadata.uid)))
         .filter(|i| filters.matches(|f| l.field(i, f), i.tags()))

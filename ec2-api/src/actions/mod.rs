@@ -34,6 +34,8 @@ pub struct Ctx<'a> {
     pub params: &'a Params,
     pub dry_run: bool,
     pub config: &'a Ec2Config,
+    /// Decoded Instances reused while unchanged.
+    pub decoded: &'a crate::decoded::DecodedInstances,
     /// The Host the client addressed (DescribeRegions' endpoint).
     pub host: String,
 }

@@ -395,15 +395,11 @@ async fn elastic_ips_allocate_associate_release() {
         code(ec2.allocate_address().send().await),
         "InsufficientAddressCapacity"
     );
+    let left = ec2.describe_addresses().send().await.unwrap();
     assert_eq!(
-        ec2.describe_addresses()
-            .send()
-            .await
-            .unwrap()
-            .addresses()
-            .len(),
+        left.addresses().len(),
         5,
-        "the refused allocation left nothing behind"
+        "the refused allocation left nothing behind: {left:?}"
     );
 }
 
