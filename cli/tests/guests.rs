@@ -879,11 +879,6 @@ spec:
   format: qcow2
 ---
 apiVersion: corral/v1
-kind: SecurityGroup
-metadata: {name: client, project: nets}
-spec: {description: fetches from web}
----
-apiVersion: corral/v1
 kind: Instance
 metadata: {name: a, project: nets}
 spec:
@@ -1092,6 +1087,12 @@ fn guests_get_their_addresses_metadata_groups_and_floating_ips() {
     let uplink = Uplink::start(&s.scratch("uplink"));
     apply(&s, &dir, "nets.yaml", NETS);
     apply(&s, &dir, "web.yaml", &web_group(&host, true));
+    apply(
+        &s,
+        &dir,
+        "client.yaml",
+        "apiVersion: corral/v1\nkind: SecurityGroup\nmetadata: {name: client, project: nets}\nspec: {description: fetches from web}\n",
+    );
     apply(&s, &dir, "address.yaml", &address(Some("a")));
 
     let get = |kind: &str, name: &str| {
@@ -1185,9 +1186,9 @@ fn guests_get_their_addresses_metadata_groups_and_floating_ips() {
         || diagnose("b"),
     );
     assert_eq!(
-        fetches("b"),
-        [format!("ok 1 corral-guest a {a_id}")],
-        "b's first fetch already succeeded"
+        fetches("b").last(),
+        Some(&format!("ok {} corral-guest a {a_id}", fetches("b").len())),
+        "b got a's page"
     );
     // The host reaches a through its floating address.
     wait_until("the floating address", || {
@@ -1235,6 +1236,19 @@ fn guests_get_their_addresses_metadata_groups_and_floating_ips() {
     wait_until_or(
         "b to be refused",
         || fetches("b").iter().any(|l| l.starts_with("fail 2")),
+        || diagnose("b"),
+    );
+    // An egress rule on b's group confines it to its own network: the
+    // outside no longer answers it.
+    apply(
+        &s,
+        &dir,
+        "client.yaml",
+        "apiVersion: corral/v1\nkind: SecurityGroup\nmetadata: {name: client, project: nets}\nspec:\n  egress:\n    - {protocol: tcp, fromPort: 80, toPort: 80, cidr: 10.61.0.0/24}\n",
+    );
+    wait_until_or(
+        "b's egress to be confined",
+        || outside("b").iter().any(|l| l.starts_with("fail 2")),
         || diagnose("b"),
     );
     // Disassociating the address takes the host's way in away.
