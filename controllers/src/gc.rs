@@ -42,6 +42,44 @@ pub fn owner_exists(caches: &Caches, project: &str, owner: &OwnerReference) -> O
     Some(uid.is_some_and(|u| owner.uid.is_empty() || u == owner.uid))
 }
 
+/// [`owner_exists`] asked of the store itself: caches fill at their own
+/// pace, so a dependent's cache may hold it before the owner's cache holds
+/// the owner. Deletion is decided only on this answer.
+async fn owner_in_store(
+    store: &ResourceStore,
+    project: &str,
+    owner: &OwnerReference,
+) -> Result<Option<bool>, StoreError> {
+    use corral_api_types::{
+        Image, Instance, InstanceType, KeyPair, Network, Node, SecurityGroup, Volume,
+    };
+    async fn uid_of<K: Resource>(
+        store: &ResourceStore,
+        project: &str,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(store
+            .get::<K>(project, name)
+            .await?
+            .map(|o| o.meta().uid.clone()))
+    }
+    let n = owner.name.as_str();
+    let uid = match owner.kind.as_str() {
+        "Instance" => uid_of::<Instance>(store, project, n).await?,
+        "Network" => uid_of::<Network>(store, project, n).await?,
+        "Volume" => uid_of::<Volume>(store, project, n).await?,
+        "Image" => uid_of::<Image>(store, project, n).await?,
+        "KeyPair" => uid_of::<KeyPair>(store, project, n).await?,
+        "SecurityGroup" => uid_of::<SecurityGroup>(store, project, n).await?,
+        "Node" => uid_of::<Node>(store, "", n).await?,
+        "InstanceType" => uid_of::<InstanceType>(store, "", n).await?,
+        _ => return Ok(None),
+    };
+    Ok(Some(
+        uid.is_some_and(|u| owner.uid.is_empty() || u == owner.uid),
+    ))
+}
+
 pub struct GarbageCollector {
     store: ResourceStore,
     caches: Caches,
@@ -78,6 +116,12 @@ impl<K: Resource> Reconciler<K> for GarbageCollector {
             .all(|o| owner_exists(&self.caches, project, o) == Some(false));
         if !all_gone {
             return Ok(Action::AwaitChange);
+        }
+        for o in &meta.owner_references {
+            if owner_in_store(&self.store, project, o).await? != Some(false) {
+                // The caches lag; the owner's arrival will bring us back.
+                return Ok(Action::AwaitChange);
+            }
         }
         tracing::info!(kind = K::KIND, object = %key, "owners gone; deleting");
         if meta.finalizers.is_empty() {
