@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{shared, write};
+use common::{names, shared, write};
 
 fn network(project: &str, name: &str, app: &str, cidr: &str) -> String {
     format!(
@@ -172,4 +172,36 @@ fn missing_paths_and_empty_directories_are_usage_errors() {
     let empty = s.scratch("empty");
     let out = s.corral(&["apply", "-f", empty.to_str().unwrap()]);
     assert!(out.fails_with(2).contains("no objects found"));
+}
+
+#[test]
+fn oversized_manifests_are_refused_before_anything_is_sent() {
+    let s = shared();
+    s.corral(&["project", "create", "big"]).ok();
+    let dir = s.scratch("big");
+    // One file over 8 MiB (a huge description).
+    let mut huge = network("big", "n1", "one", "10.31.0.0/24");
+    huge.push_str(&format!("# {}\n", "x".repeat(9 << 20)));
+    let f = write(&dir, "huge.yaml", &huge);
+    let out = s.corral(&["apply", "-f", f.to_str().unwrap()]);
+    let err = out.fails_with(2);
+    assert!(err.contains("larger than 8 MiB"), "{err}");
+    // More objects than one apply handles.
+    let many: String = (0..10_001)
+        .map(|i| format!("apiVersion: corral/v1\nkind: KeyPair\nmetadata: {{name: k{i}, project: big}}\nspec: {{publicKey: x}}\n---\n"))
+        .collect();
+    let f = write(&dir, "many.yaml", &many);
+    let err = s
+        .corral(&["apply", "-f", f.to_str().unwrap()])
+        .fails_with(2)
+        .to_string();
+    assert!(err.contains("at most 10000"), "{err}");
+    for kind in ["networks", "keypairs"] {
+        let listed = s.corral(&["get", kind, "-p", "big", "-o", "json"]);
+        assert!(
+            names(&listed.json()).is_empty(),
+            "nothing was applied: {}",
+            listed.stdout
+        );
+    }
 }

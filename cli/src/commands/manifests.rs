@@ -12,6 +12,25 @@ use corral_api_types::{parse_manifests, AnyObject, Scope, KINDS};
 
 use super::reported;
 
+/// Largest manifest file (or stdin) read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 8 << 20;
+/// Most objects one `apply`/`diff`/`delete -f` handles.
+pub const MAX_OBJECTS: usize = 10_000;
+
+/// Reads at most [`MAX_FILE_BYTES`] of text; more is an error naming the
+/// limit, never an unbounded read.
+fn read_bounded(r: impl Read, source: &str) -> std::result::Result<String, String> {
+    let mut text = String::new();
+    match r.take(MAX_FILE_BYTES + 1).read_to_string(&mut text) {
+        Ok(n) if n as u64 > MAX_FILE_BYTES => Err(format!(
+            "{source}: larger than {} MiB; split it into several files",
+            MAX_FILE_BYTES >> 20
+        )),
+        Ok(_) => Ok(text),
+        Err(e) => Err(format!("{source}: cannot read: {e}")),
+    }
+}
+
 /// One object read from a manifest.
 pub struct Manifest {
     /// The file it came from (`<stdin>` for `-`).
@@ -83,10 +102,9 @@ pub fn read(paths: &[String]) -> Result<Vec<Manifest>> {
                 continue;
             }
             stdin_read = true;
-            let mut text = String::new();
-            match std::io::stdin().read_to_string(&mut text) {
-                Ok(_) => sources.push(("<stdin>".into(), text)),
-                Err(e) => errors.push(format!("<stdin>: cannot read: {e}")),
+            match read_bounded(std::io::stdin(), "<stdin>") {
+                Ok(text) => sources.push(("<stdin>".into(), text)),
+                Err(e) => errors.push(e),
             }
             continue;
         }
@@ -102,9 +120,13 @@ pub fn read(paths: &[String]) -> Result<Vec<Manifest>> {
             continue;
         };
         for f in files {
-            match std::fs::read_to_string(&f) {
-                Ok(text) => sources.push((f.display().to_string(), text)),
-                Err(e) => errors.push(format!("{}: cannot read: {e}", f.display())),
+            let name = f.display().to_string();
+            match std::fs::File::open(&f)
+                .map_err(|e| format!("{name}: cannot read: {e}"))
+                .and_then(|file| read_bounded(file, &name))
+            {
+                Ok(text) => sources.push((name, text)),
+                Err(e) => errors.push(e),
             }
         }
     }
@@ -117,6 +139,12 @@ pub fn read(paths: &[String]) -> Result<Vec<Manifest>> {
             })),
             Err(e) => errors.push(e.to_string()),
         }
+    }
+    if out.len() > MAX_OBJECTS {
+        errors.push(format!(
+            "{} objects in the manifests; at most {MAX_OBJECTS} are handled at once: apply them in parts",
+            out.len()
+        ));
     }
     // The same object twice would be applied twice, the second write
     // silently winning.
