@@ -1153,7 +1153,7 @@ fn guests_get_their_addresses_metadata_groups_and_floating_ips() {
         );
         assert_eq!(
             guest_lines(&con, "imds-v1 instance-id"),
-            [id.clone()],
+            std::slice::from_ref(&id),
             "{con}"
         );
         assert_eq!(guest_lines(&con, "imds-v1 local-ipv4"), [ip], "{con}");
