@@ -15,6 +15,7 @@ pub mod kinds;
 mod manifest;
 mod meta;
 pub mod net;
+pub mod rate;
 mod schema;
 pub mod selector;
 pub mod validate;

@@ -32,6 +32,8 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Details>,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -55,6 +57,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
     }
 
@@ -110,6 +113,7 @@ impl ApiError {
                 name: name.to_string(),
                 causes,
             }),
+            retry_after: None,
         }
     }
 
@@ -185,6 +189,7 @@ impl From<QuotaError> for ApiError {
                         ),
                     }],
                 }),
+                retry_after: None,
             },
             QuotaError::Store(e) => e.into(),
         }
@@ -227,6 +232,11 @@ impl IntoResponse for ApiError {
             message: &self.message,
             details: self.details.as_ref(),
         };
-        (self.code, axum::Json(body)).into_response()
+        let mut resp = (self.code, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }

@@ -7,6 +7,7 @@
 //! | objects per request | 1 (`/v1/apply` takes one object; there is no batch endpoint) | 422 |
 //! | list page size (`limit`) | [`crate::list::MAX_LIMIT`] = 5000 | 400 `BadRequest` (not clamped) |
 //! | concurrent watches per client (user) | [`DEFAULT_WATCHES_PER_CLIENT`] = 100 | 429 `TooManyRequests` |
+//! | request rate per member (admins and node agents exempt) | [`MEMBER_RATE`]: burst 1000, then 200/s | 429 `TooManyRequests` with `Retry-After` |
 //! | names, labels, annotations, tags, user data | api-types' validation: names are DNS labels (63) or subdomains (253), label keys/values 63 (prefix 253), annotations 256 KiB in all, 50 tags of 128/256, user data 16 KiB | 422 `Invalid` |
 //! | JSON nesting | serde_json's 128 levels | 400 `BadRequest` |
 //!
@@ -26,6 +27,25 @@ use crate::error::ApiError;
 
 /// Largest request body accepted (image content aside).
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// How fast one member may send requests: generous enough for any tool,
+/// tight enough that a runaway loop can't starve everyone else.
+pub const MEMBER_RATE: corral_api_types::rate::RateLimit = corral_api_types::rate::RateLimit {
+    burst: 1000,
+    per_second: 200.0,
+};
+
+/// The answer to a client over its request rate.
+pub fn too_many_requests(user: &str, wait: std::time::Duration) -> ApiError {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        format!("{user} is sending requests faster than allowed; retry in {secs}s"),
+    );
+    e.retry_after = Some(secs);
+    e
+}
 
 /// Concurrent watches one client may hold open by default.
 pub const DEFAULT_WATCHES_PER_CLIENT: usize = 100;

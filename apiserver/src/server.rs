@@ -38,6 +38,9 @@ pub struct ApiState {
     blobs: std::sync::OnceLock<corral_store::blobs::BlobStore>,
     /// Open watches per client (see [`crate::limits`]).
     pub watch_slots: crate::limits::WatchSlots,
+    /// Requests per second per member (admins and node agents are not
+    /// limited; see [`crate::limits`]).
+    pub rate: corral_api_types::rate::RateLimiter,
 }
 
 impl ApiState {
@@ -56,6 +59,7 @@ impl ApiState {
             kinds,
             blobs: Default::default(),
             watch_slots: Default::default(),
+            rate: corral_api_types::rate::RateLimiter::new(crate::limits::MEMBER_RATE),
         })
     }
 
@@ -163,7 +167,13 @@ pub(crate) async fn principal(
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    state.auth.authenticate(header).await
+    let p = state.auth.authenticate(header).await?;
+    if p.role == corral_api_types::auth::Role::Member {
+        if let Err(wait) = state.rate.check(&p.user, std::time::Instant::now()) {
+            return Err(crate::limits::too_many_requests(&p.user, wait));
+        }
+    }
+    Ok(p)
 }
 
 async fn whoami(

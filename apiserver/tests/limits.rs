@@ -193,7 +193,50 @@ async fn hostile_bodies_are_bad_requests(api: Api) {
         .contains("one object per request"));
 }
 
+async fn members_request_rate_is_bounded(api: Api) {
+    api.project("p", json!({})).await;
+    api.state.rate.set_limit(corral_api_types::rate::RateLimit {
+        burst: 3,
+        per_second: 0.5,
+    });
+    let m1 = api.member("m1", "p").await;
+    let m2 = api.member("m2", "p").await;
+    let path = "/v1/projects/p/instances";
+    for _ in 0..3 {
+        let (code, body) = api.call(&m1, Method::GET, path, None).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+    let resp = api
+        .http
+        .get(format!("{}{path}", api.base))
+        .bearer_auth(&m1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "TooManyRequests", "{body}");
+    // Another member, and the admin, go on.
+    let (code, _) = api.call(&m2, Method::GET, path, None).await;
+    assert_eq!(code, StatusCode::OK);
+    for _ in 0..10 {
+        let (code, _) = api.get(path).await;
+        assert_eq!(code, StatusCode::OK);
+    }
+    // After waiting what it was told, the first member goes on too.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let (code, body) = api.call(&m1, Method::GET, path, None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+}
+
 on_both_backends!(
+    members_request_rate_is_bounded,
     body_size_is_limited,
     names_labels_and_user_data_are_bounded,
     list_page_size_is_bounded,
