@@ -31,7 +31,7 @@ pub struct ApiError {
     pub code: StatusCode,
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<Details>,
+    pub details: Option<Box<Details>>,
     /// Seconds for a `Retry-After` header (429, 503).
     pub retry_after: Option<u64>,
 }
@@ -108,11 +108,11 @@ impl ApiError {
             code: StatusCode::UNPROCESSABLE_ENTITY,
             reason: "Invalid",
             message: format!("{what} is invalid: {errors}"),
-            details: Some(Details {
+            details: Some(Box::new(Details {
                 kind: kind.to_string(),
                 name: name.to_string(),
                 causes,
-            }),
+            })),
             retry_after: None,
         }
     }
@@ -178,7 +178,7 @@ impl From<QuotaError> for ApiError {
                 code: StatusCode::FORBIDDEN,
                 reason: "Forbidden",
                 message: e.to_string(),
-                details: Some(Details {
+                details: Some(Box::new(Details {
                     kind: plural.to_string(),
                     name: name.clone(),
                     causes: vec![Cause {
@@ -188,7 +188,7 @@ impl From<QuotaError> for ApiError {
                             exceeded.requested, exceeded.used, exceeded.limit
                         ),
                     }],
-                }),
+                })),
                 retry_after: None,
             },
             QuotaError::Store(e) => e.into(),
@@ -230,7 +230,7 @@ impl IntoResponse for ApiError {
             code: self.code.as_u16(),
             reason: self.reason,
             message: &self.message,
-            details: self.details.as_ref(),
+            details: self.details.as_deref(),
         };
         let mut resp = (self.code, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
