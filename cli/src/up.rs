@@ -146,6 +146,7 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
         store.clone(),
         corral_ec2_api::Ec2Config {
             region: REGION.to_string(),
+            ..Default::default()
         },
     );
     let listener = tokio::net::TcpListener::bind(options.listen)

@@ -22,6 +22,13 @@ use crate::xml;
 /// Largest request body accepted (user data is at most 16 KiB).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Requests per access key by default: EC2's own request-token buckets
+/// are smaller; this only stops a runaway client starving the others.
+pub const DEFAULT_RATE: corral_api_types::rate::RateLimit = corral_api_types::rate::RateLimit {
+    burst: 1000,
+    per_second: 200.0,
+};
+
 /// Settings of the façade.
 #[derive(Debug, Clone)]
 pub struct Ec2Config {
@@ -29,12 +36,16 @@ pub struct Ec2Config {
     /// `corral-1` into the AWS config it creates). Requests signed for any
     /// region are accepted.
     pub region: String,
+    /// Requests per access key; beyond it `RequestLimitExceeded`, which
+    /// AWS SDKs and the CLI retry with backoff.
+    pub rate: corral_api_types::rate::RateLimit,
 }
 
 impl Default for Ec2Config {
     fn default() -> Self {
         Ec2Config {
             region: "corral-1".to_string(),
+            rate: DEFAULT_RATE,
         }
     }
 }
@@ -47,6 +58,8 @@ pub struct Ec2State {
     pub config: Arc<Ec2Config>,
     /// Decoded Instances by (key, revision), reused across requests.
     pub decoded: Arc<crate::decoded::DecodedInstances>,
+    /// Request rate per access key.
+    pub limiter: Arc<corral_api_types::rate::RateLimiter>,
 }
 
 impl Ec2State {
@@ -54,6 +67,7 @@ impl Ec2State {
         Ec2State {
             auth: Arc::new(Authenticator::new(store.clone())),
             store,
+            limiter: Arc::new(corral_api_types::rate::RateLimiter::new(config.rate)),
             config: Arc::new(config),
             decoded: Arc::default(),
         }
@@ -180,6 +194,17 @@ async fn process(
         params,
     };
     let caller = state.auth.authenticate(&parts, Utc::now()).await?;
+    if state
+        .limiter
+        .check(&caller.access_key_id, Instant::now())
+        .is_err()
+    {
+        return Err(Ec2Error::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "RequestLimitExceeded",
+            "Request limit exceeded.",
+        ));
+    }
     if action.is_empty() {
         return Err(Ec2Error::client(
             "MissingAction",

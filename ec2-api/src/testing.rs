@@ -32,6 +32,8 @@ pub struct TestServer {
     pub store: ResourceStore,
     /// The admin's keys (they act in project `default`).
     pub admin: Keys,
+    /// The request rate limiter (tests lower it).
+    pub limiter: Arc<corral_api_types::rate::RateLimiter>,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -113,6 +115,7 @@ pub async fn start() -> TestServer {
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel();
     let state = Ec2State::new(store.clone(), Ec2Config::default());
+    let limiter = state.limiter.clone();
     tokio::spawn(async move {
         let _ = serve(state, listener, async {
             let _ = rx.await;
@@ -124,6 +127,7 @@ pub async fn start() -> TestServer {
         addr,
         store,
         admin,
+        limiter,
         _dir: dir,
         stop: Some(tx),
     }
