@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod cluster;
+pub use cluster::EtcdCluster;
+
 /// Why a private etcd could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdServerError {
