@@ -1,0 +1,695 @@
+//! The tenancy matrix of the native API (ARCHITECTURE invariants 8 and 11):
+//! for every kind and every verb, a member of project `a` touching project
+//! `b` is refused, and `b`'s objects are byte-for-byte unchanged afterwards.
+//!
+//! Expected codes, as the server answers today:
+//! - a project-scoped URL naming another project (`/v1/projects/b/...`),
+//!   `/v1/apply` into it and the cross-project collections (`/v1/{plural}`):
+//!   403, decided by `Principal::authorize` before any store access, so the
+//!   answer is the same whether or not the object exists (no existence
+//!   leak: asserted by asking for a name that does not exist too);
+//! - the same name in the member's own project: 404 (`b`'s object is not
+//!   there), and lists of `a` never show `b`'s objects;
+//! - cluster kinds: members may read instance types, nodes and their own
+//!   project only; every write is 403; another project is 403;
+//! - node tokens: another node's Node, and instances/volumes/snapshots not
+//!   bound to the node, answer 404 (as if absent); verbs a node never has
+//!   (deleting, writing specs) answer 403.
+
+mod support;
+
+use corral_api_types::auth::{Role, UserSpec};
+use corral_api_types::{Scope, KINDS};
+use corral_apiserver::auth::create_user;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use support::{instance, volume, Api};
+
+const FORBIDDEN: StatusCode = StatusCode::FORBIDDEN;
+const NOT_FOUND: StatusCode = StatusCode::NOT_FOUND;
+
+/// One object of every project kind, as created in `b` by the admin.
+fn objects() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "networks",
+            json!({"kind": "Network", "metadata": {"name": "lan"}, "spec": {"cidr": "10.70.0.0/24"}}),
+        ),
+        (
+            "securitygroups",
+            json!({"kind": "SecurityGroup", "metadata": {"name": "web"}, "spec": {"description": "b's"}}),
+        ),
+        (
+            "keypairs",
+            json!({"kind": "KeyPair", "metadata": {"name": "admin"}, "spec": {"publicKey":
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ4uHWXmWgwN6MKFpsgnnGaU1rtTEBKPNu/L09gAucb b@b"}}),
+        ),
+        (
+            "images",
+            json!({"kind": "Image", "metadata": {"name": "tiny"}, "spec": {"source": {"upload": true}, "format": "qcow2"}}),
+        ),
+        ("volumes", volume("data", 1)),
+        (
+            "snapshots",
+            json!({"kind": "Snapshot", "metadata": {"name": "snap"}, "spec": {"volume": "data"}}),
+        ),
+        ("instances", {
+            let mut i = instance("web", "m1.tiny");
+            i["spec"]["nics"][0]["securityGroups"] = json!(["web"]);
+            i["spec"]["keyName"] = json!("admin");
+            i
+        }),
+        (
+            "addresses",
+            json!({"kind": "Address", "metadata": {"name": "eip"}, "spec": {"network": "lan"}}),
+        ),
+        (
+            "events",
+            json!({"kind": "Event", "metadata": {"name": "ev"}, "spec": {
+                "involvedObject": {"kind": "Instance", "name": "web"}, "reason": "Test"}}),
+        ),
+    ]
+}
+
+/// Everything the admin sees of `b` (and of the cluster), object by object.
+async fn snapshot(api: &Api) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for info in KINDS {
+        let path = match info.scope {
+            Scope::Project => format!("/v1/projects/b/{}", info.plural),
+            Scope::Cluster => format!("/v1/{}", info.plural),
+        };
+        let (code, list) = api.get(&path).await;
+        assert_eq!(code, StatusCode::OK, "{path}: {list}");
+        for item in list["items"].as_array().unwrap() {
+            let name = item["metadata"]["name"].as_str().unwrap();
+            out.push((format!("{path}/{name}"), item.clone()));
+        }
+    }
+    out
+}
+
+async fn seed(api: &Api) -> (String, Vec<(&'static str, Value)>) {
+    api.project("a", json!({})).await;
+    api.project("b", json!({})).await;
+    let alice = api.member("alice", "a").await;
+    api.member("bob", "b").await;
+    let objs = objects();
+    for (plural, body) in &objs {
+        let (code, created) = api
+            .post(&format!("/v1/projects/b/{plural}"), body.clone())
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{plural}: {created}");
+    }
+    (alice, objs)
+}
+
+fn name_of(body: &Value) -> &str {
+    body["metadata"]["name"].as_str().unwrap()
+}
+
+async fn a_member_cannot_touch_another_project(api: Api) {
+    let (alice, objs) = seed(&api).await;
+    let before = snapshot(&api).await;
+    assert!(before.len() >= objs.len(), "{before:?}");
+
+    let project_kinds: Vec<_> = KINDS.iter().filter(|k| k.scope == Scope::Project).collect();
+    // Every project kind is in the table: a new kind must join the matrix.
+    assert_eq!(
+        project_kinds.len(),
+        objs.len(),
+        "a kind is missing from objects()"
+    );
+
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for (plural, body) in &objs {
+        assert!(
+            project_kinds.iter().any(|k| k.plural == *plural),
+            "{plural}"
+        );
+        let name = name_of(body);
+        let item = format!("/v1/projects/b/{plural}/{name}");
+        let missing = format!("/v1/projects/b/{plural}/no-such-{name}");
+        let mut moved = body.clone();
+        moved["metadata"]["project"] = json!("b");
+        let mut apply_q = body.clone();
+        apply_q["metadata"]["name"] = json!(format!("{name}-new"));
+        let mut with_status = body.clone();
+        with_status["status"] = json!({});
+        // (verb, method, path, body, expected)
+        let table: Vec<(&str, Method, String, Option<Value>, StatusCode)> = vec![
+            ("get", Method::GET, item.clone(), None, FORBIDDEN),
+            (
+                "get (absent name)",
+                Method::GET,
+                missing.clone(),
+                None,
+                FORBIDDEN,
+            ),
+            (
+                "list",
+                Method::GET,
+                format!("/v1/projects/b/{plural}"),
+                None,
+                FORBIDDEN,
+            ),
+            (
+                "list (all projects)",
+                Method::GET,
+                format!("/v1/{plural}"),
+                None,
+                FORBIDDEN,
+            ),
+            (
+                "watch",
+                Method::GET,
+                format!("/v1/projects/b/{plural}?watch=true"),
+                None,
+                FORBIDDEN,
+            ),
+            (
+                "watch (all projects)",
+                Method::GET,
+                format!("/v1/{plural}?watch=true"),
+                None,
+                FORBIDDEN,
+            ),
+            (
+                "create into b",
+                Method::POST,
+                format!("/v1/projects/b/{plural}"),
+                Some(apply_q.clone()),
+                FORBIDDEN,
+            ),
+            (
+                "replace",
+                Method::PUT,
+                item.clone(),
+                Some(body.clone()),
+                FORBIDDEN,
+            ),
+            (
+                "replace (absent name)",
+                Method::PUT,
+                missing.clone(),
+                Some(body.clone()),
+                FORBIDDEN,
+            ),
+            (
+                "status",
+                Method::PUT,
+                format!("{item}/status"),
+                Some(with_status),
+                FORBIDDEN,
+            ),
+            ("delete", Method::DELETE, item.clone(), None, FORBIDDEN),
+            (
+                "delete (absent name)",
+                Method::DELETE,
+                missing.clone(),
+                None,
+                FORBIDDEN,
+            ),
+            (
+                "apply (metadata.project)",
+                Method::POST,
+                "/v1/apply".into(),
+                Some(moved),
+                FORBIDDEN,
+            ),
+            (
+                "apply (?project=)",
+                Method::POST,
+                "/v1/apply?project=b".into(),
+                Some(body.clone()),
+                FORBIDDEN,
+            ),
+            (
+                "dry-run delete",
+                Method::DELETE,
+                format!("{item}?dryRun=All"),
+                None,
+                FORBIDDEN,
+            ),
+            // In a's own project, b's object is simply not there.
+            (
+                "get in own project",
+                Method::GET,
+                format!("/v1/projects/a/{plural}/{name}"),
+                None,
+                NOT_FOUND,
+            ),
+            (
+                "delete in own project",
+                Method::DELETE,
+                format!("/v1/projects/a/{plural}/{name}"),
+                None,
+                NOT_FOUND,
+            ),
+        ];
+        for (verb, method, path, req, want) in table {
+            cases += 1;
+            let (code, got) = api.call(&alice, method, &path, req).await;
+            if code != want {
+                failures.push(format!("{verb} {path}: want {want}, got {code} {got}"));
+            } else if want == FORBIDDEN && got["reason"] != "Forbidden" {
+                failures.push(format!("{verb} {path}: reason {got}"));
+            }
+        }
+        // a's list never shows b's objects.
+        let (code, list) = api
+            .call(
+                &alice,
+                Method::GET,
+                &format!("/v1/projects/a/{plural}"),
+                None,
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{list}");
+        assert_eq!(list["items"], json!([]), "{plural}: {list}");
+    }
+
+    // Content endpoints.
+    let content: Vec<(&str, Method, &str)> = vec![
+        (
+            "image content get",
+            Method::GET,
+            "/v1/projects/b/images/tiny/content",
+        ),
+        (
+            "image content put",
+            Method::PUT,
+            "/v1/projects/b/images/tiny/content",
+        ),
+        (
+            "console get",
+            Method::GET,
+            "/v1/projects/b/instances/web/console",
+        ),
+        (
+            "console put",
+            Method::PUT,
+            "/v1/projects/b/instances/web/console",
+        ),
+        (
+            "console delete",
+            Method::DELETE,
+            "/v1/projects/b/instances/web/console",
+        ),
+    ];
+    for (verb, method, path) in content {
+        cases += 1;
+        let resp = api
+            .http
+            .request(method, format!("{}{path}", api.base))
+            .bearer_auth(&alice)
+            .header("content-type", "application/octet-stream")
+            .body(vec![0u8; 16])
+            .send()
+            .await
+            .unwrap();
+        let code = resp.status();
+        if code != FORBIDDEN {
+            failures.push(format!("{verb} {path}: want 403, got {code}"));
+        }
+    }
+
+    // Cluster kinds: the other project itself, and writes.
+    let project_b = json!({"kind": "Project", "metadata": {"name": "b"}, "spec": {"quotas": {}}});
+    let cluster: Vec<(&str, Method, &str, Option<Value>, StatusCode)> = vec![
+        (
+            "get project",
+            Method::GET,
+            "/v1/projects/b",
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "project status",
+            Method::GET,
+            "/v1/projects/b/status",
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "replace project",
+            Method::PUT,
+            "/v1/projects/b",
+            Some(project_b.clone()),
+            FORBIDDEN,
+        ),
+        (
+            "delete project",
+            Method::DELETE,
+            "/v1/projects/b",
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "apply project",
+            Method::POST,
+            "/v1/apply",
+            Some(project_b),
+            FORBIDDEN,
+        ),
+        (
+            "create project",
+            Method::POST,
+            "/v1/projects",
+            Some(json!({"metadata": {"name": "c"}, "spec": {"quotas": {}}})),
+            FORBIDDEN,
+        ),
+        (
+            "create node",
+            Method::POST,
+            "/v1/nodes",
+            Some(json!({"kind": "Node", "metadata": {"name": "evil"}, "spec": {}})),
+            FORBIDDEN,
+        ),
+        (
+            "create instance type",
+            Method::POST,
+            "/v1/instancetypes",
+            Some(
+                json!({"kind": "InstanceType", "metadata": {"name": "huge"}, "spec": {"vcpus": 1, "memoryMiB": 512, "diskGiB": 1}}),
+            ),
+            FORBIDDEN,
+        ),
+        (
+            "delete instance type",
+            Method::DELETE,
+            "/v1/instancetypes/m1.tiny",
+            None,
+            FORBIDDEN,
+        ),
+        ("users", Method::GET, "/v1/users", None, FORBIDDEN),
+        ("b's user", Method::GET, "/v1/users/bob", None, FORBIDDEN),
+        (
+            "b's user's token",
+            Method::POST,
+            "/v1/users/bob/tokens",
+            Some(json!({})),
+            FORBIDDEN,
+        ),
+        (
+            "b's user's keys",
+            Method::POST,
+            "/v1/users/bob/accesskeys",
+            Some(json!({})),
+            FORBIDDEN,
+        ),
+        (
+            "b's user's credentials",
+            Method::POST,
+            "/v1/users/bob/credentials",
+            Some(json!({})),
+            FORBIDDEN,
+        ),
+    ];
+    for (verb, method, path, req, want) in cluster {
+        cases += 1;
+        let (code, got) = api.call(&alice, method, path, req).await;
+        if code != want {
+            failures.push(format!("{verb} {path}: want {want}, got {code} {got}"));
+        }
+    }
+    // The projects list shows a's own project only.
+    let (code, list) = api.call(&alice, Method::GET, "/v1/projects", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(name_of)
+        .collect();
+    assert_eq!(names, ["a"], "{list}");
+
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let after = snapshot(&api).await;
+    assert_eq!(before, after, "b's objects changed");
+}
+
+async fn node_user(api: &Api, user: &str, node: &str) -> String {
+    create_user(
+        &api.store,
+        user,
+        UserSpec {
+            role: Role::Node,
+            node_name: node.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .token
+}
+
+/// Binds `plural/name` in `b` to `node` (status.nodeName), as the admin.
+async fn bind(api: &Api, plural: &str, name: &str, node: &str) {
+    let path = format!("/v1/projects/b/{plural}/{name}");
+    let (_, mut obj) = api.get(&path).await;
+    obj["status"]["nodeName"] = json!(node);
+    let (code, body) = api.put(&format!("{path}/status"), obj).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+}
+
+async fn a_node_touches_only_its_own(api: Api) {
+    api.project("b", json!({})).await;
+    for n in ["n1", "n2"] {
+        let (code, body) = api
+            .post(
+                "/v1/nodes",
+                json!({"kind": "Node", "metadata": {"name": n}, "spec": {}}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+    }
+    for (plural, body) in objects() {
+        if [
+            "networks",
+            "securitygroups",
+            "keypairs",
+            "images",
+            "volumes",
+            "instances",
+            "snapshots",
+        ]
+        .contains(&plural)
+        {
+            let (code, created) = api.post(&format!("/v1/projects/b/{plural}"), body).await;
+            assert_eq!(code, StatusCode::CREATED, "{created}");
+        }
+    }
+    for plural in ["volumes", "instances", "snapshots"] {
+        let (_, mut obj) = api.get(&format!("/v1/projects/b/{plural}")).await;
+        let name = obj["items"][0]["metadata"]["name"].take();
+        bind(&api, plural, name.as_str().unwrap(), "n2").await;
+    }
+    let n1 = node_user(&api, "node-n1", "n1").await;
+    let before = snapshot(&api).await;
+
+    let (_, node2) = api.get("/v1/nodes/n2").await;
+    let (_, web) = api.get("/v1/projects/b/instances/web").await;
+    let mut failures = Vec::new();
+    let table: Vec<(&str, Method, String, Option<Value>, StatusCode)> = vec![
+        (
+            "get other node",
+            Method::GET,
+            "/v1/nodes/n2".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "replace other node",
+            Method::PUT,
+            "/v1/nodes/n2".into(),
+            Some(node2.clone()),
+            NOT_FOUND,
+        ),
+        (
+            "other node's status",
+            Method::PUT,
+            "/v1/nodes/n2/status".into(),
+            Some(node2.clone()),
+            NOT_FOUND,
+        ),
+        (
+            "delete other node",
+            Method::DELETE,
+            "/v1/nodes/n2".into(),
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "delete own node",
+            Method::DELETE,
+            "/v1/nodes/n1".into(),
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "create another node",
+            Method::POST,
+            "/v1/nodes".into(),
+            Some(json!({"kind": "Node", "metadata": {"name": "n3"}, "spec": {}})),
+            NOT_FOUND,
+        ),
+        (
+            "get unbound instance",
+            Method::GET,
+            "/v1/projects/b/instances/web".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "status of unbound instance",
+            Method::PUT,
+            "/v1/projects/b/instances/web/status".into(),
+            Some(web.clone()),
+            NOT_FOUND,
+        ),
+        (
+            "replace instance spec",
+            Method::PUT,
+            "/v1/projects/b/instances/web".into(),
+            Some(web.clone()),
+            FORBIDDEN,
+        ),
+        (
+            "delete instance",
+            Method::DELETE,
+            "/v1/projects/b/instances/web".into(),
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "create instance",
+            Method::POST,
+            "/v1/projects/b/instances".into(),
+            Some(instance("x", "m1.tiny")),
+            FORBIDDEN,
+        ),
+        (
+            "get unbound volume",
+            Method::GET,
+            "/v1/projects/b/volumes/data".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "get unbound snapshot",
+            Method::GET,
+            "/v1/projects/b/snapshots/snap".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "console of unbound instance",
+            Method::PUT,
+            "/v1/projects/b/instances/web/console".into(),
+            Some(json!("x")),
+            NOT_FOUND,
+        ),
+        (
+            "delete console of unbound instance",
+            Method::DELETE,
+            "/v1/projects/b/instances/web/console".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "write a network",
+            Method::PUT,
+            "/v1/projects/b/networks/lan".into(),
+            Some(objects()[0].1.clone()),
+            FORBIDDEN,
+        ),
+        (
+            "apply a network",
+            Method::POST,
+            "/v1/apply?project=b".into(),
+            Some(objects()[0].1.clone()),
+            FORBIDDEN,
+        ),
+        (
+            "upload an image",
+            Method::PUT,
+            "/v1/projects/b/images/tiny/content".into(),
+            Some(json!("x")),
+            FORBIDDEN,
+        ),
+        ("users", Method::GET, "/v1/users".into(), None, FORBIDDEN),
+        (
+            "projects",
+            Method::GET,
+            "/v1/projects/b".into(),
+            None,
+            FORBIDDEN,
+        ),
+    ];
+    let cases = table.len();
+    for (verb, method, path, req, want) in table {
+        let (code, got) = api.call(&n1, method, &path, req).await;
+        if code != want {
+            failures.push(format!("{verb} {path}: want {want}, got {code} {got}"));
+        }
+    }
+    // Lists are narrowed to the node: nothing of n2's.
+    for path in [
+        "/v1/instances",
+        "/v1/volumes",
+        "/v1/snapshots",
+        "/v1/projects/b/instances",
+        "/v1/projects/b/volumes",
+    ] {
+        let (code, list) = api.call(&n1, Method::GET, path, None).await;
+        if code != StatusCode::OK || list["items"] != json!([]) {
+            failures.push(format!("list {path}: {code} {list}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let after = snapshot(&api).await;
+    assert_eq!(before, after, "objects changed");
+
+    // Its own: allowed (so the refusals above are about ownership).
+    let (_, mut node1) = api.get("/v1/nodes/n1").await;
+    node1["status"]["conditions"] = json!([]);
+    let (code, body) = api
+        .call(&n1, Method::PUT, "/v1/nodes/n1/status", Some(node1))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    bind(&api, "instances", "web", "n1").await;
+    let (code, mut web) = api
+        .call(&n1, Method::GET, "/v1/projects/b/instances/web", None)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{web}");
+    web["status"]["message"] = json!("from n1");
+    let (code, body) = api
+        .call(
+            &n1,
+            Method::PUT,
+            "/v1/projects/b/instances/web/status",
+            Some(web),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    // Rebinding it elsewhere through status would be writing n2's object.
+    let (_, list) = api.call(&n1, Method::GET, "/v1/instances", None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+}
+
+on_both_backends!(
+    a_member_cannot_touch_another_project,
+    a_node_touches_only_its_own
+);
