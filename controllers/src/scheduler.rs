@@ -360,7 +360,11 @@ impl Reconciler<Instance> for Scheduler {
             self.book.lock().expect("book").unbind(key);
             return Ok(Action::AwaitChange);
         };
+        // Only an instance that holds the instance controller's finalizer
+        // is placed: once bound, a domain may exist, and a delete must wait
+        // for the node to destroy it (the finalizer's arrival wakes us).
         if instance.metadata.deletion_timestamp.is_some()
+            || !holds_finalizer(&instance)
             || instance
                 .status
                 .as_ref()
@@ -387,6 +391,7 @@ impl Reconciler<Instance> for Scheduler {
         let now = Utc::now();
         let result = update_with_retry::<Instance, _>(&self.store, &key.project, &key.name, |i| {
             if i.metadata.deletion_timestamp.is_some()
+                || !holds_finalizer(i)
                 || i.status
                     .as_ref()
                     .and_then(|s| s.node_name.as_ref())
@@ -439,6 +444,14 @@ impl Reconciler<Instance> for Scheduler {
             }
         }
     }
+}
+
+/// Whether the instance controller's finalizer guards the instance.
+fn holds_finalizer(i: &Instance) -> bool {
+    i.metadata
+        .finalizers
+        .iter()
+        .any(|f| f == crate::instance::FINALIZER)
 }
 
 /// Keys of unbound instances: what a Node or InstanceType change may help.

@@ -540,12 +540,65 @@ async fn security_group_members_follow_instances(env: Env) {
     .await;
 }
 
+/// Found by the chaos suite: the scheduler placed instances before the
+/// instance controller had put its finalizer on them, so a delete in that
+/// window removed an instance whose domain was already running (left to
+/// the agent's orphan sweep, its address released meanwhile). No write may
+/// bind an instance that lacks the finalizer.
+async fn only_finalized_instances_are_bound(env: Env) {
+    let s = &env.store;
+    s.create(&Network::new(
+        "p",
+        "lan",
+        NetworkSpec {
+            cidr: "10.0.0.0/24".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    node(s, "n1", 64, 65536, true).await;
+    let from = s.raw().current_revision().await.unwrap();
+    let mut watch = s.watch::<Instance>(Some("p"), from).await.unwrap();
+    for i in 0..20 {
+        s.create(&instance(&format!("vm{i}"), "m1.tiny"))
+            .await
+            .unwrap();
+    }
+    let mut bound = HashSet::new();
+    while bound.len() < 20 {
+        let event = tokio::time::timeout(Duration::from_secs(20), watch.next())
+            .await
+            .expect("instances get placed")
+            .unwrap()
+            .unwrap();
+        if let corral_store::ObjectEvent::Modified(i, _) = event {
+            if i.status
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some()
+            {
+                assert!(
+                    i.metadata.finalizers.iter().any(|f| f == "corral/instance"),
+                    "{} bound without the instance finalizer",
+                    i.metadata.name
+                );
+                bound.insert(i.metadata.name.clone());
+            }
+        }
+    }
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn placement_capacity_and_ipam() {
                 super::placement_capacity_and_ipam(super::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn only_finalized_instances_are_bound() {
+                super::only_finalized_instances_are_bound(super::$backend().await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn owned_objects_go_with_their_owner() {
