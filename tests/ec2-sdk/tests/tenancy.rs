@@ -1,0 +1,758 @@
+//! The EC2 tenancy matrix: two users in projects `a` and `b`; `b` makes
+//! one of everything; every action that takes an id or a name answers
+//! `a` with the code EC2 uses for an id that does not exist, unfiltered
+//! Describe* never show `b`'s objects to `a`, and `b`'s objects are
+//! unchanged in the store afterwards. Adding an action is one line of
+//! `cases`.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use aws_sdk_ec2::types::{IpPermission, IpRange, Tag};
+use aws_sdk_ec2::Client;
+use common::{client, code, filter};
+use corral_api_types::{
+    Address, Image, Instance, KeyPair, Network, NetworkSpec, Resource, SecurityGroup, Snapshot,
+    Volume,
+};
+use corral_ec2_api::testing::{add_user, seed_project, start, TestServer};
+use corral_store::ListOptions;
+
+/// Every object of project `p`, as stored.
+async fn stored(s: &TestServer, p: &str) -> Vec<String> {
+    async fn all<K: Resource>(s: &TestServer, p: &str, out: &mut Vec<String>) {
+        let list = s
+            .store
+            .list::<K>(Some(p), ListOptions::default())
+            .await
+            .unwrap();
+        for item in list.items {
+            out.push(format!("{}: {item:?}", K::KIND));
+        }
+    }
+    let mut out = Vec::new();
+    all::<Instance>(s, p, &mut out).await;
+    all::<Volume>(s, p, &mut out).await;
+    all::<Snapshot>(s, p, &mut out).await;
+    all::<KeyPair>(s, p, &mut out).await;
+    all::<SecurityGroup>(s, p, &mut out).await;
+    all::<Address>(s, p, &mut out).await;
+    all::<Image>(s, p, &mut out).await;
+    all::<Network>(s, p, &mut out).await;
+    out
+}
+
+async fn pool(s: &TestServer, project: &str, cidr: &str) {
+    s.store
+        .create(&Network::new(
+            project,
+            "public",
+            NetworkSpec {
+                cidr: cidr.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+}
+
+async fn run(ec2: &Client, image: &str) -> String {
+    ec2.run_instances()
+        .image_id(image)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string()
+}
+
+async fn volume(ec2: &Client) -> String {
+    ec2.create_volume()
+        .availability_zone("corral-1a")
+        .size(1)
+        .send()
+        .await
+        .unwrap()
+        .volume_id()
+        .unwrap()
+        .to_string()
+}
+
+/// B's ids.
+struct B {
+    image: String,
+    instance: String,
+    volume: String,
+    snapshot: String,
+    key: String,
+    key_id: String,
+    group: String,
+    group_name: String,
+    alloc: String,
+    ip: String,
+    vpc: String,
+    subnet: String,
+}
+
+async fn b_makes_one_of_everything(s: &TestServer, eb: &Client) -> B {
+    let image = seed_project(&s.store, "b").await;
+    pool(s, "b", "198.51.100.0/28").await;
+    let key = eb.create_key_pair().key_name("bkey").send().await.unwrap();
+    let group = eb
+        .create_security_group()
+        .group_name("bsg")
+        .description("b's")
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    let volume = volume(eb).await;
+    let snapshot = eb
+        .create_snapshot()
+        .volume_id(&volume)
+        .send()
+        .await
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+    let instance = eb
+        .run_instances()
+        .image_id(&image)
+        .min_count(1)
+        .max_count(1)
+        .key_name("bkey")
+        .security_group_ids(&group)
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let addr = eb.allocate_address().send().await.unwrap();
+    let vpc = eb
+        .create_vpc()
+        .cidr_block("10.9.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let subnet = eb
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("10.9.1.0/24")
+        .send()
+        .await
+        .unwrap()
+        .subnet()
+        .unwrap()
+        .subnet_id()
+        .unwrap()
+        .to_string();
+    eb.create_tags()
+        .resources(&instance)
+        .resources(&volume)
+        .resources(&group)
+        .tags(Tag::builder().key("owner").value("b").build())
+        .send()
+        .await
+        .unwrap();
+    B {
+        image,
+        instance,
+        volume,
+        snapshot,
+        key: "bkey".into(),
+        key_id: key.key_pair_id().unwrap().to_string(),
+        group,
+        group_name: "bsg".into(),
+        alloc: addr.allocation_id().unwrap().to_string(),
+        ip: addr.public_ip().unwrap().to_string(),
+        vpc,
+        subnet,
+    }
+}
+
+type Case<'a> = (
+    &'static str,
+    &'static str,
+    Pin<Box<dyn Future<Output = String> + Send + 'a>>,
+);
+
+macro_rules! case {
+    ($name:expr, $want:expr, $call:expr) => {
+        (
+            $name,
+            $want,
+            Box::pin(async move { code($call.send().await) }) as Pin<Box<_>>,
+        )
+    };
+}
+
+fn ssh() -> IpPermission {
+    IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(22)
+        .to_port(22)
+        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cannot_see_or_touch_b() {
+    let s = start().await;
+    let ka = add_user(&s.store, "alice", Some("a")).await;
+    let kb = add_user(&s.store, "bob", Some("b")).await;
+    let (ea, eb) = (client(&s, &ka), client(&s, &kb));
+    let b = b_makes_one_of_everything(&s, &eb).await;
+    // A's own things, to aim at B's.
+    let a_image = seed_project(&s.store, "a").await;
+    pool(&s, "a", "203.0.113.0/28").await;
+    let a_instance = run(&ea, &a_image).await;
+    let a_volume = volume(&ea).await;
+    let a_alloc = ea
+        .allocate_address()
+        .send()
+        .await
+        .unwrap()
+        .allocation_id()
+        .unwrap()
+        .to_string();
+
+    let before = stored(&s, "b").await;
+    let (ea, b) = (&ea, &b);
+    let (a_instance, a_volume, a_alloc, a_image) = (&a_instance, &a_volume, &a_alloc, &a_image);
+    const INSTANCE: &str = "InvalidInstanceID.NotFound";
+    const VOLUME: &str = "InvalidVolume.NotFound";
+    const SNAPSHOT: &str = "InvalidSnapshot.NotFound";
+    const KEY: &str = "InvalidKeyPair.NotFound";
+    const GROUP: &str = "InvalidGroup.NotFound";
+    const AMI: &str = "InvalidAMIID.NotFound";
+    const ALLOC: &str = "InvalidAllocationID.NotFound";
+    const VPC: &str = "InvalidVpcID.NotFound";
+    const SUBNET: &str = "InvalidSubnetID.NotFound";
+    let tag = || Tag::builder().key("owner").value("a").build();
+    let cases: Vec<Case> = vec![
+        // Instances.
+        case!(
+            "DescribeInstances",
+            INSTANCE,
+            ea.describe_instances().instance_ids(&b.instance)
+        ),
+        case!(
+            "DescribeInstanceStatus",
+            INSTANCE,
+            ea.describe_instance_status().instance_ids(&b.instance)
+        ),
+        case!(
+            "TerminateInstances",
+            INSTANCE,
+            ea.terminate_instances().instance_ids(&b.instance)
+        ),
+        case!(
+            "StopInstances",
+            INSTANCE,
+            ea.stop_instances().instance_ids(&b.instance)
+        ),
+        case!(
+            "StartInstances",
+            INSTANCE,
+            ea.start_instances().instance_ids(&b.instance)
+        ),
+        case!(
+            "RebootInstances",
+            INSTANCE,
+            ea.reboot_instances().instance_ids(&b.instance)
+        ),
+        case!(
+            "GetConsoleOutput",
+            INSTANCE,
+            ea.get_console_output().instance_id(&b.instance)
+        ),
+        case!(
+            "DescribeInstanceAttribute",
+            INSTANCE,
+            ea.describe_instance_attribute()
+                .instance_id(&b.instance)
+                .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceType)
+        ),
+        case!(
+            "ModifyInstanceAttribute",
+            INSTANCE,
+            ea.modify_instance_attribute()
+                .instance_id(&b.instance)
+                .disable_api_termination(
+                    aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                        .value(true)
+                        .build()
+                )
+        ),
+        // Volumes and snapshots.
+        case!(
+            "DescribeVolumes",
+            VOLUME,
+            ea.describe_volumes().volume_ids(&b.volume)
+        ),
+        case!(
+            "DeleteVolume",
+            VOLUME,
+            ea.delete_volume().volume_id(&b.volume)
+        ),
+        case!(
+            "AttachVolume (b's volume)",
+            VOLUME,
+            ea.attach_volume()
+                .volume_id(&b.volume)
+                .instance_id(a_instance)
+                .device("/dev/vdb")
+        ),
+        case!(
+            "AttachVolume (to b's instance)",
+            INSTANCE,
+            ea.attach_volume()
+                .volume_id(a_volume)
+                .instance_id(&b.instance)
+                .device("/dev/vdb")
+        ),
+        case!(
+            "DetachVolume",
+            VOLUME,
+            ea.detach_volume().volume_id(&b.volume)
+        ),
+        case!(
+            "CreateSnapshot (b's volume)",
+            VOLUME,
+            ea.create_snapshot().volume_id(&b.volume)
+        ),
+        case!(
+            "DescribeSnapshots",
+            SNAPSHOT,
+            ea.describe_snapshots().snapshot_ids(&b.snapshot)
+        ),
+        case!(
+            "DeleteSnapshot",
+            SNAPSHOT,
+            ea.delete_snapshot().snapshot_id(&b.snapshot)
+        ),
+        case!(
+            "CreateVolume (b's snapshot)",
+            SNAPSHOT,
+            ea.create_volume()
+                .availability_zone("corral-1a")
+                .snapshot_id(&b.snapshot)
+        ),
+        // Key pairs.
+        case!(
+            "DescribeKeyPairs (name)",
+            KEY,
+            ea.describe_key_pairs().key_names(&b.key)
+        ),
+        case!(
+            "DescribeKeyPairs (id)",
+            KEY,
+            ea.describe_key_pairs().key_pair_ids(&b.key_id)
+        ),
+        // Security groups.
+        case!(
+            "DescribeSecurityGroups (id)",
+            GROUP,
+            ea.describe_security_groups().group_ids(&b.group)
+        ),
+        case!(
+            "DescribeSecurityGroups (name)",
+            GROUP,
+            ea.describe_security_groups().group_names(&b.group_name)
+        ),
+        case!(
+            "DeleteSecurityGroup (id)",
+            GROUP,
+            ea.delete_security_group().group_id(&b.group)
+        ),
+        case!(
+            "DeleteSecurityGroup (name)",
+            GROUP,
+            ea.delete_security_group().group_name(&b.group_name)
+        ),
+        case!(
+            "AuthorizeSecurityGroupIngress",
+            GROUP,
+            ea.authorize_security_group_ingress()
+                .group_id(&b.group)
+                .ip_permissions(ssh())
+        ),
+        case!(
+            "AuthorizeSecurityGroupEgress",
+            GROUP,
+            ea.authorize_security_group_egress()
+                .group_id(&b.group)
+                .ip_permissions(ssh())
+        ),
+        case!(
+            "RevokeSecurityGroupIngress",
+            GROUP,
+            ea.revoke_security_group_ingress()
+                .group_id(&b.group)
+                .ip_permissions(ssh())
+        ),
+        case!(
+            "RevokeSecurityGroupEgress",
+            GROUP,
+            ea.revoke_security_group_egress()
+                .group_id(&b.group)
+                .ip_permissions(ssh())
+        ),
+        // RunInstances with b's things.
+        case!(
+            "RunInstances (b's image)",
+            AMI,
+            ea.run_instances()
+                .image_id(&b.image)
+                .min_count(1)
+                .max_count(1)
+        ),
+        case!(
+            "RunInstances (b's key)",
+            KEY,
+            ea.run_instances()
+                .image_id(a_image)
+                .key_name(&b.key)
+                .min_count(1)
+                .max_count(1)
+        ),
+        case!(
+            "RunInstances (b's group id)",
+            GROUP,
+            ea.run_instances()
+                .image_id(a_image)
+                .security_group_ids(&b.group)
+                .min_count(1)
+                .max_count(1)
+        ),
+        case!(
+            "RunInstances (b's group name)",
+            GROUP,
+            ea.run_instances()
+                .image_id(a_image)
+                .security_groups(&b.group_name)
+                .min_count(1)
+                .max_count(1)
+        ),
+        case!(
+            "RunInstances (b's subnet)",
+            SUBNET,
+            ea.run_instances()
+                .image_id(a_image)
+                .subnet_id(&b.subnet)
+                .min_count(1)
+                .max_count(1)
+        ),
+        // Addresses.
+        case!(
+            "DescribeAddresses (id)",
+            ALLOC,
+            ea.describe_addresses().allocation_ids(&b.alloc)
+        ),
+        case!(
+            "DescribeAddresses (ip)",
+            "InvalidAddress.NotFound",
+            ea.describe_addresses().public_ips(&b.ip)
+        ),
+        case!(
+            "AssociateAddress (b's address)",
+            ALLOC,
+            ea.associate_address()
+                .allocation_id(&b.alloc)
+                .instance_id(a_instance)
+        ),
+        case!(
+            "AssociateAddress (to b's instance)",
+            INSTANCE,
+            ea.associate_address()
+                .allocation_id(a_alloc)
+                .instance_id(&b.instance)
+        ),
+        case!(
+            "DisassociateAddress (b's ip)",
+            "InvalidAddress.NotFound",
+            ea.disassociate_address().public_ip(&b.ip)
+        ),
+        case!(
+            "ReleaseAddress (ip)",
+            "InvalidAddress.NotFound",
+            ea.release_address().public_ip(&b.ip)
+        ),
+        case!(
+            "ReleaseAddress",
+            ALLOC,
+            ea.release_address().allocation_id(&b.alloc)
+        ),
+        // Tags.
+        case!(
+            "CreateTags (instance)",
+            INSTANCE,
+            ea.create_tags().resources(&b.instance).tags(tag())
+        ),
+        case!(
+            "CreateTags (volume)",
+            VOLUME,
+            ea.create_tags().resources(&b.volume).tags(tag())
+        ),
+        case!(
+            "CreateTags (group)",
+            GROUP,
+            ea.create_tags().resources(&b.group).tags(tag())
+        ),
+        case!(
+            "DeleteTags (instance)",
+            INSTANCE,
+            ea.delete_tags()
+                .resources(&b.instance)
+                .tags(Tag::builder().key("owner").build())
+        ),
+        case!(
+            "DeleteTags (volume)",
+            VOLUME,
+            ea.delete_tags()
+                .resources(&b.volume)
+                .tags(Tag::builder().key("owner").build())
+        ),
+        // Images.
+        case!(
+            "DescribeImages",
+            AMI,
+            ea.describe_images().image_ids(&b.image)
+        ),
+        case!(
+            "DescribeImageAttribute",
+            AMI,
+            ea.describe_image_attribute()
+                .image_id(&b.image)
+                .attribute(aws_sdk_ec2::types::ImageAttributeName::Description)
+        ),
+        case!(
+            "ModifyImageAttribute",
+            AMI,
+            ea.modify_image_attribute().image_id(&b.image).description(
+                aws_sdk_ec2::types::AttributeValue::builder()
+                    .value("a's")
+                    .build()
+            )
+        ),
+        case!(
+            "DeregisterImage",
+            AMI,
+            ea.deregister_image().image_id(&b.image)
+        ),
+        // VPCs.
+        case!("DescribeVpcs", VPC, ea.describe_vpcs().vpc_ids(&b.vpc)),
+        case!(
+            "DescribeSubnets",
+            SUBNET,
+            ea.describe_subnets().subnet_ids(&b.subnet)
+        ),
+        case!(
+            "CreateSubnet (b's vpc)",
+            VPC,
+            ea.create_subnet().vpc_id(&b.vpc).cidr_block("10.9.2.0/24")
+        ),
+        case!("DeleteVpc", VPC, ea.delete_vpc().vpc_id(&b.vpc)),
+    ];
+    let total = cases.len();
+    let mut failures = Vec::new();
+    for (name, want, call) in cases {
+        let got = call.await;
+        if got != want {
+            failures.push(format!("{name}: want {want}, got {got}"));
+        }
+    }
+    // Deleting a key pair that does not exist succeeds in EC2: b's stays.
+    ea.delete_key_pair().key_name(&b.key).send().await.unwrap();
+    ea.delete_key_pair()
+        .key_pair_id(&b.key_id)
+        .send()
+        .await
+        .unwrap();
+
+    // Unfiltered Describe*: nothing of b's.
+    let b_ids = [
+        &b.instance,
+        &b.volume,
+        &b.snapshot,
+        &b.key,
+        &b.key_id,
+        &b.group,
+        &b.alloc,
+        &b.ip,
+        &b.image,
+        &b.vpc,
+        &b.subnet,
+    ];
+    let lists = [
+        (
+            "DescribeInstances",
+            format!(
+                "{:?}",
+                ea.describe_instances().send().await.unwrap().reservations()
+            ),
+        ),
+        (
+            "DescribeInstanceStatus",
+            format!(
+                "{:?}",
+                ea.describe_instance_status()
+                    .include_all_instances(true)
+                    .send()
+                    .await
+                    .unwrap()
+                    .instance_statuses()
+            ),
+        ),
+        (
+            "DescribeVolumes",
+            format!(
+                "{:?}",
+                ea.describe_volumes().send().await.unwrap().volumes()
+            ),
+        ),
+        (
+            "DescribeSnapshots",
+            format!(
+                "{:?}",
+                ea.describe_snapshots().send().await.unwrap().snapshots()
+            ),
+        ),
+        (
+            "DescribeKeyPairs",
+            format!(
+                "{:?}",
+                ea.describe_key_pairs().send().await.unwrap().key_pairs()
+            ),
+        ),
+        (
+            "DescribeSecurityGroups",
+            format!(
+                "{:?}",
+                ea.describe_security_groups()
+                    .send()
+                    .await
+                    .unwrap()
+                    .security_groups()
+            ),
+        ),
+        (
+            "DescribeAddresses",
+            format!(
+                "{:?}",
+                ea.describe_addresses().send().await.unwrap().addresses()
+            ),
+        ),
+        (
+            "DescribeImages",
+            format!("{:?}", ea.describe_images().send().await.unwrap().images()),
+        ),
+        (
+            "DescribeTags",
+            format!("{:?}", ea.describe_tags().send().await.unwrap().tags()),
+        ),
+        (
+            "DescribeVpcs",
+            format!("{:?}", ea.describe_vpcs().send().await.unwrap().vpcs()),
+        ),
+        (
+            "DescribeSubnets",
+            format!(
+                "{:?}",
+                ea.describe_subnets().send().await.unwrap().subnets()
+            ),
+        ),
+        (
+            "DescribeInstances (instance-id filter)",
+            format!(
+                "{:?}",
+                ea.describe_instances()
+                    .filters(filter("instance-id", &[&b.instance]))
+                    .send()
+                    .await
+                    .unwrap()
+                    .reservations()
+            ),
+        ),
+        (
+            "DescribeVolumes (volume-id filter)",
+            format!(
+                "{:?}",
+                ea.describe_volumes()
+                    .filters(filter("volume-id", &[&b.volume]))
+                    .send()
+                    .await
+                    .unwrap()
+                    .volumes()
+            ),
+        ),
+        (
+            "DescribeTags (resource-id filter)",
+            format!(
+                "{:?}",
+                ea.describe_tags()
+                    .filters(filter("resource-id", &[&b.instance, &b.volume, &b.group]))
+                    .send()
+                    .await
+                    .unwrap()
+                    .tags()
+            ),
+        ),
+        (
+            "DescribeImages (all)",
+            format!(
+                "{:?}",
+                ea.describe_images()
+                    .executable_users("all")
+                    .send()
+                    .await
+                    .unwrap()
+                    .images()
+            ),
+        ),
+        (
+            "DescribeNetworkInterfaces",
+            format!(
+                "{:?}",
+                ea.describe_network_interfaces()
+                    .send()
+                    .await
+                    .unwrap()
+                    .network_interfaces()
+            ),
+        ),
+    ];
+    for (action, text) in &lists {
+        for id in b_ids {
+            if text.contains(&format!("\"{id}\"")) {
+                failures.push(format!("{action} shows b's {id}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // A's own instance is visible to a, so the lists above were not empty
+    // for want of permission.
+    assert!(lists[0].1.contains(a_instance.as_str()), "{}", lists[0].1);
+    assert_eq!(stored(&s, "b").await, before, "b's objects changed");
+}
