@@ -310,7 +310,19 @@ async fn release_object(ctx: &Ctx<'_>, a: &Address) -> Result<()> {
             return Ok(());
         };
         if !current.metadata.finalizers.is_empty() {
-            return objects::delete(ctx.store, &current).await;
+            // Marked for deletion; the controller gives the IP back. A
+            // conflict (the controller wrote meanwhile) is retried here:
+            // an error would make SDKs retry the whole call.
+            if current.metadata.deletion_timestamp.is_some() {
+                return Ok(());
+            }
+            let mut marked = current.clone();
+            marked.metadata.deletion_timestamp = Some(chrono::Utc::now());
+            match ctx.store.update(&marked).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
         unreserve(ctx, &current.spec.network, &name).await?;
         let rv = current.metadata.resource_version.clone();
