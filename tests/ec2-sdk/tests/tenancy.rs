@@ -756,3 +756,174 @@ async fn a_cannot_see_or_touch_b() {
     assert!(lists[0].1.contains(a_instance.as_str()), "{}", lists[0].1);
     assert_eq!(stored(&s, "b").await, before, "b's objects changed");
 }
+
+/// The references of an Instance resolve within its own project only:
+/// with the controllers running, a's instance naming b's network, security
+/// group, key pair, image and volume stays `ReferencesResolved=False`
+/// naming each of them, and b's objects are untouched (no address taken
+/// from b's network, b's volume not attached). The same names made in a
+/// then resolve, so the condition is about the project, not the names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_resolve_in_the_instance_own_project() {
+    use corral_api_types::{
+        ConditionStatus, ImageSource, ImageSpec, InstanceSpec, KeyPairSpec, Nic, SecurityGroupSpec,
+        VolumeAttachment, VolumeSpec,
+    };
+    use corral_controllers::{ControllerManager, ControllerOptions};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let s = start().await;
+    let store = &s.store;
+    let make = |project: &'static str| async move {
+        store
+            .create(&Network::new(
+                project,
+                "lan",
+                NetworkSpec {
+                    cidr: "10.0.5.0/24".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        store
+            .create(&SecurityGroup::new(
+                project,
+                "web",
+                SecurityGroupSpec {
+                    description: "web".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        store
+            .create(&KeyPair::new(
+                project,
+                "admin",
+                KeyPairSpec {
+                    public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ4uHWXmWgwN6MKFpsgnnGaU1rtTEBKPNu/L09gAucb x@y".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        store
+            .create(&Image::new(
+                project,
+                "tiny",
+                ImageSpec {
+                    source: ImageSource {
+                        url: Some("https://example.com/tiny.img".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        store
+            .create(&Volume::new(
+                project,
+                "data",
+                VolumeSpec {
+                    size_gib: Some(1),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    };
+    for p in ["a", "b"] {
+        add_user(store, &format!("user-{p}"), Some(p)).await;
+    }
+    make("b").await;
+    store
+        .create(&Instance::new(
+            "a",
+            "vm",
+            InstanceSpec {
+                instance_type: Some("m1.tiny".into()),
+                image: Some("tiny".into()),
+                key_name: Some("admin".into()),
+                nics: vec![Nic {
+                    network: "lan".into(),
+                    security_groups: vec!["web".into()],
+                    ..Default::default()
+                }],
+                volumes: vec![VolumeAttachment {
+                    volume: "data".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let manager = Arc::new(ControllerManager::new(
+        store.clone(),
+        ControllerOptions::default(),
+    ));
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(manager.run(rx));
+
+    let refs = || async {
+        let i: Instance = store.get("a", "vm").await.unwrap().unwrap();
+        i.status.and_then(|st| {
+            st.conditions
+                .into_iter()
+                .find(|c| c.type_ == "ReferencesResolved")
+                .map(|c| (c.status, c.message))
+        })
+    };
+    let mut seen = None;
+    for _ in 0..200 {
+        seen = refs().await;
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, message) = seen.expect("ReferencesResolved reported");
+    assert_eq!(status, ConditionStatus::False, "{message}");
+    for what in [
+        "network \"lan\"",
+        "security group \"web\"",
+        "key pair \"admin\"",
+        "image \"tiny\"",
+        "volume \"data\"",
+    ] {
+        assert!(message.contains(what), "{what} not in {message}");
+    }
+    // Give the controllers a moment more: still unresolved, b untouched.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(refs().await.unwrap().0, ConditionStatus::False);
+    let net: Network = store.get("b", "lan").await.unwrap().unwrap();
+    assert!(
+        net.status
+            .as_ref()
+            .is_none_or(|st| st.allocations.is_empty()),
+        "a's instance took an address in b's network: {net:?}"
+    );
+    let vol: Volume = store.get("b", "data").await.unwrap().unwrap();
+    assert!(
+        !format!("{:?}", vol.status).contains("\"vm\""),
+        "b's volume attached to a's instance: {vol:?}"
+    );
+
+    // The same names in a: resolved.
+    make("a").await;
+    let mut resolved = false;
+    for _ in 0..200 {
+        if refs()
+            .await
+            .is_some_and(|(st, _)| st == ConditionStatus::True)
+        {
+            resolved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resolved, "{:?}", refs().await);
+}
