@@ -40,7 +40,7 @@ fn header() -> String {
     )
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -679,6 +679,9 @@ pub use boot::{boot, BootBenchOptions};
 
 mod ec2;
 pub use ec2::{ec2, Ec2BenchOptions};
+
+mod soak;
+pub use soak::{soak, SoakOptions};
 
 /// `corral bench boot`: apply → guest-ready through Corral on real QEMU
 /// (libvirt, `qemu:///system`) next to a bare QEMU boot of the same guest

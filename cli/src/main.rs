@@ -191,6 +191,23 @@ enum BenchCommand {
         #[arg(long)]
         etcd: bool,
     },
+    /// A bounded mixed workload (apply, EC2 run/terminate, list, describe,
+    /// watch) against a real `corral up`, then `corral server` on etcd:
+    /// throughput, p99, errors and the server's RSS against a bound.
+    Soak {
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 4)]
+        watchers: usize,
+        /// Skip the etcd phase.
+        #[arg(long)]
+        no_etcd: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Real guests: POST -> Ready through Corral on qemu:///system (1 and
     /// N concurrent instances) next to a bare QEMU boot of the same guest
     /// (B0), measured in the same run. Root, libvirtd running.
@@ -392,6 +409,22 @@ async fn main() -> Result<()> {
                     present,
                     describes,
                     etcd,
+                })
+                .await
+            }
+            BenchCommand::Soak {
+                seconds,
+                clients,
+                watchers,
+                no_etcd,
+                seed,
+            } => {
+                bench::soak(bench::SoakOptions {
+                    seconds,
+                    clients,
+                    watchers,
+                    etcd: !no_etcd,
+                    seed,
                 })
                 .await
             }
