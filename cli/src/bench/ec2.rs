@@ -203,7 +203,18 @@ pub async fn ec2(options: Ec2BenchOptions) -> Result<()> {
     let ec2_url = format!("http://{addr}/");
     let host = addr.to_string();
     tokio::spawn(corral_ec2_api::serve(
-        corral_ec2_api::Ec2State::new(cluster.store.clone(), corral_ec2_api::Ec2Config::default()),
+        corral_ec2_api::Ec2State::new(
+            cluster.store.clone(),
+            corral_ec2_api::Ec2Config {
+                // The façade's throughput is measured, not its per-key
+                // request limit (200/s by default).
+                rate: corral_api_types::rate::RateLimit {
+                    burst: u32::MAX,
+                    per_second: 1e9,
+                },
+                ..Default::default()
+            },
+        ),
         listener,
         std::future::pending(),
     ));
