@@ -1993,7 +1993,7 @@ async fn sigkill_rounds_on_three_member_etcd() {
     let rounds: u64 = std::env::var("CORRAL_CHAOS_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(6);
     let mut rng = Rng::new(seed, 4);
     let t_all = Instant::now();
     let dir = scratch("corral-chaos-cluster-");
@@ -2057,7 +2057,8 @@ async fn sigkill_rounds_on_three_member_etcd() {
         t_all.elapsed()
     );
 
-    let mut order = [
+    // Every target once in a seeded order, then seeded picks.
+    let mut order = vec![
         Target::Server,
         Target::Leader,
         Target::Agent,
@@ -2065,6 +2066,10 @@ async fn sigkill_rounds_on_three_member_etcd() {
     ];
     for i in (1..order.len()).rev() {
         order.swap(i, rng.range(0, i as u64 + 1) as usize);
+    }
+    while (order.len() as u64) < rounds {
+        let pick = order[rng.range(0, 4) as usize];
+        order.push(pick);
     }
     let objects: Arc<Mutex<BTreeMap<String, Tracked>>> = Arc::default();
     let round_no = Arc::new(AtomicU64::new(0));
@@ -2075,7 +2080,7 @@ async fn sigkill_rounds_on_three_member_etcd() {
     for round in 0..rounds {
         let t_round = Instant::now();
         round_no.store(round, Ordering::SeqCst);
-        let target = order[round as usize % order.len()];
+        let target = order[round as usize];
         let before = snapshot(&apis, &hosts).await.expect("a server answers");
         for i in &before.instances {
             history.insert(uid_of(i), i.clone());
