@@ -689,7 +689,102 @@ async fn a_node_touches_only_its_own(api: Api) {
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
 }
 
+/// Names in the watch events on `path` (bookmarks aside), read until
+/// `until` shows up.
+async fn watch_until(api: &Api, token: &str, path: &str, until: &str) -> Vec<String> {
+    let mut resp = api
+        .http
+        .get(format!("{}{path}", api.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    let mut names = Vec::new();
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{until} never seen on {path}: {names:?}"))
+            .unwrap()
+            .expect("the watch stays open");
+        buf.extend_from_slice(&chunk);
+        while let Some(at) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=at).collect();
+            let Ok(e) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if e["type"] == "BOOKMARK" {
+                continue;
+            }
+            let name = e["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let done = name == until;
+            names.push(name);
+            if done {
+                return names;
+            }
+        }
+    }
+}
+
+/// Watches carry nothing across the line: a member's watch of its own
+/// project sees no event of another's, and a node's watch of instances
+/// sees none bound elsewhere (or unbound).
+async fn watches_stay_within_their_tenant(api: Api) {
+    api.project("a", json!({})).await;
+    api.project("b", json!({})).await;
+    let alice = api.member("alice", "a").await;
+    let watcher = watch_until(&api, &alice, "/v1/projects/a/networks?watch=true", "anet");
+    let writer = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut n = objects()[0].1.clone();
+        n["metadata"]["name"] = json!("bnet");
+        let (code, _) = api.post("/v1/projects/b/networks", n.clone()).await;
+        assert_eq!(code, StatusCode::CREATED);
+        n["metadata"]["name"] = json!("anet");
+        let (code, _) = api.post("/v1/projects/a/networks", n).await;
+        assert_eq!(code, StatusCode::CREATED);
+    };
+    let (names, ()) = tokio::join!(watcher, writer);
+    assert_eq!(names, ["anet"], "a's watch saw {names:?}");
+
+    for n in ["n1", "n2"] {
+        let (code, body) = api
+            .post(
+                "/v1/nodes",
+                json!({"kind": "Node", "metadata": {"name": n}, "spec": {}}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+    }
+    let n1 = node_user(&api, "node-n1", "n1").await;
+    let watcher = watch_until(&api, &n1, "/v1/instances?watch=true", "mine");
+    let writer = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        for (name, node) in [
+            ("unbound", None),
+            ("other", Some("n2")),
+            ("mine", Some("n1")),
+        ] {
+            let (code, body) = api
+                .post("/v1/projects/b/instances", instance(name, "m1.tiny"))
+                .await;
+            assert_eq!(code, StatusCode::CREATED, "{body}");
+            if let Some(node) = node {
+                bind(&api, "instances", name, node).await;
+            }
+        }
+    };
+    let (names, ()) = tokio::join!(watcher, writer);
+    assert_eq!(names, ["mine"], "n1's watch saw {names:?}");
+}
+
 on_both_backends!(
     a_member_cannot_touch_another_project,
-    a_node_touches_only_its_own
+    a_node_touches_only_its_own,
+    watches_stay_within_their_tenant
 );
