@@ -131,6 +131,7 @@ async fn b_makes_one_of_everything(s: &TestServer, eb: &Client) -> B {
         .max_count(1)
         .key_name("bkey")
         .security_group_ids(&group)
+        .client_token("shared-token")
         .send()
         .await
         .unwrap()
@@ -586,12 +587,33 @@ async fn a_cannot_see_or_touch_b() {
         .await
         .unwrap();
 
+    // b's idempotency token is not a's: a's run makes a's own instance.
+    let mine = ea
+        .run_instances()
+        .image_id(a_image)
+        .min_count(1)
+        .max_count(1)
+        .client_token("shared-token")
+        .send()
+        .await
+        .unwrap();
+    let mine = mine.instances()[0].instance_id().unwrap();
+    assert_ne!(mine, b.instance, "a's ClientToken returned b's instance");
+    // b's names do not block a's.
+    ea.create_key_pair().key_name(&b.key).send().await.unwrap();
+    ea.create_security_group()
+        .group_name(&b.group_name)
+        .description("a's")
+        .send()
+        .await
+        .unwrap();
+
     // Unfiltered Describe*: nothing of b's.
+    // By id: a now has a key pair and a group with b's names, its own.
     let b_ids = [
         &b.instance,
         &b.volume,
         &b.snapshot,
-        &b.key,
         &b.key_id,
         &b.group,
         &b.alloc,
