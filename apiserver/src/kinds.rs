@@ -623,54 +623,64 @@ where
             .annotations
             .insert(APPLIED_ANNOTATION.into(), "true".into());
         let name = desired.meta().name.clone();
-        let current = self
-            .store
-            .get::<K>(Self::project_of(project), &name)
-            .await?;
-        let Some(current) = current else {
-            let meta = desired.meta_mut();
-            meta.uid.clear();
-            meta.resource_version.clear();
-            meta.generation = 1;
-            *desired.status_mut() = None;
-            let charge = quota::charge(&self.store, &desired, None, dry_run).await?;
-            if dry_run {
-                return Ok((ApplyResult::Created, to_value(&desired)?));
-            }
-            // Lost a race with another creator: reported (409), not clobbered.
-            let created = self
-                .write_charged(charge, self.store.create(&desired).await)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self
+                .store
+                .get::<K>(Self::project_of(project), &name)
                 .await?;
-            return Ok((ApplyResult::Created, to_value(&created)?));
-        };
-        // The manifest owns spec, labels and annotations; everything else
-        // (finalizers, owners, status) stays as the server has it.
-        let mut new = current.clone();
-        {
-            let cur_meta = current.meta();
-            let d = desired.meta();
-            let labels = d.labels.clone();
-            let annotations = d.annotations.clone();
-            let meta = new.meta_mut();
-            meta.labels = labels;
-            meta.annotations = annotations;
-            meta.resource_version = cur_meta.resource_version.clone();
+            let Some(current) = current else {
+                let meta = desired.meta_mut();
+                meta.uid.clear();
+                meta.resource_version.clear();
+                meta.generation = 1;
+                *desired.status_mut() = None;
+                let charge = quota::charge(&self.store, &desired, None, dry_run).await?;
+                if dry_run {
+                    return Ok((ApplyResult::Created, to_value(&desired)?));
+                }
+                // Lost a race with another creator: reported (409), not clobbered.
+                let created = self
+                    .write_charged(charge, self.store.create(&desired).await)
+                    .await?;
+                return Ok((ApplyResult::Created, to_value(&created)?));
+            };
+            // The manifest owns spec, labels and annotations; everything else
+            // (finalizers, owners, status) stays as the server has it.
+            let mut new = current.clone();
+            {
+                let cur_meta = current.meta();
+                let d = desired.meta();
+                let labels = d.labels.clone();
+                let annotations = d.annotations.clone();
+                let meta = new.meta_mut();
+                meta.labels = labels;
+                meta.annotations = annotations;
+                meta.resource_version = cur_meta.resource_version.clone();
+            }
+            let same_spec = desired.spec() == current.spec();
+            if same_spec
+                && new.meta().labels == current.meta().labels
+                && new.meta().annotations == current.meta().annotations
+            {
+                return Ok((ApplyResult::Unchanged, to_value(&current)?));
+            }
+            let spec = desired.spec().clone();
+            let mut replacement: K = K::new(&current.meta().project, &name, spec);
+            *replacement.meta_mut() = new.meta().clone();
+            let current_rv = current.meta().resource_version.clone();
+            match self
+                .write_replacement(&current, replacement, &current_rv, dry_run)
+                .await
+            {
+                // The manifest names no resourceVersion: the compare-and-swap is
+                // ours, and a controller writing status meanwhile (found by the
+                // chaos suite) is retried, not reported as a conflict.
+                Err(e) if e.code == axum::http::StatusCode::CONFLICT && attempt < 16 => continue,
+                written => return Ok((ApplyResult::Configured, to_value(&written?)?)),
+            }
         }
-        let same_spec = desired.spec() == current.spec();
-        if same_spec
-            && new.meta().labels == current.meta().labels
-            && new.meta().annotations == current.meta().annotations
-        {
-            return Ok((ApplyResult::Unchanged, to_value(&current)?));
-        }
-        let spec = desired.spec().clone();
-        let mut replacement: K = K::new(&current.meta().project, &name, spec);
-        *replacement.meta_mut() = new.meta().clone();
-        let current_rv = current.meta().resource_version.clone();
-        let written = self
-            .write_replacement(&current, replacement, &current_rv, dry_run)
-            .await?;
-        Ok((ApplyResult::Configured, to_value(&written)?))
     }
 }
 
@@ -701,11 +711,11 @@ pub fn registry(store: &ResourceStore) -> Vec<Arc<dyn KindApi>> {
 mod tests {
     use super::*;
 
-    /// Found by the chaos suite: a PUT without a resourceVersion answered
-    /// 409 when a controller wrote the object's status between the
-    /// server's read and its compare-and-swap.
+    /// Found by the chaos suite: a PUT without a resourceVersion, and an
+    /// apply, answered 409 when a controller wrote the object's status
+    /// between the server's read and its compare-and-swap.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn replace_without_resource_version_retries_its_own_conflicts() {
+    async fn writes_without_resource_version_retry_their_own_conflicts() {
         use corral_api_types::{Network, NetworkSpec, NetworkStatus};
         let dir = tempfile::tempdir().unwrap();
         let raw = corral_store::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
@@ -739,6 +749,12 @@ mod tests {
             api.replace("p", "n", body, false)
                 .await
                 .unwrap_or_else(|e| panic!("replace {i}: {e}"));
+            let manifest = serde_json::json!({"apiVersion": "corral/v1", "kind": "Network",
+                "metadata": {"name": "n", "project": "p"},
+                "spec": {"cidr": "10.9.0.0/24", "tags": {"applied": i.to_string()}}});
+            api.apply("p", manifest, false)
+                .await
+                .unwrap_or_else(|e| panic!("apply {i}: {e}"));
         }
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         writer.await.unwrap();
