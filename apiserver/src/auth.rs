@@ -119,9 +119,6 @@ impl Principal {
                         _ => Err(deny()),
                     };
                 }
-                if plural == "events" && matches!(verb, Verb::Create | Verb::Update | Verb::Get) {
-                    return Ok(());
-                }
                 if NODE_READABLE_KINDS.contains(&plural) && verb.is_read() {
                     return Ok(());
                 }

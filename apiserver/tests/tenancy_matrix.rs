@@ -498,6 +498,23 @@ async fn a_node_touches_only_its_own(api: Api) {
     let (_, web) = api.get("/v1/projects/b/instances/web").await;
     let mut failures = Vec::new();
     let table: Vec<(&str, Method, String, Option<Value>, StatusCode)> = vec![
+        // Agents write no events: none may be forged about others' objects.
+        (
+            "create an event",
+            Method::POST,
+            "/v1/projects/b/events".into(),
+            Some(
+                json!({"metadata": {"name": "forged"}, "involvedObject": {"kind": "Instance", "name": "web"}, "reason": "Forged", "message": "x"}),
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "list events",
+            Method::GET,
+            "/v1/projects/b/events".into(),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
         (
             "get other node",
             Method::GET,
