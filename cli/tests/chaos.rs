@@ -1700,7 +1700,25 @@ async fn workload(
         let key = format!("{plural}/{name}");
         let before = objects.lock().unwrap().get(&key).map(|t| t.expect.clone());
         let first = rng.range(0, 2) as usize;
-        let outcome = if method == reqwest::Method::PUT {
+        let outcome = if method == reqwest::Method::PUT && rng.chance(50) {
+            // The GitOps path: the manifest (whole spec) applied.
+            let mut manifest = body.clone().expect("body");
+            manifest["apiVersion"] = json!("corral/v1");
+            manifest["kind"] = json!(if plural == "instances" {
+                "Instance"
+            } else {
+                "Volume"
+            });
+            manifest["metadata"]["project"] = json!("chaos");
+            send(
+                &apis,
+                first,
+                reqwest::Method::POST,
+                "/v1/apply",
+                Some(&manifest),
+            )
+            .await
+        } else if method == reqwest::Method::PUT {
             read_modify_write(&apis, first, &path, fields.as_ref().expect("fields")).await
         } else {
             send(&apis, first, method.clone(), &path, body.as_ref()).await
