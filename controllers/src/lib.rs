@@ -10,6 +10,7 @@
 //! hypervisors — that is the node agent's job.
 
 pub mod address;
+pub mod events;
 pub mod gc;
 pub mod image;
 pub mod instance;
@@ -46,6 +47,10 @@ pub struct ControllerOptions {
     /// Where image bytes are kept (the server's blob directory); without
     /// it images stay Pending.
     pub blobs: Option<corral_store::blobs::BlobStore>,
+    /// Events older than this are deleted.
+    pub event_ttl: Duration,
+    /// How often expired Events are looked for.
+    pub event_sweep: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -55,6 +60,8 @@ impl Default for ControllerOptions {
             node_grace: Duration::from_secs(15),
             concurrency: 16,
             blobs: None,
+            event_ttl: Duration::from_secs(3600),
+            event_sweep: Duration::from_secs(60),
         }
     }
 }
@@ -326,7 +333,28 @@ impl ControllerManager {
         let gc_security_groups =
             Controller::new("gc-securitygroups", c.security_groups.clone()).concurrency(1);
 
+        let sweeper = {
+            let (store, ttl, every, mut stop) =
+                (store.clone(), o.event_ttl, o.event_sweep, stop.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stop.changed() => return,
+                    }
+                    if *stop.borrow() {
+                        return;
+                    }
+                    match events::expire(&store, ttl).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "expired events"),
+                        Err(e) => tracing::warn!(error = %e, "expiring events"),
+                    }
+                }
+            }
+        };
         let tasks = vec![
+            tokio::spawn(sweeper),
             tokio::spawn(gc_volumes.run(gc.clone(), stop.clone())),
             tokio::spawn(gc_instances.run(gc.clone(), stop.clone())),
             tokio::spawn(gc_networks.run(gc.clone(), stop.clone())),

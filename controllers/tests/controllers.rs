@@ -614,6 +614,10 @@ macro_rules! suite {
                 super::security_group_members_follow_instances(super::$backend().await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn events_expire() {
+                super::events_expire(super::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn node_lifecycle_marks_unknown() {
                 super::node_lifecycle_marks_unknown(super::$backend().await).await;
             }
@@ -623,3 +627,45 @@ macro_rules! suite {
 
 suite!(embedded);
 suite!(etcd);
+
+/// Events past their TTL are deleted, fresher ones kept, on both stores.
+async fn events_expire(env: Env) {
+    use corral_api_types::{Event, EventSpec, ObjectReference};
+    let s = &env.store;
+    let ev = |name: &str, age_secs: i64| {
+        let at = Utc::now() - chrono::Duration::seconds(age_secs);
+        Event::new(
+            "p",
+            name,
+            EventSpec {
+                involved_object: ObjectReference {
+                    kind: "Instance".into(),
+                    name: "vm".into(),
+                    uid: "u".into(),
+                },
+                reason: "Scheduled".into(),
+                count: 1,
+                first_timestamp: Some(at),
+                last_timestamp: Some(at),
+                ..Default::default()
+            },
+        )
+    };
+    for i in 0..3 {
+        s.create(&ev(&format!("old-{i}"), 7200)).await.unwrap();
+    }
+    s.create(&ev("fresh", 10)).await.unwrap();
+    let gone = corral_controllers::events::expire(s, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(gone, 3);
+    let left: Vec<String> = s
+        .list::<Event>(Some("p"), ListOptions::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| e.metadata.name)
+        .collect();
+    assert_eq!(left, ["fresh"]);
+}

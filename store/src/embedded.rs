@@ -47,11 +47,16 @@ pub struct EmbeddedOptions {
     /// History kept for watches and old-revision lists, in revisions. When
     /// the log grows past twice this, the oldest part is compacted.
     pub history: u64,
+    /// Page cache of the redb file, in bytes.
+    pub cache_bytes: usize,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { history: 50_000 }
+        EmbeddedOptions {
+            history: 50_000,
+            cache_bytes: 64 << 20,
+        }
     }
 }
 
@@ -111,7 +116,13 @@ impl EmbeddedStore {
     }
 
     pub fn open_with(path: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore> {
-        let db = Database::create(path).map_err(backend)?;
+        // redb caches up to 1 GiB of pages by default; the history log
+        // alone would fill it. A bounded cache keeps `corral up` small
+        // (reads of hot objects stay cached, the log streams from disk).
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .map_err(backend)?;
         let (revision, compacted) = {
             let txn = db.begin_write().map_err(backend)?;
             let state = {

@@ -1,8 +1,8 @@
 //! `corral bench soak`: a bounded mixed workload against a real server
 //! process, watching for errors and memory growth.
 //!
-//! Phases: `corral up` (embedded store, simulated host), then — with
-//! `--etcd` — `corral server` on a private etcd plus a `corral agent` on a
+//! Phases: `corral up` (embedded store, simulated host), then `corral
+//! server` on a private 3-member etcd cluster plus a `corral agent` on a
 //! simulated host. Each phase runs `--seconds` of, per client, a seeded mix
 //! of native creates (apply) and deletes, EC2 RunInstances and
 //! TerminateInstances (SigV4, as awscli signs), native lists and EC2
@@ -89,7 +89,7 @@ struct Target {
     /// The process whose RSS is watched.
     server_pid: u32,
     _procs: Vec<Proc>,
-    _etcd: Option<corral_store::etcd_server::EtcdServer>,
+    _etcd: Option<corral_store::etcd_server::EtcdCluster>,
     _dir: tempfile::TempDir,
 }
 
@@ -176,9 +176,9 @@ async fn up_target(http: &reqwest::Client) -> Result<Target> {
 
 async fn etcd_target(http: &reqwest::Client) -> Result<Target> {
     let dir = tempfile::Builder::new().prefix("corral-soak-").tempdir()?;
-    let etcd = corral_store::etcd_server::EtcdServer::start()
+    let etcd = corral_store::etcd_server::EtcdCluster::start(3)
         .await
-        .context("starting a private etcd")?;
+        .context("starting a private 3-member etcd cluster")?;
     let (api_port, ec2_port) = (free_port()?, free_port()?);
     let blobs = dir.path().join("blobs");
     let server = spawn(
@@ -186,7 +186,7 @@ async fn etcd_target(http: &reqwest::Client) -> Result<Target> {
         &[
             "server",
             "--etcd",
-            &etcd.endpoint(),
+            &etcd.endpoints().join(","),
             "--listen",
             &format!("127.0.0.1:{api_port}"),
             "--ec2-listen",
@@ -562,7 +562,7 @@ pub async fn soak(o: SoakOptions) -> Result<()> {
     drop(t);
     if o.etcd {
         let t = etcd_target(&http).await?;
-        ok &= soak_phase("corral server (etcd) + agent", &t, &o).await?;
+        ok &= soak_phase("corral server (3-member etcd) + agent", &t, &o).await?;
     }
     if !ok {
         bail!("the soak found errors or memory growth beyond the bound");
