@@ -187,7 +187,10 @@ async fn charges_without_objects_expire(api: Api) {
     assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(settle(&api.store, "leak").await.unwrap(), None);
-    assert_eq!(usage(&api, "leak").await["volumes"], serde_json::Value::Null);
+    assert_eq!(
+        usage(&api, "leak").await["volumes"],
+        serde_json::Value::Null
+    );
     let (code, body) = api.post("/v1/projects/leak/volumes", volume("v", 1)).await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
 }

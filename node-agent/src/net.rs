@@ -138,16 +138,10 @@ impl NetDef {
             // router option, so the default route is repeated here.
             let routes = match self.mode {
                 NetworkMode::Isolated => format!("{METADATA_IP}/32,{gw}", gw = self.gateway),
-                _ => format!(
-                    "{METADATA_IP}/32,{gw},0.0.0.0/0,{gw}",
-                    gw = self.gateway
-                ),
+                _ => format!("{METADATA_IP}/32,{gw},0.0.0.0/0,{gw}", gw = self.gateway),
             };
             x.push_str("  <dnsmasq:options>\n");
-            let _ = writeln!(
-                x,
-                "    <dnsmasq:option value='dhcp-option=121,{routes}'/>"
-            );
+            let _ = writeln!(x, "    <dnsmasq:option value='dhcp-option=121,{routes}'/>");
             let dns: Vec<&str> = self
                 .dns_servers
                 .iter()
@@ -435,7 +429,11 @@ impl NetPlan {
             ("CORRAL-OUTPUT".to_string(), filter_out),
         ];
         // Host-to-guest traffic is judged by the same ingress chains.
-        filter_chains.extend(per_port.into_iter().filter(|(c, _)| c.starts_with("CORRAL-I-")));
+        filter_chains.extend(
+            per_port
+                .into_iter()
+                .filter(|(c, _)| c.starts_with("CORRAL-I-")),
+        );
         if self.ports.is_empty() && self.networks.is_empty() {
             return out;
         }
@@ -567,7 +565,8 @@ fn ensure_hooks(table: &str, hooks: &[(&'static str, String)]) -> Result<(), Fir
         let listing = run("iptables", &["-w", "-t", table, "-S", builtin], None)?;
         let jump = format!("-A {builtin} -j {chain}");
         let rules: Vec<&str> = listing.lines().filter(|l| l.starts_with("-A ")).collect();
-        if rules.first() == Some(&jump.as_str()) && rules.iter().filter(|l| **l == jump).count() == 1
+        if rules.first() == Some(&jump.as_str())
+            && rules.iter().filter(|l| **l == jump).count() == 1
         {
             continue;
         }
@@ -733,7 +732,10 @@ mod tests {
             "{x}"
         );
         let iso = net(NetworkMode::Isolated).libvirt_xml();
-        assert!(iso.contains("dhcp-option=121,169.254.169.254/32,10.42.0.1'"), "{iso}");
+        assert!(
+            iso.contains("dhcp-option=121,169.254.169.254/32,10.42.0.1'"),
+            "{iso}"
+        );
         assert!(iso.contains("dhcp-option=3'"), "{iso}");
     }
 
@@ -803,7 +805,9 @@ mod tests {
             "no egress rule: unrestricted"
         );
         let fwd = chain(&r, "mangle", "CORRAL-FORWARD");
-        assert!(fwd.contains(&"-m physdev --physdev-in crtabcdef01230 ! -s 10.42.0.5/32 -j DROP".to_string()));
+        assert!(fwd.contains(
+            &"-m physdev --physdev-in crtabcdef01230 ! -s 10.42.0.5/32 -j DROP".to_string()
+        ));
         let pre = chain(&r, "nat", "CORRAL-PREROUTING");
         assert!(pre.contains(&"-d 192.0.2.10/32 -j DNAT --to-destination 10.42.0.5".to_string()));
         assert!(pre.contains(&"-i crb0f1e2d3c4b5a -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.42.0.1:8775".to_string()));
@@ -859,7 +863,11 @@ mod tests {
             metadata_port: 8775,
         };
         let rules = plan.rules();
-        let s = restore_script("mangle", rules.iter().find(|r| r.table == "mangle"), &existing);
+        let s = restore_script(
+            "mangle",
+            rules.iter().find(|r| r.table == "mangle"),
+            &existing,
+        );
         assert!(s.contains(":CORRAL-FORWARD - [0:0]\n"), "{s}");
         assert!(s.contains("-X CORRAL-I-old\n"), "{s}");
         assert!(!s.contains("-X CORRAL-FORWARD"), "{s}");

@@ -38,7 +38,12 @@ struct Objects {
 }
 
 impl Objects {
-    async fn network(&mut self, api: &ApiClient, p: &str, n: &str) -> Result<Option<Network>, AgentError> {
+    async fn network(
+        &mut self,
+        api: &ApiClient,
+        p: &str,
+        n: &str,
+    ) -> Result<Option<Network>, AgentError> {
         let k = (p.to_string(), n.to_string());
         if let Some(v) = self.networks.get(&k) {
             return Ok(v.clone());
@@ -86,7 +91,11 @@ impl Agent {
     ) -> Result<Result<Vec<crate::hypervisor::NicSpec>, Wait>, AgentError> {
         let mut objects = Objects::default();
         let mut out = Vec::new();
-        let addrs = i.status.as_ref().map(|s| s.addresses.clone()).unwrap_or_default();
+        let addrs = i
+            .status
+            .as_ref()
+            .map(|s| s.addresses.clone())
+            .unwrap_or_default();
         for (idx, a) in addrs.iter().enumerate() {
             let p = &i.metadata.project;
             let Some(n) = objects.network(&self.api, p, &a.network).await? else {
@@ -139,18 +148,22 @@ impl Agent {
                 let Some(n) = objects.network(&self.api, p, &a.network).await? else {
                     continue;
                 };
-                let Some((cidr, gw)) = gateway(&n) else { continue };
-                let def = networks.entry(n.metadata.uid.clone()).or_insert_with(|| NetDef {
-                    uid: n.metadata.uid.clone(),
-                    display: format!("{p}/{}", n.metadata.name),
-                    cidr,
-                    gateway: gw,
-                    mode: n.spec.mode,
-                    dhcp: n.spec.dhcp,
-                    dns_servers: n.spec.dns_servers.clone(),
-                    host_bridge: n.spec.host_bridge.clone(),
-                    hosts: BTreeMap::new(),
-                });
+                let Some((cidr, gw)) = gateway(&n) else {
+                    continue;
+                };
+                let def = networks
+                    .entry(n.metadata.uid.clone())
+                    .or_insert_with(|| NetDef {
+                        uid: n.metadata.uid.clone(),
+                        display: format!("{p}/{}", n.metadata.name),
+                        cidr,
+                        gateway: gw,
+                        mode: n.spec.mode,
+                        dhcp: n.spec.dhcp,
+                        dns_servers: n.spec.dns_servers.clone(),
+                        host_bridge: n.spec.host_bridge.clone(),
+                        hosts: BTreeMap::new(),
+                    });
                 def.hosts
                     .insert(a.mac.to_ascii_lowercase(), (ip, i.metadata.name.clone()));
                 let mut ingress = Vec::new();
