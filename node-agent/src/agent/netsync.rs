@@ -423,43 +423,10 @@ impl Agent {
         self.files.get()?;
         let state = self.net.lock().await;
         let plan = state.applied.as_ref()?;
-        let mut waiting = Vec::new();
-        for (idx, _) in i.spec.nics.iter().enumerate() {
-            let tap = net::tap_name(&i.metadata.uid, idx);
-            let Some(port) = plan.ports.iter().find(|p| p.tap == tap) else {
-                continue;
-            };
-            let Some(n) = plan.networks.iter().find(|n| n.uid == port.network) else {
-                continue;
-            };
-            if !n.managed() || !n.dhcp {
-                continue;
-            }
-            let leases = net::leases(&n.bridge());
-            match leases.iter().find(|l| l.mac == port.mac) {
-                Some(l) if l.ip == port.ip => {}
-                Some(l) => {
-                    return Some((
-                        false,
-                        "LeaseMismatch",
-                        format!(
-                            "NIC {idx} ({}) holds a lease for {} but was allocated {}",
-                            port.mac, l.ip, port.ip
-                        ),
-                    ))
-                }
-                None => waiting.push(format!("NIC {idx} ({})", port.mac)),
-            }
-        }
-        Some(if waiting.is_empty() {
-            (true, "Leased", String::new())
-        } else {
-            (
-                false,
-                "WaitingForLease",
-                format!("no DHCP lease yet for {}", waiting.join(", ")),
-            )
-        })
+        let taps: Vec<String> = (0..i.spec.nics.len())
+            .map(|idx| net::tap_name(&i.metadata.uid, idx))
+            .collect();
+        Some(net::lease_verdict(plan, &taps, net::leases))
     }
 
     /// Keeps host networking in step, every second.
