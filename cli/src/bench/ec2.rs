@@ -44,18 +44,34 @@ pub struct Ec2BenchOptions {
 
 /// A signing EC2 client for one access key.
 #[derive(Clone)]
-struct Ec2Client {
-    http: reqwest::Client,
-    url: String,
-    host: String,
-    key: String,
-    secret: String,
+pub(super) struct Ec2Client {
+    pub(super) http: reqwest::Client,
+    pub(super) url: String,
+    pub(super) host: String,
+    pub(super) key: String,
+    pub(super) secret: String,
 }
 
 impl Ec2Client {
     /// Calls `action`; returns the XML body of a 200, else an error with
     /// the EC2 error text.
     async fn call(&self, action: &str, params: &[(&str, &str)]) -> Result<impl AsRef<[u8]>> {
+        let (status, bytes) = self.send(action, params).await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "{action}: {status} {}",
+            String::from_utf8_lossy(bytes.as_ref())
+        );
+        Ok(bytes)
+    }
+
+    /// Sends `action` signed; answers the HTTP status and body, whatever
+    /// they are.
+    pub(super) async fn send(
+        &self,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(reqwest::StatusCode, impl AsRef<[u8]>)> {
         let mut body = format!("Action={action}&Version=2016-11-15");
         for (k, v) in params {
             body.push('&');
@@ -85,17 +101,12 @@ impl Ec2Client {
             .await?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
-        anyhow::ensure!(
-            status.is_success(),
-            "{action}: {status} {}",
-            String::from_utf8_lossy(&bytes)
-        );
-        Ok(bytes)
+        Ok((status, bytes))
     }
 }
 
 /// Text between `<tag>` and `</tag>`, every occurrence.
-fn all_of<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+pub(super) fn all_of<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
     let mut out = Vec::new();
     let mut rest = xml;

@@ -263,52 +263,20 @@ impl Tally {
     }
 }
 
+/// One signed EC2 call: (HTTP status, body), or why it was not answered.
 async fn ec2_call(
-    http: &reqwest::Client,
-    url: &str,
-    key: &str,
-    secret: &str,
+    client: &super::ec2::Ec2Client,
     action: &str,
     params: &[(&str, &str)],
 ) -> Result<(u16, String), String> {
-    let mut body = format!("Action={action}&Version=2016-11-15");
-    for (k, v) in params {
-        body.push('&');
-        body.push_str(&corral_ec2_api::auth::aws_encode(k));
-        body.push('=');
-        body.push_str(&corral_ec2_api::auth::aws_encode(v));
-    }
-    let host = url.trim_start_matches("http://");
-    let (auth, date) = corral_ec2_api::auth::sigv4::sign_form_post(
-        key,
-        secret,
-        "corral-1",
-        host,
-        &body,
-        chrono::Utc::now(),
-    );
-    let r = http
-        .post(url)
-        .header("authorization", auth)
-        .header("x-amz-date", date)
-        .header(
-            "content-type",
-            "application/x-www-form-urlencoded; charset=utf-8",
-        )
-        .body(body)
-        .send()
+    let (status, body) = client
+        .send(action, params)
         .await
         .map_err(|e| e.to_string())?;
-    let code = r.status().as_u16();
-    let text = r.text().await.map_err(|e| e.to_string())?;
-    Ok((code, text))
-}
-
-fn between<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let i = xml.find(&open)? + open.len();
-    let j = xml[i..].find(&format!("</{tag}>"))?;
-    Some(&xml[i..i + j])
+    Ok((
+        status.as_u16(),
+        String::from_utf8_lossy(body.as_ref()).into_owned(),
+    ))
 }
 
 async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
@@ -356,11 +324,20 @@ async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
         .as_str()
         .context("secret")?
         .to_string();
+    let ec2c = Arc::new(super::ec2::Ec2Client {
+        http: http.clone(),
+        url: t.ec2.clone(),
+        host: t.ec2.trim_start_matches("http://").to_string(),
+        key,
+        secret,
+    });
     // The image's ami id, as EC2 names it.
-    let (_, images) = ec2_call(&http, &t.ec2, &key, &secret, "DescribeImages", &[])
+    let (_, images) = ec2_call(&ec2c, "DescribeImages", &[])
         .await
         .map_err(anyhow::Error::msg)?;
-    let ami = between(&images, "imageId")
+    let ami = super::ec2::all_of(&images, "imageId")
+        .first()
+        .copied()
         .context("DescribeImages lists the image")?
         .to_string();
 
@@ -406,13 +383,11 @@ async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
     }
     let mut clients = Vec::new();
     for c in 0..o.clients {
-        let (http, api, ec2, member, key, secret, ami, tally) = (
+        let (http, api, ec2c, member, ami, tally) = (
             http.clone(),
             t.api.clone(),
-            t.ec2.clone(),
+            ec2c.clone(),
             member.clone(),
-            key.clone(),
-            secret.clone(),
             ami.clone(),
             tally.clone(),
         );
@@ -454,20 +429,17 @@ async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
                 } else if pick < 50 {
                     if ec2_ids.len() >= LIVE_PER_CLIENT {
                         let id = ec2_ids.remove(0);
-                        let r = ec2_call(&http, &ec2, &key, &secret, "TerminateInstances", &[("InstanceId.1", &id)]).await;
+                        let r = ec2_call(&ec2c, "TerminateInstances", &[("InstanceId.1", &id)]).await;
                         ("ec2 terminate", r.map(|(c, _)| c))
                     } else {
                         let r = ec2_call(
-                            &http,
-                            &ec2,
-                            &key,
-                            &secret,
+                            &ec2c,
                             "RunInstances",
                             &[("ImageId", &ami), ("MinCount", "1"), ("MaxCount", "1"), ("InstanceType", "m1.tiny")],
                         )
                         .await;
                         if let Ok((200, xml)) = &r {
-                            if let Some(id) = between(xml, "instanceId") {
+                            if let Some(id) = super::ec2::all_of(xml, "instanceId").first() {
                                 ec2_ids.push(id.to_string());
                             }
                         }
@@ -488,7 +460,7 @@ async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
                     };
                     ("native list", r)
                 } else {
-                    let r = ec2_call(&http, &ec2, &key, &secret, "DescribeInstances", &[]).await;
+                    let r = ec2_call(&ec2c, "DescribeInstances", &[]).await;
                     ("ec2 describe", r.map(|(c, _)| c))
                 };
                 tally.lock().expect("tally").record(op, started.elapsed(), outcome);
