@@ -3,95 +3,17 @@
 //! an instance NIC (one Address per NIC), reported with conditions, and
 //! given back on deletion.
 
+mod common;
+
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
+use common::{embedded, etcd, mutate, until, Env};
 use corral_api_types::{
-    seeded_instance_types, Address, AddressSpec, ConditionStatus, Instance, InstanceSpec, Network,
-    NetworkSpec, Nic, Resource,
+    Address, AddressSpec, ConditionStatus, Instance, InstanceSpec, Network, NetworkSpec, Nic,
+    Resource,
 };
-use corral_controllers::{ControllerManager, ControllerOptions};
-use corral_store::etcd_server::EtcdServer;
-use corral_store::{EmbeddedStore, EtcdStore, ResourceStore, Store};
-use tokio::sync::watch;
-
-struct Env {
-    store: ResourceStore,
-    stop: watch::Sender<bool>,
-    _etcd: Option<EtcdServer>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn env_on(
-    raw: Arc<dyn Store>,
-    etcd: Option<EtcdServer>,
-    dir: Option<tempfile::TempDir>,
-) -> Env {
-    let store = ResourceStore::new(raw);
-    for t in seeded_instance_types() {
-        store.create(&t).await.unwrap();
-    }
-    let manager = Arc::new(ControllerManager::new(
-        store.clone(),
-        ControllerOptions::default(),
-    ));
-    let (stop, rx) = watch::channel(false);
-    tokio::spawn(manager.run(rx));
-    Env {
-        store,
-        stop,
-        _etcd: etcd,
-        _dir: dir,
-    }
-}
-
-async fn embedded() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
-    env_on(Arc::new(raw), None, Some(dir)).await
-}
-
-async fn etcd() -> Env {
-    let server = EtcdServer::start().await.expect("start a real etcd");
-    let raw = EtcdStore::connect(&[server.endpoint()]).await.unwrap();
-    env_on(Arc::new(raw), Some(server), None).await
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-async fn until<F, Fut>(what: &str, secs: u64, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-/// Read-modify-write, retried when a controller wrote first.
-async fn mutate<K: Resource>(store: &ResourceStore, name: &str, f: impl Fn(&mut K)) {
-    loop {
-        let mut obj: K = store.get("p", name).await.unwrap().unwrap();
-        f(&mut obj);
-        match store.update(&obj).await {
-            Ok(_) => return,
-            Err(corral_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => panic!("updating {name}: {e}"),
-        }
-    }
-}
+use corral_store::ResourceStore;
 
 async fn network(store: &ResourceStore, name: &str, cidr: &str) {
     store
@@ -192,7 +114,7 @@ async fn wait_condition(
 }
 
 async fn delete_address(store: &ResourceStore, name: &str) {
-    mutate::<Address>(store, name, |a| {
+    mutate::<Address>(store, "p", name, |a| {
         a.metadata.deletion_timestamp = Some(Utc::now())
     })
     .await;
@@ -236,7 +158,7 @@ async fn allocate_associate_move_release(env: Env) {
     assert_ne!(ip1, ip2);
 
     // ip1 lets go: ip2 moves in, ip1 keeps its IP.
-    mutate::<Address>(s, "ip1", |a| a.spec.instance = None).await;
+    mutate::<Address>(s, "p", "ip1", |a| a.spec.instance = None).await;
     wait_condition(s, "ip2", "Associated", ConditionStatus::True, "Associated").await;
     until("web carries ip2", 20, || async {
         floating(s, "web").await.as_deref() == Some(ip2.as_str())

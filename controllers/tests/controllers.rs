@@ -2,70 +2,18 @@
 //! objects standing in for registered hosts: placement, capacity, IPAM,
 //! references, node lifecycle and deletion.
 
+mod common;
+
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use common::{embedded, etcd, mutate, until, Env};
 use corral_api_types::{
-    seeded_instance_types, Condition, ConditionStatus, Instance, InstancePhase, InstanceSpec,
-    Network, NetworkSpec, Nic, Node, NodeResources, NodeSpec, NodeStatus, Resource, SecurityGroup,
+    Condition, ConditionStatus, Instance, InstancePhase, InstanceSpec, Network, NetworkSpec, Nic,
+    Node, NodeResources, NodeSpec, NodeStatus, Resource, SecurityGroup,
 };
-use corral_controllers::{ControllerManager, ControllerOptions};
-use corral_store::etcd_server::EtcdServer;
-use corral_store::{EmbeddedStore, EtcdStore, ListOptions, ResourceStore, Store};
-use tokio::sync::watch;
-
-struct Env {
-    store: ResourceStore,
-    stop: watch::Sender<bool>,
-    _etcd: Option<EtcdServer>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn env_on(
-    raw: Arc<dyn Store>,
-    etcd: Option<EtcdServer>,
-    dir: Option<tempfile::TempDir>,
-) -> Env {
-    let store = ResourceStore::new(raw);
-    for t in seeded_instance_types() {
-        store.create(&t).await.unwrap();
-    }
-    let manager = Arc::new(ControllerManager::new(
-        store.clone(),
-        ControllerOptions {
-            node_grace: Duration::from_secs(2),
-            ..Default::default()
-        },
-    ));
-    let (stop, rx) = watch::channel(false);
-    tokio::spawn(manager.run(rx));
-    Env {
-        store,
-        stop,
-        _etcd: etcd,
-        _dir: dir,
-    }
-}
-
-async fn embedded() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
-    env_on(Arc::new(raw), None, Some(dir)).await
-}
-
-async fn etcd() -> Env {
-    let server = EtcdServer::start().await.expect("start a real etcd");
-    let raw = EtcdStore::connect(&[server.endpoint()]).await.unwrap();
-    env_on(Arc::new(raw), Some(server), None).await
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
+use corral_store::{ListOptions, ResourceStore};
 
 async fn node(store: &ResourceStore, name: &str, vcpus: u32, memory_mib: u64, ready: bool) {
     let mut n = Node::new("", name, NodeSpec::default());
@@ -128,40 +76,6 @@ async fn all_instances(store: &ResourceStore) -> Vec<Instance> {
         .await
         .unwrap()
         .items
-}
-
-async fn until<F, Fut>(what: &str, secs: u64, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-/// Read-modify-write of `project/name`, retried when a controller wrote it
-/// first.
-async fn mutate<K: corral_api_types::Resource>(
-    store: &ResourceStore,
-    project: &str,
-    name: &str,
-    f: impl Fn(&mut K),
-) {
-    loop {
-        let mut obj: K = store.get(project, name).await.unwrap().unwrap();
-        f(&mut obj);
-        match store.update(&obj).await {
-            Ok(_) => return,
-            Err(corral_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => panic!("updating {project}/{name}: {e}"),
-        }
-    }
 }
 
 fn node_of(i: &Instance) -> Option<String> {
