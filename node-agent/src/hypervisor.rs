@@ -5,8 +5,15 @@
 //!
 //! Corral's domains are named `corral-<instance uid>`; a domain with that
 //! prefix and no Instance is an orphan the agent removes.
+//!
+//! libvirtd may restart (or be killed) under a running agent; its guests'
+//! QEMU processes keep running and the new libvirtd re-attaches to them.
+//! [`Libvirt`] notices a dead connection and reopens it, with backoff;
+//! meanwhile every call fails with [`HypervisorError::Unreachable`], which
+//! says nothing about any guest.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -24,6 +31,10 @@ pub enum HypervisorError {
     Libvirt(String),
     #[error("domain {0} not found")]
     NoDomain(String),
+    /// The connection to the hypervisor is lost and not back yet: nothing
+    /// is known about the guests, and nothing was done to them.
+    #[error("the hypervisor is unreachable: {0}")]
+    Unreachable(String),
 }
 
 impl From<virt::error::Error> for HypervisorError {
@@ -160,6 +171,11 @@ pub trait Hypervisor: Send + Sync {
     fn networks(&self) -> Result<Vec<String>>;
     /// Destroys a libvirt network (its bridge, dnsmasq and leases go too).
     fn remove_network(&self, name: &str) -> Result<()>;
+    /// Makes one cheap call to the hypervisor (reconnecting first if the
+    /// connection was lost): `Unreachable` while it cannot be reached.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The `<disk>` element for `d`.
@@ -223,10 +239,31 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
-/// Hypervisor reached through libvirt.
+/// First wait before reopening a connection that failed to open again.
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between two attempts to reopen.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// The libvirt connection, and what is known about its health.
+struct Link {
+    /// `None` while lost.
+    conn: Option<Connect>,
+    /// Why it was lost, or why reopening last failed.
+    why: String,
+    /// No attempt to reopen before this.
+    retry_at: Instant,
+    /// The wait after the next failed attempt.
+    backoff: Duration,
+    /// When the connection was lost, and attempts to reopen since.
+    down_since: Option<Instant>,
+    attempts: u32,
+}
+
+/// Hypervisor reached through libvirt. One connection, shared by every
+/// call; reopened (with backoff) when libvirtd goes away and comes back.
 pub struct Libvirt {
     uri: String,
-    conn: Mutex<Connect>,
+    link: Mutex<Link>,
     virt_type: String,
 }
 
@@ -244,7 +281,14 @@ impl Libvirt {
         };
         Ok(Libvirt {
             uri: uri.to_string(),
-            conn: Mutex::new(conn),
+            link: Mutex::new(Link {
+                conn: Some(conn),
+                why: String::new(),
+                retry_at: Instant::now(),
+                backoff: RECONNECT_MIN,
+                down_since: None,
+                attempts: 0,
+            }),
             virt_type,
         })
     }
@@ -253,7 +297,82 @@ impl Libvirt {
         &self.uri
     }
 
-    fn lookup(&self, conn: &Connect, name: &str) -> Result<Option<Domain>> {
+    fn link(&self) -> MutexGuard<'_, Link> {
+        // A panic under the lock leaves the link usable: every field is
+        // consistent between statements.
+        self.link.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the connection, reopening it first if it was lost.
+    ///
+    /// When `f` fails and the connection turns out dead (libvirtd exited
+    /// or restarted: libvirt marks the client closed on the socket's EOF),
+    /// the connection is dropped and reopened at once, and `f` runs once
+    /// more on the new one: a libvirtd restart that already finished costs
+    /// the caller nothing. If libvirtd is still away, the answer is
+    /// `Unreachable`, and further reopen attempts wait 250 ms, doubling up
+    /// to 5 s, so a caller in a loop does not hammer the socket. The loss
+    /// and the recovery are logged once each; the attempts in between only
+    /// at debug level.
+    fn with_conn<T>(&self, f: impl Fn(&Connect) -> Result<T>) -> Result<T> {
+        let mut link = self.link();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            self.reconnect(&mut link)?;
+            let conn = link.conn.as_ref().expect("connected");
+            let err = match f(conn) {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            // The client knows its socket closed once a call saw it: asking
+            // is local, no round trip.
+            if conn.is_alive().unwrap_or(false) {
+                return Err(err);
+            }
+            tracing::warn!(uri = %self.uri, error = %err, "lost the libvirt connection; reconnecting");
+            link.conn = None;
+            link.why = err.to_string();
+            link.down_since.get_or_insert_with(Instant::now);
+            link.retry_at = Instant::now();
+            link.backoff = RECONNECT_MIN;
+            if tries > 1 {
+                return Err(HypervisorError::Unreachable(link.why.clone()));
+            }
+        }
+    }
+
+    /// Makes `link` hold an open connection, or answers `Unreachable`.
+    fn reconnect(&self, link: &mut Link) -> Result<()> {
+        if link.conn.is_some() {
+            return Ok(());
+        }
+        if Instant::now() < link.retry_at {
+            return Err(HypervisorError::Unreachable(link.why.clone()));
+        }
+        link.attempts += 1;
+        match Connect::open(Some(&self.uri)) {
+            Ok(conn) => {
+                let down = link.down_since.take().map(|t| t.elapsed());
+                tracing::info!(uri = %self.uri, down_for = ?down, attempts = link.attempts, "libvirt connection restored");
+                link.conn = Some(conn);
+                link.why.clear();
+                link.backoff = RECONNECT_MIN;
+                link.attempts = 0;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(uri = %self.uri, error = %e, retry_in = ?link.backoff, "cannot reopen the libvirt connection yet");
+                link.why = e.to_string();
+                link.down_since.get_or_insert_with(Instant::now);
+                link.retry_at = Instant::now() + link.backoff;
+                link.backoff = (link.backoff * 2).min(RECONNECT_MAX);
+                Err(HypervisorError::Unreachable(link.why.clone()))
+            }
+        }
+    }
+
+    fn lookup(conn: &Connect, name: &str) -> Result<Option<Domain>> {
         match conn.lookup_domain_by_name(name) {
             Ok(d) => Ok(Some(d)),
             Err(e) if e.code().is(virt::error::ErrorNumber::NoDomain) => Ok(None),
@@ -261,12 +380,12 @@ impl Libvirt {
         }
     }
 
-    fn with_domain<T>(&self, name: &str, f: impl FnOnce(&Domain) -> Result<T>) -> Result<T> {
-        let conn = self.conn.lock().expect("libvirt connection");
-        let dom = self
-            .lookup(&conn, name)?
-            .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
-        f(&dom)
+    fn with_domain<T>(&self, name: &str, f: impl Fn(&Domain) -> Result<T>) -> Result<T> {
+        self.with_conn(|conn| {
+            let dom = Self::lookup(conn, name)?
+                .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
+            f(&dom)
+        })
     }
 
     pub fn domain_xml(&self, spec: &DomainSpec) -> String {
@@ -354,49 +473,52 @@ fn power_state(dom: &Domain) -> Result<PowerState> {
 
 impl Hypervisor for Libvirt {
     fn facts(&self) -> Result<HostFacts> {
-        let conn = self.conn.lock().expect("libvirt connection");
-        let info = conn.node_info()?;
-        let v = conn.lib_version()?;
-        Ok(HostFacts {
-            hostname: conn.hostname()?,
-            vcpus: info.cpus,
-            memory_mib: info.memory / 1024,
-            libvirt_version: format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000),
-            virt_type: self.virt_type.clone(),
+        self.with_conn(|conn| {
+            let info = conn.node_info()?;
+            let v = conn.lib_version()?;
+            Ok(HostFacts {
+                hostname: conn.hostname()?,
+                vcpus: info.cpus,
+                memory_mib: info.memory / 1024,
+                libvirt_version: format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000),
+                virt_type: self.virt_type.clone(),
+            })
         })
     }
 
     fn list(&self) -> Result<Vec<DomainInfo>> {
-        let conn = self.conn.lock().expect("libvirt connection");
-        let mut out = Vec::new();
-        for dom in conn.list_all_domains(0)? {
-            let name = dom.name()?;
-            if name.starts_with(DOMAIN_PREFIX) {
-                out.push(DomainInfo {
-                    state: power_state(&dom)?,
-                    id: dom.id(),
-                    name,
-                });
+        self.with_conn(|conn| {
+            let mut out = Vec::new();
+            for dom in conn.list_all_domains(0)? {
+                let name = dom.name()?;
+                if name.starts_with(DOMAIN_PREFIX) {
+                    out.push(DomainInfo {
+                        state: power_state(&dom)?,
+                        id: dom.id(),
+                        name,
+                    });
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn state(&self, name: &str) -> Result<Option<PowerState>> {
-        let conn = self.conn.lock().expect("libvirt connection");
-        match self.lookup(&conn, name)? {
+        self.with_conn(|conn| match Self::lookup(conn, name)? {
             Some(d) => Ok(Some(power_state(&d)?)),
             None => Ok(None),
-        }
+        })
     }
 
     fn define(&self, spec: &DomainSpec) -> Result<()> {
-        let conn = self.conn.lock().expect("libvirt connection");
-        if self.lookup(&conn, &domain_name(&spec.uid))?.is_some() {
-            return Ok(());
-        }
-        conn.define_domain_xml(&self.domain_xml(spec))?;
-        Ok(())
+        let xml = self.domain_xml(spec);
+        self.with_conn(|conn| {
+            if Self::lookup(conn, &domain_name(&spec.uid))?.is_some() {
+                return Ok(());
+            }
+            conn.define_domain_xml(&xml)?;
+            Ok(())
+        })
     }
 
     fn start(&self, name: &str) -> Result<()> {
@@ -475,80 +597,86 @@ impl Hypervisor for Libvirt {
     }
 
     fn node_of(&self, name: &str) -> Result<Option<String>> {
-        let conn = self.conn.lock().expect("libvirt connection");
-        match self.lookup(&conn, name)? {
+        self.with_conn(|conn| match Self::lookup(conn, name)? {
             Some(d) => Ok(corral_node(&d.xml_desc(0)?)),
             None => Ok(None),
-        }
+        })
     }
 
     fn sync_network(&self, name: &str, xml: &str, hosts: &[(String, String)]) -> Result<()> {
         use virt::sys;
-        let conn = self.conn.lock().expect("libvirt connection");
-        let net = match conn.lookup_network_by_name(name) {
-            Ok(n) => n,
-            Err(e) if e.code().is(virt::error::ErrorNumber::NoNetwork) => {
-                conn.create_network_xml(xml)?;
-                return Ok(());
+        self.with_conn(|conn| {
+            let net = match conn.lookup_network_by_name(name) {
+                Ok(n) => n,
+                Err(e) if e.code().is(virt::error::ErrorNumber::NoNetwork) => {
+                    conn.create_network_xml(xml)?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !net.is_active()? {
+                net.create()?;
             }
-            Err(e) => return Err(e.into()),
-        };
-        if !net.is_active()? {
-            net.create()?;
-        }
-        let current = net.xml_desc(0)?;
-        let have: Vec<(String, String)> = host_elements(&current);
-        for (mac, elem) in &have {
-            if !hosts.iter().any(|(m, e)| m == mac && host_same(e, elem)) {
-                net.update(
-                    sys::VIR_NETWORK_UPDATE_COMMAND_DELETE,
-                    sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
-                    -1,
-                    elem,
-                    sys::VIR_NETWORK_UPDATE_AFFECT_LIVE,
-                )?;
+            let current = net.xml_desc(0)?;
+            let have: Vec<(String, String)> = host_elements(&current);
+            for (mac, elem) in &have {
+                if !hosts.iter().any(|(m, e)| m == mac && host_same(e, elem)) {
+                    net.update(
+                        sys::VIR_NETWORK_UPDATE_COMMAND_DELETE,
+                        sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                        -1,
+                        elem,
+                        sys::VIR_NETWORK_UPDATE_AFFECT_LIVE,
+                    )?;
+                }
             }
-        }
-        for (mac, elem) in hosts {
-            if !have.iter().any(|(m, e)| m == mac && host_same(e, elem)) {
-                net.update(
-                    sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
-                    sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
-                    -1,
-                    elem,
-                    sys::VIR_NETWORK_UPDATE_AFFECT_LIVE,
-                )?;
+            for (mac, elem) in hosts {
+                if !have.iter().any(|(m, e)| m == mac && host_same(e, elem)) {
+                    net.update(
+                        sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+                        sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                        -1,
+                        elem,
+                        sys::VIR_NETWORK_UPDATE_AFFECT_LIVE,
+                    )?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn networks(&self) -> Result<Vec<String>> {
-        let conn = self.conn.lock().expect("libvirt connection");
-        let mut names = conn.list_networks()?;
-        names.extend(conn.list_defined_networks()?);
-        names.retain(|n| n.starts_with(crate::net::NETWORK_PREFIX));
-        names.sort();
-        names.dedup();
-        Ok(names)
+        self.with_conn(|conn| {
+            let mut names = conn.list_networks()?;
+            names.extend(conn.list_defined_networks()?);
+            names.retain(|n| n.starts_with(crate::net::NETWORK_PREFIX));
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })
     }
 
     fn remove_network(&self, name: &str) -> Result<()> {
-        let conn = self.conn.lock().expect("libvirt connection");
-        let net = match conn.lookup_network_by_name(name) {
-            Ok(n) => n,
-            Err(e) if e.code().is(virt::error::ErrorNumber::NoNetwork) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        // A transient network is gone once destroyed: ask first.
-        let persistent = net.is_persistent()?;
-        if net.is_active()? {
-            net.destroy()?;
-        }
-        if persistent {
-            net.undefine()?;
-        }
-        Ok(())
+        self.with_conn(|conn| {
+            let net = match conn.lookup_network_by_name(name) {
+                Ok(n) => n,
+                Err(e) if e.code().is(virt::error::ErrorNumber::NoNetwork) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            // A transient network is gone once destroyed: ask first.
+            let persistent = net.is_persistent()?;
+            if net.is_active()? {
+                net.destroy()?;
+            }
+            if persistent {
+                net.undefine()?;
+            }
+            Ok(())
+        })
+    }
+
+    fn check(&self) -> Result<()> {
+        self.with_conn(|conn| Ok(conn.num_of_domains().map(|_| ())?))
     }
 
     fn disk_targets(&self, name: &str) -> Result<Vec<String>> {
