@@ -74,6 +74,19 @@ impl Xml {
         Xml::default()
     }
 
+    /// An empty body with room for `bytes`.
+    pub fn with_capacity(bytes: usize) -> Xml {
+        Xml {
+            buf: String::with_capacity(bytes),
+        }
+    }
+
+    /// Appends XML written earlier (by another [`Xml`]) as it is.
+    pub fn raw(&mut self, xml: &str) -> &mut Self {
+        self.buf.push_str(xml);
+        self
+    }
+
     pub fn open(&mut self, name: &str) -> &mut Self {
         self.buf.push('<');
         self.buf.push_str(name);

@@ -2,6 +2,7 @@
 //! its reservation, and the `<item>` DescribeInstances/RunInstances write.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use corral_api_types::ec2::{
     instance_id, network_interface_id, reservation_id, subnet_id, CLIENT_TOKEN_ANNOTATION,
@@ -13,6 +14,7 @@ use corral_api_types::{
 };
 
 use super::{ts, Ctx};
+use crate::decoded::DecodedInstance;
 use crate::error::Result;
 use crate::objects::{ec2_name, list_all, Tagged};
 use crate::xml::Xml;
@@ -87,8 +89,10 @@ pub fn reservation(i: &Instance) -> String {
 }
 
 /// Names of the project's related objects, by resource name, loaded once
-/// per request.
-#[derive(Default)]
+/// per request. Everything an instance's XML depends on besides the
+/// instance itself and the account: two equal Lookups render an instance
+/// alike (DescribeInstances reuses rendered XML while it is unchanged).
+#[derive(Default, Clone, PartialEq)]
 pub struct Lookup {
     pub groups: HashMap<String, (String, String)>,
     pub networks: HashMap<String, (String, String, String)>,
@@ -449,7 +453,9 @@ pub fn write_instance(x: &mut Xml, i: &Instance, l: &Lookup, account: &str) {
 }
 
 /// Writes `reservationSet`: consecutive instances of one reservation share
-/// an item.
+/// an item. (DescribeInstances writes it from rendered instances with
+/// [`write_reservations_rendered`]; this is what that must equal.)
+#[cfg(test)]
 pub fn write_reservations<I: std::borrow::Borrow<Instance>>(
     x: &mut Xml,
     instances: &[I],
@@ -470,6 +476,43 @@ pub fn write_reservations<I: std::borrow::Borrow<Instance>>(
     });
 }
 
+/// Writes `reservationSet` like [`write_reservations`] from instances
+/// already rendered (`rendered[n]` is what [`write_instance`] writes for
+/// `instances[n]`), into a buffer sized for it up front.
+pub fn write_reservations_rendered(
+    instances: &[Arc<DecodedInstance>],
+    rendered: &[Arc<str>],
+    account: &str,
+) -> Xml {
+    const PER_ITEM: usize = "<item></item>".len();
+    let per_reservation = 200 + account.len();
+    let size = rendered.iter().map(|r| r.len() + PER_ITEM).sum::<usize>()
+        + instances.len() * per_reservation
+        + 64;
+    let mut x = Xml::with_capacity(size);
+    x.open("reservationSet");
+    let mut n = 0;
+    while n < instances.len() {
+        let r = &instances[n].reservation;
+        let end = n + instances[n..]
+            .iter()
+            .take_while(|i| i.reservation == *r)
+            .count();
+        x.open("item")
+            .leaf("reservationId", r)
+            .leaf("ownerId", account)
+            .set("groupSet", &[] as &[u8], |_, _| {})
+            .open("instancesSet");
+        for xml in &rendered[n..end] {
+            x.open("item").raw(xml).close("item");
+        }
+        x.close("instancesSet").close("item");
+        n = end;
+    }
+    x.close("reservationSet");
+    x
+}
+
 pub fn write_reservation_body(
     x: &mut Xml,
     r: &str,
@@ -483,4 +526,125 @@ pub fn write_reservation_body(
         .set("instancesSet", members, |x, i| {
             write_instance(x, i, l, account)
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_api_types::{InstanceAddress, InstanceStatus, Nic, Resource, VolumeAttachment};
+
+    fn instance(name: &str, reservation: Option<&str>, n: usize) -> Instance {
+        let mut i = Instance::new("p", name, Default::default());
+        i.metadata.uid = format!("uid-{name}");
+        i.metadata.creation_timestamp = Some(chrono::Utc::now());
+        if let Some(r) = reservation {
+            i.metadata
+                .annotations
+                .insert(RESERVATION_ANNOTATION.into(), r.into());
+            i.metadata
+                .annotations
+                .insert(LAUNCH_INDEX_ANNOTATION.into(), n.to_string());
+        }
+        i.spec.instance_type = Some("m1.tiny".into());
+        i.spec.image = Some("tiny".into());
+        i.spec.key_name = Some("k & <key>".into());
+        i.spec.nics = vec![
+            Nic {
+                network: "default".into(),
+                security_groups: vec!["web".into(), "gone".into()],
+                ..Default::default()
+            },
+            Nic {
+                network: "lan".into(),
+                fixed_ip: Some("10.0.0.9".into()),
+                ..Default::default()
+            },
+        ];
+        i.spec.volumes = vec![VolumeAttachment {
+            volume: "data".into(),
+            device: Some("vdb".into()),
+            delete_on_termination: true,
+        }];
+        i.spec
+            .tags
+            .insert("Name".into(), format!("\"{name}\" <'x'>"));
+        if n % 2 == 0 {
+            i.status = Some(InstanceStatus {
+                phase: InstancePhase::Running,
+                addresses: vec![InstanceAddress {
+                    network: "default".into(),
+                    ip: "172.31.0.5".into(),
+                    mac: "52:54:00:00:00:01".into(),
+                    floating_ip: Some("198.51.100.7".into()),
+                }],
+                ..Default::default()
+            });
+        }
+        i
+    }
+
+    /// DescribeInstances' answer from rendered fragments is byte for byte
+    /// the one written directly, reservations grouped the same way.
+    #[test]
+    fn rendered_reservations_equal_the_direct_writing() {
+        let mut l = Lookup {
+            zone: "corral-1a".into(),
+            ..Default::default()
+        };
+        l.groups
+            .insert("web".into(), ("sg-1".into(), "Web & co".into()));
+        l.networks.insert(
+            "default".into(),
+            ("vpc-1".into(), "subnet-1".into(), "172.31.0.0/16".into()),
+        );
+        l.images
+            .insert("tiny".into(), ("ami-1".into(), "x86_64".into()));
+        l.volumes.insert("data".into(), "vol-1".into());
+        l.vcpus.insert("m1.tiny".into(), 1);
+        let instances = vec![
+            instance("a", Some("r-0000000000000000a"), 0),
+            instance("b", Some("r-0000000000000000a"), 1),
+            instance("c", None, 2),
+            instance("d", Some("r-0000000000000000a"), 3),
+            instance("e", Some("r-0000000000000000e"), 4),
+        ];
+        let mut direct = Xml::new();
+        write_reservations(&mut direct, &instances, &l, "123456789012");
+        let decoded: Vec<Arc<DecodedInstance>> = instances
+            .iter()
+            .map(|i| Arc::new(DecodedInstance::new(Arc::new(i.clone()), 1)))
+            .collect();
+        let rendered: Vec<Arc<str>> = decoded
+            .iter()
+            .map(|e| {
+                e.rendered(1, |i| {
+                    let mut x = Xml::new();
+                    write_instance(&mut x, i, &l, "123456789012");
+                    x.into_string()
+                })
+            })
+            .collect();
+        let from_rendered = write_reservations_rendered(&decoded, &rendered, "123456789012");
+        let (direct, from_rendered) = (direct.into_string(), from_rendered.into_string());
+        assert_eq!(direct, from_rendered);
+        assert_eq!(direct.matches("<reservationId>").count(), 4);
+        assert!(
+            direct.contains("&quot;a&quot; &lt;&apos;x&apos;&gt;"),
+            "{direct}"
+        );
+        assert!(
+            direct.contains("<keyName>k &amp; &lt;key&gt;</keyName>"),
+            "{direct}"
+        );
+        assert!(
+            direct.contains("<groupName>Web &amp; co</groupName>"),
+            "{direct}"
+        );
+        assert!(direct.contains("<volumeId>vol-1</volumeId>"), "{direct}");
+        // Nothing at all: an empty set.
+        let empty = write_reservations_rendered(&[], &[], "123456789012").into_string();
+        let mut direct = Xml::new();
+        write_reservations::<Instance>(&mut direct, &[], &l, "123456789012");
+        assert_eq!(empty, direct.into_string());
+    }
 }

@@ -6,6 +6,7 @@
 //! once the controllers have released theirs it reads as `terminated` for
 //! an hour, after which the next DescribeInstances purges it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -22,10 +23,11 @@ use corral_api_types::{
 
 use super::disks::disk_requests;
 use super::instance_view::{
-    state, write_reservation_body, write_reservations, Lookup, INSTANCE_FILTERS, SHUTTING_DOWN,
-    TERMINATED,
+    state, write_instance, write_reservation_body, write_reservations_rendered, Lookup,
+    INSTANCE_FILTERS, SHUTTING_DOWN, TERMINATED,
 };
 use super::{check_ids, Ctx};
+use crate::decoded::DecodedInstance;
 use crate::error::{Ec2Error, Result};
 use crate::filter::Filters;
 use crate::objects::{
@@ -60,16 +62,18 @@ pub async fn visible_instances(ctx: &Ctx<'_>) -> Result<Vec<Instance>> {
     Ok(visible_shared(ctx)
         .await?
         .into_iter()
-        .map(Arc::unwrap_or_clone)
+        .map(|e| Instance::clone(&e.instance))
         .collect())
 }
 
-/// [`visible_instances`] without copying the (shared, decoded) objects.
-pub async fn visible_shared(ctx: &Ctx<'_>) -> Result<Vec<Arc<Instance>>> {
+/// [`visible_instances`] without copying the (shared, decoded) objects,
+/// with their ids.
+pub async fn visible_shared(ctx: &Ctx<'_>) -> Result<Vec<Arc<DecodedInstance>>> {
     let now = Utc::now();
     let mut out = Vec::new();
-    for i in ctx.decoded.list(ctx.store, ctx.project()).await? {
-        let expired = state(&i) == TERMINATED
+    for e in ctx.decoded.list(ctx.store, ctx.project()).await? {
+        let i = &e.instance;
+        let expired = state(i) == TERMINATED
             && i.metadata
                 .deletion_timestamp
                 .is_some_and(|t| (now - t).num_seconds() > TERMINATED_VISIBLE_SECONDS);
@@ -91,7 +95,7 @@ pub async fn visible_shared(ctx: &Ctx<'_>) -> Result<Vec<Arc<Instance>>> {
             }
             continue;
         }
-        out.push(i);
+        out.push(e);
     }
     Ok(out)
 }
@@ -103,10 +107,12 @@ pub async fn named_instances(ctx: &Ctx<'_>) -> Result<Vec<Instance>> {
         return Err(Ec2Error::missing("InstanceId"));
     }
     check_ids(&ids, &["i"], "InvalidInstanceID.Malformed", "instance id")?;
-    let all = visible_instances(ctx).await?;
+    let all = visible_shared(ctx).await?;
+    let by_id: HashMap<&str, &Instance> =
+        all.iter().map(|e| (e.id.as_str(), &*e.instance)).collect();
     let missing: Vec<String> = ids
         .iter()
-        .filter(|id| !all.iter().any(|i| instance_id(&i.metadata.uid) == **id))
+        .filter(|id| !by_id.contains_key(id.as_str()))
         .cloned()
         .collect();
     if !missing.is_empty() {
@@ -114,11 +120,7 @@ pub async fn named_instances(ctx: &Ctx<'_>) -> Result<Vec<Instance>> {
     }
     Ok(ids
         .iter()
-        .filter_map(|id| {
-            all.iter()
-                .find(|i| instance_id(&i.metadata.uid) == *id)
-                .cloned()
-        })
+        .filter_map(|id| by_id.get(id.as_str()).map(|i| Instance::clone(i)))
         .collect())
 }
 
@@ -131,22 +133,37 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     let all = visible_shared(ctx).await?;
     let missing: Vec<String> = ids
         .iter()
-        .filter(|id| !all.iter().any(|i| instance_id(&i.metadata.uid) == **id))
+        .filter(|id| !all.iter().any(|e| e.id == **id))
         .cloned()
         .collect();
     if !missing.is_empty() {
         return Err(not_found(&missing));
     }
     let l = Lookup::load(ctx).await?;
-    let mut items: Vec<Arc<Instance>> = all
+    let mut items: Vec<Arc<DecodedInstance>> = all
         .into_iter()
-        .filter(|i| ids.is_empty() || ids.contains(&instance_id(&i.metadata.uid)))
-        .filter(|i| filters.matches(|f| l.field(i, f), i.tags()))
+        .filter(|e| ids.is_empty() || ids.contains(&e.id))
+        .filter(|e| filters.matches(|f| l.field(&e.instance, f), e.instance.tags()))
         .collect();
-    items.sort_by_cached_key(|i| instance_id(&i.metadata.uid));
-    let (items, next) = page.apply(items, |i| instance_id(&i.metadata.uid));
-    let mut x = Xml::new();
-    write_reservations(&mut x, &items, &l, &ctx.account());
+    items.sort_by(|a, b| a.id.cmp(&b.id));
+    let (items, next) = page.apply(items, |e| e.id.clone());
+    // Each instance's XML is a function of the instance (its revision),
+    // the Lookup and the account: reused while all three are unchanged.
+    let account = ctx.account();
+    let context = (l, account);
+    let generation = ctx.decoded.generation(ctx.project(), &context);
+    let (l, account) = &context;
+    let rendered: Vec<Arc<str>> = items
+        .iter()
+        .map(|e| {
+            e.rendered(generation, |i| {
+                let mut x = Xml::with_capacity(4096);
+                write_instance(&mut x, i, l, account);
+                x.into_string()
+            })
+        })
+        .collect();
+    let mut x = write_reservations_rendered(&items, &rendered, account);
     x.opt("nextToken", next);
     Ok(x)
 }
