@@ -301,6 +301,21 @@ impl Agent {
                 generation,
                 now,
             );
+            // As the agent's latest libvirt call found it: while libvirtd is
+            // away the agent leaves its guests alone (hypervisor.rs).
+            let (reachable, reason, message) = match self.hv.unreachable() {
+                None => (ConditionStatus::True, "Answering", String::new()),
+                Some(why) => (ConditionStatus::False, "Unreachable", why),
+            };
+            set_condition(
+                &mut status.conditions,
+                "HypervisorReachable",
+                reachable,
+                reason,
+                &message,
+                generation,
+                now,
+            );
             match self
                 .api
                 .put::<_, Value>(&format!("{path}/status"), &node)

@@ -176,6 +176,12 @@ pub trait Hypervisor: Send + Sync {
     fn check(&self) -> Result<()> {
         Ok(())
     }
+    /// Why the hypervisor could not be reached by the latest call, or
+    /// `None` if it answered. Makes no call and never waits: a heartbeat
+    /// can report it even while a call is stuck.
+    fn unreachable(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The `<disk>` element for `d`.
@@ -264,6 +270,9 @@ struct Link {
 pub struct Libvirt {
     uri: String,
     link: Mutex<Link>,
+    /// Why the connection is lost (`None`: open), readable without
+    /// waiting for `link`.
+    lost: Mutex<Option<String>>,
     virt_type: String,
 }
 
@@ -289,6 +298,7 @@ impl Libvirt {
                 down_since: None,
                 attempts: 0,
             }),
+            lost: Mutex::new(None),
             virt_type,
         })
     }
@@ -336,6 +346,7 @@ impl Libvirt {
             link.down_since.get_or_insert_with(Instant::now);
             link.retry_at = Instant::now();
             link.backoff = RECONNECT_MIN;
+            self.set_lost(Some(link.why.clone()));
             if tries > 1 {
                 return Err(HypervisorError::Unreachable(link.why.clone()));
             }
@@ -359,6 +370,7 @@ impl Libvirt {
                 link.why.clear();
                 link.backoff = RECONNECT_MIN;
                 link.attempts = 0;
+                self.set_lost(None);
                 Ok(())
             }
             Err(e) => {
@@ -367,9 +379,14 @@ impl Libvirt {
                 link.down_since.get_or_insert_with(Instant::now);
                 link.retry_at = Instant::now() + link.backoff;
                 link.backoff = (link.backoff * 2).min(RECONNECT_MAX);
+                self.set_lost(Some(link.why.clone()));
                 Err(HypervisorError::Unreachable(link.why.clone()))
             }
         }
+    }
+
+    fn set_lost(&self, why: Option<String>) {
+        *self.lost.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
     fn lookup(conn: &Connect, name: &str) -> Result<Option<Domain>> {
@@ -677,6 +694,10 @@ impl Hypervisor for Libvirt {
 
     fn check(&self) -> Result<()> {
         self.with_conn(|conn| Ok(conn.num_of_domains().map(|_| ())?))
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn disk_targets(&self, name: &str) -> Result<Vec<String>> {
