@@ -432,13 +432,25 @@ impl Agent {
     /// Keeps host networking in step, every second.
     pub(super) async fn net_loop(self: Arc<Self>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The same failure every second (say, libvirtd is away) is logged
+        // once, then at debug level until it changes or clears.
+        let mut last_error = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stopped(&mut stop) => return,
             }
-            if let Err(e) = self.sync_net().await {
-                tracing::warn!(error = %error_chain(&e), "host networking");
+            match self.sync_net().await {
+                Ok(()) => last_error = None,
+                Err(e) => {
+                    let error = error_chain(&e);
+                    if last_error.as_ref() == Some(&error) {
+                        tracing::debug!(%error, "host networking");
+                    } else {
+                        tracing::warn!(%error, "host networking");
+                    }
+                    last_error = Some(error);
+                }
             }
         }
     }
