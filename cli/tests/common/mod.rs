@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod guests;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -58,6 +60,12 @@ impl Server {
 
     /// Starts a server with these extra `corral up` arguments.
     pub fn start_with(extra: &[&str]) -> Server {
+        Server::start_on("127.0.0.1", extra)
+    }
+
+    /// [`Server::start_with`], the native API listening on `ip` (`addr` and
+    /// `url` still say 127.0.0.1 when `ip` is `0.0.0.0`).
+    pub fn start_on(ip: &str, extra: &[&str]) -> Server {
         let mut last_log = String::new();
         for _ in 0..3 {
             let dir = tempfile::Builder::new()
@@ -68,14 +76,15 @@ impl Server {
             let home = dir.join("home");
             std::fs::create_dir_all(&home).unwrap();
             let config = home.join(".config/corral/config.yaml");
-            let addr = format!("127.0.0.1:{}", free_port());
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
             let ec2 = format!("127.0.0.1:{}", free_port());
             let mut guard = Command::new("sh")
                 .arg("-c")
                 .arg(GUARD)
                 .arg(BIN)
                 .arg(&dir)
-                .arg(&addr)
+                .arg(format!("{ip}:{port}"))
                 .arg(&ec2)
                 .args(extra)
                 .env("HOME", &home)

@@ -1,0 +1,563 @@
+//! Host faults under real guests: libvirtd SIGKILLed while the agent
+//! manages guests, and an agent cut off from the server by a firewall
+//! rule while its guests keep running. Real processes throughout:
+//! `corral up`, a separate `corral agent` on `qemu:///system`, libvirtd,
+//! virtlogd, QEMU (TCG here) and iptables.
+//!
+//! Needs root, libvirtd (scripts/start-libvirt), iptables and the guest
+//! image (tests/images/build-guest); fails, never skips, without them.
+//! Both tests disturb the whole host (libvirtd is shared, iptables is
+//! global): run them under the host lock,
+//! `flock /tmp/corral-host.lock cargo test -p corral-cli --test host_faults`.
+//! libvirtd is restarted and the firewall rule removed even when a test
+//! fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::guests::{
+    domid, domstate, guest_server, guest_server_on, node_user, one_at_a_time, qemu_pid, virsh,
+    virsh_ok, wait_until, wait_until_or, Agent,
+};
+use common::{write, Server};
+use serde_json::Value;
+
+/// The agents here log to this file (appended); each test reads what
+/// was written after it started.
+const AGENT_LOG: &str = "/tmp/corral-host-faults-agent.log";
+
+const BASE: &str = "apiVersion: corral/v1
+kind: Project
+metadata: {name: faults}
+---
+apiVersion: corral/v1
+kind: Network
+metadata: {name: lan, project: faults}
+spec: {cidr: 10.47.0.0/24, mode: nat}
+---
+apiVersion: corral/v1
+kind: Image
+metadata: {name: tiny, project: faults}
+spec:
+  source: {path: /var/lib/corral/import/tiny.qcow2}
+  format: qcow2
+";
+
+fn instance_yaml(name: &str) -> String {
+    format!(
+        "apiVersion: corral/v1\nkind: Instance\nmetadata: {{name: {name}, project: faults}}\nspec:\n  instanceType: m1.tiny\n  image: tiny\n  nics: [{{network: lan}}]\n"
+    )
+}
+
+fn apply(s: &Server, name: &str, yaml: &str) {
+    let p = write(&s.scratch("faults"), name, yaml);
+    s.corral(&["apply", "-f", p.to_str().unwrap()]).ok();
+}
+
+/// The instance, or `None` once it is gone.
+fn instance(s: &Server, name: &str) -> Option<Value> {
+    let out = s.corral(&["get", "instance", name, "-p", "faults", "-o", "json"]);
+    (out.code == 0).then(|| out.json())
+}
+
+fn phase(s: &Server, name: &str) -> String {
+    instance(s, name)
+        .and_then(|i| i["status"]["phase"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn condition(object: &Value, type_: &str) -> String {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn ready(s: &Server, name: &str) -> bool {
+    instance(s, name).is_some_and(|i| condition(&i, "Ready") == "True")
+}
+
+fn uid(s: &Server, name: &str) -> String {
+    instance(s, name).expect("instance")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn node(s: &Server, name: &str) -> Value {
+    s.api("GET", &format!("/v1/nodes/{name}"), None)
+}
+
+/// Guest boots in an instance's whole console log on its node.
+fn boots(s: &Server, uid: &str) -> usize {
+    let log = s.dir.join("agent/instances").join(uid).join("console.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.trim_end_matches('\r') == "corral-guest: boot")
+        .count()
+}
+
+/// Corral domains whose disks live under the test's directory.
+fn test_domains(s: &Server) -> Vec<String> {
+    let dir = s.dir.display().to_string();
+    virsh(&["list", "--all", "--name"])
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with("corral-"))
+        .filter(|n| {
+            Command::new("virsh")
+                .args(["-c", "qemu:///system", "domblklist", n])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&dir))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every Instance of the project that should run has exactly one domain,
+/// running; no other domain of this test exists. Answers the count.
+fn one_running_domain_per_instance(s: &Server) -> usize {
+    let list = s
+        .corral(&["get", "instances", "-p", "faults", "-o", "json"])
+        .json();
+    let uids: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["uid"].as_str().unwrap().to_string())
+        .collect();
+    let mut domains = test_domains(s);
+    domains.sort();
+    let mut want: Vec<String> = uids.iter().map(|u| format!("corral-{u}")).collect();
+    want.sort();
+    assert_eq!(domains, want, "one domain per Instance, and no other");
+    for d in &domains {
+        assert_eq!(domstate(d), "running", "{d}");
+    }
+    domains.len()
+}
+
+/// What the agents logged since `from` bytes into [`AGENT_LOG`].
+fn log_since(from: u64) -> String {
+    let text = std::fs::read(AGENT_LOG).unwrap_or_default();
+    String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned()
+}
+
+fn log_len() -> u64 {
+    std::fs::metadata(AGENT_LOG).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Deletes the project's instances and waits until the agent has removed
+/// its network too: nothing of the test stays on the host.
+fn tear_down(s: &Server) {
+    let net_uid = s
+        .corral(&["get", "network", "lan", "-p", "faults", "-o", "json"])
+        .json()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let list = s
+        .corral(&["get", "instances", "-p", "faults", "-o", "json"])
+        .json();
+    let names = common::names(&list);
+    if !names.is_empty() {
+        let mut args = vec!["delete", "instance"];
+        args.extend(names.iter().map(String::as_str));
+        args.extend(["-p", "faults", "--wait", "--timeout", "120s"]);
+        s.corral(&args).ok();
+    }
+    wait_until("the test's domains gone", || test_domains(s).is_empty());
+    wait_until("the test's libvirt network gone", || {
+        !virsh(&["net-list", "--all", "--name"]).contains(&net_uid)
+    });
+}
+
+// ------------------------------------------------------------- libvirtd
+
+/// libvirtd's pid, from its pid file, checked against /proc.
+fn libvirtd_pid() -> u32 {
+    let text = std::fs::read_to_string("/run/libvirtd.pid").expect("/run/libvirtd.pid");
+    let pid: u32 = text.trim().parse().expect("a pid in /run/libvirtd.pid");
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim(), "libvirtd", "pid {pid} from /run/libvirtd.pid");
+    pid
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+/// Starts libvirtd when it does not answer, and waits until it does.
+fn ensure_libvirtd() -> bool {
+    if virsh_ok(&["version"]) {
+        return true;
+    }
+    let _ = Command::new("libvirtd")
+        .arg("-d")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if virsh_ok(&["version"]) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Brings libvirtd back when dropped, whatever happened.
+struct RestoreLibvirtd;
+
+impl Drop for RestoreLibvirtd {
+    fn drop(&mut self) {
+        if !ensure_libvirtd() {
+            eprintln!("libvirtd did not come back: run scripts/start-libvirt");
+        }
+    }
+}
+
+#[test]
+fn libvirtd_killed_under_the_agent_leaves_guests_running_and_work_resumes() {
+    let t0 = Instant::now();
+    let _one = one_at_a_time();
+    let (s, _cleanup, _guest) = guest_server();
+    let (node_name, token) = node_user(&s);
+    let log_from = log_len();
+    let mut agent = Agent::start_with(&s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
+
+    apply(&s, "base.yaml", BASE);
+    apply(
+        &s,
+        "two.yaml",
+        &format!(
+            "{}---\n{}",
+            instance_yaml("steady"),
+            instance_yaml("doomed")
+        ),
+    );
+    wait_until("steady Ready", || ready(&s, "steady"));
+    wait_until("doomed Running", || phase(&s, "doomed") == "Running");
+    let steady = format!("corral-{}", uid(&s, "steady"));
+    let doomed_uid = uid(&s, "doomed");
+    let doomed = format!("corral-{doomed_uid}");
+    let steady_pid = qemu_pid(&steady).expect("steady's QEMU");
+    let steady_id = domid(&steady);
+    let steady_boots = boots(&s, &uid(&s, "steady"));
+    let doomed_pid = qemu_pid(&doomed).expect("doomed's QEMU");
+    let mut checked = BTreeMap::<&str, String>::new();
+
+    // SIGKILL libvirtd, then ask for work it is needed for: a new
+    // instance, and the deletion of a running one.
+    let _restore = RestoreLibvirtd;
+    let pid = libvirtd_pid();
+    let killed_at = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("libvirtd gone", || exited(pid));
+    apply(&s, "fresh.yaml", &instance_yaml("fresh"));
+    s.corral(&["delete", "instance", "doomed", "-p", "faults"])
+        .ok();
+
+    // While libvirtd is away: the guests run on, nothing is marked Failed
+    // or recreated, the agent keeps heartbeating and does not exit.
+    let outage = Duration::from_secs(15);
+    let mut polls = 0;
+    while killed_at.elapsed() < outage {
+        polls += 1;
+        assert_eq!(
+            phase(&s, "steady"),
+            "Running",
+            "steady while libvirtd is down"
+        );
+        let fresh = phase(&s, "fresh");
+        assert!(
+            !matches!(fresh.as_str(), "Running" | "Failed"),
+            "fresh is {fresh} while libvirtd is down"
+        );
+        assert_eq!(qemu_pid(&steady), Some(steady_pid), "steady's QEMU");
+        assert_eq!(qemu_pid(&doomed), Some(doomed_pid), "doomed's QEMU");
+        assert!(agent.running(), "the agent exited while libvirtd was down");
+        assert_eq!(condition(&node(&s, &node_name), "Ready"), "True");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let node_during = node(&s, &node_name);
+    assert_eq!(
+        condition(&node_during, "HypervisorReachable"),
+        "False",
+        "{node_during:#}"
+    );
+    checked.insert(
+        "during the outage",
+        format!(
+            "{polls} polls over {outage:?}: steady Running, fresh neither Running nor Failed, both QEMUs alive, agent alive, Node Ready=True and HypervisorReachable=False ({})",
+            node_during["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "HypervisorReachable"))
+                .map(|c| c["message"].to_string())
+                .unwrap_or_default()
+        ),
+    );
+
+    assert!(ensure_libvirtd(), "libvirtd did not restart");
+    let restarted_at = Instant::now();
+    wait_until_or(
+        "fresh Ready",
+        || ready(&s, "fresh"),
+        || {
+            s.corral(&["describe", "instance", "fresh", "-p", "faults"])
+                .stdout
+        },
+    );
+    wait_until_or(
+        "doomed gone",
+        || instance(&s, "doomed").is_none(),
+        || {
+            s.corral(&["describe", "instance", "doomed", "-p", "faults"])
+                .stdout
+        },
+    );
+    let converged_after = restarted_at.elapsed();
+    assert!(
+        !virsh(&["list", "--all", "--name"]).contains(&doomed),
+        "doomed's domain left behind"
+    );
+    let doomed_dir = s.dir.join("agent/instances").join(&doomed_uid);
+    assert!(!doomed_dir.exists(), "{} left behind", doomed_dir.display());
+    assert!(qemu_pid(&doomed).is_none(), "doomed's QEMU still runs");
+    checked.insert(
+        "deleted during the outage",
+        "no domain, no QEMU, no files".into(),
+    );
+    checked.insert("created during the outage", "Running and Ready".into());
+
+    assert_eq!(
+        qemu_pid(&steady),
+        Some(steady_pid),
+        "steady's QEMU was replaced"
+    );
+    assert_eq!(domid(&steady), steady_id);
+    assert!(ready(&s, "steady"));
+    assert_eq!(
+        boots(&s, &uid(&s, "steady")),
+        steady_boots,
+        "steady rebooted"
+    );
+    checked.insert(
+        "pre-existing guest",
+        format!("same QEMU pid {steady_pid}, same domain id {steady_id}, no new boot, Ready"),
+    );
+    let n = one_running_domain_per_instance(&s);
+    checked.insert(
+        "domains",
+        format!("exactly one running per Instance ({n}), no other"),
+    );
+    wait_until("Node Ready", || {
+        let node = node(&s, &node_name);
+        condition(&node, "Ready") == "True" && condition(&node, "HypervisorReachable") == "True"
+    });
+    assert!(agent.running(), "the agent exited");
+    checked.insert(
+        "node",
+        "Ready=True, HypervisorReachable=True again, the agent never exited".into(),
+    );
+
+    // The loss and the recovery are logged once each, not once per call.
+    let log = log_since(log_from);
+    let lost = log.matches("lost the libvirt connection").count();
+    let restored = log.matches("libvirt connection restored").count();
+    assert!(lost >= 1 && restored >= 1, "{log}");
+    assert!(
+        lost <= 3 && restored <= 3,
+        "lost {lost}, restored {restored}: {log}"
+    );
+    let warnings = log.lines().filter(|l| l.contains("WARN")).count();
+    checked.insert(
+        "agent log",
+        format!("'lost' {lost}x, 'restored' {restored}x, {warnings} WARN lines in all"),
+    );
+
+    tear_down(&s);
+    drop(agent);
+    println!(
+        "host-faults/libvirtd: SIGKILL of libvirtd (pid {pid}), down {outage:?}, converged {converged_after:?} after its restart; {:?} in all",
+        t0.elapsed()
+    );
+    for (what, how) in &checked {
+        println!("  checked {what}: {how}");
+    }
+}
+
+// ---------------------------------------------------------- cut off agent
+
+/// iptables rules that drop traffic between the agent (which reaches the
+/// server as 127.0.0.2) and the server's port, both ways; removed when
+/// dropped. Only the agent is cut off: the test talks to 127.0.0.1.
+struct Cutoff {
+    rules: Vec<Vec<String>>,
+}
+
+const CUTOFF_COMMENT: &str = "corral-test-host-faults";
+
+impl Cutoff {
+    fn new(port: u16) -> Cutoff {
+        let port = port.to_string();
+        let rule = |dir: &str, ports: &str| -> Vec<String> {
+            [
+                "OUTPUT",
+                dir,
+                "127.0.0.2",
+                "-p",
+                "tcp",
+                ports,
+                &port,
+                "-m",
+                "comment",
+                "--comment",
+                CUTOFF_COMMENT,
+                "-j",
+                "DROP",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
+        let cut = Cutoff {
+            rules: vec![rule("-d", "--dport"), rule("-s", "--sport")],
+        };
+        for r in &cut.rules {
+            let out = Command::new("iptables")
+                .args(["-w", "-I"])
+                .args(r)
+                .output()
+                .expect("running iptables");
+            assert!(
+                out.status.success(),
+                "iptables -I {r:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        cut
+    }
+}
+
+impl Drop for Cutoff {
+    fn drop(&mut self) {
+        for r in &self.rules {
+            while Command::new("iptables")
+                .args(["-w", "-D"])
+                .args(r)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {}
+        }
+    }
+}
+
+#[test]
+fn agent_cut_off_by_the_network_goes_unknown_and_returns_without_restarting_guests() {
+    let t0 = Instant::now();
+    let _one = one_at_a_time();
+    let (s, _cleanup, _guest) = guest_server_on("0.0.0.0");
+    let port: u16 = s.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let (node_name, token) = node_user(&s);
+    let mut agent = Agent::start_with(
+        &format!("http://127.0.0.2:{port}"),
+        &token,
+        &node_name,
+        &s.dir,
+        Path::new(AGENT_LOG),
+    );
+    apply(&s, "base.yaml", BASE);
+    apply(&s, "steady.yaml", &instance_yaml("steady"));
+    wait_until("steady Ready", || ready(&s, "steady"));
+    let steady_uid = uid(&s, "steady");
+    let steady = format!("corral-{steady_uid}");
+    let pid = qemu_pid(&steady).expect("steady's QEMU");
+    let id = domid(&steady);
+    let steady_boots = boots(&s, &steady_uid);
+    let mut checked = BTreeMap::<&str, String>::new();
+
+    let cut = Cutoff::new(port);
+    let cut_at = Instant::now();
+    wait_until_or(
+        "Node Ready=Unknown and steady Unknown",
+        || {
+            condition(&node(&s, &node_name), "Ready") == "Unknown"
+                && phase(&s, "steady") == "Unknown"
+        },
+        || format!("{:#}", node(&s, &node_name)),
+    );
+    let unknown_after = cut_at.elapsed();
+    let i = instance(&s, "steady").unwrap();
+    assert_eq!(i["status"]["nodeName"], node_name.as_str(), "{i}");
+    assert_eq!(qemu_pid(&steady), Some(pid), "steady's QEMU while cut off");
+    assert_eq!(domstate(&steady), "running");
+    assert!(agent.running(), "the agent exited while cut off");
+    checked.insert(
+        "cut off",
+        format!("Node Ready=Unknown and steady Unknown after {unknown_after:?}, still bound to {node_name}; its QEMU runs on"),
+    );
+    // A while longer cut off: the agent's requests time out meanwhile.
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(phase(&s, "steady"), "Unknown");
+    assert_eq!(qemu_pid(&steady), Some(pid));
+
+    drop(cut);
+    let back_at = Instant::now();
+    wait_until_or(
+        "Node Ready and steady Running and Ready again",
+        || {
+            condition(&node(&s, &node_name), "Ready") == "True"
+                && phase(&s, "steady") == "Running"
+                && ready(&s, "steady")
+        },
+        || {
+            format!(
+                "{:#}\n{}",
+                node(&s, &node_name),
+                s.corral(&["describe", "instance", "steady", "-p", "faults"])
+                    .stdout
+            )
+        },
+    );
+    let back_after = back_at.elapsed();
+    assert_eq!(qemu_pid(&steady), Some(pid), "steady's QEMU was replaced");
+    assert_eq!(domid(&steady), id);
+    assert_eq!(boots(&s, &steady_uid), steady_boots, "steady rebooted");
+    let n = one_running_domain_per_instance(&s);
+    assert!(agent.running(), "the agent exited");
+    checked.insert(
+        "back",
+        format!("Node Ready and steady Running/Ready {back_after:?} after the rule went; same QEMU pid {pid}, domain id {id}, no new boot; {n} domain for {n} Instance"),
+    );
+
+    tear_down(&s);
+    drop(agent);
+    println!(
+        "host-faults/cut-off: agent at 127.0.0.2:{port} blocked by iptables; {:?} in all",
+        t0.elapsed()
+    );
+    for (what, how) in &checked {
+        println!("  checked {what}: {how}");
+    }
+}
