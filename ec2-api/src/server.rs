@@ -138,7 +138,15 @@ async fn handle(
         params.insert_missing(Params::parse(&body));
     }
     let action = params.get("Action").unwrap_or("").to_string();
-    let result = process(&state, &method, &uri, &headers, &body, &params, &action).await;
+    let parts = RequestParts {
+        method: method.as_str(),
+        raw_path: uri.path(),
+        raw_query,
+        headers: &headers,
+        body: &body,
+        params: &params,
+    };
+    let result = process(&state, &parts, &action, &request_id).await;
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status,
@@ -172,28 +180,17 @@ async fn handle(
 
 async fn process(
     state: &Ec2State,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-    params: &Params,
+    parts: &RequestParts<'_>,
     action: &str,
+    request_id: &str,
 ) -> Result<(String, xml::Xml), Ec2Error> {
-    if method != Method::GET && method != Method::POST {
+    if parts.method != Method::GET && parts.method != Method::POST {
         return Err(Ec2Error::client(
             "InvalidHttpRequest",
             "Only GET and POST requests are supported",
         ));
     }
-    let parts = RequestParts {
-        method: method.as_str(),
-        raw_path: uri.path(),
-        raw_query: uri.query().unwrap_or(""),
-        headers,
-        body,
-        params,
-    };
-    let caller = state.auth.authenticate(&parts, Utc::now()).await?;
+    let caller = state.auth.authenticate(parts, Utc::now()).await?;
     if state
         .limiter
         .check(&caller.access_key_id, Instant::now())
@@ -211,8 +208,9 @@ async fn process(
             "The request must contain the parameter Action",
         ));
     }
-    let dry_run = params.bool("DryRun")?.unwrap_or(false);
-    let host = headers
+    let dry_run = parts.params.bool("DryRun")?.unwrap_or(false);
+    let host = parts
+        .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost")
@@ -220,11 +218,12 @@ async fn process(
     let ctx = Ctx {
         store: &state.store,
         caller: &caller,
-        params,
+        params: parts.params,
         dry_run,
         config: &state.config,
         decoded: &state.decoded,
         host,
+        request_id,
     };
     let doc = actions::dispatch(&ctx, action).await?;
     Ok((caller.project.clone(), doc))

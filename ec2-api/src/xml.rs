@@ -67,6 +67,9 @@ impl Write for Escaping<'_> {
 #[derive(Default)]
 pub struct Xml {
     buf: String,
+    /// `buf` starts with the opening of the success document (see
+    /// [`Xml::document`]).
+    opened: bool,
 }
 
 impl Xml {
@@ -78,7 +81,19 @@ impl Xml {
     pub fn with_capacity(bytes: usize) -> Xml {
         Xml {
             buf: String::with_capacity(bytes),
+            opened: false,
         }
+    }
+
+    /// A body that already holds the opening of `action`'s success
+    /// document, with room for `bytes` more: [`response`] closes it in
+    /// place instead of copying it into a new document (answers of
+    /// megabytes are written once). The arguments must be the ones
+    /// [`response`] will get.
+    pub fn document(action: &str, version: &str, request_id: &str, bytes: usize) -> Xml {
+        let mut buf = String::with_capacity(bytes + 200 + 2 * action.len() + request_id.len());
+        open_document(&mut buf, action, version, request_id);
+        Xml { buf, opened: true }
     }
 
     /// Appends XML written earlier (by another [`Xml`]) as it is.
@@ -173,9 +188,7 @@ impl Xml {
     }
 }
 
-/// The whole success document for `action`.
-pub fn response(action: &str, version: &str, request_id: &str, body: Xml) -> String {
-    let mut out = String::with_capacity(body.buf.len() + 200);
+fn open_document(out: &mut String, action: &str, version: &str, request_id: &str) {
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<");
     out.push_str(action);
     out.push_str("Response xmlns=\"http://ec2.amazonaws.com/doc/");
@@ -183,7 +196,18 @@ pub fn response(action: &str, version: &str, request_id: &str, body: Xml) -> Str
     out.push_str("/\"><requestId>");
     out.push_str(request_id);
     out.push_str("</requestId>");
-    out.push_str(&body.buf);
+}
+
+/// The whole success document for `action`.
+pub fn response(action: &str, version: &str, request_id: &str, body: Xml) -> String {
+    let mut out = if body.opened {
+        body.buf
+    } else {
+        let mut out = String::with_capacity(body.buf.len() + 200);
+        open_document(&mut out, action, version, request_id);
+        out.push_str(&body.buf);
+        out
+    };
     out.push_str("</");
     out.push_str(action);
     out.push_str("Response>");
@@ -242,6 +266,12 @@ mod tests {
         );
         let e = error_response(&Ec2Error::invalid_value("bad <x>"), "rid");
         assert!(e.ends_with("<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>bad &lt;x&gt;</Message></Error></Errors><RequestID>rid</RequestID></Response>"));
+        // A body opened as the document closes to the same bytes.
+        let mut x = Xml::document("Foo", "2016-11-15", "rid", 10);
+        x.leaf("return", true).set("groupSet", &["sg-1"], |x, g| {
+            x.leaf("groupId", g);
+        });
+        assert_eq!(response("Foo", "2016-11-15", "rid", x), doc);
         assert_eq!(namespace_version(Some("2014-10-01")), "2014-10-01");
         assert_eq!(namespace_version(Some("\"/><x")), DEFAULT_VERSION);
         assert_eq!(namespace_version(None), DEFAULT_VERSION);

@@ -476,20 +476,26 @@ pub fn write_reservations<I: std::borrow::Borrow<Instance>>(
     });
 }
 
+/// Bytes [`write_reservations_rendered`] writes, about.
+pub fn rendered_size(rendered: &[Arc<str>], account: &str) -> usize {
+    const PER_ITEM: usize = "<item></item>".len();
+    let per_reservation = 200 + account.len();
+    rendered
+        .iter()
+        .map(|r| r.len() + PER_ITEM + per_reservation)
+        .sum::<usize>()
+        + 64
+}
+
 /// Writes `reservationSet` like [`write_reservations`] from instances
 /// already rendered (`rendered[n]` is what [`write_instance`] writes for
-/// `instances[n]`), into a buffer sized for it up front.
+/// `instances[n]`).
 pub fn write_reservations_rendered(
+    x: &mut Xml,
     instances: &[Arc<DecodedInstance>],
     rendered: &[Arc<str>],
     account: &str,
-) -> Xml {
-    const PER_ITEM: usize = "<item></item>".len();
-    let per_reservation = 200 + account.len();
-    let size = rendered.iter().map(|r| r.len() + PER_ITEM).sum::<usize>()
-        + instances.len() * per_reservation
-        + 64;
-    let mut x = Xml::with_capacity(size);
+) {
     x.open("reservationSet");
     let mut n = 0;
     while n < instances.len() {
@@ -510,7 +516,6 @@ pub fn write_reservations_rendered(
         n = end;
     }
     x.close("reservationSet");
-    x
 }
 
 pub fn write_reservation_body(
@@ -624,7 +629,8 @@ mod tests {
                 })
             })
             .collect();
-        let from_rendered = write_reservations_rendered(&decoded, &rendered, "123456789012");
+        let mut from_rendered = Xml::new();
+        write_reservations_rendered(&mut from_rendered, &decoded, &rendered, "123456789012");
         let (direct, from_rendered) = (direct.into_string(), from_rendered.into_string());
         assert_eq!(direct, from_rendered);
         assert_eq!(direct.matches("<reservationId>").count(), 4);
@@ -642,7 +648,9 @@ mod tests {
         );
         assert!(direct.contains("<volumeId>vol-1</volumeId>"), "{direct}");
         // Nothing at all: an empty set.
-        let empty = write_reservations_rendered(&[], &[], "123456789012").into_string();
+        let mut empty = Xml::new();
+        write_reservations_rendered(&mut empty, &[], &[], "123456789012");
+        let empty = empty.into_string();
         let mut direct = Xml::new();
         write_reservations::<Instance>(&mut direct, &[], &l, "123456789012");
         assert_eq!(empty, direct.into_string());

@@ -23,8 +23,8 @@ use corral_api_types::{
 
 use super::disks::disk_requests;
 use super::instance_view::{
-    state, write_instance, write_reservation_body, write_reservations_rendered, Lookup,
-    INSTANCE_FILTERS, SHUTTING_DOWN, TERMINATED,
+    rendered_size, state, write_instance, write_reservation_body, write_reservations_rendered,
+    Lookup, INSTANCE_FILTERS, SHUTTING_DOWN, TERMINATED,
 };
 use super::{check_ids, Ctx};
 use crate::decoded::DecodedInstance;
@@ -163,7 +163,8 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
             })
         })
         .collect();
-    let mut x = write_reservations_rendered(&items, &rendered, account);
+    let mut x = ctx.document(rendered_size(&rendered, account));
+    write_reservations_rendered(&mut x, &items, &rendered, account);
     x.opt("nextToken", next);
     Ok(x)
 }

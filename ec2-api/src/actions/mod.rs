@@ -38,6 +38,8 @@ pub struct Ctx<'a> {
     pub decoded: &'a crate::decoded::DecodedInstances,
     /// The Host the client addressed (DescribeRegions' endpoint).
     pub host: String,
+    /// The id the response will carry.
+    pub request_id: &'a str,
 }
 
 impl Ctx<'_> {
@@ -52,6 +54,17 @@ impl Ctx<'_> {
         } else {
             Ok(())
         }
+    }
+
+    /// A body already holding the opening of this request's success
+    /// document, with room for `bytes` more (see [`Xml::document`]).
+    pub fn document(&self, bytes: usize) -> Xml {
+        Xml::document(
+            self.params.get("Action").unwrap_or(""),
+            crate::xml::namespace_version(self.params.get("Version")),
+            self.request_id,
+            bytes,
+        )
     }
 
     pub fn account(&self) -> String {
