@@ -111,6 +111,9 @@ pub trait Resource:
     type Spec: Serialize + PartialEq + Clone;
     type Status: Serialize + PartialEq + Clone + Default;
 
+    /// The object's own `apiVersion` and `kind` fields, as written (a
+    /// decoded body may name another kind than its type's).
+    fn type_meta(&self) -> (&str, &str);
     fn meta(&self) -> &ObjectMeta;
     fn meta_mut(&mut self) -> &mut ObjectMeta;
     fn spec(&self) -> &Self::Spec;
@@ -148,6 +151,9 @@ macro_rules! resource {
             type Spec = $spec;
             type Status = $status;
 
+            fn type_meta(&self) -> (&str, &str) {
+                (&self.api_version, &self.kind)
+            }
             fn meta(&self) -> &$crate::ObjectMeta {
                 &self.metadata
             }

@@ -6,7 +6,7 @@
 //! deletionTimestamp, defaulting and validation (from api-types).
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -38,15 +38,97 @@ pub enum ApplyResult {
 /// One event of a watch, already in JSON form.
 #[derive(Debug)]
 pub enum WatchItem {
-    Event {
-        kind: &'static str,
-        object: Value,
-        /// The previous state for MODIFIED (for selector transitions).
-        prev: Option<Value>,
-        resource_version: i64,
-    },
+    /// Shared by every watcher that gets it: a hundred node agents
+    /// watching Instances share one copy of each event, and the matching
+    /// ones one encoding of it.
+    Event(Arc<WatchEvent>),
     /// The watch ended with an error (410 when compacted).
     Error(ApiError),
+}
+
+/// A change to one object, as watchers are sent it.
+#[derive(Debug)]
+pub struct WatchEvent {
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    pub object: Value,
+    /// The previous state for MODIFIED (for selector transitions).
+    pub prev: Option<Value>,
+    pub resource_version: i64,
+    /// `metadata.project` of the object ("" for cluster kinds).
+    pub project: String,
+    labels: OnceLock<(Labels, Option<Labels>)>,
+    encoded: OnceLock<Vec<u8>>,
+}
+
+type Labels = std::collections::BTreeMap<String, String>;
+
+fn labels_of(v: &Value) -> Labels {
+    v.pointer("/metadata/labels")
+        .and_then(|l| l.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl WatchEvent {
+    pub fn new(
+        kind: &'static str,
+        object: Value,
+        prev: Option<Value>,
+        resource_version: i64,
+    ) -> WatchEvent {
+        let project = object
+            .pointer("/metadata/project")
+            .and_then(|p| p.as_str())
+            .unwrap_or("")
+            .to_string();
+        WatchEvent {
+            kind,
+            object,
+            prev,
+            resource_version,
+            project,
+            labels: OnceLock::new(),
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// Whether the object (now, and before the change) matches `params`:
+    /// the labels are read once per event, whoever asks.
+    pub fn matches(&self, params: &ListParams) -> (bool, Option<bool>) {
+        if params.labels.is_empty() && params.fields.requirements.is_empty() {
+            return (true, self.prev.as_ref().map(|_| true));
+        }
+        let (now, before) = self
+            .labels
+            .get_or_init(|| (labels_of(&self.object), self.prev.as_ref().map(labels_of)));
+        (
+            params.matches(now, &self.object),
+            self.prev
+                .as_ref()
+                .zip(before.as_ref())
+                .map(|(p, l)| params.matches(l, p)),
+        )
+    }
+
+    /// One NDJSON line `{"type":..,"object":..}` with the object encoded
+    /// once per event.
+    pub fn line(&self, kind: &str) -> Vec<u8> {
+        let object = self
+            .encoded
+            .get_or_init(|| serde_json::to_vec(&self.object).unwrap_or_default());
+        let mut line = Vec::with_capacity(object.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(object);
+        line.extend_from_slice(b"}\n");
+        line
+    }
 }
 
 /// A page of a list. Items are the objects' JSON, as stored, with their
@@ -103,23 +185,23 @@ pub fn with_resource_version(stored: &[u8], revision: i64) -> Vec<u8> {
 pub trait KindApi: Send + Sync {
     fn info(&self) -> &'static KindInfo;
     /// Returns the created object's JSON.
-    async fn create(&self, project: &str, body: Value, dry_run: bool) -> Result<Vec<u8>, ApiError>;
+    async fn create(&self, project: &str, body: Body, dry_run: bool) -> Result<Vec<u8>, ApiError>;
     async fn get(&self, project: &str, name: &str) -> Result<Value, ApiError>;
     async fn replace(
         &self,
         project: &str,
         name: &str,
-        body: Value,
+        body: Body,
         dry_run: bool,
     ) -> Result<Value, ApiError>;
-    /// Replaces only `status`; `check` sees the current object first (a
-    /// node may only report on what is bound to it).
+    /// Replaces only `status`; `check`, if any, sees the current object
+    /// first (a node may only report on what is bound to it).
     async fn replace_status(
         &self,
         project: &str,
         name: &str,
-        body: Value,
-        check: &(dyn for<'v> Fn(&'v Value) -> Result<(), ApiError> + Send + Sync),
+        body: Body,
+        check: Option<&(dyn for<'v> Fn(&'v Value) -> Result<(), ApiError> + Send + Sync)>,
     ) -> Result<Value, ApiError>;
     async fn delete(
         &self,
@@ -156,6 +238,48 @@ pub struct TypedKindApi<K> {
 
 fn to_value<K: Resource>(obj: &K) -> Result<Value, ApiError> {
     serde_json::to_value(obj).map_err(|e| ApiError::internal(format!("encoding {}: {e}", K::KIND)))
+}
+
+/// A request body on its way to a typed object.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// JSON as received: decoded straight into the kind's type when it is
+    /// a complete, well-formed object of that kind.
+    Json(axum::body::Bytes),
+    /// Already parsed (YAML bodies, or JSON a caller had to look into).
+    Value(Value),
+}
+
+impl From<Value> for Body {
+    fn from(v: Value) -> Body {
+        Body::Value(v)
+    }
+}
+
+impl Body {
+    /// The body as a JSON value.
+    pub fn into_value(self) -> Result<Value, ApiError> {
+        match self {
+            Body::Value(v) => Ok(v),
+            Body::Json(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"))),
+        }
+    }
+
+    /// The body as a `K`. The common case (a JSON object naming this
+    /// kind and API version, with no unknown field) is decoded in one
+    /// pass; anything else goes the careful way of [`decode_body`], so
+    /// errors read the same whichever way the body came.
+    pub fn decode<K: Resource>(self) -> Result<K, ApiError> {
+        if let Body::Json(bytes) = &self {
+            if let Ok(obj) = serde_json::from_slice::<K>(bytes) {
+                if obj.type_meta() == (API_VERSION, K::KIND) {
+                    return Ok(obj);
+                }
+            }
+        }
+        decode_body(self.into_value()?)
+    }
 }
 
 /// The body as a `K`: fills in a missing apiVersion/kind, refuses a
@@ -230,8 +354,8 @@ where
 
     /// Decodes, places at `project` (checking the body agrees), defaults
     /// and validates a user-written object.
-    fn admit(&self, project: &str, name: Option<&str>, body: Value) -> Result<K, ApiError> {
-        let mut obj: K = decode_body(body)?;
+    fn admit(&self, project: &str, name: Option<&str>, body: Body) -> Result<K, ApiError> {
+        let mut obj: K = body.decode()?;
         let meta = obj.meta_mut();
         let project = Self::project_of(project);
         if K::SCOPE == Scope::Cluster && !meta.project.is_empty() {
@@ -373,7 +497,7 @@ where
         self.info
     }
 
-    async fn create(&self, project: &str, body: Value, dry_run: bool) -> Result<Vec<u8>, ApiError> {
+    async fn create(&self, project: &str, body: Body, dry_run: bool) -> Result<Vec<u8>, ApiError> {
         let to_json = |o: &K| {
             serde_json::to_vec(o)
                 .map_err(|e| ApiError::internal(format!("encoding {}: {e}", K::KIND)))
@@ -404,7 +528,7 @@ where
         &self,
         project: &str,
         name: &str,
-        body: Value,
+        body: Body,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
         let new = self.admit(project, Some(name), body)?;
@@ -436,12 +560,14 @@ where
         &self,
         project: &str,
         name: &str,
-        body: Value,
-        check: &(dyn for<'v> Fn(&'v Value) -> Result<(), ApiError> + Send + Sync),
+        body: Body,
+        check: Option<&(dyn for<'v> Fn(&'v Value) -> Result<(), ApiError> + Send + Sync)>,
     ) -> Result<Value, ApiError> {
         let current = self.current(project, name).await?;
-        check(&to_value(&current)?)?;
-        let incoming: K = decode_body(body)?;
+        if let Some(check) = check {
+            check(&to_value(&current)?)?;
+        }
+        let incoming: K = body.decode()?;
         check_resource_version(
             K::KIND,
             name,
@@ -592,12 +718,12 @@ where
                         let object = event.object();
                         let resource_version = object.meta().resource_version.parse().unwrap_or(0);
                         match serde_json::to_value(object) {
-                            Ok(object) => WatchItem::Event {
+                            Ok(object) => WatchItem::Event(Arc::new(WatchEvent::new(
                                 kind,
                                 object,
                                 prev,
                                 resource_version,
-                            },
+                            ))),
                             Err(e) => WatchItem::Error(ApiError::internal(e.to_string())),
                         }
                     }
@@ -617,7 +743,7 @@ where
         body: Value,
         dry_run: bool,
     ) -> Result<(ApplyResult, Value), ApiError> {
-        let mut desired = self.admit(project, None, body)?;
+        let mut desired = self.admit(project, None, Body::Value(body))?;
         desired
             .meta_mut()
             .annotations
@@ -711,6 +837,43 @@ pub fn registry(store: &ResourceStore) -> Vec<Arc<dyn KindApi>> {
 mod tests {
     use super::*;
 
+    /// JSON bodies take a one-pass typed decode when they can; whichever
+    /// way a body goes, the result and the error are those of the careful
+    /// path through a `Value`.
+    #[test]
+    fn json_bodies_decode_like_parsed_ones() {
+        let bodies = [
+            r#"{"apiVersion":"corral/v1","kind":"Network","metadata":{"name":"n"},"spec":{"cidr":"10.0.0.0/24"}}"#,
+            r#"{"metadata":{"name":"n"},"spec":{"cidr":"10.0.0.0/24"}}"#,
+            r#"{"kind":"Instance","metadata":{"name":"n"},"spec":{"cidr":"10.0.0.0/24"}}"#,
+            r#"{"apiVersion":"corral/v2","kind":"Network","metadata":{"name":"n"}}"#,
+            r#"{"apiVersion":"corral/v1","kind":"Network","metadata":{"name":"n"},"spec":{"cidr":"10.0.0.0/24","mtu2":1}}"#,
+            r#"{"apiVersion":"corral/v1","kind":"Network","kind":"Network","metadata":{"name":"n"}}"#,
+            r#"{"apiVersion":"corral/v1","kind":"Network","metadata":{"name":7}}"#,
+            r#"[1,2]"#,
+            r#"{"apiVersion":"corral/v1","kind":"Network""#,
+        ];
+        for text in bodies {
+            let fast = Body::Json(axum::body::Bytes::from(text)).decode::<Network>();
+            let careful = serde_json::from_str::<Value>(text)
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+                .and_then(decode_body::<Network>);
+            match (fast, careful) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{text}"),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.code, b.code, "{text}");
+                    assert_eq!(a.to_string(), b.to_string(), "{text}");
+                }
+                (a, b) => panic!("{text}: one-pass {a:?}, careful {b:?}"),
+            }
+        }
+        // The defaults the careful path fills in.
+        let n: Network = Body::Json(axum::body::Bytes::from(bodies[1]))
+            .decode()
+            .unwrap();
+        assert_eq!(n.type_meta(), (API_VERSION, "Network"));
+    }
+
     /// Found by the chaos suite: a PUT without a resourceVersion, and an
     /// apply, answered 409 when a controller wrote the object's status
     /// between the server's read and its compare-and-swap.
@@ -746,7 +909,7 @@ mod tests {
         for i in 0..200 {
             let body = serde_json::json!({"metadata": {"name": "n"},
                 "spec": {"cidr": "10.9.0.0/24", "tags": {"i": i.to_string()}}});
-            api.replace("p", "n", body, false)
+            api.replace("p", "n", body.into(), false)
                 .await
                 .unwrap_or_else(|e| panic!("replace {i}: {e}"));
             let manifest = serde_json::json!({"apiVersion": "corral/v1", "kind": "Network",

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{Authenticator, Principal, Verb};
 use crate::error::ApiError;
-use crate::kinds::{registry, KindApi, WatchItem};
+use crate::kinds::{registry, Body, KindApi, WatchItem};
 use crate::list::ListParams;
 use crate::metrics::Metrics;
 
@@ -191,6 +191,12 @@ async fn whoami(
 
 /// Parses a JSON or YAML body into a JSON value.
 pub(crate) fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    body_of(headers, body)?.into_value()
+}
+
+/// A JSON or YAML body, for the kinds' typed decoding: JSON is kept as
+/// bytes (decoded once, straight into the kind's type), YAML is parsed.
+pub(crate) fn body_of(headers: &HeaderMap, body: &Bytes) -> Result<Body, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -202,10 +208,10 @@ pub(crate) fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Api
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
         yaml_serde::from_str::<Value>(text)
+            .map(Body::Value)
             .map_err(|e| ApiError::bad_request(format!("invalid YAML body: {e}")))
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+        Ok(Body::Json(body.clone()))
     }
 }
 
@@ -405,19 +411,18 @@ async fn watch(
                             let _ = tx.send(line(status)).await;
                             return;
                         }
-                        WatchItem::Event { kind, object, prev, resource_version } => {
-                            last_rv = resource_version;
-                            let now = params.matches_value(&object);
-                            let before = prev.as_ref().map(|p| params.matches_value(p));
+                        WatchItem::Event(event) => {
+                            last_rv = event.resource_version;
+                            let (now, before) = event.matches(&params);
                             // Selector transitions look like adds and deletes
                             // to the watcher, as in Kubernetes.
-                            let kind = match (kind, before, now) {
+                            let kind = match (event.kind, before, now) {
                                 ("MODIFIED", Some(false), true) => "ADDED",
                                 ("MODIFIED", Some(true), false) => "DELETED",
                                 (_, _, false) => continue,
                                 (k, _, true) => k,
                             };
-                            if tx.send(line(json!({"type": kind, "object": object}))).await.is_err() {
+                            if tx.send(Ok(Bytes::from(event.line(kind)))).await.is_err() {
                                 return;
                             }
                             ticker.reset();
@@ -430,7 +435,7 @@ async fn watch(
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(ReceiverStream::new(rx)),
+        axum::body::Body::from_stream(ReceiverStream::new(rx)),
     )
         .into_response())
 }
@@ -478,7 +483,7 @@ async fn project_create(
     let kind = state.kind(&plural)?;
     check_scope(kind.info(), Scope::Project)?;
     p.authorize(Verb::Create, kind.info(), Some(&project))?;
-    let body = parse_body(&headers, &body)?;
+    let body = body_of(&headers, &body)?;
     require_project(&state, &project).await?;
     let created = kind.create(&project, body, dry_run(&q)).await?;
     Ok(created_response(created))
@@ -496,9 +501,11 @@ async fn cluster_create(
     let kind = state.kind(&plural)?;
     check_scope(kind.info(), Scope::Cluster)?;
     p.authorize(Verb::Create, kind.info(), None)?;
-    let body = parse_body(&headers, &body)?;
+    let mut body = body_of(&headers, &body)?;
     if p.role == Role::Node {
-        object_check(&p, kind.info(), &body)?;
+        let value = body.into_value()?;
+        object_check(&p, kind.info(), &value)?;
+        body = Body::Value(value);
     }
     let created = kind.create("", body, dry_run(&q)).await?;
     Ok(created_response(created))
@@ -549,7 +556,7 @@ async fn item_put(
     q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     p.authorize(Verb::Update, kind.info(), project)?;
-    let body = parse_body(headers, body)?;
+    let body = body_of(headers, body)?;
     if p.role == Role::Node {
         // A node may update only its own Node.
         let current = kind.get(project.unwrap_or(""), name).await?;
@@ -571,11 +578,13 @@ async fn status_put(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     p.authorize(Verb::UpdateStatus, kind.info(), project)?;
-    let body = parse_body(headers, body)?;
+    let body = body_of(headers, body)?;
     let info = kind.info();
     let check = |current: &Value| object_check(p, info, current);
+    // Only a node's reach depends on the object (what is bound to it).
+    let check = (p.role == Role::Node).then_some(&check as _);
     Ok(Json(
-        kind.replace_status(project.unwrap_or(""), name, body, &check)
+        kind.replace_status(project.unwrap_or(""), name, body, check)
             .await?,
     )
     .into_response())

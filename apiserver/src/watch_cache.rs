@@ -14,25 +14,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::ApiError;
-use crate::kinds::{KindApi, WatchItem};
+use crate::kinds::{KindApi, WatchEvent, WatchItem};
 
 /// Events kept per kind for late starters.
 const RING: usize = 4_096;
 /// Live events a subscriber may lag behind before it is expired.
 const LAG: usize = 50_000;
 
-#[derive(Debug)]
-struct HubEvent {
-    kind: &'static str,
-    object: Value,
-    prev: Option<Value>,
-    resource_version: i64,
-    project: String,
-}
+type HubEvent = WatchEvent;
 
 struct Ring {
     /// Events with revisions greater than this are all in `events`.
@@ -50,13 +42,6 @@ struct KindHub {
 #[derive(Default)]
 pub struct WatchCache {
     hubs: Mutex<HashMap<&'static str, Arc<KindHub>>>,
-}
-
-fn project_of(v: &Value) -> String {
-    v.pointer("/metadata/project")
-        .and_then(|p| p.as_str())
-        .unwrap_or("")
-        .to_string()
 }
 
 impl WatchCache {
@@ -133,19 +118,7 @@ impl WatchCache {
 async fn feed(hub: Arc<KindHub>, mut source: mpsc::Receiver<WatchItem>) {
     while let Some(item) = source.recv().await {
         match item {
-            WatchItem::Event {
-                kind,
-                object,
-                prev,
-                resource_version,
-            } => {
-                let event = Arc::new(HubEvent {
-                    kind,
-                    project: project_of(&object),
-                    object,
-                    prev,
-                    resource_version,
-                });
+            WatchItem::Event(event) => {
                 let mut ring = hub.ring.lock().expect("ring");
                 if let Some(r) = ring.as_mut() {
                     r.events.push_back(event.clone());
@@ -181,12 +154,7 @@ async fn serve(
 ) {
     let mut last = after;
     let wanted = |e: &HubEvent| project.as_deref().is_none_or(|p| p == e.project);
-    let item = |e: &HubEvent| WatchItem::Event {
-        kind: e.kind,
-        object: e.object.clone(),
-        prev: e.prev.clone(),
-        resource_version: e.resource_version,
-    };
+    let item = |e: &Arc<HubEvent>| WatchItem::Event(e.clone());
     for e in backlog {
         last = e.resource_version;
         if wanted(&e) && tx.send(item(&e)).await.is_err() {
