@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::guests::{
-    domid, domstate, guest_server, guest_server_on, node_user, one_at_a_time, qemu_pid, virsh,
+    domid, domstate, guest_server, guest_server_on, node_user, one_at_a_time, qemu_pid, repo, virsh,
     virsh_ok, wait_until, wait_until_or, Agent,
 };
 use common::{write, Server};
@@ -205,8 +205,9 @@ fn ensure_libvirtd() -> bool {
     if virsh_ok(&["version"]) {
         return true;
     }
-    let _ = Command::new("libvirtd")
-        .arg("-d")
+    // Through the script: libvirtd must not inherit this process's
+    // descriptors (the host lock the test runs under, a CI pipe).
+    let _ = Command::new(repo().join("scripts/start-libvirt"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
