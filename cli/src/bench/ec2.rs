@@ -316,9 +316,15 @@ pub async fn ec2(options: Ec2BenchOptions) -> Result<()> {
         let name = format!("list{n}");
         let (ec2, _) = project(&cluster, &name, &ec2_url, &host, c).await?;
         let (h, b, t, p) = (http.clone(), base.clone(), token.clone(), name.clone());
-        measure("(filling)", 32.min(n.max(1)), n, move |w, i| {
+        // Exactly n: each filler makes its share, the last ones fewer.
+        let fillers = 32.min(n.max(1));
+        let per = n.div_ceil(fillers);
+        measure("(filling)", fillers, n, move |w, i| {
             let (h, b, t, p) = (h.clone(), b.clone(), t.clone(), p.clone());
             async move {
+                if w * per + i >= n {
+                    return Ok(());
+                }
                 let resp = h
                     .post(format!("{b}/v1/projects/{p}/instances"))
                     .bearer_auth(&t)
@@ -339,7 +345,7 @@ pub async fn ec2(options: Ec2BenchOptions) -> Result<()> {
         // a status written meanwhile may change a few bytes).
         let answer = ec2.call("DescribeInstances", &[]).await?;
         let got = all_of(&String::from_utf8_lossy(answer.as_ref()), "instanceId").len();
-        anyhow::ensure!(got >= n, "DescribeInstances showed {got} of {n}");
+        anyhow::ensure!(got == n, "DescribeInstances showed {got} of {n}");
         let full = answer.as_ref().len();
         println!("  DescribeInstances with {n} present: {got} instances, {full} bytes");
         let cl = ec2.clone();
