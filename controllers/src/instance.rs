@@ -24,7 +24,7 @@ use corral_api_types::{
     SecurityGroup, Volume,
 };
 use corral_runtime::status::{
-    add_finalizer, condition, remove_finalizer, set_condition, update_with_retry,
+    condition, remove_finalizer, set_condition, update_cached, update_with_retry,
 };
 use corral_runtime::{Action, Cache, ObjectRef, ReconcileError, Reconciler};
 use corral_store::ResourceStore;
@@ -149,11 +149,7 @@ impl Reconciler<Instance> for InstanceController {
             .await?;
             return Ok(Action::AwaitChange);
         }
-        if !instance.metadata.finalizers.iter().any(|f| f == FINALIZER) {
-            add_finalizer(&self.store, instance.as_ref(), FINALIZER).await?;
-            // The change comes back through the cache.
-            return Ok(Action::AwaitChange);
-        }
+        let has_finalizer = instance.metadata.finalizers.iter().any(|f| f == FINALIZER);
         let missing = self.missing(&instance);
         let (status, reason, message) = if missing.is_empty() {
             (ConditionStatus::True, "Resolved", String::new())
@@ -170,18 +166,29 @@ impl Reconciler<Instance> for InstanceController {
             .status
             .as_ref()
             .and_then(|s| condition(&s.conditions, CONDITION_REFERENCES));
-        if current.is_some_and(|c| {
-            c.status == status
-                && c.reason == reason
-                && c.message == message
-                && c.observed_generation == generation
-        }) {
+        if has_finalizer
+            && current.is_some_and(|c| {
+                c.status == status
+                    && c.reason == reason
+                    && c.message == message
+                    && c.observed_generation == generation
+            })
+        {
             return Ok(Action::AwaitChange);
         }
+        // A new Instance gets its finalizer and its first condition in one
+        // write, tried on the cached copy first.
         let now = Utc::now();
-        update_with_retry::<Instance, _>(&self.store, &key.project, &key.name, |i| {
+        update_cached(&self.store, instance.as_ref(), |i| {
+            let mut changed = false;
+            if i.metadata.deletion_timestamp.is_none()
+                && !i.metadata.finalizers.iter().any(|f| f == FINALIZER)
+            {
+                i.metadata.finalizers.push(FINALIZER.to_string());
+                changed = true;
+            }
             let s = i.status.get_or_insert_with(InstanceStatus::default);
-            set_condition(
+            changed |= set_condition(
                 &mut s.conditions,
                 CONDITION_REFERENCES,
                 status,
@@ -189,7 +196,8 @@ impl Reconciler<Instance> for InstanceController {
                 &message,
                 generation,
                 now,
-            )
+            );
+            changed
         })
         .await?;
         Ok(Action::AwaitChange)

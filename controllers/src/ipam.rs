@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use corral_api_types::net::{parse_ipv4, Ipv4Cidr};
 use corral_api_types::{Instance, InstanceAddress, InstanceStatus, Network, NetworkStatus};
-use corral_runtime::status::update_with_retry;
+use corral_runtime::status::update_cached;
 use corral_runtime::{Action, Cache, Change, ObjectRef, ReconcileError, Reconciler};
 use corral_store::ResourceStore;
 use tokio::task::JoinSet;
@@ -234,17 +234,12 @@ impl Reconciler<Network> for Ipam {
             let store = self.store.clone();
             let net_name = network.metadata.name.clone();
             writes.spawn(async move {
-                update_with_retry::<Instance, _>(
-                    &store,
-                    &i.metadata.project,
-                    &i.metadata.name,
-                    |inst| {
-                        let uid = inst.metadata.uid.clone();
-                        let nics = inst.spec.nics.clone();
-                        let status = inst.status.get_or_insert_with(InstanceStatus::default);
-                        set_addresses(status, &uid, &nics, &net_name, &desired)
-                    },
-                )
+                update_cached::<Instance, _>(&store, &i, |inst| {
+                    let uid = inst.metadata.uid.clone();
+                    let nics = inst.spec.nics.clone();
+                    let status = inst.status.get_or_insert_with(InstanceStatus::default);
+                    set_addresses(status, &uid, &nics, &net_name, &desired)
+                })
                 .await
             });
             while writes.len() >= 32 {

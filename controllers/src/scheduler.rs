@@ -22,7 +22,7 @@ use corral_api_types::{
     ConditionStatus, EventType, Instance, InstancePhase, InstanceStatus, InstanceType, Node,
     TaintEffect, Volume,
 };
-use corral_runtime::status::{set_condition, update_with_retry, EventRecorder};
+use corral_runtime::status::{set_condition, update_cached, update_with_retry, EventRecorder};
 use corral_runtime::{Action, Cache, Change, ObjectRef, ReconcileError, Reconciler};
 use corral_store::ResourceStore;
 
@@ -389,7 +389,7 @@ impl Reconciler<Instance> for Scheduler {
         };
         let generation = instance.metadata.generation;
         let now = Utc::now();
-        let result = update_with_retry::<Instance, _>(&self.store, &key.project, &key.name, |i| {
+        let result = update_cached::<Instance, _>(&self.store, &instance, |i| {
             if i.metadata.deletion_timestamp.is_some()
                 || !holds_finalizer(i)
                 || i.status
