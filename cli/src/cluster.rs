@@ -109,6 +109,7 @@ pub async fn start(
         opts.vcpus = local.vcpus;
         opts.memory_mib = local.memory_mib;
         opts.state_dir = local.state_dir.clone();
+        opts.events_uri = (!local.libvirt.starts_with("test:")).then(|| local.libvirt.clone());
         let agent = Agent::new(ApiClient::new(api_url, &token), Arc::new(hv), opts);
         let rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {

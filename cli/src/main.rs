@@ -116,6 +116,13 @@ enum Command {
         /// it as http://169.254.169.254/ (redirected to their gateway).
         #[arg(long, default_value_t = 8775)]
         metadata_port: u16,
+        /// Seconds between full scans of the host's domains (the backstop
+        /// behind libvirt's lifecycle events).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+        scan_interval: u64,
+        /// Seconds between re-checks of every bound instance.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        resync_interval: u64,
     },
     /// Measure performance; prints figures and the ratios the goals use.
     Bench {
@@ -326,6 +333,8 @@ async fn main() -> Result<()> {
             memory_mib,
             zone,
             metadata_port,
+            scan_interval,
+            resync_interval,
         } => {
             let virt_type = resolve_virt_type(&virt_type);
             let hv = corral_node_agent::Libvirt::open(&libvirt, &virt_type)
@@ -336,6 +345,9 @@ async fn main() -> Result<()> {
             opts.memory_mib = memory_mib;
             opts.zone = zone;
             opts.metadata_port = metadata_port;
+            opts.scan = std::time::Duration::from_secs(scan_interval);
+            opts.resync = std::time::Duration::from_secs(resync_interval);
+            opts.events_uri = (!libvirt.starts_with("test:")).then(|| libvirt.clone());
             let agent = corral_node_agent::Agent::new(
                 corral_node_agent::ApiClient::new(&server, &token),
                 std::sync::Arc::new(hv),

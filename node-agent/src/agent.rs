@@ -56,6 +56,12 @@ pub struct AgentOptions {
     /// Where the metadata service listens on a real host (guests reach it
     /// as 169.254.169.254:80 through a redirect to their gateway).
     pub metadata_port: u16,
+    /// The libvirt URI whose domain events wake instances at once (real
+    /// hosts; see [`crate::events`]). `None`: the scan alone finds changes.
+    pub events_uri: Option<String>,
+    /// How often the console of a guest that is still booting is read for
+    /// its ready line (only while some guest boots).
+    pub boot_poll: Duration,
 }
 
 impl AgentOptions {
@@ -74,6 +80,8 @@ impl AgentOptions {
             scan: Duration::from_secs(2),
             cpu_allocation_ratio: 16.0,
             metadata_port: 8775,
+            events_uri: None,
+            boot_poll: Duration::from_millis(20),
         }
     }
 }
@@ -111,7 +119,24 @@ pub struct Agent {
     net: tokio::sync::Mutex<netsync::NetState>,
     /// Who is who for the metadata service.
     metadata: crate::metadata::MetadataTable,
+    /// Guests still booting: their console log and how far it was read.
+    booting: Mutex<HashMap<ObjectRef, BootWatch>>,
+    /// Wakes the boot watcher when a guest starts booting.
+    boot_started: tokio::sync::Notify,
+    /// The libvirt events that woke an instance, until it is converged.
+    event_wakes: Mutex<HashMap<ObjectRef, String>>,
 }
+
+/// A booting guest's console, followed until its ready line.
+#[derive(Debug, Clone)]
+struct BootWatch {
+    log: std::path::PathBuf,
+    /// Bytes of the log already searched.
+    read: u64,
+}
+
+/// What a booted guest prints (see [`guest_ready`]).
+const READY_MARKS: [&[u8]; 2] = [b"corral-guest: ready", b" login: "];
 
 fn instance_path(key: &ObjectRef) -> String {
     format!("/v1/projects/{}/instances/{}", key.project, key.name)
@@ -146,6 +171,9 @@ impl Agent {
             boot_marks: Mutex::new(HashMap::new()),
             net: tokio::sync::Mutex::new(Default::default()),
             metadata: crate::metadata::MetadataTable::new(),
+            booting: Mutex::new(HashMap::new()),
+            boot_started: tokio::sync::Notify::new(),
+            event_wakes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -182,6 +210,12 @@ impl Agent {
         if self.files.get().is_some() {
             tasks.push(tokio::spawn(self.clone().net_loop(stop.clone())));
             tasks.push(tokio::spawn(self.clone().metadata_server(stop.clone())));
+            tasks.push(tokio::spawn(self.clone().boot_loop(stop.clone())));
+            if let Some(uri) = self.opts.events_uri.clone() {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tasks.push(tokio::spawn(crate::events::follow(uri, tx, stop.clone())));
+                tasks.push(tokio::spawn(self.clone().event_loop(rx, stop.clone())));
+            }
         }
         for _ in 0..self.opts.concurrency.max(1) {
             let me = self.clone();
@@ -466,6 +500,113 @@ impl Agent {
                 seen.insert(name, state);
             }
             last = seen;
+        }
+    }
+
+    /// Wakes the instance of each libvirt domain event at once (a restarted
+    /// listener wakes them all: it may have missed some).
+    async fn event_loop(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::events::Event>,
+        mut stop: Shutdown,
+    ) {
+        loop {
+            let event = tokio::select! {
+                e = rx.recv() => e,
+                _ = stopped(&mut stop) => return,
+            };
+            let keys: Vec<(ObjectRef, String)> = match &event {
+                None => return,
+                Some(crate::events::Event::Resync) => self
+                    .instances
+                    .lock()
+                    .expect("instances")
+                    .keys()
+                    .map(|k| {
+                        (
+                            k.clone(),
+                            "resync after the event listener restarted".into(),
+                        )
+                    })
+                    .collect(),
+                Some(crate::events::Event::Domain(ev)) => {
+                    if !ev.domain.starts_with(DOMAIN_PREFIX) {
+                        continue;
+                    }
+                    let found = self
+                        .instances
+                        .lock()
+                        .expect("instances")
+                        .iter()
+                        .find(|(_, i)| domain_name(&i.metadata.uid) == ev.domain)
+                        .map(|(k, _)| k.clone());
+                    let Some(key) = found else { continue };
+                    tracing::info!(instance = %key, domain = %ev.domain, event = %ev.kind, detail = %ev.detail, "libvirt event");
+                    vec![(key, format!("{} {}", ev.kind, ev.detail))]
+                }
+            };
+            for (key, why) in keys {
+                self.event_wakes
+                    .lock()
+                    .expect("event wakes")
+                    .entry(key.clone())
+                    .and_modify(|w| {
+                        w.push_str("; ");
+                        w.push_str(&why);
+                    })
+                    .or_insert(why);
+                self.queue.add(key);
+            }
+        }
+    }
+
+    /// Reads the new console output of the guests still booting every
+    /// `boot_poll` (idle while none boots), and wakes an instance as soon
+    /// as its guest prints its ready line: Ready is reported without
+    /// waiting for the next full convergence.
+    async fn boot_loop(self: Arc<Self>, mut stop: Shutdown) {
+        loop {
+            if self.booting.lock().expect("booting").is_empty() {
+                tokio::select! {
+                    _ = self.boot_started.notified() => {}
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.opts.boot_poll) => {}
+                _ = stopped(&mut stop) => return,
+            }
+            let watches: Vec<(ObjectRef, BootWatch)> = self
+                .booting
+                .lock()
+                .expect("booting")
+                .iter()
+                .map(|(k, w)| (k.clone(), w.clone()))
+                .collect();
+            let Ok(read) = tokio::task::spawn_blocking(move || {
+                watches
+                    .into_iter()
+                    .map(|(k, w)| {
+                        let r = read_for_ready(&w.log, w.read);
+                        (k, r)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            else {
+                continue;
+            };
+            for (key, (ready, upto)) in read {
+                let mut booting = self.booting.lock().expect("booting");
+                if ready {
+                    booting.remove(&key);
+                    drop(booting);
+                    tracing::debug!(instance = %key, "guest printed its ready line");
+                    self.queue.add(key);
+                } else if let Some(w) = booting.get_mut(&key) {
+                    w.read = w.read.max(upto);
+                }
+            }
         }
     }
 
@@ -1127,8 +1268,12 @@ impl Agent {
         let hv = self.hv.clone();
         let n = name.clone();
         let state = blocking(move || hv.state(&n)).await?;
+        if let Some(why) = self.event_wakes.lock().expect("event wakes").remove(key) {
+            tracing::info!(instance = %key, domain = %name, ?state, event = %why, "converging after a libvirt event");
+        }
 
         if i.metadata.deletion_timestamp.is_some() {
+            self.booting.lock().expect("booting").remove(key);
             if state.is_some() {
                 let hv = self.hv.clone();
                 let n = name.clone();
@@ -1296,6 +1441,7 @@ impl Agent {
         };
         if let Some(files) = self.files.get().cloned() {
             let uid = i.metadata.uid.clone();
+            let log = files.console_log(&uid);
             let (tail, start) =
                 tokio::task::spawn_blocking(move || files.console_tail(&uid, CONSOLE_BYTES))
                     .await
@@ -1314,13 +1460,30 @@ impl Agent {
                 let since = &tail[(mark.saturating_sub(start) as usize).min(tail.len())..];
                 ready = guest_ready(since);
                 reason = if ready { "GuestBooted" } else { "Booting" };
-                // Boot progress is watched closely; a booted guest's
-                // console is forwarded every few seconds.
+                // The boot watcher wakes us when the guest is ready; the
+                // console is forwarded every second while it boots and
+                // every few seconds once it has.
+                let mut booting = self.booting.lock().expect("booting");
+                if ready {
+                    booting.remove(key);
+                } else if !booting.contains_key(key) {
+                    booting.insert(
+                        key.clone(),
+                        BootWatch {
+                            log: log.clone(),
+                            // All before was searched just now.
+                            read: len,
+                        },
+                    );
+                    self.boot_started.notify_one();
+                }
                 again = Some(if ready {
                     Duration::from_secs(3)
                 } else {
-                    Duration::from_millis(200)
+                    Duration::from_secs(1)
                 });
+            } else {
+                self.booting.lock().expect("booting").remove(key);
             }
         }
         self.report(
@@ -1421,8 +1584,15 @@ impl Agent {
                 return Ok(());
             }
         }
+        // The informer's copy is tried first (no GET on the way to Ready);
+        // if it is stale the write conflicts and the next try reads afresh.
+        let mut cached = self.instances.lock().expect("instances").get(key).cloned();
         for _ in 0..5 {
-            let Some(mut i) = self.api.get::<Instance>(&path).await? else {
+            let current = match cached.take() {
+                Some(i) => Some(i),
+                None => self.api.get::<Instance>(&path).await?,
+            };
+            let Some(mut i) = current else {
                 return Ok(());
             };
             if i.status.as_ref().and_then(|s| s.node_name.as_deref())
@@ -1588,6 +1758,32 @@ struct Report<'a> {
     /// The `AddressLeased` condition (status, reason, message); `None`
     /// leaves it as it is.
     lease: Option<(bool, &'a str, &'a str)>,
+}
+
+/// Searches `log` from byte `from` (less a mark's length, so a mark split
+/// across reads is found) for a ready mark. Answers whether one was found
+/// and how far the log was read.
+fn read_for_ready(log: &std::path::Path, from: u64) -> (bool, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return (false, from);
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    // virtlogd rotated the log (or it was replaced): start over.
+    let from = if len < from { 0 } else { from };
+    let overlap = READY_MARKS.iter().map(|m| m.len()).max().unwrap_or(0) as u64;
+    let start = from.saturating_sub(overlap);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return (false, from);
+    }
+    let mut buf = Vec::with_capacity((len - start.min(len)) as usize);
+    if f.take(len - start.min(len)).read_to_end(&mut buf).is_err() {
+        return (false, from);
+    }
+    let found = READY_MARKS
+        .iter()
+        .any(|m| buf.windows(m.len()).any(|w| w == *m));
+    (found, start + buf.len() as u64)
 }
 
 async fn host_blocking<T: Send + 'static>(

@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod events;
 pub mod host;
 pub mod hypervisor;
 pub mod metadata;
