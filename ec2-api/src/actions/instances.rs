@@ -12,9 +12,9 @@ use std::sync::Arc;
 use base64::Engine;
 use chrono::Utc;
 use corral_api_types::ec2::{
-    instance_id, reservation_id, resource_id, DISABLE_API_STOP_ANNOTATION, LAUNCH_INDEX_ANNOTATION,
-    REBOOT_ANNOTATION, RESERVATION_ANNOTATION, SHUTDOWN_BEHAVIOR_ANNOTATION, TERMINATED_FINALIZER,
-    TERMINATED_VISIBLE_SECONDS,
+    instance_id, reservation_id, resource_id, CLIENT_TOKEN_ANNOTATION, DISABLE_API_STOP_ANNOTATION,
+    LAUNCH_INDEX_ANNOTATION, REBOOT_ANNOTATION, RESERVATION_ANNOTATION,
+    SHUTDOWN_BEHAVIOR_ANNOTATION, TERMINATED_FINALIZER, TERMINATED_VISIBLE_SECONDS,
 };
 use corral_api_types::{
     Image, ImageType, Instance, InstanceSpec, InstanceType, KeyPair, Network, Nic, PowerState,
@@ -191,7 +191,19 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
         )));
     }
     let token = client_token(p)?;
-    let existing = list_all::<Instance>(ctx.store, &project).await?;
+    // Only instances an earlier call with this token made matter (the
+    // decoded memo: no JSON decoding of the whole project per launch).
+    let existing: Vec<Instance> = match &token {
+        None => Vec::new(),
+        Some(t) => ctx
+            .decoded
+            .list(ctx.store, &project)
+            .await?
+            .iter()
+            .filter(|e| e.instance.metadata.annotations.get(CLIENT_TOKEN_ANNOTATION) == Some(t))
+            .map(|e| Instance::clone(&e.instance))
+            .collect(),
+    };
     if let Some(found) = earlier(&existing, token.as_deref(), p)? {
         return respond_reservation(ctx, found).await;
     }
