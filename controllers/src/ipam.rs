@@ -212,6 +212,7 @@ impl Reconciler<Network> for Ipam {
                 .get_or_insert_with(NetworkStatus::default)
                 .allocations = plan.allocations.clone();
             self.store.update(&n).await?;
+            tracing::debug!(network = %key, entries = plan.allocations.len(), "allocation table written");
         }
         for (name, idx, why) in &plan.failed {
             tracing::warn!(network = %key, instance = %name, nic = idx, "{why}");
