@@ -20,8 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::guests::{
-    domid, domstate, guest_server, guest_server_on, node_user, one_at_a_time, qemu_pid, repo, virsh,
-    virsh_ok, wait_until, wait_until_or, Agent,
+    domid, domstate, guest_server, guest_server_on, node_user, one_at_a_time, qemu_pid, repo,
+    virsh, virsh_ok, wait_until, wait_until_or, Agent,
 };
 use common::{write, Server};
 use serde_json::Value;
