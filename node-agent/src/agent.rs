@@ -28,7 +28,8 @@ mod netsync;
 use crate::api::{ApiClient, ApiError};
 use crate::host::{guest_ready, HostFiles, Seed};
 use crate::hypervisor::{
-    domain_name, DiskSpec, DomainSpec, Hypervisor, KernelBoot, PowerState, DOMAIN_PREFIX,
+    domain_name, DiskSpec, DomainSpec, Hypervisor, HypervisorError, KernelBoot, PowerState,
+    DOMAIN_PREFIX,
 };
 
 #[derive(Debug, Clone)]
@@ -237,7 +238,16 @@ impl Agent {
                         Ok(None) => me.queue.forget(&key),
                         Err(e) => {
                             let d = me.queue.add_rate_limited(key.clone());
-                            tracing::warn!(instance = %key, error = %error_chain(&e), retry_in = ?d, "converge failed");
+                            // libvirtd away is logged once, by the
+                            // hypervisor, not once per instance and retry.
+                            if matches!(
+                                e,
+                                AgentError::Hypervisor(HypervisorError::Unreachable(_))
+                            ) {
+                                tracing::debug!(instance = %key, error = %error_chain(&e), retry_in = ?d, "converge failed");
+                            } else {
+                                tracing::warn!(instance = %key, error = %error_chain(&e), retry_in = ?d, "converge failed");
+                            }
                         }
                     }
                     me.queue.done(&key);
