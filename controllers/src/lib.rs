@@ -10,6 +10,7 @@
 //! hypervisors — that is the node agent's job.
 
 pub mod address;
+pub mod compactor;
 pub mod events;
 pub mod gc;
 pub mod image;
@@ -51,6 +52,9 @@ pub struct ControllerOptions {
     pub event_ttl: Duration,
     /// How often expired Events are looked for.
     pub event_sweep: Duration,
+    /// Store history older than this is compacted (at most twice this
+    /// old); zero turns compaction off.
+    pub compaction_interval: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -62,6 +66,7 @@ impl Default for ControllerOptions {
             blobs: None,
             event_ttl: Duration::from_secs(3600),
             event_sweep: Duration::from_secs(60),
+            compaction_interval: Duration::from_secs(300),
         }
     }
 }
@@ -353,7 +358,7 @@ impl ControllerManager {
                 }
             }
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(sweeper),
             tokio::spawn(gc_volumes.run(gc.clone(), stop.clone())),
             tokio::spawn(gc_instances.run(gc.clone(), stop.clone())),
@@ -423,6 +428,13 @@ impl ControllerManager {
                 stop.clone(),
             )),
         ];
+        if !o.compaction_interval.is_zero() {
+            tasks.push(tokio::spawn(compactor::run(
+                store.clone(),
+                o.compaction_interval,
+                stop.clone(),
+            )));
+        }
         for t in tasks {
             let _ = t.await;
         }
