@@ -2181,7 +2181,7 @@ mod boot {
 
             let line_bare_n = if options.bare_concurrent && n > 1 {
                 let r = bare
-                    .round(&format!("bn-{run}"), n, SeedOn::Virtio, timeout)
+                    .round(&format!("bn-{run}"), n, SeedOn::Cdrom, timeout)
                     .await?;
                 let l = fmt_ms(&r);
                 res.bare_n.add_bare(r);
@@ -2265,8 +2265,8 @@ mod boot {
                 ms(v[v.len() - 1])
             );
         };
-        row("bare QEMU (B0; seed on virtio)".into(), b0);
-        row("bare QEMU, seed on IDE CD-ROM".into(), b0_cdrom);
+        row("bare QEMU, seed on virtio".into(), b0);
+        row("bare QEMU, seed on CD-ROM (B0)".into(), b0_cdrom);
         row("corral, 1 instance".into(), one);
         row(format!("bare QEMU, {n} at once"), bare_n);
         row(format!("corral, {n} concurrent"), many);
@@ -2298,6 +2298,15 @@ mod boot {
             );
         }
         println!();
+        // B0 is the bare boot with the agent's devices, the seed on an IDE
+        // CD-ROM where the agent attaches it (a Nova-style config drive):
+        // what the guest does with its devices is the same on both sides.
+        // The seed-on-virtio boot is shown too (the earlier B0).
+        let (b0, virtio) = if b0_cdrom.ready.is_empty() {
+            (b0, None)
+        } else {
+            (b0_cdrom, Some(b0))
+        };
         let b0_p50 = b0.p(&b0.ready, 0.5);
         let overhead = one.p(&one.ready, 0.5) - b0_p50;
         println!(
@@ -2311,11 +2320,11 @@ mod boot {
                 one.p(&one.qemu_to_ready, 0.5) - b0_p50
             );
         }
-        if !b0_cdrom.ready.is_empty() {
-            let cd = b0_cdrom.p(&b0_cdrom.ready, 0.5);
+        if let Some(v) = virtio.filter(|v| !v.ready.is_empty()) {
+            let vp = v.p(&v.ready, 0.5);
             println!(
-                "  against a bare boot with the seed on an IDE CD-ROM (p50 {cd:.0} ms): p50(1) - p50 = {:.0} ms",
-                one.p(&one.ready, 0.5) - cd
+                "  against a bare boot with the seed on virtio instead (p50 {vp:.0} ms): p50(1) - p50 = {:.0} ms",
+                one.p(&one.ready, 0.5) - vp
             );
         }
         if !many.ready.is_empty() {
