@@ -1598,9 +1598,9 @@ impl Agent {
         // if it is stale the write conflicts and the next try reads afresh.
         let mut cached = self.instances.lock().expect("instances").get(key).cloned();
         for _ in 0..5 {
-            let current = match cached.take() {
-                Some(i) => Some(i),
-                None => self.api.get::<Instance>(&path).await?,
+            let (current, from_cache) = match cached.take() {
+                Some(i) => (Some(i), true),
+                None => (self.api.get::<Instance>(&path).await?, false),
             };
             let Some(mut i) = current else {
                 return Ok(());
@@ -1608,6 +1608,10 @@ impl Agent {
             if i.status.as_ref().and_then(|s| s.node_name.as_deref())
                 != Some(self.opts.node.as_str())
             {
+                // Only the server's copy decides that it is not ours.
+                if from_cache {
+                    continue;
+                }
                 return Ok(());
             }
             let before = i.status.clone();
