@@ -23,7 +23,7 @@ use common::guests::{
     domid, domstate, guest_server, guest_server_on, node_user, one_at_a_time, qemu_pid, repo,
     virsh, virsh_ok, wait_until, wait_until_or, Agent,
 };
-use common::{write, Server};
+use common::{seeded, write, Server};
 use serde_json::Value;
 
 /// The agents here log to this file (appended); each test reads what
@@ -407,6 +407,106 @@ fn libvirtd_killed_under_the_agent_leaves_guests_running_and_work_resumes() {
     );
     for (what, how) in &checked {
         println!("  checked {what}: {how}");
+    }
+}
+
+/// libvirtd SIGKILLed at seeded moments while the agent is at work. Each
+/// round asks for a new instance and for the deletion of the previous
+/// round's, then kills libvirtd 0-3 s later (which may land in the
+/// middle of a define, a start or a destroy, or after them), keeps it down
+/// 2-6 s, restarts it, and checks the invariants. Replay a run with its
+/// printed `CORRAL_CHAOS_SEED`.
+#[test]
+fn libvirtd_killed_at_seeded_moments_mid_work() {
+    let t0 = Instant::now();
+    let seed = seeded::seed();
+    let mut rng = seeded::Rng::new(seed, 0x11b);
+    let _one = one_at_a_time();
+    let (s, _cleanup, _guest) = guest_server();
+    let (node_name, token) = node_user(&s);
+    let mut agent = Agent::start_with(&s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
+    apply(&s, "base.yaml", BASE);
+    apply(&s, "steady.yaml", &instance_yaml("steady"));
+    wait_until("steady Ready", || ready(&s, "steady"));
+    let steady = format!("corral-{}", uid(&s, "steady"));
+    let steady_pid = qemu_pid(&steady).expect("steady's QEMU");
+    let _restore = RestoreLibvirtd;
+    let mut previous: Option<(String, String)> = None;
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        let name = format!("r{round}");
+        apply(&s, &format!("{name}.yaml"), &instance_yaml(&name));
+        if let Some((prev, _)) = &previous {
+            s.corral(&["delete", "instance", prev, "-p", "faults"]).ok();
+        }
+        let delay = Duration::from_millis(rng.range(0, 3000));
+        std::thread::sleep(delay);
+        let pid = libvirtd_pid();
+        assert!(Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        wait_until("libvirtd gone", || exited(pid));
+        let down = Duration::from_millis(rng.range(2000, 6000));
+        let killed = Instant::now();
+        while killed.elapsed() < down {
+            assert_eq!(qemu_pid(&steady), Some(steady_pid), "steady's QEMU");
+            assert!(agent.running(), "the agent exited while libvirtd was down");
+            assert_ne!(phase(&s, &name), "Failed", "{name} while libvirtd is down");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert!(ensure_libvirtd(), "libvirtd did not restart");
+        wait_until_or(
+            &format!("{name} Ready"),
+            || ready(&s, &name),
+            || {
+                s.corral(&["describe", "instance", &name, "-p", "faults"])
+                    .stdout
+            },
+        );
+        if let Some((prev, prev_uid)) = previous.take() {
+            wait_until_or(
+                &format!("{prev} gone"),
+                || instance(&s, &prev).is_none(),
+                || {
+                    s.corral(&["describe", "instance", &prev, "-p", "faults"])
+                        .stdout
+                },
+            );
+            let domain = format!("corral-{prev_uid}");
+            assert!(
+                !virsh(&["list", "--all", "--name"]).contains(&domain),
+                "{prev}'s domain left behind"
+            );
+            assert!(qemu_pid(&domain).is_none(), "{prev}'s QEMU still runs");
+            let dir = s.dir.join("agent/instances").join(&prev_uid);
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+        assert_eq!(
+            qemu_pid(&steady),
+            Some(steady_pid),
+            "steady's QEMU was replaced"
+        );
+        let n = one_running_domain_per_instance(&s);
+        wait_until("Node Ready and HypervisorReachable", || {
+            let node = node(&s, &node_name);
+            condition(&node, "Ready") == "True" && condition(&node, "HypervisorReachable") == "True"
+        });
+        rounds.push(format!(
+            "round {round}: killed {delay:?} after the requests, down {down:?}: {name} Ready, the deleted one left no domain, QEMU or files, steady's QEMU {steady_pid} untouched, one running domain per Instance ({n}), Node Ready"
+        ));
+        previous = Some((name.clone(), uid(&s, &name)));
+    }
+    tear_down(&s);
+    drop(agent);
+    println!(
+        "host-faults/libvirtd-seeded: CORRAL_CHAOS_SEED={seed:#x}, {} rounds in {:?}",
+        rounds.len(),
+        t0.elapsed()
+    );
+    for r in &rounds {
+        println!("  {r}");
     }
 }
 
