@@ -200,6 +200,18 @@ fn exited(pid: u32) -> bool {
     }
 }
 
+/// SIGKILLs libvirtd and waits until it is gone; answers its pid.
+fn kill_libvirtd() -> u32 {
+    let pid = libvirtd_pid();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("libvirtd gone", || exited(pid));
+    pid
+}
+
 /// Starts libvirtd when it does not answer, and waits until it does.
 fn ensure_libvirtd() -> bool {
     if virsh_ok(&["version"]) {
@@ -266,14 +278,8 @@ fn libvirtd_killed_under_the_agent_leaves_guests_running_and_work_resumes() {
     // SIGKILL libvirtd, then ask for work it is needed for: a new
     // instance, and the deletion of a running one.
     let _restore = RestoreLibvirtd;
-    let pid = libvirtd_pid();
     let killed_at = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    wait_until("libvirtd gone", || exited(pid));
+    let pid = kill_libvirtd();
     apply(&s, "fresh.yaml", &instance_yaml("fresh"));
     s.corral(&["delete", "instance", "doomed", "-p", "faults"])
         .ok();
@@ -441,13 +447,7 @@ fn libvirtd_killed_at_seeded_moments_mid_work() {
         }
         let delay = Duration::from_millis(rng.range(0, 3000));
         std::thread::sleep(delay);
-        let pid = libvirtd_pid();
-        assert!(Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success());
-        wait_until("libvirtd gone", || exited(pid));
+        kill_libvirtd();
         let down = Duration::from_millis(rng.range(2000, 6000));
         let killed = Instant::now();
         while killed.elapsed() < down {
