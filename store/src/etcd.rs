@@ -92,6 +92,10 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64> 
         .ok_or_else(|| StoreError::Backend("etcd response without header".into()))
 }
 
+/// Values up to this size are compared with the stored one inside the
+/// update's transaction (one round trip); bigger ones are read first.
+const INLINE_COMPARE_MAX: usize = 256 * 1024;
+
 #[async_trait]
 impl Store for EtcdStore {
     fn backend(&self) -> &'static str {
@@ -99,6 +103,7 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        tracing::trace!(key, "etcd get");
         let mut kv = self.client.kv_client();
         let resp = kv.get(key, None).await.map_err(|e| map_err(e, 0))?;
         resp.kvs().first().map(convert_kv).transpose()
@@ -138,27 +143,62 @@ impl Store for EtcdStore {
             )])
             .and_then([TxnOp::put(key, value.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(key, CompareOp::Equal, expected_revision),
-                Compare::value(key, CompareOp::Equal, value),
-            ])
-            .or_else([TxnOp::txn(write)]);
-        let resp = kv.txn(txn).await.map_err(|e| map_err(e, 0))?;
-        if resp.succeeded() {
-            return Ok(UpdateOutcome {
-                revision: expected_revision,
-                changed: false,
-            });
-        }
-        let Some(TxnOpResponse::Txn(inner)) = resp.op_responses().into_iter().next() else {
-            return Err(StoreError::Backend(
-                "etcd txn without nested response".into(),
-            ));
+        let (inner, revision) = if value.len() > INLINE_COMPARE_MAX {
+            // A big value compared in the transaction would travel twice
+            // in one request, and etcd refuses requests over 1.5 MiB: an
+            // 800 KiB object (a big network's address table) could never
+            // be written. Compare here instead; the put still swaps on
+            // the revision, so nothing written meanwhile is lost.
+            let current = kv.get(key, None).await.map_err(|e| map_err(e, 0))?;
+            match current.kvs().first() {
+                None => {
+                    return Err(StoreError::NotFound {
+                        key: key.to_string(),
+                    })
+                }
+                Some(c) if c.mod_revision() != expected_revision => {
+                    return Err(StoreError::Conflict {
+                        key: key.to_string(),
+                        expected: expected_revision,
+                        current: c.mod_revision(),
+                    })
+                }
+                Some(c) if c.value() == value.as_slice() => {
+                    return Ok(UpdateOutcome {
+                        revision: expected_revision,
+                        changed: false,
+                    })
+                }
+                Some(_) => {}
+            }
+            let resp = kv.txn(write).await.map_err(|e| map_err(e, 0))?;
+            let revision = header_revision(resp.header())?;
+            (resp, revision)
+        } else {
+            let txn = Txn::new()
+                .when([
+                    Compare::mod_revision(key, CompareOp::Equal, expected_revision),
+                    Compare::value(key, CompareOp::Equal, value),
+                ])
+                .or_else([TxnOp::txn(write)]);
+            let resp = kv.txn(txn).await.map_err(|e| map_err(e, 0))?;
+            if resp.succeeded() {
+                return Ok(UpdateOutcome {
+                    revision: expected_revision,
+                    changed: false,
+                });
+            }
+            let revision = header_revision(resp.header())?;
+            let Some(TxnOpResponse::Txn(inner)) = resp.op_responses().into_iter().next() else {
+                return Err(StoreError::Backend(
+                    "etcd txn without nested response".into(),
+                ));
+            };
+            (inner, revision)
         };
         if inner.succeeded() {
             return Ok(UpdateOutcome {
-                revision: header_revision(resp.header())?,
+                revision,
                 changed: true,
             });
         }
@@ -217,6 +257,7 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListPage> {
+        tracing::trace!(prefix, "etcd list");
         // An unbounded list is read in pages at one revision: one etcd
         // response is capped (4 MiB by default), a big kind is not.
         if options.limit.unwrap_or(0) == 0 {

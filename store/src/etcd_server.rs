@@ -139,6 +139,10 @@ impl EtcdServer {
             .arg(&peer)
             .arg("--initial-cluster")
             .arg(format!("corral-test={peer}"))
+            // Benchmarks hold 100,000 objects and their history: etcd's
+            // default 2 GiB backend quota would stop them with NOSPACE.
+            .arg("--quota-backend-bytes")
+            .arg((8u64 << 30).to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -136,6 +136,31 @@ async fn unchanged_update_writes_nothing(s: Arc<dyn Store>) {
     assert_eq!(ev.revision(), r2, "the only event is the real write");
 }
 
+/// Objects near etcd's request limit (1.5 MiB) can be written, rewritten
+/// unchanged, and swapped: a big network's address table is one object.
+async fn big_values_update_like_small_ones(s: Arc<dyn Store>) {
+    let big = |c: u8| vec![c; 1024 * 1024];
+    let r1 = s.create("/t/big", big(b'a')).await.unwrap();
+    let before = s.current_revision().await.unwrap();
+    let out = s.update("/t/big", big(b'a'), r1).await.unwrap();
+    assert!(!out.changed);
+    assert_eq!(out.revision, r1);
+    assert_eq!(s.current_revision().await.unwrap(), before);
+    let out = s.update("/t/big", big(b'b'), r1).await.unwrap();
+    assert!(out.changed);
+    assert!(out.revision > r1);
+    assert_eq!(s.get("/t/big").await.unwrap().unwrap().value, big(b'b'));
+    match s.update("/t/big", big(b'c'), r1).await {
+        Err(StoreError::Conflict { current, .. }) => assert_eq!(current, out.revision),
+        other => panic!("stale big update must conflict, got {other:?}"),
+    }
+    assert!(matches!(
+        s.update("/t/big-missing", big(b'a'), r1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.get("/t/big").await.unwrap().unwrap().value, big(b'b'));
+}
+
 async fn delete_is_compare_and_swap(s: Arc<dyn Store>) {
     let r1 = s.create("/t/d", b"v1".to_vec()).await.unwrap();
     let r2 = s.update("/t/d", b"v2".to_vec(), r1).await.unwrap().revision;
@@ -499,6 +524,7 @@ macro_rules! contract_suite {
             case!(create_and_get);
             case!(update_is_compare_and_swap);
             case!(unchanged_update_writes_nothing);
+            case!(big_values_update_like_small_ones);
             case!(delete_is_compare_and_swap);
             case!(list_pages_are_consistent);
             case!(list_at_past_revision);
