@@ -275,15 +275,23 @@ impl FieldSelector {
 
     /// Matches against an object in its JSON form. A missing field counts
     /// as the empty string, as in Kubernetes.
+    ///
+    /// Runs for every watch event and every watcher (each node agent
+    /// watches Instances by `status.nodeName`), so it walks the path in
+    /// place and allocates nothing for string fields.
     pub fn matches(&self, object: &serde_json::Value) -> bool {
+        use serde_json::Value;
         self.requirements.iter().all(|r| {
-            let pointer = format!("/{}", r.path.replace('.', "/"));
-            let actual = match object.pointer(&pointer) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(serde_json::Value::Null) | None => String::new(),
-                Some(other) => other.to_string(),
+            let field = r
+                .path
+                .split('.')
+                .try_fold(object, |v, segment| v.get(segment));
+            let same = match field {
+                Some(Value::String(s)) => *s == r.value,
+                Some(Value::Null) | None => r.value.is_empty(),
+                Some(other) => other.to_string() == r.value,
             };
-            (actual == r.value) == r.equal
+            same == r.equal
         })
     }
 }

@@ -15,6 +15,7 @@ use corral_api_types::{
     Project, Resource, Scope, SecurityGroup, Snapshot, Validate, ValidateUpdate, Volume,
     API_VERSION,
 };
+use corral_runtime::{Cache, ObjectRef};
 use corral_store::{kind_prefix, quota, ListOptions, ObjectEvent, ResourceStore, StoreError};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -57,6 +58,10 @@ pub struct WatchEvent {
     pub resource_version: i64,
     /// `metadata.project` of the object ("" for cluster kinds).
     pub project: String,
+    /// `status.nodeName` now and before ("" when unbound): the index the
+    /// shared watch routes node agents' watches by, so an agent's stream
+    /// is not woken for the other nodes' instances.
+    pub node: (String, Option<String>),
     labels: OnceLock<(Labels, Option<Labels>)>,
     encoded: OnceLock<Vec<u8>>,
 }
@@ -86,15 +91,28 @@ impl WatchEvent {
             .and_then(|p| p.as_str())
             .unwrap_or("")
             .to_string();
+        let node_of = |v: &Value| {
+            v.pointer("/status/nodeName")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let node = (node_of(&object), prev.as_ref().map(node_of));
         WatchEvent {
             kind,
             object,
             prev,
             resource_version,
             project,
+            node,
             labels: OnceLock::new(),
             encoded: OnceLock::new(),
         }
+    }
+
+    /// Whether the object is, or was before the change, on `node`.
+    pub fn touches_node(&self, node: &str) -> bool {
+        self.node.0 == node || self.node.1.as_deref() == Some(node)
     }
 
     /// Whether the object (now, and before the change) matches `params`:
@@ -196,12 +214,16 @@ pub trait KindApi: Send + Sync {
     ) -> Result<Value, ApiError>;
     /// Replaces only `status`; `check`, if any, sees the current object
     /// first (a node may only report on what is bound to it).
+    /// Replaces the status. `recent` may know the object at the revision
+    /// the body names (the shared watch's copy), which spares a store read:
+    /// the write compares-and-swaps on that revision either way.
     async fn replace_status(
         &self,
         project: &str,
         name: &str,
         body: Body,
         check: Option<&(dyn for<'v> Fn(&'v Value) -> Result<(), ApiError> + Send + Sync)>,
+        recent: &(dyn Fn(i64) -> Option<Arc<WatchEvent>> + Send + Sync),
     ) -> Result<Value, ApiError>;
     async fn delete(
         &self,
@@ -233,6 +255,8 @@ pub trait KindApi: Send + Sync {
 pub struct TypedKindApi<K> {
     info: &'static KindInfo,
     store: ResourceStore,
+    /// Every Project, for the quota check of counted kinds.
+    projects: Cache<Project>,
     _kind: PhantomData<fn() -> K>,
 }
 
@@ -336,13 +360,30 @@ impl<K> TypedKindApi<K>
 where
     K: Resource + Validate + ValidateUpdate + Defaults,
 {
-    pub fn new(store: ResourceStore) -> Self {
+    pub fn new(store: ResourceStore, projects: Cache<Project>) -> Self {
         let info = corral_api_types::kind_info(K::KIND).expect("every served kind is registered");
         TypedKindApi {
             info,
             store,
+            projects,
             _kind: PhantomData,
         }
+    }
+
+    /// Charges the quotas of `new`'s project, from the cached Project when
+    /// there is one (see [`quota::charge_from`]): no store read for a
+    /// project without quotas.
+    async fn charge(
+        &self,
+        new: &K,
+        old: Option<&K>,
+        dry_run: bool,
+    ) -> Result<Option<quota::Charge>, quota::QuotaError> {
+        if !quota::is_counted::<K>() {
+            return Ok(None);
+        }
+        let known = self.projects.get(&ObjectRef::new("", &new.meta().project));
+        quota::charge_from(&self.store, known.as_deref(), new, old, dry_run).await
     }
 
     fn project_of(project: &str) -> &str {
@@ -440,7 +481,7 @@ where
         let charge = if deleting {
             None
         } else {
-            quota::charge(&self.store, &new, Some(current), dry_run).await?
+            self.charge(&new, Some(current), dry_run).await?
         };
         if dry_run {
             return Ok(new);
@@ -470,7 +511,26 @@ where
                 Err(_) => quota::refund(&self.store, c).await,
             }
         }
-        Ok(written?)
+        let written = written?;
+        if K::KIND == Project::KIND {
+            // Quotas are checked against the Project cache: a quota set
+            // through this server holds for every request after the
+            // answer (read-your-writes), not only once the cache catches
+            // up. Bounded, so a stalled cache cannot hang the write.
+            if let Ok(rv) = written.meta().resource_version.parse::<i64>() {
+                let caught_up = self.projects.wait_for_revision(rv);
+                if tokio::time::timeout(std::time::Duration::from_secs(5), caught_up)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        revision = rv,
+                        "project cache did not reach a project write in 5 s"
+                    );
+                }
+            }
+        }
+        Ok(written)
     }
 }
 
@@ -510,7 +570,7 @@ where
         meta.creation_timestamp = None;
         meta.deletion_timestamp = None;
         *obj.status_mut() = None;
-        let charge = quota::charge(&self.store, &obj, None, dry_run).await?;
+        let charge = self.charge(&obj, None, dry_run).await?;
         if dry_run {
             return to_json(&obj);
         }
@@ -562,12 +622,35 @@ where
         name: &str,
         body: Body,
         check: Option<&(dyn for<'v> Fn(&'v Value) -> Result<(), ApiError> + Send + Sync)>,
+        recent: &(dyn Fn(i64) -> Option<Arc<WatchEvent>> + Send + Sync),
     ) -> Result<Value, ApiError> {
-        let current = self.current(project, name).await?;
-        if let Some(check) = check {
-            check(&to_value(&current)?)?;
-        }
         let incoming: K = body.decode()?;
+        let known = incoming
+            .meta()
+            .resource_version
+            .parse::<i64>()
+            .ok()
+            .and_then(recent)
+            .filter(|e| {
+                e.object.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+                    && e.project == Self::project_of(project)
+            });
+        let current = match &known {
+            Some(e) => {
+                if let Some(check) = check {
+                    check(&e.object)?;
+                }
+                K::deserialize(&e.object)
+                    .map_err(|e| ApiError::internal(format!("decoding {}: {e}", K::KIND)))?
+            }
+            None => {
+                let current = self.current(project, name).await?;
+                if let Some(check) = check {
+                    check(&to_value(&current)?)?;
+                }
+                current
+            }
+        };
         check_resource_version(
             K::KIND,
             name,
@@ -762,7 +845,7 @@ where
                 meta.resource_version.clear();
                 meta.generation = 1;
                 *desired.status_mut() = None;
-                let charge = quota::charge(&self.store, &desired, None, dry_run).await?;
+                let charge = self.charge(&desired, None, dry_run).await?;
                 if dry_run {
                     return Ok((ApplyResult::Created, to_value(&desired)?));
                 }
@@ -811,25 +894,26 @@ where
 }
 
 /// Every kind the resource API serves.
-pub fn registry(store: &ResourceStore) -> Vec<Arc<dyn KindApi>> {
+pub fn registry(store: &ResourceStore, projects: &Cache<Project>) -> Vec<Arc<dyn KindApi>> {
     fn api<K: Resource + Validate + ValidateUpdate + Defaults>(
         store: &ResourceStore,
+        projects: &Cache<Project>,
     ) -> Arc<dyn KindApi> {
-        Arc::new(TypedKindApi::<K>::new(store.clone()))
+        Arc::new(TypedKindApi::<K>::new(store.clone(), projects.clone()))
     }
     vec![
-        api::<Instance>(store),
-        api::<Network>(store),
-        api::<Volume>(store),
-        api::<Snapshot>(store),
-        api::<Image>(store),
-        api::<KeyPair>(store),
-        api::<SecurityGroup>(store),
-        api::<Address>(store),
-        api::<InstanceType>(store),
-        api::<Node>(store),
-        api::<Project>(store),
-        api::<Event>(store),
+        api::<Instance>(store, projects),
+        api::<Network>(store, projects),
+        api::<Volume>(store, projects),
+        api::<Snapshot>(store, projects),
+        api::<Image>(store, projects),
+        api::<KeyPair>(store, projects),
+        api::<SecurityGroup>(store, projects),
+        api::<Address>(store, projects),
+        api::<InstanceType>(store, projects),
+        api::<Node>(store, projects),
+        api::<Project>(store, projects),
+        api::<Event>(store, projects),
     ]
 }
 
@@ -888,7 +972,8 @@ mod tests {
             ..Default::default()
         };
         store.create(&Network::new("p", "n", spec)).await.unwrap();
-        let api = TypedKindApi::<Network>::new(store.clone());
+        let projects = corral_runtime::Reflector::new(store.clone()).spawn();
+        let api = TypedKindApi::<Network>::new(store.clone(), projects);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let (store, stop) = (store.clone(), stop.clone());

@@ -45,7 +45,8 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(store: ResourceStore) -> Arc<ApiState> {
-        let kinds = registry(&store)
+        let projects = corral_runtime::Reflector::new(store.clone()).spawn();
+        let kinds = registry(&store, &projects)
             .into_iter()
             .map(|k| (k.info().plural, k))
             .collect();
@@ -53,7 +54,7 @@ impl ApiState {
             auth: Authenticator::new(store.clone()),
             metrics: Metrics::new(),
             watch_cache: Default::default(),
-            projects: corral_runtime::Reflector::new(store.clone()).spawn(),
+            projects,
             openapi: crate::openapi::document(),
             store,
             kinds,
@@ -362,7 +363,12 @@ async fn watch(
     };
     let mut events = state
         .watch_cache
-        .watch(kind.clone(), project, start)
+        .watch(
+            kind.clone(),
+            project,
+            params.fields.required("status.nodeName"),
+            start,
+        )
         .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let heartbeat = params.heartbeat;
@@ -570,6 +576,7 @@ async fn item_put(
 }
 
 async fn status_put(
+    state: &ApiState,
     p: &Principal,
     kind: &Arc<dyn KindApi>,
     project: Option<&str>,
@@ -583,8 +590,10 @@ async fn status_put(
     let check = |current: &Value| object_check(p, info, current);
     // Only a node's reach depends on the object (what is bound to it).
     let check = (p.role == Role::Node).then_some(&check as _);
+    let project = project.unwrap_or("");
+    let recent = |rv: i64| state.watch_cache.object_at(info.plural, project, name, rv);
     Ok(Json(
-        kind.replace_status(project.unwrap_or(""), name, body, check)
+        kind.replace_status(project, name, body, check, &recent)
             .await?,
     )
     .into_response())
@@ -639,7 +648,7 @@ async fn project_status_put(
     let p = principal(&state, &headers).await?;
     let kind = state.kind(&plural)?;
     check_scope(kind.info(), Scope::Project)?;
-    status_put(&p, kind, Some(&project), &name, &headers, &body).await
+    status_put(&state, &p, kind, Some(&project), &name, &headers, &body).await
 }
 
 async fn project_item_delete(
@@ -777,7 +786,7 @@ async fn cluster_status_put(
     let p = principal(&state, &headers).await?;
     let kind = state.kind(&plural)?;
     check_scope(kind.info(), Scope::Cluster)?;
-    status_put(&p, kind, None, &name, &headers, &body).await
+    status_put(&state, &p, kind, None, &name, &headers, &body).await
 }
 
 async fn cluster_item_delete(

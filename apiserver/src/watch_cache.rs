@@ -30,6 +30,49 @@ struct Ring {
     /// Events with revisions greater than this are all in `events`.
     covers_after: i64,
     events: VecDeque<Arc<HubEvent>>,
+    /// The newest event in `events` of each live object, by
+    /// `project/name`: what the object was at that event's revision.
+    latest: HashMap<String, Arc<HubEvent>>,
+}
+
+fn key_of(project: &str, name: &str) -> String {
+    format!("{project}/{name}")
+}
+
+impl Ring {
+    fn push(&mut self, event: Arc<HubEvent>) {
+        let name = event
+            .object
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("");
+        let key = key_of(&event.project, name);
+        if event.kind == "DELETED" {
+            self.latest.remove(&key);
+        } else {
+            self.latest.insert(key, event.clone());
+        }
+        self.events.push_back(event);
+        while self.events.len() > RING {
+            let Some(old) = self.events.pop_front() else {
+                break;
+            };
+            self.covers_after = old.resource_version;
+            let name = old
+                .object
+                .pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("");
+            let key = key_of(&old.project, name);
+            if self
+                .latest
+                .get(&key)
+                .is_some_and(|e| e.resource_version == old.resource_version)
+            {
+                self.latest.remove(&key);
+            }
+        }
+    }
 }
 
 struct KindHub {
@@ -45,11 +88,35 @@ pub struct WatchCache {
 }
 
 impl WatchCache {
-    /// Events of `kind` after `after`, limited to `project` if given.
+    /// The object `project/name` of kind `plural` as it was at revision
+    /// `revision`, if the shared watch's recent events show that revision
+    /// as its newest. A write that compares-and-swaps on `revision` may
+    /// start from it instead of reading the store: if the object changed
+    /// since, the swap fails as it would have anyway.
+    pub fn object_at(
+        &self,
+        plural: &str,
+        project: &str,
+        name: &str,
+        revision: i64,
+    ) -> Option<Arc<WatchEvent>> {
+        let hub = self.hubs.lock().expect("hubs").get(plural)?.clone();
+        let ring = hub.ring.lock().expect("ring");
+        ring.as_ref()?
+            .latest
+            .get(&key_of(project, name))
+            .filter(|e| e.resource_version == revision)
+            .cloned()
+    }
+
+    /// Events of `kind` after `after`, limited to `project` if given, and
+    /// to objects that are or were on `node` if given (a watcher that
+    /// selects `status.nodeName`: it may be sent no other event).
     pub async fn watch(
         &self,
         kind: Arc<dyn KindApi>,
         project: Option<&str>,
+        node: Option<&str>,
         after: i64,
     ) -> Result<mpsc::Receiver<WatchItem>, ApiError> {
         let plural = kind.info().plural;
@@ -71,6 +138,7 @@ impl WatchCache {
                 *ring = Some(Ring {
                     covers_after: after,
                     events: VecDeque::new(),
+                    latest: HashMap::new(),
                 });
                 true
             } else {
@@ -108,9 +176,12 @@ impl WatchCache {
         let Some((backlog, live)) = served else {
             return kind.watch(project, after).await;
         };
-        let project = project.map(str::to_string);
+        let filter = Filter {
+            project: project.map(str::to_string),
+            node: node.map(str::to_string),
+        };
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(serve(backlog, live, project, after, tx));
+        tokio::spawn(serve(backlog, live, filter, after, tx));
         Ok(rx)
     }
 }
@@ -121,12 +192,7 @@ async fn feed(hub: Arc<KindHub>, mut source: mpsc::Receiver<WatchItem>) {
             WatchItem::Event(event) => {
                 let mut ring = hub.ring.lock().expect("ring");
                 if let Some(r) = ring.as_mut() {
-                    r.events.push_back(event.clone());
-                    while r.events.len() > RING {
-                        if let Some(old) = r.events.pop_front() {
-                            r.covers_after = old.resource_version;
-                        }
-                    }
+                    r.push(event.clone());
                 }
                 // Sent under the lock: a new subscriber sees each event
                 // either in its backlog or live, never both or neither.
@@ -145,15 +211,28 @@ async fn feed(hub: Arc<KindHub>, mut source: mpsc::Receiver<WatchItem>) {
     *hub.live.lock().expect("live") = broadcast::channel(LAG).0;
 }
 
+/// Which events one subscriber is sent.
+struct Filter {
+    project: Option<String>,
+    node: Option<String>,
+}
+
+impl Filter {
+    fn wants(&self, e: &HubEvent) -> bool {
+        self.project.as_deref().is_none_or(|p| p == e.project)
+            && self.node.as_deref().is_none_or(|n| e.touches_node(n))
+    }
+}
+
 async fn serve(
     backlog: Vec<Arc<HubEvent>>,
     mut live: broadcast::Receiver<Arc<HubEvent>>,
-    project: Option<String>,
+    filter: Filter,
     after: i64,
     tx: mpsc::Sender<WatchItem>,
 ) {
     let mut last = after;
-    let wanted = |e: &HubEvent| project.as_deref().is_none_or(|p| p == e.project);
+    let wanted = |e: &HubEvent| filter.wants(e);
     let item = |e: &Arc<HubEvent>| WatchItem::Event(e.clone());
     for e in backlog {
         last = e.resource_version;

@@ -809,6 +809,133 @@ async fn tenancy_and_auth(api: Api) {
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
 
+/// A node agent's watch (`status.nodeName=<node>`) is sent only what is,
+/// or was, on its node; its status writes may start from the shared
+/// watch's copy of the object, and are then still checked like any other:
+/// the node's reach, the revision, and nothing but status written.
+async fn node_watches_and_status_writes(api: Api) {
+    api.project("a").await;
+    let node = create_user(
+        &api.store,
+        "agent-n1",
+        UserSpec {
+            role: Role::Node,
+            node_name: "n1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .token;
+    let mut made = Vec::new();
+    for name in ["mine", "other"] {
+        let (code, obj) = api
+            .post("/v1/projects/a/instances", instance(name, json!({})))
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{obj}");
+        made.push(obj);
+    }
+    let mut w = WatchReader::open(
+        &api,
+        &node,
+        "/v1/instances?watch=true&heartbeatSeconds=1&fieldSelector=status.nodeName%3Dn1",
+    )
+    .await
+    .unwrap();
+    let bind = |mut obj: Value, node: &str| {
+        obj["status"] = json!({"nodeName": node, "phase": "Scheduled"});
+        obj
+    };
+    // Bound elsewhere first: the n1 watch must not see it.
+    let (code, other) = api
+        .put(
+            "/v1/projects/a/instances/other/status",
+            bind(made[1].clone(), "n2"),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{other}");
+    let (code, mine) = api
+        .put(
+            "/v1/projects/a/instances/mine/status",
+            bind(made[0].clone(), "n1"),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{mine}");
+    let e = w.next_change().await;
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("mine")),
+        "{e}"
+    );
+    assert_eq!(
+        e["object"]["metadata"]["resourceVersion"],
+        mine["metadata"]["resourceVersion"]
+    );
+
+    // The shared watch now holds `mine` at its revision. A report with a
+    // changed spec writes the status only.
+    let mut report = mine.clone();
+    report["status"]["phase"] = json!("Running");
+    report["spec"]["cpus"] = json!(64);
+    report["metadata"]["labels"] = json!({"taken": "over"});
+    let (code, written) = api
+        .call(
+            &node,
+            Method::PUT,
+            "/v1/projects/a/instances/mine/status",
+            Some(report.clone()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{written}");
+    let (_, stored) = api.get("/v1/projects/a/instances/mine").await;
+    assert_eq!(stored["status"]["phase"], "Running");
+    assert_eq!(stored["spec"], mine["spec"], "the spec is not the node's");
+    assert_eq!(stored["metadata"]["labels"], mine["metadata"]["labels"]);
+    assert_eq!(
+        stored["metadata"]["resourceVersion"],
+        written["metadata"]["resourceVersion"]
+    );
+    // The same report again names a revision that is gone: a conflict.
+    let (code, b) = api
+        .call(
+            &node,
+            Method::PUT,
+            "/v1/projects/a/instances/mine/status",
+            Some(report),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{b}");
+    // Another node's instance, at its current revision, is not there for n1.
+    let mut theirs = other.clone();
+    theirs["status"]["phase"] = json!("Failed");
+    let (code, b) = api
+        .call(
+            &node,
+            Method::PUT,
+            "/v1/projects/a/instances/other/status",
+            Some(theirs),
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{b}");
+    let (_, other_now) = api.get("/v1/projects/a/instances/other").await;
+    assert_eq!(other_now["status"]["phase"], "Scheduled");
+
+    // n1 sees its own write; moved to n2, `mine` leaves n1's watch.
+    let e = w.next_change().await;
+    assert_eq!(e["type"], "MODIFIED", "{e}");
+    assert_eq!(e["object"]["status"]["phase"], "Running");
+    let (code, moved) = api
+        .put("/v1/projects/a/instances/mine/status", bind(stored, "n2"))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{moved}");
+    let e = w.next_change().await;
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+        (Some("DELETED"), Some("mine")),
+        "{e}"
+    );
+}
+
 async fn apply_creates_configures_and_leaves_unchanged(api: Api) {
     api.project("demo").await;
     let mut n = network("lan", "10.10.0.0/24");
@@ -906,6 +1033,7 @@ macro_rules! suite {
             case!(list_selectors_and_pages);
             case!(watch_streams);
             case!(tenancy_and_auth);
+            case!(node_watches_and_status_writes);
             case!(apply_creates_configures_and_leaves_unchanged);
             case!(service_endpoints);
         }

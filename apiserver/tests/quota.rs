@@ -195,7 +195,31 @@ async fn charges_without_objects_expire(api: Api) {
     assert_eq!(code, StatusCode::CREATED, "{body}");
 }
 
+/// Quotas are checked against the API server's cache of Projects; a quota
+/// set on a live project holds from the very next request (the server
+/// answers the Project write only once its cache has it).
+async fn a_quota_set_holds_for_the_next_request(api: Api) {
+    for round in 0..10 {
+        let name = format!("late{round}");
+        api.project(&name, json!({})).await;
+        let base = format!("/v1/projects/{name}/instances");
+        let (code, body) = api.post(&base, instance("free", "m1.tiny")).await;
+        assert_eq!(code, StatusCode::CREATED, "no quota yet: {body}");
+        let (_, mut project) = api.get(&format!("/v1/projects/{name}")).await;
+        project["spec"]["quotas"] = json!({"instances": 1});
+        let (code, body) = api.put(&format!("/v1/projects/{name}"), project).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        // Usage counts from the quota on (the quota controller would
+        // add `free` when it settles): one more fits, the next does not.
+        let (code, body) = api.post(&base, instance("a", "m1.tiny")).await;
+        assert_eq!(code, StatusCode::CREATED, "round {round}: {body}");
+        let (code, body) = api.post(&base, instance("b", "m1.tiny")).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "round {round}: {body}");
+    }
+}
+
 on_both_backends!(
+    a_quota_set_holds_for_the_next_request,
     over_quota_is_forbidden_and_names_the_quota,
     parallel_creates_never_exceed_the_limit,
     charges_without_objects_expire,

@@ -34,9 +34,11 @@ pub struct ApiClient {
 }
 
 /// One watch event.
-#[derive(Debug)]
+#[derive(Debug, serde::Deserialize)]
 pub struct WatchEvent {
+    #[serde(rename = "type", default)]
     pub type_: String,
+    #[serde(default)]
     pub object: Value,
 }
 
@@ -210,12 +212,8 @@ impl ApiClient {
                 buf.extend_from_slice(&chunk);
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                    let Ok(event) = serde_json::from_slice::<WatchEvent>(&line) else {
                         continue;
-                    };
-                    let event = WatchEvent {
-                        type_: v["type"].as_str().unwrap_or("").to_string(),
-                        object: v["object"].clone(),
                     };
                     if tx.send(event).await.is_err() {
                         return;

@@ -151,13 +151,43 @@ pub async fn charge<K: Resource>(
     old: Option<&K>,
     dry_run: bool,
 ) -> Result<Option<Charge>, QuotaError> {
+    charge_from(store, None, new, old, dry_run).await
+}
+
+/// [`charge`], starting from `known`: the caller's cached copy of the
+/// Project (`None`: read it from the store). The common case, a project
+/// without quotas, then costs no read at all.
+///
+/// A copy that is behind costs nothing in safety where quotas exist: the
+/// charge is written by compare-and-swap on the revision it read, so a
+/// stale copy loses and the Project is read again. The one window is a
+/// copy that does not show a project's first quota yet. The API server
+/// closes it for its own writes (it answers a Project write only once its
+/// cache has it); a quota set through *another* server is seen within
+/// this one's watch lag (milliseconds), and writes admitted meanwhile go
+/// uncharged until the quota controller's [`settle`] counts them.
+/// Kubernetes' ResourceQuota admission, which reads quotas from its
+/// informer, has the same window.
+pub async fn charge_from<K: Resource>(
+    store: &ResourceStore,
+    known: Option<&Project>,
+    new: &K,
+    old: Option<&K>,
+    dry_run: bool,
+) -> Result<Option<Charge>, QuotaError> {
     if !is_counted::<K>() {
         return Ok(None);
     }
     let meta = new.meta();
-    // The common case (a project without quotas) costs one read.
-    let Some(mut project) = store.get::<Project>("", &meta.project).await? else {
+    if known.is_some_and(|p| p.spec.quotas.is_empty()) {
         return Ok(None);
+    }
+    let mut project = match known {
+        Some(p) => p.clone(),
+        None => match store.get::<Project>("", &meta.project).await? {
+            Some(p) => p,
+            None => return Ok(None),
+        },
     };
     if project.spec.quotas.is_empty() {
         return Ok(None);
