@@ -253,6 +253,15 @@ pub struct ApiBenchOptions {
     pub clients: usize,
     pub list_size: usize,
     pub list_runs: usize,
+    pub backend: Backends,
+}
+
+/// The store backends a benchmark runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backends {
+    Embedded,
+    Etcd,
+    Both,
 }
 
 fn bench_instance(project: &str, name: &str) -> serde_json::Value {
@@ -330,6 +339,10 @@ async fn api_on_backend(label: &str, raw: Arc<dyn Store>, options: &ApiBenchOpti
                     .send()
                     .await?;
                 anyhow::ensure!(resp.status().as_u16() == 201, "create: {}", resp.status());
+                // Read to its end, as any client does: a response dropped
+                // unread closes its connection, and every create would
+                // then pay a new one.
+                resp.bytes().await?;
                 Ok(())
             }
         },
@@ -434,15 +447,47 @@ pub async fn api(options: ApiBenchOptions) -> Result<()> {
         options.clients, options.ops, options.list_size, options.list_runs
     );
     println!("{}", header());
-    let dir = tempfile::Builder::new().prefix("corral-bench-").tempdir()?;
-    let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("api.redb"))?);
-    api_on_backend("embedded", embedded, &options).await?;
-    let server = EtcdServer::start()
-        .await
-        .context("starting a private etcd for the benchmark")?;
-    let etcd: Arc<dyn Store> = Arc::new(EtcdStore::connect(&[server.endpoint()]).await?);
-    api_on_backend("etcd", etcd, &options).await?;
+    if options.backend != Backends::Etcd {
+        let dir = tempfile::Builder::new().prefix("corral-bench-").tempdir()?;
+        let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("api.redb"))?);
+        api_on_backend("embedded", embedded, &options).await?;
+    }
+    if options.backend != Backends::Embedded {
+        let server = EtcdServer::start()
+            .await
+            .context("starting a private etcd for the benchmark")?;
+        let etcd: Arc<dyn Store> = Arc::new(EtcdStore::connect(&[server.endpoint()]).await?);
+        api_on_backend("etcd", etcd, &options).await?;
+    }
     Ok(())
+}
+
+/// etcd's handled gRPC requests by method, from its `/metrics` (empty
+/// when they cannot be read).
+async fn etcd_requests(endpoint: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(resp) = reqwest::get(format!("{endpoint}/metrics")).await else {
+        return out;
+    };
+    let Ok(text) = resp.text().await else {
+        return out;
+    };
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("grpc_server_handled_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let method = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("grpc_method=\""))
+            .map(|m| m.trim_end_matches('"'));
+        if let (Some(m), Ok(v)) = (method, value.trim().parse::<f64>()) {
+            *out.entry(m.to_string()).or_default() += v;
+        }
+    }
+    out
 }
 
 pub struct ReconcileBenchOptions {
@@ -548,25 +593,38 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    for (path, body) in [
-        (
-            "/v1/projects",
-            serde_json::json!({"metadata": {"name": "bench"}}),
-        ),
-        (
+    // One /16 network per 10,000 instances, as a large tenant would
+    // split them into subnets (AWS caps a subnet at /16): a network's
+    // address table is one object, and etcd caps one request at 1.5 MiB.
+    let networks = options.instances.div_ceil(10_000).clamp(1, 64);
+    let network_name = |k: usize| {
+        if k == 0 {
+            "lan".to_string()
+        } else {
+            format!("lan-{k}")
+        }
+    };
+    let mut setup = vec![(
+        "/v1/projects",
+        serde_json::json!({"metadata": {"name": "bench"}}),
+    )];
+    for k in 0..networks {
+        setup.push((
             "/v1/projects/bench/networks",
-            serde_json::json!({"metadata": {"name": "lan"}, "spec": {"cidr": "10.64.0.0/16", "mode": "isolated"}}),
-        ),
-        (
-            "/v1/projects/bench/images",
-            serde_json::json!({"metadata": {"name": "tiny"}, "spec": {"source": {"path": "/dev/null"}, "format": "raw"}}),
-        ),
-    ] {
+            serde_json::json!({"metadata": {"name": network_name(k)}, "spec": {"cidr": format!("10.{}.0.0/16", 64 + k), "mode": "isolated"}}),
+        ));
+    }
+    setup.push((
+        "/v1/projects/bench/images",
+        serde_json::json!({"metadata": {"name": "tiny"}, "spec": {"source": {"path": "/dev/null"}, "format": "raw"}}),
+    ));
+    for (path, body) in setup {
         let (code, b) = cluster.call(reqwest::Method::POST, path, Some(body)).await;
         anyhow::ensure!(code == 201, "{path}: {code} {b}");
     }
 
     // Watch for Running, from now.
+    let etcd_before = etcd_requests(&endpoint).await;
     let rev = store.raw().current_revision().await?;
     let mut watch = store.watch::<Instance>(Some("bench"), rev).await?;
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -599,7 +657,8 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
         let (http, base, token, created) = (http.clone(), base.clone(), token.clone(), c2.clone());
         async move {
             let name = format!("vm-{t}-{i}");
-            let body = serde_json::json!({"metadata": {"name": name}, "spec": {"instanceType": "m1.tiny", "image": "tiny", "nics": [{"network": "lan"}]}});
+            let network = network_name((t + i) % networks);
+            let body = serde_json::json!({"metadata": {"name": name}, "spec": {"instanceType": "m1.tiny", "image": "tiny", "nics": [{"network": network}]}});
             created.lock().expect("created").insert(name.clone(), Instant::now());
             let resp = http
                 .post(format!("{base}/v1/projects/bench/instances"))
@@ -660,6 +719,21 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
         "raw etcd puts/s:          {:.0}; instances-to-Running/s / raw puts/s = {:.3}",
         raw.per_sec,
         rate / raw.per_sec
+    );
+    // What the run asked of etcd, per instance: where its time goes.
+    let writes = store.raw().current_revision().await? - rev;
+    let after = etcd_requests(&endpoint).await;
+    let per = |m: &str| {
+        (after.get(m).copied().unwrap_or(0.0) - etcd_before.get(m).copied().unwrap_or(0.0))
+            / reached.max(1) as f64
+    };
+    println!(
+        "etcd per instance:        {:.1} revisions; requests: {:.1} Txn, {:.1} Range, {:.1} Put, {:.1} DeleteRange",
+        writes as f64 / reached.max(1) as f64,
+        per("Txn"),
+        per("Range"),
+        per("Put"),
+        per("DeleteRange"),
     );
     let goal = options.nodes == 100 && options.instances == 5000;
     if goal {

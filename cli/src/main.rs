@@ -176,6 +176,9 @@ enum BenchCommand {
         /// How many times the whole list is fetched.
         #[arg(long, default_value_t = 30)]
         list_runs: usize,
+        /// Which store backends to measure.
+        #[arg(long, value_enum, default_value_t = bench::Backends::Both)]
+        backend: bench::Backends,
     },
     /// The EC2 façade: RunInstances, DescribeInstances (with N instances
     /// present) and TerminateInstances, SigV4-signed, on simulated hosts,
@@ -397,12 +400,14 @@ async fn main() -> Result<()> {
                 clients,
                 list_size,
                 list_runs,
+                backend,
             } => {
                 bench::api(bench::ApiBenchOptions {
                     ops,
                     clients,
                     list_size,
                     list_runs,
+                    backend,
                 })
                 .await
             }
