@@ -164,9 +164,13 @@ impl ControllerManager {
             Controller::new("scheduler", c.instances.clone()).concurrency(o.concurrency);
         {
             let instances = c.instances.clone();
-            sched = sched.watches(c.nodes.clone(), move |_| {
-                scheduler::pending_instances(&instances)
+            let trigger = scheduler::NodeTrigger::default();
+            sched = sched.watches(c.nodes.clone(), move |change| {
+                trigger.pending_after(change, &instances)
             });
+            // A deleted instance frees its node's capacity.
+            let s = scheduler.clone();
+            sched = sched.watches(c.instances.clone(), move |change| s.woken_by(change));
             let instances = c.instances.clone();
             sched = sched.watches(c.instance_types.clone(), move |_| {
                 scheduler::pending_instances(&instances)

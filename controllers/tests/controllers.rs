@@ -298,6 +298,47 @@ async fn placement_capacity_and_ipam(env: Env) {
         !net.status.unwrap().allocations.contains_key(&victim_ip)
     })
     .await;
+
+    // Full again (n1 has room for one, n4 for two): the fourth waits...
+    for i in 0..4 {
+        s.create(&instance(&format!("w{i}"), "m1.small"))
+            .await
+            .unwrap();
+    }
+    let unplaced = || async {
+        all_instances(s)
+            .await
+            .into_iter()
+            .filter(|i| i.metadata.name.starts_with('w') && node_of(i).is_none())
+            .collect::<Vec<_>>()
+    };
+    until("three placed, one waiting for room", 20, || async {
+        let left = unplaced().await;
+        left.len() == 1
+            && left[0].status.as_ref().is_some_and(|st| {
+                st.conditions.iter().any(|c| {
+                    c.type_ == "Scheduled"
+                        && c.status == ConditionStatus::False
+                        && c.message.contains("insufficient memory")
+                })
+            })
+    })
+    .await;
+    // ...until an instance is gone and leaves room (no Node changes here).
+    let on_n2 = all_instances(s)
+        .await
+        .into_iter()
+        .find(|i| node_of(i).as_deref() == Some("n2"))
+        .unwrap()
+        .metadata
+        .name;
+    s.delete::<Instance>("p", &on_n2, None).await.unwrap();
+    until(
+        "the waiting one placed where room was freed",
+        20,
+        || async { unplaced().await.is_empty() },
+    )
+    .await;
 }
 
 async fn node_lifecycle_marks_unknown(env: Env) {
