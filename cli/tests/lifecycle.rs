@@ -143,6 +143,16 @@ fn domain_changes_by_hand_reach_the_agent_as_libvirt_events() {
         .to_string();
     let domain = format!("corral-{uid}");
     assert_eq!(instance(&s)["status"]["phase"], "Running");
+    // The domain has no USB controller (nothing uses one; the guest would
+    // probe it at boot), as libvirt reads the definition back.
+    let xml = virsh(&["dumpxml", &domain]);
+    assert!(xml.contains("type='usb'"), "{xml}");
+    assert!(
+        xml.lines()
+            .filter(|l| l.contains("<controller type='usb'"))
+            .all(|l| l.contains("model='none'")),
+        "{xml}"
+    );
 
     // Paused by hand: the event wakes the agent, which finds it paused and
     // resumes it (the Instance wants it running).

@@ -450,6 +450,11 @@ impl Libvirt {
             devices
                 .push_str("    <console type='pty'><target type='serial' port='0'/></console>\n");
             devices.push_str("    <memballoon model='none'/>\n");
+            // No USB: nothing Corral attaches uses it, and libvirt would
+            // otherwise add a UHCI controller the guest probes at boot
+            // (Nova disables it the same way when no USB device is asked
+            // for). The bare-QEMU baseline of `corral bench boot` has none.
+            devices.push_str("    <controller type='usb' model='none'/>\n");
         }
         let cpu = if self.virt_type == "kvm" {
             "  <cpu mode='host-passthrough'/>\n"
