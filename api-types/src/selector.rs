@@ -289,7 +289,11 @@ impl FieldSelector {
             let same = match field {
                 Some(Value::String(s)) => *s == r.value,
                 Some(Value::Null) | None => r.value.is_empty(),
-                Some(other) => other.to_string() == r.value,
+                // A number or boolean compares as its JSON text ("2").
+                Some(other) => {
+                    let text = other.to_string();
+                    text == r.value
+                }
             };
             same == r.equal
         })
