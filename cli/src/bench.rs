@@ -495,10 +495,60 @@ pub struct ReconcileBenchOptions {
     pub instances: usize,
     pub clients: usize,
     pub timeout: Duration,
+    pub agents_in_process: bool,
+}
+
+/// The agents' settings on simulated hosts, in either process.
+fn sim_agent_options() -> corral_node_agent::AgentOptions {
+    let mut o = corral_node_agent::AgentOptions::new("template");
+    o.heartbeat = Duration::from_secs(5);
+    o.resync = Duration::from_secs(120);
+    o.concurrency = 4;
+    o.stop_timeout = Duration::from_secs(5);
+    o
+}
+
+/// `corral bench sim-hosts`: the simulated hosts of `bench reconcile` in a
+/// process of their own. Runs until standard input closes (the parent
+/// exited or is done).
+pub async fn sim_hosts(server: &str, tokens: &std::path::Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(tokens).with_context(|| format!("reading {}", tokens.display()))?;
+    let scratch = tempfile::tempdir()?;
+    let options = sim_agent_options();
+    let mut hosts = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut words = line.split_whitespace();
+        let (Some(node), Some(token)) = (words.next(), words.next()) else {
+            anyhow::bail!("{}: line {}: want NODE TOKEN", tokens.display(), n + 1);
+        };
+        hosts.push(corral_e2e::start_sim_host(
+            server,
+            scratch.path(),
+            node,
+            token.to_string(),
+            &options,
+        ));
+    }
+    tracing::info!(hosts = hosts.len(), "simulated hosts started");
+    // Standard input without tokio's io-std: a blocking read until EOF.
+    tokio::task::spawn_blocking(|| {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+    })
+    .await?;
+    drop(hosts);
+    Ok(())
 }
 
 fn rss_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_kib_of("self")
+}
+
+/// VmRSS and VmHWM of a process (`self` or a pid), in KiB.
+fn rss_kib_of(pid: &str) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()
@@ -510,9 +560,10 @@ fn rss_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Everything in one process on etcd: API, controllers and `nodes`
-/// simulated hosts (libvirt's test driver) each with its own agent;
-/// `instances` created through the API; timed until all are Running.
+/// API and controllers on etcd, and `nodes` simulated hosts (libvirt's
+/// test driver) each with its own agent, in a child process unless
+/// `agents_in_process`; `instances` created through the API; timed until
+/// all are Running.
 pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
     use corral_api_types::{Instance, InstancePhase};
     use corral_controllers::ControllerOptions;
@@ -522,8 +573,15 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
     use std::sync::Mutex;
 
     println!(
-        "corral bench reconcile: {} simulated nodes, {} instances, {} API clients, etcd backend",
-        options.nodes, options.instances, options.clients
+        "corral bench reconcile: {} simulated nodes, {} instances, {} API clients, etcd backend, agents {}",
+        options.nodes,
+        options.instances,
+        options.clients,
+        if options.agents_in_process {
+            "in the server's process"
+        } else {
+            "in a child process"
+        }
     );
     let mut cluster = Cluster::start(
         Backend::Etcd,
@@ -533,9 +591,7 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
         },
     )
     .await;
-    cluster.agent_options.heartbeat = Duration::from_secs(5);
-    cluster.agent_options.resync = Duration::from_secs(120);
-    cluster.agent_options.concurrency = 4;
+    cluster.agent_options = sim_agent_options();
     let endpoint = cluster.etcd_endpoint.clone().context("etcd endpoint")?;
 
     // Baseline on the same etcd: raw puts at 64 writers.
@@ -558,8 +614,30 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
     )
     .await?;
 
-    for n in 0..options.nodes {
-        cluster.add_host(&format!("sim-{n:04}")).await;
+    // The child's standard input is its lifeline: it stops when it closes.
+    let mut agents: Option<tokio::process::Child> = None;
+    let scratch = tempfile::tempdir()?;
+    if options.agents_in_process {
+        for n in 0..options.nodes {
+            cluster.add_host(&format!("sim-{n:04}")).await;
+        }
+    } else {
+        let mut lines = String::new();
+        for n in 0..options.nodes {
+            let node = format!("sim-{n:04}");
+            let token = cluster.node_token(&node).await;
+            lines.push_str(&format!("{node} {token}\n"));
+        }
+        let tokens = scratch.path().join("tokens");
+        std::fs::write(&tokens, lines)?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["bench", "sim-hosts", "--server", &cluster.base, "--tokens"])
+            .arg(&tokens)
+            .stdin(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the simulated hosts' process")?;
+        agents = Some(child);
     }
     let store = cluster.store.clone();
     let started = Instant::now();
@@ -580,6 +658,9 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
             .count();
         if ready == options.nodes {
             break;
+        }
+        if let Some(Ok(Some(status))) = agents.as_mut().map(|c| c.try_wait()) {
+            anyhow::bail!("the simulated hosts' process exited: {status}");
         }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(120),
@@ -680,6 +761,10 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
     let elapsed = t0.elapsed();
     let reached = *all_rx.borrow();
     let (rss, hwm) = rss_kib();
+    let agents_rss = agents
+        .as_ref()
+        .and_then(|c| c.id())
+        .map(|pid| rss_kib_of(&pid.to_string()));
 
     let mut lat: Vec<Duration> = {
         let c = created.lock().expect("created");
@@ -709,12 +794,27 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
         percentile(&lat, 0.50).as_secs_f64() * 1e3,
         percentile(&lat, 0.99).as_secs_f64() * 1e3
     );
-    println!(
-        "process RSS:              {:.0} MiB now, {:.0} MiB peak (API + controllers + {} agents + libvirt test driver, one process)",
-        rss as f64 / 1024.0,
-        hwm as f64 / 1024.0,
-        options.nodes
-    );
+    match agents_rss {
+        Some((arss, ahwm)) => {
+            println!(
+                "server RSS:               {:.0} MiB now, {:.0} MiB peak (API + controllers + this benchmark's clients)",
+                rss as f64 / 1024.0,
+                hwm as f64 / 1024.0,
+            );
+            println!(
+                "agents RSS:               {:.0} MiB now, {:.0} MiB peak ({} agents + libvirt test driver, child process)",
+                arss as f64 / 1024.0,
+                ahwm as f64 / 1024.0,
+                options.nodes
+            );
+        }
+        None => println!(
+            "process RSS:              {:.0} MiB now, {:.0} MiB peak (API + controllers + {} agents + libvirt test driver, one process)",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0,
+            options.nodes
+        ),
+    }
     println!(
         "raw etcd puts/s:          {:.0}; instances-to-Running/s / raw puts/s = {:.3}",
         raw.per_sec,

@@ -162,6 +162,21 @@ enum BenchCommand {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Run the simulated hosts' agents inside the server's process
+        /// (by default they run in a child process, so the server's own
+        /// memory is measured alone).
+        #[arg(long)]
+        agents_in_process: bool,
+    },
+    /// The simulated hosts of `bench reconcile` when they run in a process
+    /// of their own: one agent per `NODE TOKEN` line of the file, until
+    /// standard input closes.
+    #[command(hide = true)]
+    SimHosts {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        tokens: std::path::PathBuf,
     },
     /// The native API: creates and gets at N clients next to raw Store
     /// creates, and whole-list latency, on both backends.
@@ -340,8 +355,13 @@ async fn main() -> Result<()> {
             resync_interval,
         } => {
             let virt_type = resolve_virt_type(&virt_type);
-            let hv = corral_node_agent::Libvirt::open(&libvirt, &virt_type)
+            // libvirtd not answering yet is waited for (the node registers
+            // once it answers); a URI libvirt cannot use is an error now.
+            let (hv, waiting) = corral_node_agent::Libvirt::open_or_wait(&libvirt, &virt_type)
                 .with_context(|| format!("opening libvirt at {libvirt}"))?;
+            if let Some(why) = waiting {
+                tracing::warn!(uri = %libvirt, error = %why, "libvirt does not answer yet; waiting for it before registering the node");
+            }
             let mut opts = corral_node_agent::AgentOptions::new(&node);
             opts.state_dir = agent_dir;
             opts.vcpus = vcpus;
@@ -386,15 +406,18 @@ async fn main() -> Result<()> {
                 instances,
                 clients,
                 timeout,
+                agents_in_process,
             } => {
                 bench::reconcile(bench::ReconcileBenchOptions {
                     nodes,
                     instances,
                     clients,
                     timeout: std::time::Duration::from_secs(timeout),
+                    agents_in_process,
                 })
                 .await
             }
+            BenchCommand::SimHosts { server, tokens } => bench::sim_hosts(&server, &tokens).await,
             BenchCommand::Api {
                 ops,
                 clients,

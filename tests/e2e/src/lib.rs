@@ -46,6 +46,49 @@ pub enum Backend {
     Etcd,
 }
 
+/// Starts a simulated host (libvirt's test driver, its definition written
+/// under `scratch`) and its agent talking to the API at `base` as `token`.
+/// Used by [`Cluster`] and by benchmarks that run the hosts in a process
+/// of their own.
+pub fn start_sim_host(
+    base: &str,
+    scratch: &std::path::Path,
+    node: &str,
+    token: String,
+    options: &AgentOptions,
+) -> SimHost {
+    let uri = corral_node_agent::hypervisor::simulated_host(scratch, node, 64, 256 * 1024)
+        .expect("write simulated host");
+    let hv = Arc::new(Libvirt::open(&uri, "test").expect("libvirt test driver"));
+    let mut host = SimHost {
+        hv,
+        token,
+        stop: None,
+    };
+    host.stop = Some(spawn_agent(base, node, &host, options));
+    host
+}
+
+fn spawn_agent(
+    base: &str,
+    node: &str,
+    host: &SimHost,
+    options: &AgentOptions,
+) -> watch::Sender<bool> {
+    let mut opts = options.clone();
+    opts.node = node.to_string();
+    let agent = Agent::new(
+        ApiClient::new(base, &host.token),
+        host.hv.clone() as Arc<dyn Hypervisor>,
+        opts,
+    );
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let _ = agent.run(rx).await;
+    });
+    tx
+}
+
 impl Cluster {
     pub async fn start(backend: Backend, controllers: ControllerOptions) -> Cluster {
         let (raw, etcd, dir): (Arc<dyn Store>, _, _) = match backend {
@@ -100,9 +143,10 @@ impl Cluster {
         }
     }
 
-    /// Adds a simulated host with its own node user and agent.
-    pub async fn add_host(&mut self, node: &str) {
-        let token = create_user(
+    /// Creates the node user an agent for `node` authenticates as, and
+    /// answers its bearer token.
+    pub async fn node_token(&self, node: &str) -> String {
+        create_user(
             &self.store,
             &format!("node-{node}"),
             UserSpec {
@@ -113,37 +157,24 @@ impl Cluster {
         )
         .await
         .expect("node user")
-        .token;
-        let uri = corral_node_agent::hypervisor::simulated_host(
+        .token
+    }
+
+    /// Adds a simulated host with its own node user and agent.
+    pub async fn add_host(&mut self, node: &str) {
+        let token = self.node_token(node).await;
+        let host = start_sim_host(
+            &self.base,
             self.scratch.path(),
             node,
-            64,
-            256 * 1024,
-        )
-        .expect("write simulated host");
-        let hv = Arc::new(Libvirt::open(&uri, "test").expect("libvirt test driver"));
-        let mut host = SimHost {
-            hv,
             token,
-            stop: None,
-        };
-        self.spawn_agent(node, &mut host);
+            &self.agent_options,
+        );
         self.hosts.insert(node.to_string(), host);
     }
 
     fn spawn_agent(&self, node: &str, host: &mut SimHost) {
-        let mut opts = self.agent_options.clone();
-        opts.node = node.to_string();
-        let agent = Agent::new(
-            ApiClient::new(&self.base, &host.token),
-            host.hv.clone() as Arc<dyn Hypervisor>,
-            opts,
-        );
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            let _ = agent.run(rx).await;
-        });
-        host.stop = Some(tx);
+        host.stop = Some(spawn_agent(&self.base, node, host, &self.agent_options));
     }
 
     /// Stops a host's agent (its simulated guests keep running).
