@@ -103,8 +103,11 @@ pub async fn start(
     }
     if let Some(local) = agent {
         let token = node_token(store, &local.node).await?;
-        let hv = Libvirt::open(&local.libvirt, &local.virt_type)
+        let (hv, waiting) = Libvirt::open_or_wait(&local.libvirt, &local.virt_type)
             .with_context(|| format!("opening libvirt at {}", local.libvirt))?;
+        if let Some(why) = waiting {
+            tracing::warn!(uri = %local.libvirt, error = %why, "libvirt does not answer yet; the local agent waits for it");
+        }
         let mut opts = AgentOptions::new(&local.node);
         opts.vcpus = local.vcpus;
         opts.memory_mib = local.memory_mib;

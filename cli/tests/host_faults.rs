@@ -416,6 +416,68 @@ fn libvirtd_killed_under_the_agent_leaves_guests_running_and_work_resumes() {
     }
 }
 
+/// An agent started while libvirtd is down waits for it, as nova-compute
+/// waits for libvirt, instead of exiting: it registers its Node once
+/// libvirtd answers, and instances then run there.
+#[test]
+fn agent_started_before_libvirtd_waits_for_it() {
+    let _one = one_at_a_time();
+    let (s, _cleanup, _guest) = guest_server();
+    let (node_name, token) = node_user(&s);
+    apply(&s, "base.yaml", BASE);
+    let log_from = log_len();
+    let _restore = RestoreLibvirtd;
+    kill_libvirtd();
+    let mut agent = Agent::start_with(&s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
+
+    let node_exists = |s: &Server| s.corral(&["get", "node", &node_name, "-o", "json"]).code == 0;
+    let waited = Duration::from_secs(8);
+    let start = Instant::now();
+    let mut polls = 0;
+    while start.elapsed() < waited {
+        polls += 1;
+        assert!(
+            agent.running(),
+            "the agent exited while libvirtd was down: {}",
+            log_since(log_from)
+        );
+        assert!(
+            !node_exists(&s),
+            "the Node registered without a hypervisor to describe"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = log_since(log_from);
+    assert!(
+        log.contains("libvirt does not answer yet"),
+        "the agent should say why it waits: {log}"
+    );
+
+    assert!(ensure_libvirtd(), "libvirtd did not restart");
+    wait_until("Node Ready", || {
+        node_exists(&s) && condition(&node(&s, &node_name), "Ready") == "True"
+    });
+    apply(&s, "late.yaml", &instance_yaml("late"));
+    wait_until_or(
+        "late Ready",
+        || ready(&s, "late"),
+        || {
+            s.corral(&["describe", "instance", "late", "-p", "faults"])
+                .stdout
+        },
+    );
+    assert_eq!(
+        instance(&s, "late").unwrap()["status"]["nodeName"],
+        node_name.as_str()
+    );
+    assert!(agent.running(), "the agent exited");
+    tear_down(&s);
+    drop(agent);
+    println!(
+        "host-faults/agent-first: the agent ran {polls} polls over {waited:?} without libvirtd and without exiting, then registered and booted an instance"
+    );
+}
+
 /// libvirtd SIGKILLed at seeded moments while the agent is at work. Each
 /// round asks for a new instance and for the deletion of the previous
 /// round's, then kills libvirtd 0-3 s later (which may land in the

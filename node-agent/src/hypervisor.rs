@@ -283,24 +283,60 @@ impl Libvirt {
         // libvirt's default error handler prints every error to stderr.
         virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri))?;
+        Ok(Libvirt::with_link(
+            uri,
+            virt_type,
+            Some(conn),
+            String::new(),
+        ))
+    }
+
+    /// Opens `uri` like [`Libvirt::open`], except that a libvirtd that does
+    /// not answer yet (its socket missing or refusing: a host where the
+    /// agent starts first, or libvirtd restarting) is not an error: the
+    /// connection starts lost and is opened, with the usual backoff, by
+    /// the first call that needs it, as nova-compute waits for libvirt.
+    /// The second value says why it is not open yet. A URI libvirt cannot
+    /// use at all (no driver, bad syntax, refused credentials) is still an
+    /// error at once.
+    pub fn open_or_wait(uri: &str, virt_type: &str) -> Result<(Libvirt, Option<String>)> {
+        virt::error::clear_error_callback();
+        match Connect::open(Some(uri)) {
+            Ok(conn) => Ok((
+                Libvirt::with_link(uri, virt_type, Some(conn), String::new()),
+                None,
+            )),
+            Err(e) if e.code().is(virt::error::ErrorNumber::SystemError) => {
+                let why = e.to_string();
+                Ok((
+                    Libvirt::with_link(uri, virt_type, None, why.clone()),
+                    Some(why),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn with_link(uri: &str, virt_type: &str, conn: Option<Connect>, why: String) -> Libvirt {
         let virt_type = if uri.starts_with("test:") {
             "test".to_string()
         } else {
             virt_type.to_string()
         };
-        Ok(Libvirt {
+        let lost = conn.is_none().then(|| why.clone());
+        Libvirt {
             uri: uri.to_string(),
             link: Mutex::new(Link {
-                conn: Some(conn),
-                why: String::new(),
+                down_since: conn.is_none().then(Instant::now),
+                conn,
+                why,
                 retry_at: Instant::now(),
                 backoff: RECONNECT_MIN,
-                down_since: None,
                 attempts: 0,
             }),
-            lost: Mutex::new(None),
+            lost: Mutex::new(lost),
             virt_type,
-        })
+        }
     }
 
     pub fn uri(&self) -> &str {
