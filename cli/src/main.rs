@@ -14,6 +14,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than glibc's malloc: per-thread heaps without arena
+/// locks; in an API profile glibc's malloc, free and their lock waits
+/// were the largest single cost (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "corral",
@@ -181,7 +187,9 @@ enum BenchCommand {
     /// The native API: creates and gets at N clients next to raw Store
     /// creates, and whole-list latency, on both backends.
     Api {
-        #[arg(long, default_value_t = 5_000)]
+        /// Operations per case: long enough (a second or more per case on
+        /// this machine) that one scheduling hiccup does not decide the ratio.
+        #[arg(long, default_value_t = 30_000)]
         ops: usize,
         #[arg(long, default_value_t = 64)]
         clients: usize,
