@@ -1860,7 +1860,11 @@ mod boot {
                 .args(["--libvirt", LIBVIRT, "--virt-type", self.virt_type])
                 .arg("--agent-dir")
                 .arg(&agent_dir)
-                .env("RUST_LOG", "warn,corral_node_agent=info")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("CORRAL_BENCH_AGENT_LOG")
+                        .unwrap_or_else(|_| "warn,corral_node_agent=info".into()),
+                )
                 .stdout(out)
                 .stderr(err);
             child_env(&mut cmd, &self.dir.join("home"));

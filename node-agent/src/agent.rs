@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use corral_api_types::{
@@ -1353,6 +1353,7 @@ impl Agent {
                 ));
             }
         }
+        let t0 = Instant::now();
         if state.is_none() {
             let spec = match self.domain_spec(&i).await? {
                 Ok(spec) => spec,
@@ -1373,6 +1374,7 @@ impl Agent {
                     return Ok(Some(Duration::from_secs(5)));
                 }
             };
+            let specified = t0.elapsed();
             // The guest's network, DHCP reservation and rules exist before
             // it boots.
             self.sync_net().await?;
@@ -1392,8 +1394,16 @@ impl Agent {
                 .await?;
                 return Ok(Some(Duration::from_secs(5)));
             }
+            let planned = t0.elapsed();
             let hv = self.hv.clone();
             blocking(move || hv.define(&spec)).await?;
+            tracing::debug!(
+                instance = %key,
+                spec_ms = specified.as_millis() as u64,
+                network_ms = (planned - specified).as_millis() as u64,
+                define_ms = (t0.elapsed() - planned).as_millis() as u64,
+                "domain defined"
+            );
         }
         if state.is_some() && self.files.get().is_some() {
             self.sync_volumes(&i, &name).await?;
@@ -1435,7 +1445,16 @@ impl Agent {
         let n = name.clone();
         let desired = i.spec.power_state;
         let timeout = self.opts.stop_timeout;
+        let t1 = Instant::now();
         let observed = blocking(move || converge_power(hv.as_ref(), &n, desired, timeout)).await?;
+        if boots {
+            tracing::debug!(
+                instance = %key,
+                power_ms = t1.elapsed().as_millis() as u64,
+                ?observed,
+                "power converged for a boot"
+            );
+        }
         let (phase, mut ready, mut reason) = match observed {
             PowerState::Running => (InstancePhase::Running, true, "Running"),
             PowerState::Paused => (InstancePhase::Paused, false, "Paused"),

@@ -659,6 +659,70 @@ pub fn apply_firewall(plan: &NetPlan) -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// Moves the host's iptables from `applied` (what this agent made it hold
+/// last, and found intact when it last reasserted it) to `plan`, with one
+/// `iptables-restore` per table whose Corral rules changed: the chains,
+/// and the jumps from built-in chains deleted or inserted in the same
+/// transaction. Nothing is read back: the periodic full [`apply_firewall`]
+/// repairs what someone else changed meanwhile. If a restore fails (a
+/// chain or jump removed by hand, say), it does the full apply instead.
+/// Returns whether it had to.
+pub fn update_firewall(applied: &NetPlan, plan: &NetPlan) -> Result<bool, FirewallError> {
+    let before = applied.rules();
+    let after = plan.rules();
+    if after.iter().any(|r| !r.chains.is_empty()) && !before.iter().any(|r| !r.chains.is_empty()) {
+        ensure_bridge_netfilter()?;
+    }
+    for table in ["mangle", "filter", "nat"] {
+        let old = before.iter().find(|r| r.table == table);
+        let new = after.iter().find(|r| r.table == table);
+        let Some(script) = update_script(table, old, new) else {
+            continue;
+        };
+        if let Err(e) = run("iptables-restore", &["-w", "--noflush"], Some(&script)) {
+            tracing::warn!(table, error = %e, "incremental firewall update failed; reapplying in full");
+            apply_firewall(plan)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The restore script that takes `table` from `old` to `new` (both as
+/// this agent wrote them), or `None` if they are the same.
+pub fn update_script(
+    table: &str,
+    old: Option<&TableRules>,
+    new: Option<&TableRules>,
+) -> Option<String> {
+    if old == new {
+        return None;
+    }
+    let no_hooks = Vec::new();
+    let old_hooks = old.map_or(&no_hooks, |r| &r.hooks);
+    let new_hooks = new.map_or(&no_hooks, |r| &r.hooks);
+    let existing: Vec<String> = old
+        .map(|r| r.chains.iter().map(|(c, _)| c.clone()).collect())
+        .unwrap_or_default();
+    let mut s = format!("*{table}\n");
+    // Jumps that go: before their chains may be deleted.
+    for (builtin, chain) in old_hooks.iter().filter(|h| !new_hooks.contains(h)) {
+        let _ = writeln!(s, "-D {builtin} -j {chain}");
+    }
+    let body = restore_script(table, new, &existing);
+    let body = body
+        .strip_prefix(&format!("*{table}\n"))
+        .and_then(|b| b.strip_suffix("COMMIT\n"))
+        .unwrap_or_default();
+    s.push_str(body);
+    // New jumps, first in line, once their chains exist.
+    for (builtin, chain) in new_hooks.iter().filter(|h| !old_hooks.contains(h)) {
+        let _ = writeln!(s, "-I {builtin} 1 -j {chain}");
+    }
+    s.push_str("COMMIT\n");
+    Some(s)
+}
+
 /// A DHCP lease dnsmasq handed out, from libvirt's status file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

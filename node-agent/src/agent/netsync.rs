@@ -341,7 +341,9 @@ impl Agent {
             return Ok(());
         }
         let mut state = self.net.lock().await;
+        let started = Instant::now();
         let (plan, entries) = self.net_plan().await?;
+        let planned = started.elapsed();
         self.metadata.set(entries);
         // Stale networks go first: one left by an earlier agent may hold the
         // bridge address a planned one needs.
@@ -393,16 +395,32 @@ impl Agent {
         state
             .failed
             .retain(|uid, _| plan.networks.iter().any(|n| &n.uid == uid));
+        let networks_done = started.elapsed();
         let stale = state.at.is_none_or(|t| t.elapsed() > REASSERT);
         if state.applied.as_ref() != Some(&plan) || stale {
             let p = plan.clone();
-            tokio::task::spawn_blocking(move || net::apply_firewall(&p))
-                .await
-                .map_err(|e| AgentError::Other(e.to_string()))?
-                .map_err(|e| AgentError::Other(error_chain(&e)))?;
+            // Within REASSERT of a full apply, only what changed is
+            // written (a new guest's chains: one restore, not a dozen
+            // iptables runs); every REASSERT the whole state is checked.
+            let previous = state.applied.clone().filter(|_| !stale);
+            let full = tokio::task::spawn_blocking(move || match previous {
+                Some(prev) => net::update_firewall(&prev, &p),
+                None => net::apply_firewall(&p).map(|()| true),
+            })
+            .await
+            .map_err(|e| AgentError::Other(e.to_string()))?
+            .map_err(|e| AgentError::Other(error_chain(&e)))?;
             state.applied = Some(plan);
-            state.at = Some(Instant::now());
+            if full {
+                state.at = Some(Instant::now());
+            }
         }
+        tracing::debug!(
+            plan_ms = planned.as_millis() as u64,
+            networks_ms = (networks_done - planned).as_millis() as u64,
+            firewall_ms = (started.elapsed() - networks_done).as_millis() as u64,
+            "host networking synced"
+        );
         Ok(())
     }
 
