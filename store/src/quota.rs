@@ -167,7 +167,10 @@ pub async fn charge<K: Resource>(
 /// this one's watch lag (milliseconds), and writes admitted meanwhile go
 /// uncharged until the quota controller's [`settle`] counts them.
 /// Kubernetes' ResourceQuota admission, which reads quotas from its
-/// informer, has the same window.
+/// informer, has the same window. A refusal is never decided on the copy:
+/// usage released by a write it has not seen yet (a deletion, settled)
+/// must not turn a create away, so an over-quota answer is checked
+/// against the store's Project first.
 pub async fn charge_from<K: Resource>(
     store: &ResourceStore,
     known: Option<&Project>,
@@ -214,16 +217,20 @@ pub async fn charge_from<K: Resource>(
         }
         let status = project.status.get_or_insert_with(ProjectStatus::default);
         let used = QuotaAmounts::from_resources(&status.usage);
-        project
-            .spec
-            .quotas
-            .check_growth(&used, &growth)
-            .map_err(|exceeded| QuotaError::Exceeded {
+        if let Err(exceeded) = project.spec.quotas.check_growth(&used, &growth) {
+            // A refusal is never decided on a cached copy: usage may have
+            // just been released (an object deleted and settled) in a
+            // write the cache has not seen. The next attempt reads it.
+            if attempt == 0 && known.is_some() {
+                continue;
+            }
+            return Err(QuotaError::Exceeded {
                 project: meta.project.clone(),
                 plural: K::PLURAL,
                 name: meta.name.clone(),
                 exceeded,
-            })?;
+            });
+        }
         if dry_run {
             return Ok(None);
         }
