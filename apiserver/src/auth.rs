@@ -51,15 +51,8 @@ impl Verb {
 
 /// Kinds whose objects a node agent may see and report on when bound to it.
 const NODE_BOUND_KINDS: &[&str] = &["instances", "volumes", "snapshots"];
-/// Kinds a node agent may read whole (it needs them to build guests).
-const NODE_READABLE_KINDS: &[&str] = &[
-    "networks",
-    "images",
-    "keypairs",
-    "securitygroups",
-    "addresses",
-    "instancetypes",
-];
+/// Kinds a node agent may read whole.
+const NODE_READABLE_KINDS: &[&str] = &["instancetypes"];
 
 impl Principal {
     /// Whether the caller may touch `kind` objects in `project` (None: all
@@ -120,6 +113,11 @@ impl Principal {
                     };
                 }
                 if NODE_READABLE_KINDS.contains(&plural) && verb.is_read() {
+                    return Ok(());
+                }
+                // One at a time, for a bound object that uses it
+                // (checked by `node_refs::check`): never listed.
+                if crate::node_refs::REFERENCED_KINDS.contains(&plural) && verb == Verb::Get {
                     return Ok(());
                 }
                 Err(deny())

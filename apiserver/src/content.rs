@@ -182,9 +182,12 @@ async fn image_download(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((project, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
     p.authorize(Verb::Get, kind("Image"), Some(&project))?;
+    let for_ = q.get("for").map(String::as_str);
+    crate::node_refs::check(&state.store, &p, "images", &project, &name, for_).await?;
     let image = image_of(&state, &project, &name).await?;
     let status = image.status.unwrap_or_default();
     let (ImagePhase::Available, Some(sha)) = (status.phase, status.sha256) else {

@@ -21,6 +21,7 @@ pub mod kinds;
 pub mod limits;
 pub mod list;
 mod metrics;
+pub mod node_refs;
 mod openapi;
 pub mod server;
 mod watch_cache;

@@ -182,13 +182,56 @@ async fn image_bytes_are_uploaded_verified_and_served() {
     assert_eq!(img["status"]["sha256"], sha.as_str());
     assert_eq!(img["status"]["sizeBytes"], bytes.len());
 
-    // Nodes download it; so do members of the project; others do not.
+    // A node downloads it for an instance bound to it that boots from it,
+    // and for nothing else; members of the project download it; others
+    // do not.
     let node = api.user("node-n1", Role::Node, "", "n1").await;
-    let (c, got) = api
+    let (c, _) = api
         .send(&node, reqwest::Method::GET, path, Vec::new())
+        .await;
+    assert_eq!(c, StatusCode::FORBIDDEN, "a node names what it reads for");
+    for (name, image, node_name) in [
+        ("uses", "up", "n1"),
+        ("other", "tiny", "n1"),
+        ("n2s", "up", "n2"),
+    ] {
+        let mut i = Instance::new(
+            "p",
+            name,
+            InstanceSpec {
+                image: Some(image.into()),
+                ..Default::default()
+            },
+        );
+        i.status = Some(InstanceStatus {
+            node_name: Some(node_name.into()),
+            ..Default::default()
+        });
+        api.store.create(&i).await.unwrap();
+    }
+    let for_path = |f: &str| format!("{path}?for={f}");
+    let (c, got) = api
+        .send(
+            &node,
+            reqwest::Method::GET,
+            &for_path("instances/uses"),
+            Vec::new(),
+        )
         .await;
     assert_eq!(c, StatusCode::OK);
     assert!(got == bytes, "downloaded bytes differ");
+    for (f, want) in [
+        ("instances/other", StatusCode::FORBIDDEN),
+        ("instances/n2s", StatusCode::NOT_FOUND),
+        ("instances/none", StatusCode::NOT_FOUND),
+        ("volumes/none", StatusCode::NOT_FOUND),
+        ("nodes/n1", StatusCode::BAD_REQUEST),
+    ] {
+        let (c, _) = api
+            .send(&node, reqwest::Method::GET, &for_path(f), Vec::new())
+            .await;
+        assert_eq!(c, want, "for={f}");
+    }
     let member = api.user("m", Role::Member, "p", "").await;
     let (c, _) = api
         .send(&member, reqwest::Method::GET, path, Vec::new())
@@ -230,7 +273,7 @@ async fn image_bytes_are_uploaded_verified_and_served() {
     // And is not downloadable before it is available.
     let (c, _) = api
         .send(
-            &node,
+            &api.admin,
             reqwest::Method::GET,
             "/v1/projects/p/images/file/content",
             Vec::new(),

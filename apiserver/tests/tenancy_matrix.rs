@@ -641,6 +641,104 @@ async fn a_node_touches_only_its_own(api: Api) {
             Some(json!("x")),
             FORBIDDEN,
         ),
+        (
+            "get a network, naming no reason",
+            Method::GET,
+            "/v1/projects/b/networks/lan".into(),
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "get a network for another node's instance",
+            Method::GET,
+            "/v1/projects/b/networks/lan?for=instances/web".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "get a group for another node's instance",
+            Method::GET,
+            "/v1/projects/b/securitygroups/web?for=instances/web".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "get a key pair for another node's instance",
+            Method::GET,
+            "/v1/projects/b/keypairs/admin?for=instances/web".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "get an image for another node's instance",
+            Method::GET,
+            "/v1/projects/b/images/tiny?for=instances/web".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "image bytes for another node's instance",
+            Method::GET,
+            "/v1/projects/b/images/tiny/content?for=instances/web".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "get an image for another node's volume",
+            Method::GET,
+            "/v1/projects/b/images/tiny?for=volumes/data".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "list networks",
+            Method::GET,
+            "/v1/projects/b/networks".into(),
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "list security groups",
+            Method::GET,
+            "/v1/projects/b/securitygroups".into(),
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "list key pairs",
+            Method::GET,
+            "/v1/projects/b/keypairs".into(),
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "list images",
+            Method::GET,
+            "/v1/projects/b/images".into(),
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "list networks everywhere",
+            Method::GET,
+            "/v1/networks".into(),
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "get an address",
+            Method::GET,
+            "/v1/projects/b/addresses/eip".into(),
+            None,
+            FORBIDDEN,
+        ),
+        (
+            "list addresses",
+            Method::GET,
+            "/v1/projects/b/addresses".into(),
+            None,
+            FORBIDDEN,
+        ),
         ("users", Method::GET, "/v1/users".into(), None, FORBIDDEN),
         (
             "projects",
@@ -691,6 +789,46 @@ async fn a_node_touches_only_its_own(api: Api) {
         .call(&n1, Method::GET, "/v1/projects/b/instances/web", None)
         .await;
     assert_eq!(code, StatusCode::OK, "{web}");
+    // What its instance uses, for that instance: readable; what it does
+    // not use, not, even in the same project.
+    let (code, body) = api
+        .post(
+            "/v1/projects/b/networks",
+            json!({"kind": "Network", "metadata": {"name": "unused"}, "spec": {"cidr": "10.71.0.0/24"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    for (path, want) in [
+        ("networks/lan", StatusCode::OK),
+        ("securitygroups/web", StatusCode::OK),
+        ("keypairs/admin", StatusCode::OK),
+        ("images/tiny", StatusCode::OK),
+        ("networks/unused", StatusCode::FORBIDDEN),
+        ("networks/nonexistent", StatusCode::FORBIDDEN),
+    ] {
+        let full = format!("/v1/projects/b/{path}?for=instances/web");
+        let (code, body) = api.call(&n1, Method::GET, &full, None).await;
+        assert_eq!(code, want, "{full}: {body}");
+    }
+    // A group one of its groups names as a rule's source: its members are
+    // the rule's peers, so the agent reads it too; before the rule, not.
+    let (code, body) = api
+        .post(
+            "/v1/projects/b/securitygroups",
+            json!({"kind": "SecurityGroup", "metadata": {"name": "peers"}, "spec": {"description": "x"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let peers = "/v1/projects/b/securitygroups/peers?for=instances/web";
+    let (code, _) = api.call(&n1, Method::GET, peers, None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (_, mut sg) = api.get("/v1/projects/b/securitygroups/web").await;
+    sg["spec"]["ingress"] =
+        json!([{"protocol": "tcp", "fromPort": 22, "toPort": 22, "sourceGroup": "peers"}]);
+    let (code, body) = api.put("/v1/projects/b/securitygroups/web", sg).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, body) = api.call(&n1, Method::GET, peers, None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
     web["status"]["message"] = json!("from n1");
     let (code, body) = api
         .call(

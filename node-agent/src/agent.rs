@@ -696,7 +696,8 @@ impl Agent {
         let min = u64::from(v.spec.size_gib.unwrap_or(0)) << 30;
         // The source, as (file, format), when the volume copies one.
         let source: Option<(std::path::PathBuf, String)> = if let Some(img) = &v.spec.source.image {
-            let (image, sha) = match self.available_image(project, img).await? {
+            let for_ = format!("volumes/{}", v.metadata.name);
+            let (image, sha) = match self.available_image(project, img, &for_).await? {
                 Ok(x) => x,
                 Err(_) => return Ok(()), // not yet
             };
@@ -704,7 +705,10 @@ impl Agent {
                 ImageFormat::Raw => "raw",
                 _ => "qcow2",
             };
-            Some((self.pull_image(project, img, &sha).await?, fmt.into()))
+            Some((
+                self.pull_image(project, img, &sha, &for_).await?,
+                fmt.into(),
+            ))
         } else if let Some(snap) = &v.spec.source.snapshot {
             let Some(s) = self
                 .api
@@ -945,14 +949,17 @@ impl Agent {
     }
 
     /// An Image that is Available, or why not yet.
+    /// `for_` names the bound object that uses it (`instances/NAME` or
+    /// `volumes/NAME`): a node reads only images those use.
     async fn available_image(
         &self,
         project: &str,
         name: &str,
+        for_: &str,
     ) -> Result<Result<(Image, String), Wait>, AgentError> {
         let Some(img) = self
             .api
-            .get::<Image>(&format!("/v1/projects/{project}/images/{name}"))
+            .get::<Image>(&format!("/v1/projects/{project}/images/{name}?for={for_}"))
             .await?
         else {
             return Ok(Err(Wait::new(
@@ -980,6 +987,7 @@ impl Agent {
         project: &str,
         name: &str,
         sha: &str,
+        for_: &str,
     ) -> Result<std::path::PathBuf, AgentError> {
         let files = self.files.get().cloned().expect("a real host");
         let path = files
@@ -996,7 +1004,9 @@ impl Agent {
         tracing::info!(image = %name, %sha, "pulling image");
         let mut resp = self
             .api
-            .download(&format!("/v1/projects/{project}/images/{name}/content"))
+            .download(&format!(
+                "/v1/projects/{project}/images/{name}/content?for={for_}"
+            ))
             .await?;
         let mut w = files
             .images()
@@ -1088,7 +1098,8 @@ impl Agent {
             spec.console_log = Some(files.console_log(&uid));
             return Ok(Ok(spec));
         };
-        let (image, sha) = match self.available_image(project, image_name).await? {
+        let for_ = format!("instances/{}", i.metadata.name);
+        let (image, sha) = match self.available_image(project, image_name, &for_).await? {
             Ok(x) => x,
             Err(w) => return Ok(Err(w)),
         };
@@ -1102,20 +1113,20 @@ impl Agent {
                 )))
             }
         };
-        let base = self.pull_image(project, image_name, &sha).await?;
+        let base = self.pull_image(project, image_name, &sha, &for_).await?;
         if let Some(kernel) = image.spec.kernel.as_deref() {
-            let (_, ksha) = match self.available_image(project, kernel).await? {
+            let (_, ksha) = match self.available_image(project, kernel, &for_).await? {
                 Ok(x) => x,
                 Err(w) => return Ok(Err(w)),
             };
-            let kernel_path = self.pull_image(project, kernel, &ksha).await?;
+            let kernel_path = self.pull_image(project, kernel, &ksha, &for_).await?;
             let initrd = match image.spec.ramdisk.as_deref() {
                 Some(r) => {
-                    let (_, rsha) = match self.available_image(project, r).await? {
+                    let (_, rsha) = match self.available_image(project, r, &for_).await? {
                         Ok(x) => x,
                         Err(w) => return Ok(Err(w)),
                     };
-                    Some(self.pull_image(project, r, &rsha).await?)
+                    Some(self.pull_image(project, r, &rsha, &for_).await?)
                 }
                 None => None,
             };
@@ -1166,7 +1177,10 @@ impl Agent {
         if let Some(k) = i.spec.key_name.as_deref() {
             match self
                 .api
-                .get::<KeyPair>(&format!("/v1/projects/{project}/keypairs/{k}"))
+                .get::<KeyPair>(&format!(
+                    "/v1/projects/{project}/keypairs/{k}?for=instances/{}",
+                    i.metadata.name
+                ))
                 .await?
             {
                 Some(kp) => public_keys.push(kp.spec.public_key),

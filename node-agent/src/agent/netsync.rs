@@ -38,18 +38,20 @@ struct Objects {
 }
 
 impl Objects {
+    /// `for_`: the bound instance that uses it (see `available_image`).
     async fn network(
         &mut self,
         api: &ApiClient,
         p: &str,
         n: &str,
+        for_: &str,
     ) -> Result<Option<Network>, AgentError> {
         let k = (p.to_string(), n.to_string());
         if let Some(v) = self.networks.get(&k) {
             return Ok(v.clone());
         }
         let v = api
-            .get::<Network>(&format!("/v1/projects/{p}/networks/{n}"))
+            .get::<Network>(&format!("/v1/projects/{p}/networks/{n}?for={for_}"))
             .await?;
         self.networks.insert(k, v.clone());
         Ok(v)
@@ -60,13 +62,14 @@ impl Objects {
         api: &ApiClient,
         p: &str,
         n: &str,
+        for_: &str,
     ) -> Result<Option<SecurityGroup>, AgentError> {
         let k = (p.to_string(), n.to_string());
         if let Some(v) = self.groups.get(&k) {
             return Ok(v.clone());
         }
         let v = api
-            .get::<SecurityGroup>(&format!("/v1/projects/{p}/securitygroups/{n}"))
+            .get::<SecurityGroup>(&format!("/v1/projects/{p}/securitygroups/{n}?for={for_}"))
             .await?;
         self.groups.insert(k, v.clone());
         Ok(v)
@@ -96,9 +99,10 @@ impl Agent {
             .as_ref()
             .map(|s| s.addresses.clone())
             .unwrap_or_default();
+        let for_ = format!("instances/{}", i.metadata.name);
         for (idx, a) in addrs.iter().enumerate() {
             let p = &i.metadata.project;
-            let Some(n) = objects.network(&self.api, p, &a.network).await? else {
+            let Some(n) = objects.network(&self.api, p, &a.network, &for_).await? else {
                 return Ok(Err(Wait::new(
                     "WaitingForNetwork",
                     format!("network {:?} not found", a.network),
@@ -136,6 +140,7 @@ impl Agent {
         let mut metadata = Vec::new();
         for i in &instances {
             let p = i.metadata.project.as_str();
+            let for_ = format!("instances/{}", i.metadata.name);
             let Some(status) = &i.status else { continue };
             // (gateway, address) of each NIC the metadata service answers.
             let mut keys = Vec::new();
@@ -145,7 +150,7 @@ impl Agent {
                 let (Ok(ip), false) = (a.ip.parse::<Ipv4Addr>(), a.mac.is_empty()) else {
                     continue;
                 };
-                let Some(n) = objects.network(&self.api, p, &a.network).await? else {
+                let Some(n) = objects.network(&self.api, p, &a.network, &for_).await? else {
                     continue;
                 };
                 let Some((cidr, gw)) = gateway(&n) else {
@@ -170,17 +175,23 @@ impl Agent {
                 let mut egress: Option<Vec<Allow>> = None;
                 for g in &nic.security_groups {
                     groups_all.push(g.clone());
-                    let Some(sg) = objects.group(&self.api, p, g).await? else {
+                    let Some(sg) = objects.group(&self.api, p, g, &for_).await? else {
                         continue;
                     };
                     let members = sg.status.as_ref().map(|s| s.members.clone());
                     for r in &sg.spec.ingress {
-                        ingress.push(self.allow(&mut objects, p, r, members.as_ref(), g).await?);
+                        ingress.push(
+                            self.allow(&mut objects, p, r, members.as_ref(), g, &for_)
+                                .await?,
+                        );
                     }
                     if !sg.spec.egress.is_empty() {
                         let e = egress.get_or_insert_with(Vec::new);
                         for r in &sg.spec.egress {
-                            e.push(self.allow(&mut objects, p, r, members.as_ref(), g).await?);
+                            e.push(
+                                self.allow(&mut objects, p, r, members.as_ref(), g, &for_)
+                                    .await?,
+                            );
                         }
                     }
                 }
@@ -229,13 +240,14 @@ impl Agent {
         r: &SecurityGroupRule,
         own_members: Option<&Vec<String>>,
         own: &str,
+        for_: &str,
     ) -> Result<Allow, AgentError> {
         let peers = match (&r.cidr, &r.source_group) {
             (Some(c), _) => vec![c.clone()],
             (None, Some(g)) if g == own => own_members
                 .map(|m| m.iter().map(|ip| format!("{ip}/32")).collect())
                 .unwrap_or_default(),
-            (None, Some(g)) => match objects.group(&self.api, project, g).await? {
+            (None, Some(g)) => match objects.group(&self.api, project, g, for_).await? {
                 Some(sg) => sg
                     .status
                     .map(|s| s.members.iter().map(|ip| format!("{ip}/32")).collect())
@@ -259,11 +271,12 @@ impl Agent {
         groups: Vec<String>,
     ) -> Result<InstanceMetadata, AgentError> {
         let p = i.metadata.project.as_str();
+        let for_ = format!("instances/{}", i.metadata.name);
         let mut public_keys = Vec::new();
         if let Some(k) = i.spec.key_name.as_deref() {
             if let Some(kp) = self
                 .api
-                .get::<KeyPair>(&format!("/v1/projects/{p}/keypairs/{k}"))
+                .get::<KeyPair>(&format!("/v1/projects/{p}/keypairs/{k}?for={for_}"))
                 .await?
             {
                 public_keys.push((k.to_string(), kp.spec.public_key));
@@ -274,7 +287,7 @@ impl Agent {
         if let Some(name) = i.spec.image.as_deref() {
             if let Some(img) = self
                 .api
-                .get::<Image>(&format!("/v1/projects/{p}/images/{name}"))
+                .get::<Image>(&format!("/v1/projects/{p}/images/{name}?for={for_}"))
                 .await?
             {
                 ami_id = img.status.as_ref().and_then(|s| s.ec2_id.clone());
@@ -285,7 +298,7 @@ impl Agent {
                     if let Some(n) = want {
                         *slot = self
                             .api
-                            .get::<Image>(&format!("/v1/projects/{p}/images/{n}"))
+                            .get::<Image>(&format!("/v1/projects/{p}/images/{n}?for={for_}"))
                             .await?
                             .and_then(|x| x.status.and_then(|s| s.ec2_id));
                     }
