@@ -325,6 +325,20 @@ async fn placement_capacity_and_ipam(env: Env) {
     })
     .await;
     // ...until an instance is gone and leaves room (no Node changes here).
+    // First let the waiting one settle: the writes its refusal caused
+    // (its condition, then what other controllers write in answer) each
+    // wake the scheduler for it once; only the deletion may place it now.
+    let waiting = unplaced().await[0].metadata.name.clone();
+    let mut last = String::new();
+    let mut quiet_since = tokio::time::Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(1) {
+        let i: Instance = s.get("p", &waiting).await.unwrap().unwrap();
+        if i.metadata.resource_version != last {
+            last = i.metadata.resource_version.clone();
+            quiet_since = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let on_n2 = all_instances(s)
         .await
         .into_iter()
