@@ -624,7 +624,6 @@ async fn project_item_get(
     let p = principal(&state, &headers).await?;
     let kind = state.kind(&plural)?;
     check_scope(kind.info(), Scope::Project)?;
-    p.authorize(Verb::Get, kind.info(), Some(&project))?;
     let for_ = q.get("for").map(String::as_str);
     crate::node_refs::check(&state.store, &p, kind.info().plural, &project, &name, for_).await?;
     item_get(&state, &p, kind, Some(&project), &name).await

@@ -530,6 +530,14 @@ fn existing_chains(table: &str) -> Result<Vec<String>, FirewallError> {
 /// and deleted; jumps from built-in chains to deleted chains go first.
 pub fn restore_script(table: &str, rules: Option<&TableRules>, existing: &[String]) -> String {
     let mut s = format!("*{table}\n");
+    write_chains(&mut s, rules, existing);
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// The body of a restore: `rules`' chains declared (flushed) and filled,
+/// then every chain of `existing` not among them flushed and deleted.
+fn write_chains(s: &mut String, rules: Option<&TableRules>, existing: &[String]) {
     let wanted: Vec<&str> = rules
         .map(|r| r.chains.iter().map(|(c, _)| c.as_str()).collect())
         .unwrap_or_default();
@@ -555,8 +563,6 @@ pub fn restore_script(table: &str, rules: Option<&TableRules>, existing: &[Strin
     for c in &stale {
         let _ = writeln!(s, "-X {c}");
     }
-    s.push_str("COMMIT\n");
-    s
 }
 
 /// Jump rules from built-in chains, first in line.
@@ -709,12 +715,7 @@ pub fn update_script(
     for (builtin, chain) in old_hooks.iter().filter(|h| !new_hooks.contains(h)) {
         let _ = writeln!(s, "-D {builtin} -j {chain}");
     }
-    let body = restore_script(table, new, &existing);
-    let body = body
-        .strip_prefix(&format!("*{table}\n"))
-        .and_then(|b| b.strip_suffix("COMMIT\n"))
-        .unwrap_or_default();
-    s.push_str(body);
+    write_chains(&mut s, new, &existing);
     // New jumps, first in line, once their chains exist.
     for (builtin, chain) in new_hooks.iter().filter(|h| !old_hooks.contains(h)) {
         let _ = writeln!(s, "-I {builtin} 1 -j {chain}");
