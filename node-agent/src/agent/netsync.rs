@@ -397,9 +397,17 @@ impl Agent {
                     state.failed.remove(&n.uid);
                 }
                 Err(e) => {
-                    let msg = format!("network {} cannot run here: {}", n.display, error_chain(&e));
+                    // The log (the operator's) has libvirt's words; the
+                    // condition (the tenant's) does not: they name host
+                    // interfaces of other projects' networks.
+                    let full = error_chain(&e);
+                    let msg = format!(
+                        "network {} cannot run on this node: {}",
+                        n.display,
+                        tenant_safe_reason(&full)
+                    );
                     if state.failed.get(&n.uid) != Some(&msg) {
-                        tracing::warn!(network = %n.display, error = %msg, "host networking");
+                        tracing::warn!(network = %n.display, error = %full, "host networking");
                     }
                     state.failed.insert(n.uid.clone(), msg);
                 }
@@ -502,5 +510,30 @@ impl Agent {
         if let Err(e) = crate::metadata::serve(listener, table, done).await {
             tracing::error!(error = %e, "metadata service stopped");
         }
+    }
+}
+
+/// What a tenant may be told of a host networking failure: its cause in
+/// general terms, never libvirt's text (which names other projects'
+/// bridges and the host's interfaces).
+fn tenant_safe_reason(libvirt: &str) -> &'static str {
+    if libvirt.contains("already in use") {
+        "its address range overlaps a network already running on this node"
+    } else if libvirt.contains("Unreachable") || libvirt.contains("connect") {
+        "the hypervisor does not answer"
+    } else {
+        "the host refused it (the node's agent log has the details)"
+    }
+}
+
+#[cfg(test)]
+mod tenant_safe_tests {
+    #[test]
+    fn libvirt_words_do_not_reach_the_tenant() {
+        let leak = "internal error: Network is already in use by interface crb0123456789ab";
+        let said = super::tenant_safe_reason(leak);
+        assert!(!said.contains("crb"), "{said}");
+        assert!(said.contains("overlaps"), "{said}");
+        assert!(!super::tenant_safe_reason("anything else: br-ex eth0").contains("br-ex"));
     }
 }
