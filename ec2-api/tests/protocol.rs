@@ -26,6 +26,18 @@ fn sigv2_body(
     sha1: bool,
     time: chrono::DateTime<Utc>,
 ) -> String {
+    sigv2_signed(keys, host, path, params, sha1, ("Timestamp", time))
+}
+
+/// [`sigv2_body`] with the time as `Timestamp` or as `Expires`.
+fn sigv2_signed(
+    keys: &Keys,
+    host: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    sha1: bool,
+    (time_param, time): (&str, chrono::DateTime<Utc>),
+) -> String {
     let ts = time.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let method = if sha1 { "HmacSHA1" } else { "HmacSHA256" };
     let mut all: Vec<(String, String)> = params
@@ -35,7 +47,7 @@ fn sigv2_body(
     all.push(("AWSAccessKeyId".into(), keys.id.clone()));
     all.push(("SignatureVersion".into(), "2".into()));
     all.push(("SignatureMethod".into(), method.into()));
-    all.push(("Timestamp".into(), ts));
+    all.push((time_param.into(), ts));
     all.push(("Version".into(), "2014-10-01".into()));
     let mut encoded: Vec<String> = all
         .iter()
@@ -176,6 +188,25 @@ async fn authentication_failures_change_nothing() {
             "{text}"
         );
     }
+    // Expires: in the past, or further ahead than a Timestamp's window
+    // (a signature good until 2099 would be a password).
+    let far = Utc::now() + chrono::Duration::days(365 * 70);
+    let past = Utc::now() - chrono::Duration::minutes(1);
+    for expires in [far, past] {
+        let body = sigv2_signed(&keys, &host, "/", &create, false, ("Expires", expires));
+        let (status, text) = post(&url, body).await;
+        assert_eq!(
+            (status, error_code(&text).as_str()),
+            (401, "AuthFailure"),
+            "{text}"
+        );
+    }
+    // Within the window, Expires signs as well as Timestamp does.
+    let soon = Utc::now() + chrono::Duration::minutes(5);
+    let describe = [("Action", "DescribeSecurityGroups")];
+    let body = sigv2_signed(&keys, &host, "/", &describe, true, ("Expires", soon));
+    let (status, text) = post(&url, body).await;
+    assert_eq!(status, 200, "{text}");
     // A signature over other parameters does not cover an added one.
     let mut tampered = sigv2_body(&keys, &host, "/", &create, false, Utc::now());
     tampered.push_str("&TagSpecification.1.ResourceType=security-group");

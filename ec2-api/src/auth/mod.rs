@@ -162,6 +162,15 @@ impl Authenticator {
                     if e < now {
                         return Err(Ec2Error::auth_failure("Request has expired"));
                     }
+                    // A signature good until 2099 is a password: Expires
+                    // gets the window a Timestamp has (a SigV4 request's
+                    // date is held to the same one).
+                    if (e - now).num_seconds() > MAX_SKEW_SECONDS {
+                        return Err(Ec2Error::auth_failure(format!(
+                            "Expires is more than {} minutes in the future",
+                            MAX_SKEW_SECONDS / 60
+                        )));
+                    }
                 }
             }
         }
