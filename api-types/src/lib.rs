@@ -29,4 +29,4 @@ pub use meta::{
     CLUSTER_PROJECT,
 };
 pub use schema::json_schemas;
-pub use validate::{Defaults, Validate, ValidateUpdate};
+pub use validate::{Defaults, HostRef, HostRefs, Validate, ValidateUpdate};

@@ -29,6 +29,29 @@ pub trait ValidateUpdate {
     fn validate_update(&self, old: &Self) -> FieldErrors;
 }
 
+/// A field whose value names something on a server's or node's host
+/// rather than an object: the API server checks each against the
+/// operator's rules (import directories, address ranges, who may attach
+/// guests to host interfaces) before anything is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRef<'a> {
+    /// A file the server would read (an image's `source.path`).
+    File { field: &'static str, path: &'a str },
+    /// A URL the server would fetch (an image's `source.url`).
+    Url { field: &'static str, url: &'a str },
+    /// A host network interface guests would be attached to (a bridged
+    /// Network's `hostBridge`): the operator's to choose.
+    HostInterface { field: &'static str, name: &'a str },
+}
+
+/// The fields of an object that name things on a host ([`HostRef`]).
+/// Most kinds have none.
+pub trait HostRefs {
+    fn host_refs(&self) -> Vec<HostRef<'_>> {
+        Vec::new()
+    }
+}
+
 /// Reason used for fields that cannot change after creation.
 pub const IMMUTABLE_MSG: &str = "field is immutable";
 

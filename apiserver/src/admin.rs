@@ -52,6 +52,58 @@ fn require_admin_or_self(p: &Principal, user: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Refuses a self-service issue that would take `user` past the limits of
+/// [`crate::limits`]; admins issuing for anyone are not limited. The
+/// caller holds `ApiState::issuing` across this check and the issue.
+async fn check_self_service(
+    state: &AppState,
+    p: &Principal,
+    user: &str,
+    tokens: usize,
+    keys: usize,
+) -> Result<(), ApiError> {
+    use crate::limits::{SELF_SERVICE_ACCESS_KEYS, SELF_SERVICE_TOKENS};
+    if p.role == Role::Admin {
+        return Ok(());
+    }
+    if tokens > 0 {
+        let held = all::<ApiToken>(&state.store)
+            .await?
+            .iter()
+            .filter(|t| t.spec.user == user)
+            .count();
+        if held + tokens > SELF_SERVICE_TOKENS {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "LimitExceeded",
+                format!(
+                    "user {user:?} holds {held} API tokens, the most a user may issue itself is \
+                     {SELF_SERVICE_TOKENS}: revoke one first (DELETE /v1/users/{user}/tokens/ID)"
+                ),
+            ));
+        }
+    }
+    if keys > 0 {
+        let held = all::<AccessKey>(&state.store)
+            .await?
+            .iter()
+            .filter(|k| k.spec.user == user)
+            .count();
+        if held + keys > SELF_SERVICE_ACCESS_KEYS {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "LimitExceeded",
+                format!(
+                    "user {user:?} holds {held} EC2 access keys, the most a user may issue itself \
+                     is {SELF_SERVICE_ACCESS_KEYS}: revoke one first (DELETE \
+                     /v1/users/{user}/accesskeys/ID)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateUser {
@@ -221,6 +273,8 @@ async fn new_token(
     let p = principal(&state, &headers).await?;
     require_admin_or_self(&p, &user)?;
     find_user(&state.store, &user).await?;
+    let _issuing = state.issuing.lock().await;
+    check_self_service(&state, &p, &user, 1, 0).await?;
     let token = issue_token(&state.store, &user, "issued by API").await?;
     Ok((
         StatusCode::CREATED,
@@ -290,6 +344,8 @@ async fn new_key(
     let p = principal(&state, &headers).await?;
     require_admin_or_self(&p, &user)?;
     find_user(&state.store, &user).await?;
+    let _issuing = state.issuing.lock().await;
+    check_self_service(&state, &p, &user, 0, 1).await?;
     let (id, secret) = issue_access_key(&state.store, &user).await?;
     Ok((
         StatusCode::CREATED,
@@ -327,6 +383,8 @@ async fn credentials(
     let p = principal(&state, &headers).await?;
     require_admin_or_self(&p, &user)?;
     let u = find_user(&state.store, &user).await?;
+    let _issuing = state.issuing.lock().await;
+    check_self_service(&state, &p, &user, 1, 1).await?;
     let token = issue_token(&state.store, &user, "corral credentials").await?;
     let (access_key_id, secret_access_key) = issue_access_key(&state.store, &user).await?;
     let issued = IssuedCredentials {

@@ -124,6 +124,20 @@ impl ApiError {
         Self::invalid(kind, name, &errors)
     }
 
+    /// 403 for one field whose value this caller may not use.
+    pub fn forbidden_field(kind: &str, name: &str, field: &str, message: &str) -> ApiError {
+        let mut e = Self::invalid_field(kind, name, field, message);
+        e.code = StatusCode::FORBIDDEN;
+        e.reason = "Forbidden";
+        let what = if name.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind} {name:?}")
+        };
+        e.message = format!("{what} is refused: {field}: {message}");
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }

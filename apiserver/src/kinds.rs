@@ -10,12 +10,14 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use corral_api_types::auth::Role;
 use corral_api_types::{
-    Address, Defaults, Event, Image, Instance, InstanceType, KeyPair, KindInfo, Network, Node,
-    Project, Resource, Scope, SecurityGroup, Snapshot, Validate, ValidateUpdate, Volume,
+    Address, Defaults, Event, HostRefs, Image, Instance, InstanceType, KeyPair, KindInfo, Network,
+    Node, Project, Resource, Scope, SecurityGroup, Snapshot, Validate, ValidateUpdate, Volume,
     API_VERSION,
 };
 use corral_runtime::{Cache, ObjectRef};
+use corral_store::import::ImportPolicy;
 use corral_store::{kind_prefix, quota, ListOptions, ObjectEvent, ResourceStore, StoreError};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -203,7 +205,15 @@ pub fn with_resource_version(stored: &[u8], revision: i64) -> Vec<u8> {
 pub trait KindApi: Send + Sync {
     fn info(&self) -> &'static KindInfo;
     /// Returns the created object's JSON.
-    async fn create(&self, project: &str, body: Body, dry_run: bool) -> Result<Vec<u8>, ApiError>;
+    /// `role` is the writer's: what it may name on the host depends on it
+    /// ([`crate::host_refs`]).
+    async fn create(
+        &self,
+        project: &str,
+        body: Body,
+        dry_run: bool,
+        role: Role,
+    ) -> Result<Vec<u8>, ApiError>;
     async fn get(&self, project: &str, name: &str) -> Result<Value, ApiError>;
     async fn replace(
         &self,
@@ -211,6 +221,7 @@ pub trait KindApi: Send + Sync {
         name: &str,
         body: Body,
         dry_run: bool,
+        role: Role,
     ) -> Result<Value, ApiError>;
     /// Replaces only `status`; `check`, if any, sees the current object
     /// first (a node may only report on what is bound to it).
@@ -248,6 +259,7 @@ pub trait KindApi: Send + Sync {
         project: &str,
         body: Value,
         dry_run: bool,
+        role: Role,
     ) -> Result<(ApplyResult, Value), ApiError>;
 }
 
@@ -257,6 +269,8 @@ pub struct TypedKindApi<K> {
     store: ResourceStore,
     /// Every Project, for the quota check of counted kinds.
     projects: Cache<Project>,
+    /// What tenants may name on the server's host.
+    imports: Arc<ImportPolicy>,
     _kind: PhantomData<fn() -> K>,
 }
 
@@ -358,14 +372,15 @@ pub fn decode_body<K: Resource>(mut body: Value) -> Result<K, ApiError> {
 
 impl<K> TypedKindApi<K>
 where
-    K: Resource + Validate + ValidateUpdate + Defaults,
+    K: Resource + Validate + ValidateUpdate + Defaults + HostRefs,
 {
-    pub fn new(store: ResourceStore, projects: Cache<Project>) -> Self {
+    pub fn new(store: ResourceStore, projects: Cache<Project>, imports: Arc<ImportPolicy>) -> Self {
         let info = corral_api_types::kind_info(K::KIND).expect("every served kind is registered");
         TypedKindApi {
             info,
             store,
             projects,
+            imports,
             _kind: PhantomData,
         }
     }
@@ -458,7 +473,9 @@ where
         mut new: K,
         expected_rv: &str,
         dry_run: bool,
+        role: Role,
     ) -> Result<K, ApiError> {
+        crate::host_refs::check(&self.imports, role, &new, Some(current))?;
         let cur = current.meta();
         let spec_changed = new.spec() != current.spec();
         {
@@ -551,18 +568,25 @@ fn check_resource_version(
 #[async_trait]
 impl<K> KindApi for TypedKindApi<K>
 where
-    K: Resource + Validate + ValidateUpdate + Defaults,
+    K: Resource + Validate + ValidateUpdate + Defaults + HostRefs,
 {
     fn info(&self) -> &'static KindInfo {
         self.info
     }
 
-    async fn create(&self, project: &str, body: Body, dry_run: bool) -> Result<Vec<u8>, ApiError> {
+    async fn create(
+        &self,
+        project: &str,
+        body: Body,
+        dry_run: bool,
+        role: Role,
+    ) -> Result<Vec<u8>, ApiError> {
         let to_json = |o: &K| {
             serde_json::to_vec(o)
                 .map_err(|e| ApiError::internal(format!("encoding {}: {e}", K::KIND)))
         };
         let mut obj = self.admit(project, None, body)?;
+        crate::host_refs::check(&self.imports, role, &obj, None)?;
         let meta = obj.meta_mut();
         meta.uid.clear();
         meta.resource_version.clear();
@@ -590,6 +614,7 @@ where
         name: &str,
         body: Body,
         dry_run: bool,
+        role: Role,
     ) -> Result<Value, ApiError> {
         let new = self.admit(project, Some(name), body)?;
         // Without a resourceVersion from the caller the compare-and-swap
@@ -603,7 +628,7 @@ where
             let current_rv = current.meta().resource_version.clone();
             check_resource_version(K::KIND, name, &new.meta().resource_version, &current_rv)?;
             match self
-                .write_replacement(&current, new.clone(), &current_rv, dry_run)
+                .write_replacement(&current, new.clone(), &current_rv, dry_run, role)
                 .await
             {
                 Err(e)
@@ -825,6 +850,7 @@ where
         project: &str,
         body: Value,
         dry_run: bool,
+        role: Role,
     ) -> Result<(ApplyResult, Value), ApiError> {
         let mut desired = self.admit(project, None, Body::Value(body))?;
         desired
@@ -840,6 +866,7 @@ where
                 .get::<K>(Self::project_of(project), &name)
                 .await?;
             let Some(current) = current else {
+                crate::host_refs::check(&self.imports, role, &desired, None)?;
                 let meta = desired.meta_mut();
                 meta.uid.clear();
                 meta.resource_version.clear();
@@ -880,7 +907,7 @@ where
             *replacement.meta_mut() = new.meta().clone();
             let current_rv = current.meta().resource_version.clone();
             match self
-                .write_replacement(&current, replacement, &current_rv, dry_run)
+                .write_replacement(&current, replacement, &current_rv, dry_run, role)
                 .await
             {
                 // The manifest names no resourceVersion: the compare-and-swap is
@@ -894,26 +921,35 @@ where
 }
 
 /// Every kind the resource API serves.
-pub fn registry(store: &ResourceStore, projects: &Cache<Project>) -> Vec<Arc<dyn KindApi>> {
-    fn api<K: Resource + Validate + ValidateUpdate + Defaults>(
+pub fn registry(
+    store: &ResourceStore,
+    projects: &Cache<Project>,
+    imports: &Arc<ImportPolicy>,
+) -> Vec<Arc<dyn KindApi>> {
+    fn api<K: Resource + Validate + ValidateUpdate + Defaults + HostRefs>(
         store: &ResourceStore,
         projects: &Cache<Project>,
+        imports: &Arc<ImportPolicy>,
     ) -> Arc<dyn KindApi> {
-        Arc::new(TypedKindApi::<K>::new(store.clone(), projects.clone()))
+        Arc::new(TypedKindApi::<K>::new(
+            store.clone(),
+            projects.clone(),
+            imports.clone(),
+        ))
     }
     vec![
-        api::<Instance>(store, projects),
-        api::<Network>(store, projects),
-        api::<Volume>(store, projects),
-        api::<Snapshot>(store, projects),
-        api::<Image>(store, projects),
-        api::<KeyPair>(store, projects),
-        api::<SecurityGroup>(store, projects),
-        api::<Address>(store, projects),
-        api::<InstanceType>(store, projects),
-        api::<Node>(store, projects),
-        api::<Project>(store, projects),
-        api::<Event>(store, projects),
+        api::<Instance>(store, projects, imports),
+        api::<Network>(store, projects, imports),
+        api::<Volume>(store, projects, imports),
+        api::<Snapshot>(store, projects, imports),
+        api::<Image>(store, projects, imports),
+        api::<KeyPair>(store, projects, imports),
+        api::<SecurityGroup>(store, projects, imports),
+        api::<Address>(store, projects, imports),
+        api::<InstanceType>(store, projects, imports),
+        api::<Node>(store, projects, imports),
+        api::<Project>(store, projects, imports),
+        api::<Event>(store, projects, imports),
     ]
 }
 
@@ -973,7 +1009,7 @@ mod tests {
         };
         store.create(&Network::new("p", "n", spec)).await.unwrap();
         let projects = corral_runtime::Reflector::new(store.clone()).spawn();
-        let api = TypedKindApi::<Network>::new(store.clone(), projects);
+        let api = TypedKindApi::<Network>::new(store.clone(), projects, Default::default());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let (store, stop) = (store.clone(), stop.clone());
@@ -994,13 +1030,13 @@ mod tests {
         for i in 0..200 {
             let body = serde_json::json!({"metadata": {"name": "n"},
                 "spec": {"cidr": "10.9.0.0/24", "tags": {"i": i.to_string()}}});
-            api.replace("p", "n", body.into(), false)
+            api.replace("p", "n", body.into(), false, Role::Admin)
                 .await
                 .unwrap_or_else(|e| panic!("replace {i}: {e}"));
             let manifest = serde_json::json!({"apiVersion": "corral/v1", "kind": "Network",
                 "metadata": {"name": "n", "project": "p"},
                 "spec": {"cidr": "10.9.0.0/24", "tags": {"applied": i.to_string()}}});
-            api.apply("p", manifest, false)
+            api.apply("p", manifest, false, Role::Admin)
                 .await
                 .unwrap_or_else(|e| panic!("apply {i}: {e}"));
         }

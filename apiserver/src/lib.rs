@@ -17,6 +17,7 @@ pub mod admin;
 pub mod auth;
 pub mod content;
 pub mod error;
+pub mod host_refs;
 pub mod kinds;
 pub mod limits;
 pub mod list;

@@ -50,6 +50,15 @@ pub fn too_many_requests(user: &str, wait: std::time::Duration) -> ApiError {
 /// Concurrent watches one client may hold open by default.
 pub const DEFAULT_WATCHES_PER_CLIENT: usize = 100;
 
+/// API tokens a user may hold when issuing them for itself (an admin
+/// issuing for a user is not limited). Each is a credential to revoke, and
+/// unlimited self-service filled the store (300 in 0.7 s).
+pub const SELF_SERVICE_TOKENS: usize = 10;
+
+/// EC2 access keys a user may hold when issuing them for itself: AWS IAM's
+/// limit of two per user (rotation needs no more).
+pub const SELF_SERVICE_ACCESS_KEYS: usize = 2;
+
 fn too_large(len: Option<u64>) -> Response {
     let sent = len
         .map(|l| format!("is {l} bytes"))

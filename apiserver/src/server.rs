@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use corral_api_types::auth::Role;
 use corral_api_types::{KindInfo, Project, Scope};
+use corral_store::import::ImportPolicy;
 use corral_store::ResourceStore;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,12 +42,22 @@ pub struct ApiState {
     /// Requests per second per member (admins and node agents are not
     /// limited; see [`crate::limits`]).
     pub rate: corral_api_types::rate::RateLimiter,
+    /// Held while a user's own credentials are counted and issued, so that
+    /// concurrent requests cannot pass the self-service limits together.
+    pub(crate) issuing: tokio::sync::Mutex<()>,
 }
 
 impl ApiState {
+    /// A server that reads no file of its host for tenants and fetches
+    /// no private address ([`ImportPolicy::default`]).
     pub fn new(store: ResourceStore) -> Arc<ApiState> {
+        ApiState::with_imports(store, ImportPolicy::default())
+    }
+
+    /// A server whose tenants may import from what `imports` allows.
+    pub fn with_imports(store: ResourceStore, imports: ImportPolicy) -> Arc<ApiState> {
         let projects = corral_runtime::Reflector::new(store.clone()).spawn();
-        let kinds = registry(&store, &projects)
+        let kinds = registry(&store, &projects, &Arc::new(imports))
             .into_iter()
             .map(|k| (k.info().plural, k))
             .collect();
@@ -61,6 +72,7 @@ impl ApiState {
             blobs: Default::default(),
             watch_slots: Default::default(),
             rate: corral_api_types::rate::RateLimiter::new(crate::limits::MEMBER_RATE),
+            issuing: Default::default(),
         })
     }
 
@@ -491,7 +503,7 @@ async fn project_create(
     p.authorize(Verb::Create, kind.info(), Some(&project))?;
     let body = body_of(&headers, &body)?;
     require_project(&state, &project).await?;
-    let created = kind.create(&project, body, dry_run(&q)).await?;
+    let created = kind.create(&project, body, dry_run(&q), p.role).await?;
     Ok(created_response(created))
 }
 
@@ -513,7 +525,7 @@ async fn cluster_create(
         object_check(&p, kind.info(), &value)?;
         body = Body::Value(value);
     }
-    let created = kind.create("", body, dry_run(&q)).await?;
+    let created = kind.create("", body, dry_run(&q), p.role).await?;
     Ok(created_response(created))
 }
 
@@ -569,7 +581,7 @@ async fn item_put(
         object_check(p, kind.info(), &current)?;
     }
     Ok(Json(
-        kind.replace(project.unwrap_or(""), name, body, dry_run(q))
+        kind.replace(project.unwrap_or(""), name, body, dry_run(q), p.role)
             .await?,
     )
     .into_response())
@@ -865,7 +877,7 @@ async fn apply(
         require_project(&state, project).await?;
     }
     let (result, object) = kind
-        .apply(project.as_deref().unwrap_or(""), body, dry_run(&q))
+        .apply(project.as_deref().unwrap_or(""), body, dry_run(&q), p.role)
         .await?;
     let code = if result == crate::kinds::ApplyResult::Created {
         StatusCode::CREATED

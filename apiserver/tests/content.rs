@@ -118,7 +118,10 @@ async fn image_bytes_are_uploaded_verified_and_served() {
     assert_eq!(c, StatusCode::CREATED);
     for (name, source) in [
         ("up", json!({"upload": true})),
-        ("file", json!({"path": "/nonexistent.qcow2"})),
+        (
+            "file",
+            json!({"url": "https://images.example.com/disk.qcow2"}),
+        ),
     ] {
         let (c, b) = api
             .json(
@@ -256,7 +259,7 @@ async fn image_bytes_are_uploaded_verified_and_served() {
         "{c}"
     );
 
-    // An image whose bytes come from a path takes no upload.
+    // An image whose bytes come from a URL takes no upload.
     let (c, b) = api
         .send(
             &api.admin,

@@ -697,7 +697,7 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
     }
     setup.push((
         "/v1/projects/bench/images",
-        serde_json::json!({"metadata": {"name": "tiny"}, "spec": {"source": {"path": "/dev/null"}, "format": "raw"}}),
+        serde_json::json!({"metadata": {"name": "tiny"}, "spec": {"source": {"upload": true}, "format": "raw"}}),
     ));
     for (path, body) in setup {
         let (code, b) = cluster.call(reqwest::Method::POST, path, Some(body)).await;
@@ -1795,6 +1795,8 @@ mod boot {
                     .arg("--data-dir")
                     .arg(self.dir.join("data"))
                     .args(["--listen", &addr, "--ec2-listen", &ec2, "--no-agent"])
+                    .arg("--image-import-dir")
+                    .arg(self.dir.join("import"))
                     .env("RUST_LOG", "warn")
                     .stdout(out)
                     .stderr(err);

@@ -77,6 +77,7 @@ pub async fn start(
     controllers: Option<Leadership>,
     agent: Option<LocalAgent>,
     blobs: Option<corral_store::blobs::BlobStore>,
+    imports: Arc<corral_store::import::ImportPolicy>,
     api_url: &str,
 ) -> Result<Background> {
     let (stop, stop_rx) = watch::channel(false);
@@ -93,6 +94,7 @@ pub async fn start(
             store.clone(),
             ControllerOptions {
                 blobs,
+                imports,
                 ..Default::default()
             },
         ));

@@ -31,6 +31,46 @@ struct Cli {
     command: Command,
 }
 
+/// What tenants' Images may import from this server's host and network
+/// (`corral_store::import`).
+#[derive(clap::Args, Clone)]
+struct ImportArgs {
+    /// A directory whose files tenants may import as images
+    /// (`spec.source.path`, EC2 RegisterImage's ImageLocation); nothing
+    /// outside it, nor a symlink out of it, is read. Repeatable.
+    #[arg(long = "image-import-dir", default_value = corral_store::import::DEFAULT_IMPORT_DIR)]
+    image_import_dirs: Vec<PathBuf>,
+    /// Read no file of this host for tenants at all (upload or URL only).
+    #[arg(long, conflicts_with = "image_import_dirs")]
+    no_image_import: bool,
+    /// A CIDR that image URLs may reach although it is loopback, private,
+    /// link-local or this host's (refused by default). Repeatable.
+    #[arg(long = "image-url-allow")]
+    image_url_allow: Vec<corral_store::import::Cidr>,
+    /// CA certificates (PEM) trusted for https:// image URLs, besides the
+    /// system's.
+    #[arg(long)]
+    image_ca_bundle: Option<PathBuf>,
+    /// The largest image a URL import may bring in, in bytes.
+    #[arg(long, default_value_t = corral_store::import::DEFAULT_MAX_BYTES)]
+    image_max_bytes: u64,
+}
+
+impl ImportArgs {
+    fn policy(self) -> Result<corral_store::import::ImportPolicy> {
+        let dirs = if self.no_image_import {
+            Vec::new()
+        } else {
+            self.image_import_dirs
+        };
+        let mut policy = corral_store::import::ImportPolicy::new(dirs, self.image_url_allow)
+            .context("--image-import-dir")?;
+        policy.ca_bundle = self.image_ca_bundle;
+        policy.max_bytes = self.image_max_bytes;
+        Ok(policy)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run everything on this machine with the embedded store.
@@ -66,6 +106,8 @@ enum Command {
         /// Run without the local agent (API and controllers only).
         #[arg(long)]
         no_agent: bool,
+        #[command(flatten)]
+        imports: ImportArgs,
     },
     /// Run the API server on an etcd cluster (stateless; run several).
     Server {
@@ -85,6 +127,8 @@ enum Command {
         /// Where this server keeps image bytes.
         #[arg(long, env = "CORRAL_BLOB_DIR", default_value = "/var/lib/corral/blobs")]
         blob_dir: PathBuf,
+        #[command(flatten)]
+        imports: ImportArgs,
     },
     /// Run a node agent for one hypervisor host.
     Agent {
@@ -294,6 +338,7 @@ async fn main() -> Result<()> {
             agent_dir,
             node,
             no_agent,
+            imports,
         } => {
             let data_dir = data_dir.unwrap_or_else(config::default_data_dir);
             println!("Data directory: {}", data_dir.display());
@@ -306,6 +351,7 @@ async fn main() -> Result<()> {
                     write_config: true,
                     controllers: Some(cluster::Leadership::Always),
                     blob_dir: data_dir.join("blobs"),
+                    imports: imports.policy()?,
                     agent: (!no_agent).then(|| cluster::LocalAgent {
                         node: node.unwrap_or_else(cluster::default_node_name),
                         libvirt,
@@ -326,6 +372,7 @@ async fn main() -> Result<()> {
             write_config,
             controllers,
             blob_dir,
+            imports,
         } => {
             let etcd_store = corral_store::EtcdStore::connect(&etcd)
                 .await
@@ -343,6 +390,7 @@ async fn main() -> Result<()> {
                     write_config,
                     controllers: leadership,
                     blob_dir,
+                    imports: imports.policy()?,
                     agent: None,
                 },
             )

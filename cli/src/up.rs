@@ -27,6 +27,8 @@ pub struct ServeOptions {
     pub agent: Option<crate::cluster::LocalAgent>,
     /// Where image bytes are kept.
     pub blob_dir: PathBuf,
+    /// What tenants may import from this host and its network.
+    pub imports: corral_store::import::ImportPolicy,
 }
 
 /// Opens the embedded store under `data_dir`.
@@ -142,10 +144,12 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
         }
     }
 
+    let imports = Arc::new(options.imports.clone());
     let ec2_state = corral_ec2_api::Ec2State::new(
         store.clone(),
         corral_ec2_api::Ec2Config {
             region: REGION.to_string(),
+            imports: imports.clone(),
             ..Default::default()
         },
     );
@@ -163,10 +167,11 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
         options.controllers.clone(),
         options.agent.clone(),
         Some(blobs.clone()),
+        imports.clone(),
         &server,
     )
     .await?;
-    let state = ApiState::new(store);
+    let state = ApiState::with_imports(store, options.imports);
     state.set_blobs(blobs);
     println!(
         "Corral is up: native API {server}, EC2 API {ec2} (store: {}); stop with Ctrl-C",

@@ -167,7 +167,7 @@ fn setup_project(s: &Server, dir: &Path) -> PathBuf {
         "apiVersion: corral/v1\nkind: Network\nmetadata: {name: default, project: awscli}\n\
          spec: {cidr: 172.31.0.0/16}\n---\n\
          apiVersion: corral/v1\nkind: Image\nmetadata: {name: tiny, project: awscli}\n\
-         spec: {source: {path: /dev/null}, format: raw}\n---\n\
+         spec: {source: {upload: true}, format: raw}\n---\n\
          apiVersion: corral/v1\nkind: Instance\nmetadata: {name: web, project: awscli}\n\
          spec: {instanceType: m1.tiny, image: tiny, nics: [{network: default}]}\n",
     );

@@ -1276,7 +1276,7 @@ async fn seed_project(api: &Api, project: &str, cidr: &str) {
     api.ok(
         reqwest::Method::POST,
         &format!("/v1/projects/{project}/images"),
-        Some(json!({"metadata": {"name": "tiny"}, "spec": {"source": {"path": "/dev/null"}, "format": "raw"}})),
+        Some(json!({"metadata": {"name": "tiny"}, "spec": {"source": {"upload": true}, "format": "raw"}})),
     )
     .await;
 }

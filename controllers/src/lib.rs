@@ -48,6 +48,8 @@ pub struct ControllerOptions {
     /// Where image bytes are kept (the server's blob directory); without
     /// it images stay Pending.
     pub blobs: Option<corral_store::blobs::BlobStore>,
+    /// What Images may import from the server's host and network.
+    pub imports: Arc<corral_store::import::ImportPolicy>,
     /// Events older than this are deleted.
     pub event_ttl: Duration,
     /// How often expired Events are looked for.
@@ -64,6 +66,7 @@ impl Default for ControllerOptions {
             node_grace: Duration::from_secs(15),
             concurrency: 16,
             blobs: None,
+            imports: Default::default(),
             event_ttl: Duration::from_secs(3600),
             event_sweep: Duration::from_secs(60),
             compaction_interval: Duration::from_secs(300),
@@ -407,7 +410,11 @@ impl ControllerManager {
                 stop.clone(),
             )),
             tokio::spawn(images.run(
-                Arc::new(image::ImageController::new(store.clone(), o.blobs.clone())),
+                Arc::new(image::ImageController::new(
+                    store.clone(),
+                    o.blobs.clone(),
+                    o.imports.clone(),
+                )),
                 stop.clone(),
             )),
             tokio::spawn(addresses.run(

@@ -39,6 +39,9 @@ pub struct Ec2Config {
     /// Requests per access key; beyond it `RequestLimitExceeded`, which
     /// AWS SDKs and the CLI retry with backoff.
     pub rate: corral_api_types::rate::RateLimit,
+    /// What `RegisterImage`'s `ImageLocation` may name on the server's
+    /// host (the native API's rules, [`corral_store::import`]).
+    pub imports: Arc<corral_store::import::ImportPolicy>,
 }
 
 impl Default for Ec2Config {
@@ -46,6 +49,7 @@ impl Default for Ec2Config {
         Ec2Config {
             region: "corral-1".to_string(),
             rate: DEFAULT_RATE,
+            imports: Default::default(),
         }
     }
 }

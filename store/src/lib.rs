@@ -13,7 +13,8 @@
 //!   across etcd reconnects; when R's history is compacted it ends with
 //!   [`StoreError::Expired`] and the caller relists.
 //!
-//! [`blobs`] keeps content-addressed files (image bytes) beside it.
+//! [`blobs`] keeps content-addressed files (image bytes) beside it;
+//! [`import`] says what a tenant-named path or URL may make a server read.
 //! [`quota`] charges project quotas by CAS on the Project, for both write
 //! paths above (the one mechanism that must sit below both the API server
 //! and the EC2 façade; the rules it applies are api-types').
@@ -26,6 +27,7 @@ mod contract;
 mod embedded;
 mod etcd;
 pub mod etcd_server;
+pub mod import;
 pub mod quota;
 mod typed;
 

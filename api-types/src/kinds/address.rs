@@ -161,6 +161,8 @@ impl Validate for Address {
     }
 }
 
+impl crate::HostRefs for Address {}
+
 impl Defaults for Address {
     fn apply_defaults(&mut self) {}
 }

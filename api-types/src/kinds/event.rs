@@ -126,6 +126,8 @@ impl Validate for Event {
     }
 }
 
+impl crate::HostRefs for Event {}
+
 impl Defaults for Event {
     /// `count` 1 when unset; `lastTimestamp` = `firstTimestamp` when unset.
     fn apply_defaults(&mut self) {

@@ -258,6 +258,26 @@ impl Validate for Image {
     }
 }
 
+impl crate::HostRefs for Image {
+    fn host_refs(&self) -> Vec<crate::HostRef<'_>> {
+        let src = &self.spec.source;
+        let mut refs = Vec::new();
+        if let Some(path) = &src.path {
+            refs.push(crate::HostRef::File {
+                field: "spec.source.path",
+                path,
+            });
+        }
+        if let Some(url) = &src.url {
+            refs.push(crate::HostRef::Url {
+                field: "spec.source.url",
+                url,
+            });
+        }
+        refs
+    }
+}
+
 impl Defaults for Image {
     /// Visibility, format, type and architecture have serde defaults
     /// (`private`, `qcow2`, `machine`, `x86_64`); nothing else to fill.

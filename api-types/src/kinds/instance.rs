@@ -372,6 +372,8 @@ impl Validate for Instance {
     }
 }
 
+impl crate::HostRefs for Instance {}
+
 impl Defaults for Instance {
     /// `instanceType: m1.tiny` when no size is given; MACs lower-cased;
     /// each volume without a device gets the next free `vdX`.

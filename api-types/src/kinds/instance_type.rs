@@ -98,6 +98,8 @@ impl Validate for InstanceType {
     }
 }
 
+impl crate::HostRefs for InstanceType {}
+
 impl Defaults for InstanceType {
     fn apply_defaults(&mut self) {}
 }

@@ -154,6 +154,8 @@ impl Validate for KeyPair {
     }
 }
 
+impl crate::HostRefs for KeyPair {}
+
 impl Defaults for KeyPair {
     /// Trims surrounding whitespace (YAML block scalars add a newline).
     fn apply_defaults(&mut self) {

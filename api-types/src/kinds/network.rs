@@ -181,6 +181,18 @@ impl Validate for Network {
     }
 }
 
+impl crate::HostRefs for Network {
+    fn host_refs(&self) -> Vec<crate::HostRef<'_>> {
+        match &self.spec.host_bridge {
+            Some(name) => vec![crate::HostRef::HostInterface {
+                field: "spec.hostBridge",
+                name,
+            }],
+            None => Vec::new(),
+        }
+    }
+}
+
 impl Defaults for Network {
     /// `gateway` defaults to the first host address of `cidr`.
     fn apply_defaults(&mut self) {

@@ -246,6 +246,8 @@ impl Validate for Node {
     }
 }
 
+impl crate::HostRefs for Node {}
+
 impl Defaults for Node {
     fn apply_defaults(&mut self) {}
 }

@@ -324,6 +324,8 @@ impl Validate for Project {
     }
 }
 
+impl crate::HostRefs for Project {}
+
 impl Defaults for Project {
     fn apply_defaults(&mut self) {}
 }

@@ -288,6 +288,8 @@ impl Validate for SecurityGroup {
     }
 }
 
+impl crate::HostRefs for SecurityGroup {}
+
 impl Defaults for SecurityGroup {
     /// Rules are kept exactly as written: no implicit egress rule.
     fn apply_defaults(&mut self) {}

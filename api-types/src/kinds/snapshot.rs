@@ -91,6 +91,8 @@ impl Validate for Snapshot {
     }
 }
 
+impl crate::HostRefs for Snapshot {}
+
 impl Defaults for Snapshot {
     fn apply_defaults(&mut self) {}
 }

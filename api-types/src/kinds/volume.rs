@@ -162,6 +162,8 @@ impl Validate for Volume {
     }
 }
 
+impl crate::HostRefs for Volume {}
+
 impl Defaults for Volume {
     fn apply_defaults(&mut self) {}
 }

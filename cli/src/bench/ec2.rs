@@ -178,7 +178,7 @@ async fn project(
         ),
         (
             format!("/v1/projects/{name}/images"),
-            serde_json::json!({"metadata": {"name": "tiny"}, "spec": {"source": {"path": "/dev/null"}, "format": "raw"}}),
+            serde_json::json!({"metadata": {"name": "tiny"}, "spec": {"source": {"upload": true}, "format": "raw"}}),
         ),
     ] {
         let (code, b) = cluster.call(reqwest::Method::POST, &path, Some(body)).await;

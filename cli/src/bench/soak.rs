@@ -310,7 +310,7 @@ async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
     .await?;
     post(
         "/v1/projects/soak/images".into(),
-        serde_json::json!({"metadata": {"name": "tiny"}, "spec": {"source": {"path": "/dev/null"}, "format": "raw"}}),
+        serde_json::json!({"metadata": {"name": "tiny"}, "spec": {"source": {"upload": true}, "format": "raw"}}),
     )
     .await?;
     let user = post(

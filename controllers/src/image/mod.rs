@@ -1,8 +1,12 @@
 //! The image controller: brings an Image's bytes into the server's blob
 //! store and records their sha256, size and progress in its status. A
-//! `path` source is imported from the server host, a `url` source is
-//! downloaded (plain `http://`), an `upload` source waits for the bytes to
-//! be PUT to `.../images/NAME/content` (the API server records those).
+//! `path` source is imported from the server host, only from beneath the
+//! operator's import directories; a `url` source is downloaded over
+//! `http://` or `https://`, never from the host itself or a private
+//! address ([`fetch`]); an `upload` source waits for the bytes to be PUT
+//! to `.../images/NAME/content` (the API server records those). Both
+//! rules are [`ImportPolicy`]'s, checked here at the read whatever
+//! admission let through.
 //!
 //! Node agents then pull the bytes by digest, verify and cache them.
 
@@ -15,16 +19,28 @@ use corral_api_types::{ec2, Image, ImagePhase, ImageStatus};
 use corral_runtime::status::update_with_retry;
 use corral_runtime::{Action, ObjectRef, ReconcileError, Reconciler};
 use corral_store::blobs::{check_image_format, BlobInfo, BlobStore};
+use corral_store::import::ImportPolicy;
 use corral_store::ResourceStore;
+
+pub mod fetch;
 
 pub struct ImageController {
     store: ResourceStore,
     blobs: Option<BlobStore>,
+    imports: Arc<ImportPolicy>,
 }
 
 impl ImageController {
-    pub fn new(store: ResourceStore, blobs: Option<BlobStore>) -> ImageController {
-        ImageController { store, blobs }
+    pub fn new(
+        store: ResourceStore,
+        blobs: Option<BlobStore>,
+        imports: Arc<ImportPolicy>,
+    ) -> ImageController {
+        ImageController {
+            store,
+            blobs,
+            imports,
+        }
     }
 
     async fn set_status(
@@ -94,8 +110,10 @@ fn ec2_id(img: &Image) -> String {
     ec2::image_id(img.spec.image_type, &img.metadata.uid)
 }
 
-/// Downloads `url` into a blob (plain HTTP; blocking).
+/// Downloads `url` into a blob under `policy` (blocking: the import runs
+/// on a blocking thread with its own small runtime).
 fn download(
+    policy: &Arc<ImportPolicy>,
     url: &str,
     blobs: &BlobStore,
     progress: &(AtomicU64, AtomicU64),
@@ -104,33 +122,7 @@ fn download(
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut resp = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {}", corral_runtime::error_chain(&e)))?;
-        if !resp.status().is_success() {
-            return Err(format!("GET {url}: HTTP {}", resp.status()));
-        }
-        progress
-            .1
-            .store(resp.content_length().unwrap_or(0), Ordering::Relaxed);
-        let mut w = blobs.writer().map_err(|e| e.to_string())?;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("GET {url}: {}", corral_runtime::error_chain(&e)))?
-        {
-            w.write_all(&chunk).map_err(|e| e.to_string())?;
-            progress.0.store(w.size(), Ordering::Relaxed);
-        }
-        w.finish(None).map_err(|e| e.to_string())
-    })
+    rt.block_on(fetch::download(policy, url, blobs, progress))
 }
 
 #[async_trait]
@@ -194,9 +186,12 @@ impl Reconciler<Image> for ImageController {
         })
         .await?;
         let result = if let Some(path) = source.path.clone() {
+            let policy = self.imports.clone();
             self.import(key, blobs.clone(), move |b, p| {
-                let src = std::path::Path::new(&path);
-                b.import_file(src, |done, total| {
+                let (file, total) = policy
+                    .open(&path)
+                    .map_err(|e| format!("spec.source.path: {e}"))?;
+                b.import_file(file, total, std::path::Path::new(&path), |done, total| {
                     p.0.store(done, Ordering::Relaxed);
                     p.1.store(total, Ordering::Relaxed);
                 })
@@ -204,8 +199,11 @@ impl Reconciler<Image> for ImageController {
             })
             .await
         } else if let Some(url) = source.url.clone() {
-            self.import(key, blobs.clone(), move |b, p| download(&url, &b, &p))
-                .await
+            let policy = self.imports.clone();
+            self.import(key, blobs.clone(), move |b, p| {
+                download(&policy, &url, &b, &p)
+            })
+            .await
         } else {
             Err("spec.source names no url, path or upload".into())
         };

@@ -3,7 +3,8 @@
 //! RegisterImage writes an Image. `ImageLocation` says where the bytes
 //! are (there is no S3 here):
 //! - an `http://` or `https://` URL → `spec.source.url`;
-//! - an absolute path on the server host → `spec.source.path`;
+//! - an absolute path on the server host → `spec.source.path`, only
+//!   beneath the operator's import directories;
 //! - the id (`ami-`/`aki-`/`ari-`) or name of an image of the project
 //!   whose source is a URL or path → the same source, registered again
 //!   (an uploaded image's bytes cannot be shared this way: register its
@@ -214,6 +215,19 @@ pub async fn register(ctx: &Ctx<'_>) -> Result<Xml> {
         return Err(Ec2Error::invalid_combination(
             "KernelId and RamdiskId go with machine images, not with a kernel or ramdisk",
         ));
+    }
+    // The server's host is not the tenant's to read: the same rules as
+    // the native API's admission (and the import itself, which checks
+    // again).
+    let refused = if let Some(path) = &source.path {
+        ctx.config.imports.check_path(path).err()
+    } else if let Some(url) = &source.url {
+        ctx.config.imports.check_url(url).err()
+    } else {
+        None
+    };
+    if let Some(why) = refused {
+        return Err(Ec2Error::invalid_value(format!("ImageLocation: {why}")));
     }
     ctx.gate()?;
     let uid = new_uid(ctx.project(), Image::KIND, token.as_deref(), 0);

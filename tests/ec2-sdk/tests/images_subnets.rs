@@ -110,6 +110,30 @@ async fn register_images_and_launch_permissions() {
         code(reg("ftp", "ftp://example.com/x.img").send().await),
         "InvalidParameterValue"
     );
+    // The server's host is not the tenant's: no path outside the import
+    // directories (this server has none), no URL into the host or its
+    // networks, refused even on a DryRun.
+    for location in [
+        "/etc/shadow",
+        "/var/lib/corral/import/../../../etc/shadow",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:8774/v1/users",
+        "http://[::1]/x.img",
+        "http://10.1.2.3/x.img",
+    ] {
+        use aws_sdk_ec2::error::ProvideErrorMetadata;
+        let err = reg("host", location)
+            .dry_run(true)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("InvalidParameterValue"), "{location}");
+        assert!(
+            err.message().unwrap_or("").starts_with("ImageLocation: "),
+            "{location}: {:?}",
+            err.message()
+        );
+    }
     assert_eq!(
         code(
             reg("bad-kernel-1", "https://example.com/d.img")
