@@ -226,6 +226,7 @@ async fn delete_user(
                 .store
                 .delete::<ApiToken>("", &t.metadata.name, None)
                 .await?;
+            state.auth.revoked(&t.metadata.name);
         }
     }
     for k in all::<AccessKey>(&state.store).await? {
@@ -237,7 +238,7 @@ async fn delete_user(
         }
     }
     let deleted: User = state.store.delete("", &user, None).await?;
-    state.auth.clear_cache();
+    state.auth.revoked(&user);
     Ok(Json(user_view(&deleted)))
 }
 
@@ -301,7 +302,7 @@ async fn revoke_token(
                 .store
                 .delete::<ApiToken>("", &t.metadata.name, None)
                 .await?;
-            state.auth.clear_cache();
+            state.auth.revoked(&t.metadata.name);
             Ok(Json(json!({"revoked": id})))
         }
         [] => Err(ApiError::not_found(format!(

@@ -1,25 +1,23 @@
 //! Who is calling, and what they may do.
 //!
 //! Bearer tokens are looked up by their SHA-256 (the `ApiToken` object's
-//! name), then their `User`. Results are cached for a few seconds so a busy
-//! client costs one store read per token per cache period, not per request;
-//! a revoked token stops working within [`CACHE_TTL`].
+//! name), then their `User`, in watched copies of both
+//! ([`corral_runtime::credentials`]): a busy client costs no store read,
+//! and a revoked token or deleted user stops working on every server as
+//! soon as its watch delivers the deletion (on this server, at once).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use corral_api_types::auth::{
     AccessKey, AccessKeySpec, ApiToken, ApiTokenSpec, Role, User, UserSpec,
 };
 use corral_api_types::{KindInfo, Resource, Scope};
+use corral_runtime::credentials::Credentials;
 use corral_store::{ResourceStore, StoreError};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-
-pub const CACHE_TTL: Duration = Duration::from_secs(3);
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,17 +199,15 @@ pub fn access_key_name(id: &str) -> String {
     id.to_ascii_lowercase()
 }
 
-/// Turns tokens into principals, with a short cache.
+/// Turns tokens into principals.
 pub struct Authenticator {
-    store: ResourceStore,
-    cache: Mutex<HashMap<String, (Instant, Option<Principal>)>>,
+    credentials: Arc<Credentials>,
 }
 
 impl Authenticator {
     pub fn new(store: ResourceStore) -> Authenticator {
         Authenticator {
-            store,
-            cache: Mutex::new(HashMap::new()),
+            credentials: Credentials::spawn(store),
         }
     }
 
@@ -228,37 +224,16 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
-        let hash = token_hash(token);
-        if let Some((at, cached)) = self.cache.lock().expect("auth cache").get(&hash).cloned() {
-            if at.elapsed() < CACHE_TTL {
-                return cached.ok_or_else(|| ApiError::unauthorized("invalid token"));
-            }
+        match self.credentials.token_user(&token_hash(token)).await? {
+            Some(user) => Ok(principal_of(&user)),
+            None => Err(ApiError::unauthorized("invalid token")),
         }
-        let principal = self.lookup(&hash).await?;
-        let mut cache = self.cache.lock().expect("auth cache");
-        if cache.len() > 10_000 {
-            cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
-        }
-        cache.insert(hash, (Instant::now(), principal.clone()));
-        principal.ok_or_else(|| ApiError::unauthorized("invalid token"))
     }
 
-    async fn lookup(&self, hash: &str) -> Result<Option<Principal>, ApiError> {
-        let Some(token) = self.store.get::<ApiToken>("", hash).await? else {
-            return Ok(None);
-        };
-        let Some(user) = self.store.get::<User>("", &token.spec.user).await? else {
-            return Ok(None);
-        };
-        if user.spec.disabled {
-            return Ok(None);
-        }
-        Ok(Some(principal_of(&user)))
-    }
-
-    /// Forgets cached answers (after revocations in this process).
-    pub fn clear_cache(&self) {
-        self.cache.lock().expect("auth cache").clear();
+    /// Makes this server stop honouring `name` (a token hash or a user
+    /// name it just deleted) before its watch reports the deletion.
+    pub fn revoked(&self, name: &str) {
+        self.credentials.forget(name);
     }
 }
 

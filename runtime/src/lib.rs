@@ -15,6 +15,7 @@
 //! and it talks to the store only through `ResourceStore`.
 
 pub mod controller;
+pub mod credentials;
 pub mod leader;
 pub mod metrics;
 pub mod queue;

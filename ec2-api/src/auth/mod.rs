@@ -3,26 +3,26 @@
 //! the role and project. A member acts in its project, an admin in
 //! `default`; node agents' keys are refused.
 //!
-//! Lookups are cached for [`CACHE_TTL`], like the native API's tokens: a
-//! revoked key stops working within that time. Secrets are never logged.
+//! Keys and users are read from watched copies
+//! ([`corral_runtime::credentials`]), like the native API's tokens: a
+//! deleted or disabled key or user stops working as soon as this server's
+//! watch delivers the change. Secrets are never logged.
 
 pub mod sigv2;
 pub mod sigv4;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
-use corral_api_types::auth::{AccessKey, Role, User};
+use corral_api_types::auth::Role;
 use corral_api_types::ec2::access_key_name;
+use corral_runtime::credentials::Credentials;
 use corral_store::ResourceStore;
 
 use crate::error::{Ec2Error, Result};
 use crate::query::Params;
 
-pub const CACHE_TTL: Duration = Duration::from_secs(3);
 /// Largest accepted clock difference between client and server.
 pub const MAX_SKEW_SECONDS: i64 = 15 * 60;
 /// The project an admin's EC2 calls act in.
@@ -122,15 +122,13 @@ fn claim_of(req: &RequestParts<'_>) -> Result<Claim> {
 
 /// Verifies signatures against access keys in the store.
 pub struct Authenticator {
-    store: ResourceStore,
-    cache: Mutex<HashMap<String, (Instant, Option<KeyInfo>)>>,
+    credentials: Arc<Credentials>,
 }
 
 impl Authenticator {
     pub fn new(store: ResourceStore) -> Authenticator {
         Authenticator {
-            store,
-            cache: Mutex::new(HashMap::new()),
+            credentials: Credentials::spawn(store),
         }
     }
 
@@ -197,39 +195,16 @@ impl Authenticator {
     }
 
     async fn key(&self, id: &str) -> Result<Option<KeyInfo>> {
-        let name = access_key_name(id);
-        if let Some((at, cached)) = self.cache.lock().expect("auth cache").get(&name).cloned() {
-            if at.elapsed() < CACHE_TTL {
-                return Ok(cached);
-            }
-        }
-        let info = self.lookup(&name).await?;
-        let mut cache = self.cache.lock().expect("auth cache");
-        if cache.len() > 10_000 {
-            cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
-        }
-        cache.insert(name, (Instant::now(), info.clone()));
-        Ok(info)
-    }
-
-    async fn lookup(&self, name: &str) -> Result<Option<KeyInfo>> {
-        let Some(key) = self.store.get::<AccessKey>("", name).await? else {
-            return Ok(None);
-        };
-        if key.spec.disabled {
-            return Ok(None);
-        }
-        let Some(user) = self.store.get::<User>("", &key.spec.user).await? else {
-            return Ok(None);
-        };
-        if user.spec.disabled {
-            return Ok(None);
-        }
-        Ok(Some(KeyInfo {
-            secret: key.spec.secret_access_key,
-            user: user.metadata.name,
+        let found = self
+            .credentials
+            .access_key(&access_key_name(id))
+            .await
+            .map_err(Ec2Error::from)?;
+        Ok(found.map(|(key, user)| KeyInfo {
+            secret: key.spec.secret_access_key.clone(),
+            user: user.metadata.name.clone(),
             role: user.spec.role,
-            project: user.spec.project,
+            project: user.spec.project.clone(),
         }))
     }
 }
