@@ -33,7 +33,14 @@ async fn start(
     let admin = boot.admin.expect("first bootstrap creates the admin").token;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = ApiState::new(store.clone());
+    // As `corral up` does: image files beneath its default import
+    // directory only.
+    let imports = corral_store::import::ImportPolicy::new(
+        vec![corral_store::import::DEFAULT_IMPORT_DIR.into()],
+        Vec::new(),
+    )
+    .unwrap();
+    let state = ApiState::with_imports(store.clone(), imports);
     tokio::spawn(corral_apiserver::serve(
         state.clone(),
         listener,

@@ -117,7 +117,16 @@ impl Cluster {
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(corral_apiserver::serve(
-            ApiState::new(store.clone()),
+            // As `corral up` does: image files beneath its default
+            // import directory only.
+            ApiState::with_imports(
+                store.clone(),
+                corral_store::import::ImportPolicy::new(
+                    vec![corral_store::import::DEFAULT_IMPORT_DIR.into()],
+                    Vec::new(),
+                )
+                .expect("the default import directory"),
+            ),
             listener,
             std::future::pending(),
         ));
