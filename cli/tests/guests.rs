@@ -272,7 +272,7 @@ fn volumes_hot_plug_snapshot_clone_boot_and_outlive_instances() {
         "kernel.yaml",
         &format!(
             "apiVersion: corral/v1\nkind: Image\nmetadata: {{name: kernel, project: vols}}\nspec: {{source: {{upload: true}}, format: raw, imageType: kernel}}\n---\napiVersion: corral/v1\nkind: Image\nmetadata: {{name: ramdisk, project: vols}}\nspec: {{source: {{path: {}}}, format: raw, imageType: ramdisk}}\n---\napiVersion: corral/v1\nkind: Image\nmetadata: {{name: direct, project: vols}}\nspec:\n  source: {{path: /var/lib/corral/import/tiny.qcow2}}\n  kernel: kernel\n  ramdisk: ramdisk\n  kernelArgs: console=ttyS0 corral.direct=1\n",
-            guest.join("initrd.img").display()
+            "/var/lib/corral/import/initrd.img"
         ),
     );
     let up = s.corral(&[

@@ -209,11 +209,10 @@ pub fn guest_server_on(ip: &str) -> (Server, Cleanup, PathBuf) {
     );
     let guest = guest_image();
     std::fs::create_dir_all("/var/lib/corral/import").unwrap();
-    std::fs::copy(
-        guest.join("tiny.qcow2"),
-        "/var/lib/corral/import/tiny.qcow2",
-    )
-    .unwrap();
+    // Images are imported only from beneath the server's import directory.
+    for file in ["tiny.qcow2", "initrd.img"] {
+        std::fs::copy(guest.join(file), format!("/var/lib/corral/import/{file}")).unwrap();
+    }
     let s = Server::start_on(ip, &["--no-agent"]);
     chmod_755(&s.dir);
     let cleanup = Cleanup(s.dir.clone());
