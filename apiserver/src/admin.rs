@@ -66,40 +66,34 @@ async fn check_self_service(
     if p.role == Role::Admin {
         return Ok(());
     }
-    if tokens > 0 {
-        let held = all::<ApiToken>(&state.store)
-            .await?
-            .iter()
-            .filter(|t| t.spec.user == user)
-            .count();
-        if held + tokens > SELF_SERVICE_TOKENS {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "LimitExceeded",
-                format!(
-                    "user {user:?} holds {held} API tokens, the most a user may issue itself is \
-                     {SELF_SERVICE_TOKENS}: revoke one first (DELETE /v1/users/{user}/tokens/ID)"
-                ),
-            ));
+    let over = |what: &str, held: usize, adding: usize, limit: usize, route: &str| {
+        if held + adding <= limit {
+            return Ok(());
         }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "LimitExceeded",
+            format!(
+                "user {user:?} holds {held} {what}, the most a user may issue itself is {limit}: \
+                 revoke one first (DELETE /v1/users/{user}/{route}/ID)"
+            ),
+        ))
+    };
+    if tokens > 0 {
+        let all = all::<ApiToken>(&state.store).await?;
+        let held = all.iter().filter(|t| t.spec.user == user).count();
+        over("API tokens", held, tokens, SELF_SERVICE_TOKENS, "tokens")?;
     }
     if keys > 0 {
-        let held = all::<AccessKey>(&state.store)
-            .await?
-            .iter()
-            .filter(|k| k.spec.user == user)
-            .count();
-        if held + keys > SELF_SERVICE_ACCESS_KEYS {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "LimitExceeded",
-                format!(
-                    "user {user:?} holds {held} EC2 access keys, the most a user may issue itself \
-                     is {SELF_SERVICE_ACCESS_KEYS}: revoke one first (DELETE \
-                     /v1/users/{user}/accesskeys/ID)"
-                ),
-            ));
-        }
+        let all = all::<AccessKey>(&state.store).await?;
+        let held = all.iter().filter(|k| k.spec.user == user).count();
+        over(
+            "EC2 access keys",
+            held,
+            keys,
+            SELF_SERVICE_ACCESS_KEYS,
+            "accesskeys",
+        )?;
     }
     Ok(())
 }
