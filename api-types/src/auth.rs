@@ -6,8 +6,9 @@
 //!
 //! Bearer tokens are stored as SHA-256 hashes (they are 256-bit random
 //! strings, so a plain hash is enough); the token itself is shown once, at
-//! creation. EC2 secret keys are stored as they are, because verifying a
-//! SigV4/SigV2 signature needs the secret itself.
+//! creation. EC2 secret keys must be recoverable (verifying a SigV4/SigV2
+//! signature needs the secret itself): the store seals them with the
+//! server's secrets key (`corral_store::secrets`).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -20,25 +21,69 @@ use crate::resource;
 pub enum Role {
     /// Everything, every project.
     Admin,
-    /// Everything inside one project.
+    /// Everything inside its projects.
     #[default]
     Member,
+    /// Reads inside its projects, nothing else.
+    Viewer,
     /// A node agent: what is bound to its node, status writes only.
     Node,
+}
+
+impl Role {
+    /// Roles a user may hold in a project.
+    pub fn is_project_role(self) -> bool {
+        matches!(self, Role::Member | Role::Viewer)
+    }
+}
+
+/// A user's role in one more project (Keystone's role assignment,
+/// Kubernetes' RoleBinding).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProjectRole {
+    pub project: String,
+    /// `member` or `viewer`.
+    pub role: Role,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UserSpec {
+    /// `admin`, `node`, or the role in `project`: `member` or `viewer`.
     pub role: Role,
-    /// The project a member belongs to (empty for admins).
+    /// The home project of a member or viewer (empty for admins): where
+    /// its EC2 calls act and where commands go by default.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub project: String,
+    /// Roles in further projects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memberships: Vec<ProjectRole>,
     /// The Node a `node` user acts for.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_name: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+}
+
+impl UserSpec {
+    /// Every project the user has a role in, with that role (the home
+    /// project first); empty for admins and nodes.
+    pub fn project_roles(&self) -> Vec<(&str, Role)> {
+        if !self.role.is_project_role() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(1 + self.memberships.len());
+        if !self.project.is_empty() {
+            out.push((self.project.as_str(), self.role));
+        }
+        for m in &self.memberships {
+            if !out.iter().any(|(p, _)| *p == m.project) {
+                out.push((m.project.as_str(), m.role));
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -104,5 +149,6 @@ resource!(
     AccessKeySpec,
     AccessKeyStatus,
     "accesskeys",
-    Cluster
+    Cluster,
+    secret secret_access_key
 );

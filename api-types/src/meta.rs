@@ -121,13 +121,21 @@ pub trait Resource:
     fn status_mut(&mut self) -> &mut Option<Self::Status>;
     /// A new object with this name/project, default spec and no status.
     fn new(project: &str, name: &str, spec: Self::Spec) -> Self;
+
+    /// Whether the kind has fields the store seals at rest.
+    const HAS_SECRETS: bool = false;
+    /// Those fields (spec fields declared `secret` in [`resource!`]): the
+    /// store encrypts them on write and decrypts them on read.
+    fn secrets_mut(&mut self) -> Vec<&mut String> {
+        Vec::new()
+    }
 }
 
 /// Declares a kind: the top-level struct (`apiVersion`, `kind`, `metadata`,
 /// `spec`, `status`) and its [`Resource`] impl.
 #[macro_export]
 macro_rules! resource {
-    ($(#[$doc:meta])* $kind:ident, $spec:ty, $status:ty, $plural:literal, $scope:ident) => {
+    ($(#[$doc:meta])* $kind:ident, $spec:ty, $status:ty, $plural:literal, $scope:ident $(, secret $field:ident)*) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, ::serde::Serialize, ::serde::Deserialize, ::schemars::JsonSchema)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -168,6 +176,10 @@ macro_rules! resource {
             }
             fn status_mut(&mut self) -> &mut Option<$status> {
                 &mut self.status
+            }
+            const HAS_SECRETS: bool = !<[&str]>::is_empty(&[$(stringify!($field)),*]);
+            fn secrets_mut(&mut self) -> Vec<&mut String> {
+                vec![$(&mut self.spec.$field),*]
             }
             fn new(project: &str, name: &str, spec: $spec) -> Self {
                 $kind {

@@ -108,6 +108,9 @@ struct CreateUser {
     project: String,
     #[serde(default)]
     node_name: String,
+    /// Roles in further projects.
+    #[serde(default)]
+    memberships: Vec<corral_api_types::auth::ProjectRole>,
 }
 
 fn user_view(u: &User) -> Value {
@@ -115,6 +118,7 @@ fn user_view(u: &User) -> Value {
         "name": u.metadata.name,
         "role": u.spec.role,
         "project": u.spec.project,
+        "projects": crate::memberships::projects_view(u),
         "nodeName": u.spec.node_name,
         "disabled": u.spec.disabled,
         "creationTimestamp": u.metadata.creation_timestamp,
@@ -139,24 +143,44 @@ async fn create(
         errors.push("name", corral_api_types::validate::DNS_LABEL_MSG);
     }
     match req.role {
-        Role::Member if req.project.is_empty() => errors.push("project", "required for members"),
+        r if r.is_project_role() && req.project.is_empty() => {
+            errors.push("project", "required for members and viewers")
+        }
         Role::Node if req.node_name.is_empty() => errors.push("nodeName", "required for nodes"),
         _ => {}
+    }
+    if !req.memberships.is_empty() && !req.role.is_project_role() {
+        errors.push("memberships", "only members and viewers hold project roles");
+    }
+    if req.memberships.len() > crate::memberships::MAX_MEMBERSHIPS {
+        errors.push(
+            "memberships",
+            format!(
+                "at most {} further projects",
+                crate::memberships::MAX_MEMBERSHIPS
+            ),
+        );
+    }
+    for (i, m) in req.memberships.iter().enumerate() {
+        if !m.role.is_project_role() {
+            errors.push(format!("memberships[{i}].role"), "member or viewer");
+        }
+        if m.project == req.project || req.memberships[..i].iter().any(|o| o.project == m.project) {
+            errors.push(format!("memberships[{i}].project"), "named twice");
+        }
     }
     if !errors.is_empty() {
         return Err(ApiError::invalid("User", &req.name, &errors));
     }
-    if req.role == Role::Member
-        && state
-            .store
-            .get::<Project>("", &req.project)
-            .await?
-            .is_none()
-    {
-        return Err(ApiError::not_found(format!(
-            "project {:?} not found",
-            req.project
-        )));
+    let projects = std::iter::once(&req.project)
+        .filter(|_| req.role.is_project_role())
+        .chain(req.memberships.iter().map(|m| &m.project));
+    for project in projects {
+        if state.store.get::<Project>("", project).await?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "project {project:?} not found"
+            )));
+        }
     }
     let issued = create_user(
         &state.store,
@@ -165,6 +189,7 @@ async fn create(
             role: req.role,
             project: req.project,
             node_name: req.node_name,
+            memberships: req.memberships,
             disabled: false,
         },
     )

@@ -23,11 +23,15 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub user: String,
+    /// The user's role: admin, node, or its role in its home project.
     pub role: Role,
-    /// A member's project.
+    /// A member's or viewer's home project.
     pub project: String,
     /// A node agent's node.
     pub node: String,
+    /// Every project a member or viewer has a role in, with the role (the
+    /// home project first).
+    pub projects: Vec<(String, Role)>,
 }
 
 /// What a request does, for authorization.
@@ -53,6 +57,19 @@ const NODE_BOUND_KINDS: &[&str] = &["instances", "volumes", "snapshots"];
 const NODE_READABLE_KINDS: &[&str] = &["instancetypes"];
 
 impl Principal {
+    /// The caller's role in `project`, for members and viewers.
+    pub fn role_in(&self, project: &str) -> Option<Role> {
+        self.projects
+            .iter()
+            .find(|(p, _)| p == project)
+            .map(|(_, r)| *r)
+    }
+
+    /// A member or viewer (confined to its projects).
+    pub fn is_tenant(&self) -> bool {
+        self.role.is_project_role()
+    }
+
     /// Whether the caller may touch `kind` objects in `project` (None: all
     /// projects, or a cluster kind) at all. Objects a node may act on are
     /// further checked with [`Principal::may_touch_object`].
@@ -76,12 +93,12 @@ impl Principal {
         };
         match self.role {
             Role::Admin => Ok(()),
-            Role::Member => match kind.scope {
+            Role::Member | Role::Viewer => match kind.scope {
                 Scope::Project => {
-                    if project != Some(self.project.as_str()) {
+                    let Some(role) = project.and_then(|p| self.role_in(p)) else {
                         return Err(deny());
-                    }
-                    if verb == Verb::UpdateStatus {
+                    };
+                    if verb == Verb::UpdateStatus || (role == Role::Viewer && !verb.is_read()) {
                         return Err(deny());
                     }
                     Ok(())
@@ -243,6 +260,12 @@ pub fn principal_of(user: &User) -> Principal {
         role: user.spec.role,
         project: user.spec.project.clone(),
         node: user.spec.node_name.clone(),
+        projects: user
+            .spec
+            .project_roles()
+            .into_iter()
+            .map(|(p, r)| (p.to_string(), r))
+            .collect(),
     }
 }
 
@@ -336,7 +359,46 @@ mod tests {
             role: Role::Member,
             project: project.into(),
             node: String::new(),
+            projects: vec![(project.into(), Role::Member)],
         }
+    }
+
+    #[test]
+    fn viewers_read_and_users_hold_a_role_per_project() {
+        // Home project `a` as viewer, member of `b`, nothing in `c`.
+        let user = User::new(
+            "",
+            "v",
+            corral_api_types::auth::UserSpec {
+                role: Role::Viewer,
+                project: "a".into(),
+                memberships: vec![corral_api_types::auth::ProjectRole {
+                    project: "b".into(),
+                    role: Role::Member,
+                }],
+                ..Default::default()
+            },
+        );
+        let v = principal_of(&user);
+        assert_eq!(v.role_in("a"), Some(Role::Viewer));
+        assert_eq!(v.role_in("b"), Some(Role::Member));
+        assert_eq!(v.role_in("c"), None);
+        for verb in [Verb::Get, Verb::List] {
+            assert!(v.authorize(verb, info("instances"), Some("a")).is_ok());
+            assert!(v.authorize(verb, info("instances"), Some("b")).is_ok());
+            assert!(v.authorize(verb, info("instances"), Some("c")).is_err());
+        }
+        for verb in [Verb::Create, Verb::Update, Verb::Delete, Verb::UpdateStatus] {
+            let e = v.authorize(verb, info("instances"), Some("a")).unwrap_err();
+            assert_eq!(e.code.as_u16(), 403);
+            assert!(v.authorize(verb, info("instances"), Some("c")).is_err());
+        }
+        for verb in [Verb::Create, Verb::Update, Verb::Delete] {
+            assert!(v.authorize(verb, info("instances"), Some("b")).is_ok());
+        }
+        assert!(v.authorize(Verb::List, info("instances"), None).is_err());
+        assert!(v.authorize(Verb::List, info("projects"), None).is_ok());
+        assert!(v.authorize(Verb::Create, info("projects"), None).is_err());
     }
 
     #[test]
@@ -371,6 +433,7 @@ mod tests {
             role: Role::Node,
             project: String::new(),
             node: "n1".into(),
+            projects: Vec::new(),
         };
         assert!(n.authorize(Verb::List, info("instances"), None).is_ok());
         assert!(n

@@ -170,7 +170,10 @@ impl From<StoreError> for ApiError {
                     "the store is unavailable; retry later",
                 )
             }
-            StoreError::Backend(_) | StoreError::Corrupt { .. } | StoreError::Encode(_) => {
+            StoreError::Backend(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::Encode(_)
+            | StoreError::Secret { .. } => {
                 tracing::error!(error = %error_chain(&e), "store error");
                 ApiError::internal(e.to_string())
             }

@@ -120,7 +120,7 @@ impl WatchEvent {
     /// Whether the object (now, and before the change) matches `params`:
     /// the labels are read once per event, whoever asks.
     pub fn matches(&self, params: &ListParams) -> (bool, Option<bool>) {
-        if params.labels.is_empty() && params.fields.requirements.is_empty() {
+        if !params.is_filtered() {
             return (true, self.prev.as_ref().map(|_| true));
         }
         let (now, before) = self
@@ -766,7 +766,7 @@ where
                 )
                 .await?;
             revision = Some(page.revision);
-            let filtered = !params.labels.is_empty() || !params.fields.is_empty();
+            let filtered = params.is_filtered();
             for kv in &page.items {
                 let bytes = with_resource_version(&kv.value, kv.mod_revision);
                 if filtered {

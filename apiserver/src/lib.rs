@@ -21,9 +21,11 @@ pub mod host_refs;
 pub mod kinds;
 pub mod limits;
 pub mod list;
+pub mod memberships;
 mod metrics;
 pub mod node_refs;
 mod openapi;
+pub mod rotate;
 pub mod server;
 mod watch_cache;
 
@@ -33,12 +35,17 @@ pub use admin::{bootstrap, Bootstrap};
 pub use error::ApiError;
 pub use server::{router, ApiState};
 
-/// Serves the API on `addr` until `shutdown` resolves.
-pub async fn serve(
+/// Serves the API on `listener` (plain TCP, or `corral_tls::Listen`)
+/// until `shutdown` resolves.
+pub async fn serve<L>(
     state: std::sync::Arc<ApiState>,
-    listener: tokio::net::TcpListener,
+    listener: L,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -20,6 +20,9 @@ pub struct ListParams {
     pub resource_version: Option<i64>,
     pub watch: bool,
     pub heartbeat: Duration,
+    /// Only objects with one of these names (empty: any). Set by the
+    /// server, never from the query: the projects a tenant may see.
+    pub names: Vec<String>,
 }
 
 fn flag(v: Option<&String>) -> bool {
@@ -69,6 +72,7 @@ impl ListParams {
             resource_version,
             watch: flag(q.get("watch")),
             heartbeat,
+            names: Vec::new(),
         })
     }
 
@@ -85,7 +89,18 @@ impl ListParams {
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>, object: &Value) -> bool {
-        self.labels.matches(labels) && self.fields.matches(object)
+        self.labels.matches(labels)
+            && self.fields.matches(object)
+            && (self.names.is_empty()
+                || object
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| self.names.iter().any(|x| x == n)))
+    }
+
+    /// Whether any selector narrows the list.
+    pub fn is_filtered(&self) -> bool {
+        !self.labels.is_empty() || !self.fields.requirements.is_empty() || !self.names.is_empty()
     }
 
     /// Same as [`ListParams::matches`] for an object in JSON form only.

@@ -113,6 +113,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/apply", post(apply))
         .merge(crate::admin::routes())
+        .merge(crate::rotate::routes())
+        .merge(crate::memberships::routes())
         .route("/v1/projects", get(cluster_collection).post(cluster_create))
         .route(
             "/v1/projects/{project}",
@@ -181,7 +183,7 @@ pub(crate) async fn principal(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let p = state.auth.authenticate(header).await?;
-    if p.role == corral_api_types::auth::Role::Member {
+    if p.is_tenant() {
         if let Err(wait) = state.rate.check(&p.user, std::time::Instant::now()) {
             return Err(crate::limits::too_many_requests(&p.user, wait));
         }
@@ -194,11 +196,17 @@ async fn whoami(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&state, &headers).await?;
+    let projects: Vec<Value> = p
+        .projects
+        .iter()
+        .map(|(name, role)| json!({"project": name, "role": role}))
+        .collect();
     Ok(Json(json!({
         "user": p.user,
         "role": p.role,
         "project": p.project,
         "node": p.node,
+        "projects": projects,
     })))
 }
 
@@ -304,15 +312,9 @@ async fn list_or_watch(
     if let Some(node) = p.node_filter(info) {
         params.restrict_to_node(node);
     }
-    if info.plural == "projects" && p.role == Role::Member {
-        params
-            .fields
-            .requirements
-            .push(corral_api_types::selector::FieldRequirement {
-                path: "metadata.name".into(),
-                value: p.project.clone(),
-                equal: true,
-            });
+    if info.plural == "projects" && p.is_tenant() {
+        // Members and viewers see the projects they have a role in.
+        params.names = p.projects.iter().map(|(name, _)| name.clone()).collect();
     }
     if params.watch {
         let slot = state.watch_slots.acquire(&watch_client(p))?;
@@ -541,7 +543,7 @@ fn created_response(json: Vec<u8>) -> Response {
 // ---- items -------------------------------------------------------------------
 
 fn member_own_project(p: &Principal, project: &str) -> Result<(), ApiError> {
-    if p.role == Role::Member && p.project != project {
+    if p.is_tenant() && p.role_in(project).is_none() {
         return Err(ApiError::forbidden(format!(
             "user {:?} may not see project {project:?}",
             p.user

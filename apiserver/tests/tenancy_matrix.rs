@@ -23,53 +23,10 @@ use corral_api_types::{Scope, KINDS};
 use corral_apiserver::auth::create_user;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{instance, volume, Api};
+use support::{instance, objects, Api};
 
 const FORBIDDEN: StatusCode = StatusCode::FORBIDDEN;
 const NOT_FOUND: StatusCode = StatusCode::NOT_FOUND;
-
-/// One object of every project kind, as created in `b` by the admin.
-fn objects() -> Vec<(&'static str, Value)> {
-    vec![
-        (
-            "networks",
-            json!({"kind": "Network", "metadata": {"name": "lan"}, "spec": {"cidr": "10.70.0.0/24"}}),
-        ),
-        (
-            "securitygroups",
-            json!({"kind": "SecurityGroup", "metadata": {"name": "web"}, "spec": {"description": "b's"}}),
-        ),
-        (
-            "keypairs",
-            json!({"kind": "KeyPair", "metadata": {"name": "admin"}, "spec": {"publicKey":
-                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ4uHWXmWgwN6MKFpsgnnGaU1rtTEBKPNu/L09gAucb b@b"}}),
-        ),
-        (
-            "images",
-            json!({"kind": "Image", "metadata": {"name": "tiny"}, "spec": {"source": {"upload": true}, "format": "qcow2"}}),
-        ),
-        ("volumes", volume("data", 1)),
-        (
-            "snapshots",
-            json!({"kind": "Snapshot", "metadata": {"name": "snap"}, "spec": {"volume": "data"}}),
-        ),
-        ("instances", {
-            let mut i = instance("web", "m1.tiny");
-            i["spec"]["nics"][0]["securityGroups"] = json!(["web"]);
-            i["spec"]["keyName"] = json!("admin");
-            i
-        }),
-        (
-            "addresses",
-            json!({"kind": "Address", "metadata": {"name": "eip"}, "spec": {"network": "lan"}}),
-        ),
-        (
-            "events",
-            json!({"kind": "Event", "metadata": {"name": "ev"}, "spec": {
-                "involvedObject": {"kind": "Instance", "name": "web"}, "reason": "Test"}}),
-        ),
-    ]
-}
 
 /// Everything the admin sees of `b` (and of the cluster), object by object.
 async fn snapshot(api: &Api) -> Vec<(String, Value)> {

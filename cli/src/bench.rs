@@ -1795,6 +1795,8 @@ mod boot {
                     .arg("--data-dir")
                     .arg(self.dir.join("data"))
                     .args(["--listen", &addr, "--ec2-listen", &ec2, "--no-agent"])
+                    // Loopback only; the boot path, not TLS, is measured.
+                    .arg("--insecure-http")
                     .arg("--image-import-dir")
                     .arg(self.dir.join("import"))
                     .env("RUST_LOG", "warn")

@@ -143,6 +143,9 @@ pub enum ClientError {
     Api(ApiStatus),
     /// Nothing listens at the server's address.
     Unreachable { url: String },
+    /// The TLS handshake failed: most often a certificate this client
+    /// does not trust (wrong CA) or a plain-HTTP server.
+    Tls { url: String, reason: String },
     /// Any other transport problem.
     Transport(String),
     /// The answer was not the JSON we expected.
@@ -156,6 +159,12 @@ impl fmt::Display for ClientError {
             ClientError::Unreachable { url } => write!(
                 f,
                 "cannot reach the Corral API at {url} (is `corral up` running?)"
+            ),
+            ClientError::Tls { url, reason } => write!(
+                f,
+                "TLS with the Corral API at {url} failed, nothing was sent: {reason} \
+                 (the client trusts the CA in caFile of its config, or CORRAL_CA_FILE; \
+                 `corral up` writes its CA beside the config)"
             ),
             ClientError::Transport(m) => write!(f, "talking to the Corral API: {m}"),
             ClientError::Decode(m) => write!(f, "unexpected answer from the Corral API: {m}"),
@@ -180,6 +189,26 @@ impl ClientError {
 }
 
 /// The innermost cause of a reqwest error, for messages.
+/// The rustls error under a failed request, if TLS is what failed.
+fn tls_problem(e: &reqwest::Error) -> Option<String> {
+    // The connector nests it in io::Errors, whose source() skips the
+    // error they wrap: look inside them too.
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r.to_string());
+        }
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
 fn root_cause(e: &reqwest::Error) -> String {
     let mut source: &dyn std::error::Error = e;
     while let Some(s) = source.source() {
@@ -267,16 +296,24 @@ pub struct Client {
 pub const WATCH_HEARTBEAT_SECONDS: u64 = 5;
 
 impl Client {
-    /// A client of the server at `server` (`http://host:port`).
-    pub fn new(server: &str, token: &str) -> anyhow::Result<Client> {
+    /// A client of the server at `server` (`https://host:port`) that
+    /// trusts only `ca_pem` (the server's CA, PEM) when given, else the
+    /// system's roots.
+    pub fn with_ca(server: &str, token: &str, ca_pem: Option<&str>) -> anyhow::Result<Client> {
         let base = Url::parse(server)
             .map_err(|e| anyhow::anyhow!("invalid server URL {server:?}: {e}"))?;
         if base.cannot_be_a_base() {
             anyhow::bail!("invalid server URL {server:?}: not an http(s) URL");
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("corral-cli/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("corral-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| anyhow::anyhow!("the server's CA is not a PEM certificate: {e}"))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder
             .build()
             .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
         Ok(Client {
@@ -330,7 +367,12 @@ impl Client {
             req = req.json(body);
         }
         let response = req.send().await.map_err(|e| {
-            if e.is_connect() {
+            if let Some(reason) = tls_problem(&e) {
+                ClientError::Tls {
+                    url: self.server_root(),
+                    reason,
+                }
+            } else if e.is_connect() {
                 ClientError::Unreachable {
                     url: self.server_root(),
                 }
@@ -388,7 +430,12 @@ impl Client {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() {
+                if let Some(reason) = tls_problem(&e) {
+                    ClientError::Tls {
+                        url: self.server_root(),
+                        reason,
+                    }
+                } else if e.is_connect() {
                     ClientError::Unreachable {
                         url: self.server_root(),
                     }
@@ -550,12 +597,12 @@ mod tests {
 
     #[test]
     fn urls_keep_the_base_path_and_encode_queries() {
-        let c = Client::new("http://127.0.0.1:8774/corral/", "t").unwrap();
+        let c = Client::with_ca("http://127.0.0.1:8774/corral/", "t", None).unwrap();
         let u = c.url("/v1/instances", &[("labelSelector", "app in (a,b)")]);
         assert_eq!(
             u.as_str(),
             "http://127.0.0.1:8774/corral/v1/instances?labelSelector=app+in+%28a%2Cb%29"
         );
-        assert!(Client::new("not a url", "t").is_err());
+        assert!(Client::with_ca("not a url", "t", None).is_err());
     }
 }

@@ -79,6 +79,7 @@ pub async fn start(
     blobs: Option<corral_store::blobs::BlobStore>,
     imports: Arc<corral_store::import::ImportPolicy>,
     api_url: &str,
+    ca_pem: Option<String>,
 ) -> Result<Background> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -115,7 +116,9 @@ pub async fn start(
         opts.memory_mib = local.memory_mib;
         opts.state_dir = local.state_dir.clone();
         opts.events_uri = (!local.libvirt.starts_with("test:")).then(|| local.libvirt.clone());
-        let agent = Agent::new(ApiClient::new(api_url, &token), Arc::new(hv), opts);
+        let api = ApiClient::with_ca(api_url, &token, ca_pem.as_deref())
+            .context("the local agent's client")?;
+        let agent = Agent::new(api, Arc::new(hv), opts);
         let rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = agent.run(rx).await {

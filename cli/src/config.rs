@@ -1,7 +1,7 @@
 //! Client configuration: where the server is and who we are.
 //!
 //! `~/.config/corral/config.yaml` (or `$CORRAL_CONFIG`), overridden by
-//! `CORRAL_SERVER`, `CORRAL_TOKEN` and `CORRAL_PROJECT`. `corral up` writes
+//! `CORRAL_SERVER`, `CORRAL_TOKEN`, `CORRAL_PROJECT` and `CORRAL_CA_FILE`. `corral up` writes
 //! it on first start, with an AWS-style credentials file and config beside
 //! it for awscli/boto3, and an rc file to source.
 
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientConfig {
-    /// `http://127.0.0.1:8774`
+    /// `https://127.0.0.1:8774`
     pub server: String,
     pub token: String,
     /// Default project for commands that do not name one.
@@ -24,6 +24,10 @@ pub struct ClientConfig {
     /// EC2 endpoint, for the rc file and `corral credentials`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ec2_endpoint: String,
+    /// The CA (PEM file) trusted for an `https://` server instead of the
+    /// system's roots; `corral up` writes its own beside this file.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_file: String,
 }
 
 fn home() -> PathBuf {
@@ -82,8 +86,9 @@ impl ClientConfig {
         if let Ok(v) = std::env::var("CORRAL_PROJECT") {
             config.project = v;
         }
+        config.env_ca_file();
         if config.server.is_empty() {
-            config.server = "http://127.0.0.1:8774".into();
+            config.server = "https://127.0.0.1:8774".into();
         }
         if config.token.is_empty() {
             anyhow::bail!(
@@ -92,6 +97,28 @@ impl ClientConfig {
             );
         }
         Ok(config)
+    }
+
+    /// `CORRAL_CA_FILE` overrides the file's CA.
+    pub fn env_ca_file(&mut self) {
+        if let Ok(v) = std::env::var("CORRAL_CA_FILE") {
+            self.ca_file = v;
+        }
+    }
+
+    /// The CA's PEM, when one is configured.
+    pub fn ca_pem(&self) -> Result<Option<String>> {
+        if self.ca_file.is_empty() {
+            return Ok(None);
+        }
+        std::fs::read_to_string(&self.ca_file)
+            .map(Some)
+            .with_context(|| {
+                format!(
+                    "reading the server's CA {} (caFile, CORRAL_CA_FILE)",
+                    self.ca_file
+                )
+            })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -130,6 +157,8 @@ pub struct Credentials<'a> {
     pub token: &'a str,
     pub access_key_id: &'a str,
     pub secret_access_key: &'a str,
+    /// The CA file clients trust for `https://` endpoints ("" for none).
+    pub ca_file: &'a str,
 }
 
 fn shell_quote(s: &str) -> String {
@@ -141,6 +170,14 @@ impl Credentials<'_> {
     /// AWS_* ones and the CLI's CORRAL_* ones.
     pub fn rc_file(&self) -> String {
         let q = shell_quote;
+        let ca = if self.ca_file.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "export CORRAL_CA_FILE={ca}\nexport AWS_CA_BUNDLE={ca}\n",
+                ca = q(self.ca_file)
+            )
+        };
         format!(
             "# Corral credentials for user {user} (project {project}). Source this file.\n\
              export CORRAL_SERVER={server}\n\
@@ -153,7 +190,8 @@ impl Credentials<'_> {
              export AWS_SECRET_ACCESS_KEY={sk}\n\
              export AWS_ENDPOINT_URL_EC2={ec2}\n\
              export AWS_DEFAULT_REGION={region}\n\
-             export AWS_REGION={region}\n",
+             export AWS_REGION={region}\n\
+             {ca}",
             user = self.user,
             project = self.project,
             project_q = q(self.project),
@@ -181,8 +219,13 @@ impl Credentials<'_> {
         } else {
             format!("[profile {profile}]")
         };
+        let ca = if self.ca_file.is_empty() {
+            String::new()
+        } else {
+            format!("ca_bundle = {}\n", self.ca_file)
+        };
         format!(
-            "{header}\nregion = {}\nservices = {profile}-services\n\n[services {profile}-services]\nec2 =\n  endpoint_url = {}\n",
+            "{header}\nregion = {}\n{ca}services = {profile}-services\n\n[services {profile}-services]\nec2 =\n  endpoint_url = {}\n",
             self.region, self.ec2_endpoint
         )
     }
@@ -203,6 +246,7 @@ mod tests {
             token: "crl_x",
             access_key_id: "AKIAX",
             secret_access_key: "a'b/c+d",
+            ca_file: "/home/a b/ca.crt",
         };
         let rc = c.rc_file();
         assert!(rc.contains("export EC2_SECRET_KEY='a'\\''b/c+d'\n"), "{rc}");
@@ -211,5 +255,14 @@ mod tests {
         let cfg = c.aws_config("corral");
         assert!(cfg.starts_with("[profile corral]\n"));
         assert!(cfg.contains("endpoint_url = http://127.0.0.1:8773"));
+        assert!(
+            rc.contains("export AWS_CA_BUNDLE='/home/a b/ca.crt'\n"),
+            "{rc}"
+        );
+        assert!(
+            rc.contains("export CORRAL_CA_FILE='/home/a b/ca.crt'\n"),
+            "{rc}"
+        );
+        assert!(cfg.contains("\nca_bundle = /home/a b/ca.crt\n"), "{cfg}");
     }
 }

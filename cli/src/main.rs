@@ -71,6 +71,69 @@ impl ImportArgs {
     }
 }
 
+/// How the native and EC2 APIs are served: TLS by default, with a CA
+/// this server makes on first start, or the operator's files.
+#[derive(clap::Args, Clone)]
+struct TlsArgs {
+    /// The server's certificate chain (PEM) instead of one issued by the
+    /// CA Corral makes for itself.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA clients are told to trust with --tls-cert (default: the last
+    /// certificate of its chain).
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// Another DNS name or IP address the made certificate covers (it
+    /// always covers localhost, loopback, this host's name and the
+    /// addresses it listens on). Repeatable.
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+    /// Serve plain HTTP, without TLS. Only on loopback addresses unless
+    /// --insecure-http-anywhere is also given.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_sans"])]
+    insecure_http: bool,
+    /// With --insecure-http: also on addresses other hosts can reach
+    /// (credentials then cross the network in clear).
+    #[arg(long, requires = "insecure_http")]
+    insecure_http_anywhere: bool,
+}
+
+impl TlsArgs {
+    /// The identity to serve with (None: plain HTTP), making the CA in
+    /// `dir` on first use.
+    fn identity(
+        self,
+        dir: &std::path::Path,
+        listen: &[SocketAddr],
+    ) -> Result<Option<corral_tls::ServerIdentity>> {
+        if self.insecure_http {
+            if let Some(a) = listen.iter().find(|a| !a.ip().is_loopback()) {
+                if !self.insecure_http_anywhere {
+                    anyhow::bail!(
+                        "--insecure-http serves only on loopback addresses, and {a} is not one: \
+                         use TLS (the default), or add --insecure-http-anywhere to send \
+                         credentials in clear over the network"
+                    );
+                }
+            }
+            return Ok(None);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            return corral_tls::from_files(cert, key, self.tls_ca.as_deref())
+                .map(Some)
+                .context("--tls-cert/--tls-key");
+        }
+        let ips: Vec<_> = listen.iter().map(|a| a.ip()).collect();
+        let names = corral_tls::SubjectNames::for_host(&ips, &self.tls_sans);
+        corral_tls::load_or_create(dir, &names)
+            .map(Some)
+            .with_context(|| format!("the server's certificates in {}", dir.display()))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run everything on this machine with the embedded store.
@@ -106,8 +169,14 @@ enum Command {
         /// Run without the local agent (API and controllers only).
         #[arg(long)]
         no_agent: bool,
+        /// The key file sealing EC2 secrets in the store (default: in the
+        /// data directory; keep it out of the store's backups).
+        #[arg(long)]
+        secrets_key_file: Option<PathBuf>,
         #[command(flatten)]
         imports: ImportArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Run the API server on an etcd cluster (stateless; run several).
     Server {
@@ -127,14 +196,33 @@ enum Command {
         /// Where this server keeps image bytes.
         #[arg(long, env = "CORRAL_BLOB_DIR", default_value = "/var/lib/corral/blobs")]
         blob_dir: PathBuf,
+        /// Where this server keeps its CA and certificate. Servers of one
+        /// cluster share a CA: copy ca.crt and ca.key here before their
+        /// first start, or give them all --tls-cert/--tls-key.
+        #[arg(long, default_value = "/var/lib/corral/tls")]
+        tls_dir: PathBuf,
+        /// The key file sealing EC2 secrets in etcd, made on first start.
+        /// Every server of a cluster needs the same file.
+        #[arg(long, default_value = "/var/lib/corral/secrets.keys")]
+        secrets_key_file: PathBuf,
         #[command(flatten)]
         imports: ImportArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Run a node agent for one hypervisor host.
     Agent {
         /// Native API URL.
         #[arg(long, env = "CORRAL_SERVER")]
         server: String,
+        /// The CA (PEM file) that signed the server's certificate.
+        #[arg(long, env = "CORRAL_CA_FILE")]
+        server_ca: Option<PathBuf>,
+        /// Instead of --server-ca: `sha256:<hex>` of the server's CA
+        /// certificate (`corral up` prints it); the CA is taken from the
+        /// server only if it matches, and kept in --agent-dir.
+        #[arg(long, conflicts_with = "server_ca")]
+        server_ca_hash: Option<String>,
         /// Node-scoped token (`corral user create NAME --role node --node N`).
         #[arg(long, env = "CORRAL_TOKEN")]
         token: String,
@@ -310,6 +398,58 @@ enum BenchCommand {
     },
 }
 
+/// The CA an agent trusts: the file given, or the server's own CA learnt
+/// against the pinned hash (and kept in the agent's directory), or the
+/// system's roots.
+async fn agent_ca(
+    server: &str,
+    file: Option<PathBuf>,
+    pin: Option<String>,
+    state_dir: &std::path::Path,
+) -> Result<Option<String>> {
+    let https = server.starts_with("https://");
+    if !https && (file.is_some() || pin.is_some()) {
+        anyhow::bail!("--server-ca/--server-ca-hash need an https:// --server, not {server:?}");
+    }
+    if let Some(file) = file {
+        let pem = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading --server-ca {}", file.display()))?;
+        return Ok(Some(pem));
+    }
+    let Some(pin) = pin else {
+        if !https {
+            tracing::warn!(%server, "talking to the server over plain HTTP: its token crosses the network in clear");
+        }
+        return Ok(None);
+    };
+    let pin = corral_tls::parse_pin(&pin)?;
+    let kept = state_dir.join("server-ca.crt");
+    if let Ok(pem) = std::fs::read_to_string(&kept) {
+        if corral_tls::ca_hash(&pem).ok().as_deref() == Some(pin.as_str()) {
+            return Ok(Some(pem));
+        }
+    }
+    // The server may start after the agent: retry unreachable servers, but
+    // a server that answers with another CA is refused at once.
+    let mut delay = std::time::Duration::from_millis(200);
+    let pem = loop {
+        match corral_tls::fetch_pinned_ca(server, &pin).await {
+            Ok(pem) => break pem,
+            Err(corral_tls::TlsError::Connect(url, why)) => {
+                tracing::warn!(%url, error = %why, "cannot reach the server to learn its CA yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("--server-ca-hash"),
+        }
+    };
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    std::fs::write(&kept, &pem)
+        .with_context(|| format!("keeping the server's CA in {}", kept.display()))?;
+    Ok(Some(pem))
+}
+
 /// `auto` becomes what this host can really boot.
 fn resolve_virt_type(v: &str) -> String {
     if v == "auto" {
@@ -338,10 +478,13 @@ async fn main() -> Result<()> {
             agent_dir,
             node,
             no_agent,
+            secrets_key_file,
             imports,
+            tls,
         } => {
             let data_dir = data_dir.unwrap_or_else(config::default_data_dir);
             println!("Data directory: {}", data_dir.display());
+            let tls = tls.identity(&data_dir.join("tls"), &[listen, ec2_listen])?;
             let store = up::open_embedded(&data_dir)?;
             up::serve(
                 store,
@@ -352,6 +495,9 @@ async fn main() -> Result<()> {
                     controllers: Some(cluster::Leadership::Always),
                     blob_dir: data_dir.join("blobs"),
                     imports: imports.policy()?,
+                    tls,
+                    secrets_key_file: secrets_key_file
+                        .unwrap_or_else(|| data_dir.join("secrets.keys")),
                     agent: (!no_agent).then(|| cluster::LocalAgent {
                         node: node.unwrap_or_else(cluster::default_node_name),
                         libvirt,
@@ -372,8 +518,12 @@ async fn main() -> Result<()> {
             write_config,
             controllers,
             blob_dir,
+            tls_dir,
+            secrets_key_file,
             imports,
+            tls,
         } => {
+            let tls = tls.identity(&tls_dir, &[listen, ec2_listen])?;
             let etcd_store = corral_store::EtcdStore::connect(&etcd)
                 .await
                 .with_context(|| format!("connecting to etcd at {}", etcd.join(",")))?;
@@ -391,6 +541,8 @@ async fn main() -> Result<()> {
                     controllers: leadership,
                     blob_dir,
                     imports: imports.policy()?,
+                    tls,
+                    secrets_key_file,
                     agent: None,
                 },
             )
@@ -398,6 +550,8 @@ async fn main() -> Result<()> {
         }
         Command::Agent {
             server,
+            server_ca,
+            server_ca_hash,
             token,
             node,
             libvirt,
@@ -427,11 +581,10 @@ async fn main() -> Result<()> {
             opts.scan = std::time::Duration::from_secs(scan_interval);
             opts.resync = std::time::Duration::from_secs(resync_interval);
             opts.events_uri = (!libvirt.starts_with("test:")).then(|| libvirt.clone());
-            let agent = corral_node_agent::Agent::new(
-                corral_node_agent::ApiClient::new(&server, &token),
-                std::sync::Arc::new(hv),
-                opts,
-            );
+            let ca = agent_ca(&server, server_ca, server_ca_hash, &opts.state_dir).await?;
+            let api = corral_node_agent::ApiClient::with_ca(&server, &token, ca.as_deref())
+                .context("--server-ca")?;
+            let agent = corral_node_agent::Agent::new(api, std::sync::Arc::new(hv), opts);
             let (stop, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 let _ = tokio::signal::ctrl_c().await;

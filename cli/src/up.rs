@@ -29,6 +29,11 @@ pub struct ServeOptions {
     pub blob_dir: PathBuf,
     /// What tenants may import from this host and its network.
     pub imports: corral_store::import::ImportPolicy,
+    /// The certificate both APIs present; None serves plain HTTP
+    /// (`--insecure-http`).
+    pub tls: Option<corral_tls::ServerIdentity>,
+    /// The key file sealing EC2 secrets in the store (made on first start).
+    pub secrets_key_file: PathBuf,
 }
 
 /// Opens the embedded store under `data_dir`.
@@ -41,24 +46,30 @@ pub fn open_embedded(data_dir: &Path) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-fn http_url(addr: SocketAddr) -> String {
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        addr.ip().to_string()
+fn base_url(scheme: &str, addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
     };
-    format!("http://{host}:{}", addr.port())
+    format!("{scheme}://{host}:{}", addr.port())
 }
 
-/// Whether the config file on disk still authenticates as `user`.
-async fn config_still_valid(store: &ResourceStore, path: &Path, server: &str) -> bool {
+/// Whether the config file on disk still authenticates as `user` against
+/// this server and trusts `ca_file`.
+async fn config_still_valid(
+    store: &ResourceStore,
+    path: &Path,
+    server: &str,
+    ca_file: &str,
+) -> bool {
     let Ok(text) = std::fs::read_to_string(path) else {
         return false;
     };
     let Ok(config) = yaml_serde::from_str::<ClientConfig>(&text) else {
         return false;
     };
-    if config.server != server || config.token.is_empty() {
+    if config.server != server || config.token.is_empty() || config.ca_file != ca_file {
         return false;
     }
     matches!(
@@ -76,6 +87,7 @@ fn write_client_files(creds: &Credentials<'_>) -> Result<Vec<PathBuf>> {
         project: creds.project.to_string(),
         user: creds.user.to_string(),
         ec2_endpoint: creds.ec2_endpoint.to_string(),
+        ca_file: creds.ca_file.to_string(),
     };
     let config_file = config_path();
     config.save(&config_file)?;
@@ -91,18 +103,41 @@ fn write_client_files(creds: &Credentials<'_>) -> Result<Vec<PathBuf>> {
 /// Bootstraps, makes sure the admin has a working client config, and
 /// serves until SIGINT/SIGTERM.
 pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
-    let store = ResourceStore::new(raw.clone());
+    let keys = corral_store::secrets::SecretKeys::load_or_create(&options.secrets_key_file)
+        .context("--secrets-key-file")?;
+    let store = ResourceStore::with_secrets(raw.clone(), Arc::new(keys));
     let boot = corral_apiserver::bootstrap(&store, ADMIN)
         .await
         .context("seeding the store")?;
-    let server = http_url(options.listen);
-    let ec2 = http_url(options.ec2_listen);
+    let sealed = corral_apiserver::rotate::seal_in_clear(&store)
+        .await
+        .context("sealing EC2 secrets stored in clear")?;
+    if sealed > 0 {
+        println!("Sealed {sealed} EC2 secret(s) that were stored in clear");
+    }
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let server = base_url(scheme, options.listen);
+    let ec2 = base_url(scheme, options.ec2_listen);
 
     if options.write_config {
         let path = config_path();
+        // The CA travels with the client files, so every client trusts
+        // this server and only it with no step of the user's.
+        let ca_file = match &options.tls {
+            Some(id) => {
+                let f = config_dir().join("ca.crt");
+                write_private(&f, &id.ca_pem)?;
+                f.display().to_string()
+            }
+            None => String::new(),
+        };
         let issued = match boot.admin {
             Some(issued) => Some((issued.token, issued.access_key_id, issued.secret_access_key)),
-            None if !config_still_valid(&store, &path, &server).await => {
+            None if !config_still_valid(&store, &path, &server, &ca_file).await => {
                 // The data outlived the client files (or they point
                 // elsewhere): give the admin fresh credentials.
                 store
@@ -125,6 +160,7 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
                 token: &token,
                 access_key_id: &id,
                 secret_access_key: &secret,
+                ca_file: &ca_file,
             };
             let files = write_client_files(&creds)?;
             println!("Wrote admin credentials:");
@@ -153,12 +189,8 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
             ..Default::default()
         },
     );
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("binding the API to {}", options.listen))?;
-    let ec2_listener = tokio::net::TcpListener::bind(options.ec2_listen)
-        .await
-        .with_context(|| format!("binding the EC2 API to {}", options.ec2_listen))?;
+    let listener = listen(options.listen, options.tls.as_ref(), "the API").await?;
+    let ec2_listener = listen(options.ec2_listen, options.tls.as_ref(), "the EC2 API").await?;
     let blobs = corral_store::blobs::BlobStore::open(&options.blob_dir)
         .with_context(|| format!("opening the image store {}", options.blob_dir.display()))?;
     // Controllers and the agent start once the API can answer them.
@@ -169,6 +201,7 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
         Some(blobs.clone()),
         imports.clone(),
         &server,
+        options.tls.as_ref().map(|id| id.ca_pem.clone()),
     )
     .await?;
     let state = ApiState::with_imports(store, options.imports);
@@ -177,6 +210,16 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
         "Corral is up: native API {server}, EC2 API {ec2} (store: {}); stop with Ctrl-C",
         raw.backend()
     );
+    match &options.tls {
+        Some(id) => {
+            println!("TLS: CA {} ({})", id.ca_file.display(), id.ca_hash);
+            println!(
+                "Agents join with: corral agent --server {server} --server-ca-hash {} --token TOKEN --node NAME",
+                id.ca_hash
+            );
+        }
+        None => println!("TLS is off (--insecure-http): credentials cross the network in clear"),
+    }
     tracing::info!(%server, %ec2, backend = raw.backend(), "serving the native and EC2 APIs");
     // On a signal the agent and controllers stop first (the local agent's
     // watch is one of the server's open connections), then the servers
@@ -210,6 +253,21 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
     }
     println!("Corral stopped.");
     Ok(())
+}
+
+/// Binds `addr`, behind TLS when the server has an identity.
+async fn listen(
+    addr: SocketAddr,
+    tls: Option<&corral_tls::ServerIdentity>,
+    what: &str,
+) -> Result<corral_tls::Listen> {
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} to {addr}"))?;
+    Ok(match tls {
+        Some(id) => corral_tls::Listen::Tls(corral_tls::TlsListener::new(tcp, id.config.clone())?),
+        None => corral_tls::Listen::Plain(tcp),
+    })
 }
 
 async fn shutdown_signal() {

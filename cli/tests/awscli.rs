@@ -157,9 +157,20 @@ fn setup_project(s: &Server, dir: &Path) -> PathBuf {
     s.corral(&["credentials", "--user", "dora", "-o", rc.to_str().unwrap()])
         .ok();
     let text = std::fs::read_to_string(&rc).unwrap();
+    // Over TLS, the CA beside the rc file: nothing for the user to add.
     assert!(
-        text.contains("export AWS_ENDPOINT_URL_EC2='http://127.0.0.1:"),
+        text.contains("export AWS_ENDPOINT_URL_EC2='https://127.0.0.1:"),
         "{text}"
+    );
+    let ca = format!("{}.ca.crt", rc.display());
+    assert!(
+        text.contains(&format!("export AWS_CA_BUNDLE='{ca}'")),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ca).unwrap(),
+        std::fs::read_to_string(s.ca.as_ref().unwrap()).unwrap(),
+        "the rc file's CA is the server's"
     );
     let manifests = write(
         dir,

@@ -504,6 +504,9 @@ fn examples_boot_real_guests_that_obey_power_and_survive_drift() {
         .env("AWS_SECRET_ACCESS_KEY", &secret)
         .env_remove("AWS_ENDPOINT_URL_EC2")
         .env_remove("AWS_SESSION_TOKEN")
+        // The profile's ca_bundle (Corral's CA) must decide, not a bundle
+        // of the machine's environment.
+        .env_remove("AWS_CA_BUNDLE")
         .output()
         .expect("running aws (pip install awscli)");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -252,7 +252,7 @@ fn libvirtd_killed_under_the_agent_leaves_guests_running_and_work_resumes() {
     let (s, _cleanup, _guest) = guest_server();
     let (node_name, token) = node_user(&s);
     let log_from = log_len();
-    let mut agent = Agent::start_with(&s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
+    let mut agent = Agent::start_with(&s, &s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
 
     apply(&s, "base.yaml", BASE);
     apply(
@@ -428,7 +428,7 @@ fn agent_started_before_libvirtd_waits_for_it() {
     let log_from = log_len();
     let _restore = RestoreLibvirtd;
     kill_libvirtd();
-    let mut agent = Agent::start_with(&s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
+    let mut agent = Agent::start_with(&s, &s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
 
     let node_exists = |s: &Server| s.corral(&["get", "node", &node_name, "-o", "json"]).code == 0;
     let waited = Duration::from_secs(8);
@@ -492,7 +492,7 @@ fn libvirtd_killed_at_seeded_moments_mid_work() {
     let _one = one_at_a_time();
     let (s, _cleanup, _guest) = guest_server();
     let (node_name, token) = node_user(&s);
-    let mut agent = Agent::start_with(&s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
+    let mut agent = Agent::start_with(&s, &s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
     apply(&s, "base.yaml", BASE);
     apply(&s, "steady.yaml", &instance_yaml("steady"));
     wait_until("steady Ready", || ready(&s, "steady"));
@@ -647,7 +647,8 @@ fn agent_cut_off_by_the_network_goes_unknown_and_returns_without_restarting_gues
     let port: u16 = s.addr.rsplit(':').next().unwrap().parse().unwrap();
     let (node_name, token) = node_user(&s);
     let mut agent = Agent::start_with(
-        &format!("http://127.0.0.2:{port}"),
+        &s,
+        &format!("https://127.0.0.2:{port}"),
         &token,
         &node_name,
         &s.dir,

@@ -16,6 +16,46 @@ use std::time::{Duration, Instant};
 use common::Server;
 use serde_json::{json, Value};
 
+/// An HTTPS server on an allowed address presenting `id`'s certificate:
+/// every request is answered with `IMAGE`.
+fn tls_outside_server(id: &corral_tls::ServerIdentity) -> String {
+    use std::io::Read;
+    let mut config = (*id.config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = std::sync::Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.2:0").expect("127.0.0.2 is loopback");
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let Ok(server) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(server, tcp);
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") {
+                    // A client that refuses the certificate ends here.
+                    if tls.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    request.push(byte[0]);
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{IMAGE}",
+                    IMAGE.len()
+                );
+                let _ = tls.write_all(answer.as_bytes());
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    addr
+}
+
 /// One bad path or URL and what the refusal must say.
 struct Try {
     source: Value,
@@ -156,7 +196,15 @@ fn a_member_never_reaches_the_host() {
     std::fs::write(&secret, "the admin's secret\n").unwrap();
     plant(&import, &secret);
     let import_arg = import.to_str().unwrap().to_string();
+    // An HTTPS image server whose CA the operator trusts, and one whose CA
+    // no one does.
+    let names = corral_tls::SubjectNames::for_host(&["127.0.0.2".parse().unwrap()], &[]);
+    let trusted = corral_tls::load_or_create(&root.path().join("tls-ok"), &names).unwrap();
+    let stranger = corral_tls::load_or_create(&root.path().join("tls-no"), &names).unwrap();
+    let ca_bundle = trusted.ca_file.to_str().unwrap().to_string();
     let s = Server::start_with(&[
+        "--image-ca-bundle",
+        &ca_bundle,
         "--libvirt",
         "test:///default",
         "--no-agent",
@@ -179,6 +227,8 @@ fn a_member_never_reaches_the_host() {
     );
     let token = issued["token"].as_str().unwrap().to_string();
     let outside = outside_server(&s.addr);
+    let https_ok = tls_outside_server(&trusted);
+    let https_unknown = tls_outside_server(&stranger);
 
     // The machine's own name resolves to this host (DNS names that point
     // at 127.0.0.1 are the classic way around literal-address checks).
@@ -292,6 +342,10 @@ fn a_member_never_reaches_the_host() {
             "redirected",
             json!({"url": format!("http://{outside}/to-image")}),
         ),
+        (
+            "over-https",
+            json!({"url": format!("https://{https_ok}/image.raw")}),
+        ),
     ] {
         let (code, body) = post_image(&s, &token, name, &source);
         assert_eq!(code, 201, "{source}: {body}");
@@ -321,6 +375,11 @@ fn a_member_never_reaches_the_host() {
             "big",
             json!({"url": format!("http://{outside}/big")}),
             "larger than",
+        ),
+        (
+            "untrusted-https",
+            json!({"url": format!("https://{https_unknown}/image.raw")}),
+            "certificate",
         ),
     ] {
         let (code, body) = post_image(&s, &token, name, &source);

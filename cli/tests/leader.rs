@@ -35,6 +35,7 @@ fn spawn(
     let mut child = Command::new(BIN)
         .args([
             "server",
+            "--insecure-http",
             "--etcd",
             etcd,
             "--listen",

@@ -42,6 +42,11 @@ spec:
   nics: [{network: lan}]
 ";
 
+fn ca_hash(s: &Server) -> String {
+    let pem = std::fs::read_to_string(s.ca.as_ref().expect("a TLS server")).unwrap();
+    corral_tls::ca_hash(&pem).unwrap()
+}
+
 /// A `corral agent` whose scan and resync never come during the test.
 struct SlowScanAgent(Child);
 
@@ -55,6 +60,8 @@ impl SlowScanAgent {
             .args(["--libvirt", "qemu:///system", "--agent-dir"])
             .arg(s.dir.join("agent"))
             .args(["--scan-interval", "3600", "--resync-interval", "3600"])
+            // Joined as `corral up` tells agents to: by the CA's hash.
+            .args(["--server-ca-hash", &ca_hash(s)])
             .env("RUST_LOG", "corral_node_agent=info,warn")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

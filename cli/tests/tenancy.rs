@@ -162,3 +162,80 @@ fn credentials_keys_and_tokens() {
     let out = s.corral(&["token", "list", "--user", "carol"]);
     assert!(out.ok().is_empty(), "{out:#?}");
 }
+
+#[test]
+fn a_viewer_reads_and_roles_span_projects() {
+    let s = shared();
+    s.corral(&["project", "create", "va"]).ok();
+    s.corral(&["project", "create", "vb"]).ok();
+    let issued = s
+        .corral(&[
+            "user",
+            "create",
+            "vic",
+            "--role",
+            "viewer",
+            "--project",
+            "va",
+            "-o",
+            "json",
+        ])
+        .json();
+    assert_eq!(issued["role"], "viewer");
+    let token = issued["token"].as_str().unwrap().to_string();
+    let as_vic = [("CORRAL_TOKEN", token.as_str())];
+    let dir = s.scratch("viewer");
+    let net = |project: &str| {
+        write(
+            &dir,
+            &format!("{project}.yaml"),
+            &format!(
+                "apiVersion: corral/v1\nkind: Network\nmetadata: {{name: lan, project: {project}}}\nspec: {{cidr: 10.51.0.0/24}}\n"
+            ),
+        )
+    };
+    let va = net("va");
+    let vb = net("vb");
+    s.corral(&["apply", "-f", va.to_str().unwrap()]).ok();
+
+    // Reads, not writes.
+    let got = s.corral_env(&["get", "networks", "-p", "va"], &as_vic);
+    assert!(got.ok().contains("lan"), "{got:#?}");
+    let out = s.corral_env(&["delete", "network", "lan", "-p", "va"], &as_vic);
+    assert!(
+        out.fails_with(1).contains("may not delete networks"),
+        "{out:#?}"
+    );
+
+    // A member of vb besides: works there; whoami lists both.
+    let granted = s.corral(&[
+        "user",
+        "grant",
+        "vic",
+        "--project",
+        "vb",
+        "--role",
+        "member",
+    ]);
+    assert!(
+        granted.ok().contains("Projects: va (viewer), vb (member)"),
+        "{granted:#?}"
+    );
+    s.corral_env(&["apply", "-f", vb.to_str().unwrap()], &as_vic)
+        .ok();
+    let me = s.corral_env(&["whoami"], &as_vic);
+    assert!(me.ok().contains("Role:     viewer"), "{me:#?}");
+    assert!(
+        me.ok().contains("Projects: va (viewer), vb (member)"),
+        "{me:#?}"
+    );
+
+    // Taken back: closed again at once.
+    s.corral(&["user", "ungrant", "vic", "--project", "vb"])
+        .ok();
+    let out = s.corral_env(&["get", "networks", "-p", "vb"], &as_vic);
+    assert!(
+        out.fails_with(1).contains("may not list networks"),
+        "{out:#?}"
+    );
+}

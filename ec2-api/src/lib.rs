@@ -23,5 +23,6 @@ mod server;
 pub mod testing;
 pub mod xml;
 
+pub use actions::{reads_only, ACTIONS};
 pub use error::Ec2Error;
 pub use server::{router, serve, Ec2Config, Ec2State};

@@ -83,12 +83,17 @@ pub fn router(state: Ec2State) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
-/// Serves the façade on `listener` until `shutdown` completes.
-pub async fn serve(
+/// Serves the façade on `listener` (plain TCP, or `corral_tls::Listen`)
+/// until `shutdown` completes.
+pub async fn serve<L>(
     state: Ec2State,
-    listener: tokio::net::TcpListener,
+    listener: L,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
@@ -120,10 +125,20 @@ async fn handle(
     State(state): State<Ec2State>,
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    // HTTP/2 carries the host as the :authority pseudo-header, which hyper
+    // puts in the URI: it is the "host" that SigV4 and SigV2 sign.
+    if !headers.contains_key(header::HOST) {
+        if let Some(value) = uri
+            .authority()
+            .and_then(|a| header::HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, value);
+        }
+    }
     let request_id = uuid::Uuid::new_v4().to_string();
     let body = match to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,

@@ -24,10 +24,14 @@ pub struct Keys {
     pub secret: String,
 }
 
-/// A running façade.
+/// A running façade, over TLS as `corral up` serves it.
 pub struct TestServer {
-    /// `http://127.0.0.1:<port>`
+    /// `https://127.0.0.1:<port>`
     pub url: String,
+    /// The CA the server's certificate chains to (PEM), and its file (what
+    /// `AWS_CA_BUNDLE` names).
+    pub ca_pem: String,
+    pub ca_file: std::path::PathBuf,
     pub addr: std::net::SocketAddr,
     pub store: ResourceStore,
     /// The admin's keys (they act in project `default`).
@@ -56,10 +60,16 @@ fn random(len: usize, alphabet: &[u8]) -> String {
 /// Creates a user (member of `project`, or admin when `project` is None)
 /// with one access key.
 pub async fn add_user(store: &ResourceStore, name: &str, project: Option<&str>) -> Keys {
-    let (role, project) = match project {
-        Some(p) => (Role::Member, p.to_string()),
-        None => (Role::Admin, String::new()),
-    };
+    match project {
+        Some(p) => add_user_as(store, name, Role::Member, p).await,
+        None => add_user_as(store, name, Role::Admin, "").await,
+    }
+}
+
+/// Creates a user with `role` in `project` (empty for admins) and one
+/// access key.
+pub async fn add_user_as(store: &ResourceStore, name: &str, role: Role, project: &str) -> Keys {
+    let project = project.to_string();
     if !project.is_empty() {
         let _ = store
             .create(&Project::new("", &project, ProjectSpec::default()))
@@ -109,10 +119,15 @@ pub async fn start() -> TestServer {
         .await
         .expect("seed project");
     let admin = add_user(&store, "admin", None).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let addr = tcp.local_addr().expect("addr");
+    let names = corral_tls::SubjectNames::for_host(&[addr.ip()], &[]);
+    let id = corral_tls::load_or_create(&dir.path().join("tls"), &names).expect("test CA");
+    let listener = corral_tls::Listen::Tls(
+        corral_tls::TlsListener::new(tcp, id.config.clone()).expect("TLS listener"),
+    );
     let (tx, rx) = tokio::sync::oneshot::channel();
     let state = Ec2State::new(store.clone(), Ec2Config::default());
     let limiter = state.limiter.clone();
@@ -123,7 +138,9 @@ pub async fn start() -> TestServer {
         .await;
     });
     TestServer {
-        url: format!("http://{addr}"),
+        url: format!("https://{addr}"),
+        ca_pem: id.ca_pem.clone(),
+        ca_file: id.ca_file.clone(),
         addr,
         store,
         admin,

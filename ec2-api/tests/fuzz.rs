@@ -323,7 +323,11 @@ fn signed_requests_with_arbitrary_parameters_never_5xx() {
         let keys = add_user(&s.store, "fuzz", Some("demo")).await;
         (s, keys)
     });
-    let http = reqwest::Client::new();
+    let ca = reqwest::Certificate::from_pem_bundle(server.ca_pem.as_bytes()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only(ca)
+        .build()
+        .unwrap();
     let host = server.addr.to_string();
     let url = format!("{}/", server.url);
     let strategy = (

@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use chrono::Utc;
-use corral_ec2_api::testing::{add_user, start, Keys};
+use corral_ec2_api::testing::{add_user, start, Keys, TestServer};
 use hmac::{Hmac, KeyInit, Mac};
 
 fn enc(s: &str) -> String {
@@ -69,8 +69,13 @@ fn sigv2_signed(
     format!("{query}&Signature={}", enc(&sig))
 }
 
-async fn post(url: &str, body: String) -> (u16, String) {
-    let r = reqwest::Client::new()
+/// POSTs over TLS, trusting only the test server's CA.
+async fn post(s: &TestServer, url: &str, body: String) -> (u16, String) {
+    let ca = reqwest::Certificate::from_pem_bundle(s.ca_pem.as_bytes()).unwrap();
+    let r = reqwest::Client::builder()
+        .tls_certs_only(ca)
+        .build()
+        .unwrap()
         .post(url)
         .header(
             "content-type",
@@ -98,7 +103,7 @@ async fn sigv2_as_euca2ools_signs_it() {
             sha1,
             Utc::now(),
         );
-        let (status, text) = post(&url, body).await;
+        let (status, text) = post(&s, &url, body).await;
         assert_eq!(status, 200, "{text}");
         assert!(text.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeAvailabilityZonesResponse xmlns=\"http://ec2.amazonaws.com/doc/2014-10-01/\"><requestId>"), "{text}");
         assert!(text.contains("<availabilityZoneInfo><item><zoneName>corral-1a</zoneName><zoneState>available</zoneState>"), "{text}");
@@ -116,7 +121,7 @@ async fn sigv2_as_euca2ools_signs_it() {
         false,
         Utc::now(),
     );
-    let (status, text) = post(&url, body).await;
+    let (status, text) = post(&s, &url, body).await;
     assert_eq!(status, 200, "{text}");
     let body = sigv2_body(
         &keys,
@@ -133,7 +138,7 @@ async fn sigv2_as_euca2ools_signs_it() {
         true,
         Utc::now(),
     );
-    let (status, text) = post(&url, body).await;
+    let (status, text) = post(&s, &url, body).await;
     assert_eq!(status, 200, "{text}");
     let sg: corral_api_types::SecurityGroup = s.store.get("demo", "web").await.unwrap().unwrap();
     assert_eq!(sg.spec.ingress.len(), 1);
@@ -181,7 +186,7 @@ async fn authentication_failures_change_nothing() {
         sigv2_body(&keys, &host, "/other", &create, false, Utc::now()),
         "Action=CreateSecurityGroup&GroupName=x&GroupDescription=d".to_string(),
     ] {
-        let (status, text) = post(&url, body).await;
+        let (status, text) = post(&s, &url, body).await;
         assert_eq!(
             (status, error_code(&text).as_str()),
             (401, "AuthFailure"),
@@ -194,7 +199,7 @@ async fn authentication_failures_change_nothing() {
     let past = Utc::now() - chrono::Duration::minutes(1);
     for expires in [far, past] {
         let body = sigv2_signed(&keys, &host, "/", &create, false, ("Expires", expires));
-        let (status, text) = post(&url, body).await;
+        let (status, text) = post(&s, &url, body).await;
         assert_eq!(
             (status, error_code(&text).as_str()),
             (401, "AuthFailure"),
@@ -205,12 +210,12 @@ async fn authentication_failures_change_nothing() {
     let soon = Utc::now() + chrono::Duration::minutes(5);
     let describe = [("Action", "DescribeSecurityGroups")];
     let body = sigv2_signed(&keys, &host, "/", &describe, true, ("Expires", soon));
-    let (status, text) = post(&url, body).await;
+    let (status, text) = post(&s, &url, body).await;
     assert_eq!(status, 200, "{text}");
     // A signature over other parameters does not cover an added one.
     let mut tampered = sigv2_body(&keys, &host, "/", &create, false, Utc::now());
     tampered.push_str("&TagSpecification.1.ResourceType=security-group");
-    let (status, _) = post(&url, tampered).await;
+    let (status, _) = post(&s, &url, tampered).await;
     assert_eq!(status, 401);
     let groups = s
         .store
@@ -222,6 +227,7 @@ async fn authentication_failures_change_nothing() {
         "nothing may be written by failed requests"
     );
     let (status, text) = post(
+        &s,
         &url,
         sigv2_body(
             &keys,
@@ -350,6 +356,7 @@ async fn hostile_input_never_produces_a_500() {
     ];
     for params in &nasty {
         let (status, text) = post(
+            &s,
             &url,
             sigv2_body(&keys, &host, "/", params, false, Utc::now()),
         )
@@ -367,10 +374,10 @@ async fn hostile_input_never_produces_a_500() {
         "=&=&==",
         "AWSAccessKeyId=%FF%FE&Signature=x&SignatureVersion=2&SignatureMethod=HmacSHA1&Timestamp=x",
     ] {
-        let (status, _) = post(&url, body.to_string()).await;
+        let (status, _) = post(&s, &url, body.to_string()).await;
         assert_eq!(status, 401, "{body}");
     }
     let big = "a".repeat(2 * 1024 * 1024);
-    let (status, _) = post(&url, big).await;
+    let (status, _) = post(&s, &url, big).await;
     assert_eq!(status, 413);
 }

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use corral_api_types::{Instance, InstancePhase, InstanceStatus};
-use corral_ec2_api::testing::{add_user, seed_project, set_status, start, Keys};
+use corral_ec2_api::testing::{add_user, seed_project, set_status, start, Keys, TestServer};
 
 fn need(tool: &str, check: &[&str]) {
     let ok = Command::new(tool)
@@ -16,8 +16,11 @@ fn need(tool: &str, check: &[&str]) {
     assert!(ok, "{tool} {check:?} failed: install boto3 and awscli with `pip install boto3 awscli` (scripts/install-deps does)");
 }
 
-fn aws_env(cmd: &mut Command, url: &str, keys: &Keys) {
-    cmd.env("AWS_ENDPOINT_URL_EC2", url)
+/// The environment a user's rc file gives: endpoint over TLS, the
+/// server's CA as `AWS_CA_BUNDLE`, keys and region.
+fn aws_env(cmd: &mut Command, s: &TestServer, keys: &Keys) {
+    cmd.env("AWS_CA_BUNDLE", &s.ca_file)
+        .env("AWS_ENDPOINT_URL_EC2", &s.url)
         .env("AWS_ACCESS_KEY_ID", &keys.id)
         .env("AWS_SECRET_ACCESS_KEY", &keys.secret)
         .env("AWS_DEFAULT_REGION", "corral-1")
@@ -37,7 +40,7 @@ async fn boto3_drives_the_facade() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/boto3_smoke.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script).env("IMAGE_ID", &image);
-    aws_env(&mut cmd, &s.url, &keys);
+    aws_env(&mut cmd, &s, &keys);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
@@ -51,10 +54,10 @@ async fn boto3_drives_the_facade() {
     assert!(text.contains("boto3 smoke: ok"), "{text}");
 }
 
-async fn aws(url: &str, keys: &Keys, args: &[&str]) -> (bool, String) {
+async fn aws(s: &TestServer, keys: &Keys, args: &[&str]) -> (bool, String) {
     let mut cmd = Command::new("aws");
     cmd.args(["ec2", "--output", "json"]).args(args);
-    aws_env(&mut cmd, url, keys);
+    aws_env(&mut cmd, s, keys);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
@@ -87,7 +90,7 @@ async fn aws_cli_run_stop_start_terminate() {
     let image = seed_project(&s.store, "default").await;
     let k = &s.admin;
     let (ok, out) = aws(
-        &s.url,
+        &s,
         k,
         &[
             "run-instances",
@@ -105,10 +108,10 @@ async fn aws_cli_run_stop_start_terminate() {
         .as_str()
         .unwrap()
         .to_string();
-    let (ok, out) = aws(&s.url, k, &["describe-instances", "--instance-ids", &id]).await;
+    let (ok, out) = aws(&s, k, &["describe-instances", "--instance-ids", &id]).await;
     assert!(ok, "{out}");
     assert_eq!(state_of(&json(&out)), "pending");
-    let (ok, out) = aws(&s.url, k, &["stop-instances", "--instance-ids", &id]).await;
+    let (ok, out) = aws(&s, k, &["stop-instances", "--instance-ids", &id]).await;
     assert!(!ok && out.contains("IncorrectInstanceState"), "{out}");
 
     let running = InstanceStatus {
@@ -116,9 +119,9 @@ async fn aws_cli_run_stop_start_terminate() {
         ..Default::default()
     };
     set_status::<Instance>(&s.store, "default", &id, running).await;
-    let (_, out) = aws(&s.url, k, &["describe-instances", "--instance-ids", &id]).await;
+    let (_, out) = aws(&s, k, &["describe-instances", "--instance-ids", &id]).await;
     assert_eq!(state_of(&json(&out)), "running");
-    let (ok, out) = aws(&s.url, k, &["stop-instances", "--instance-ids", &id]).await;
+    let (ok, out) = aws(&s, k, &["stop-instances", "--instance-ids", &id]).await;
     assert!(ok, "{out}");
     assert_eq!(
         json(&out)["StoppingInstances"][0]["CurrentState"]["Name"],
@@ -129,24 +132,24 @@ async fn aws_cli_run_stop_start_terminate() {
         ..Default::default()
     };
     set_status::<Instance>(&s.store, "default", &id, stopped).await;
-    let (_, out) = aws(&s.url, k, &["describe-instances", "--instance-ids", &id]).await;
+    let (_, out) = aws(&s, k, &["describe-instances", "--instance-ids", &id]).await;
     assert_eq!(state_of(&json(&out)), "stopped");
-    let (ok, out) = aws(&s.url, k, &["start-instances", "--instance-ids", &id]).await;
+    let (ok, out) = aws(&s, k, &["start-instances", "--instance-ids", &id]).await;
     assert!(ok, "{out}");
     assert_eq!(
         json(&out)["StartingInstances"][0]["CurrentState"]["Name"],
         "pending"
     );
-    let (ok, out) = aws(&s.url, k, &["terminate-instances", "--instance-ids", &id]).await;
+    let (ok, out) = aws(&s, k, &["terminate-instances", "--instance-ids", &id]).await;
     assert!(ok, "{out}");
     let (ok, out) = aws(
-        &s.url,
+        &s,
         k,
         &["wait", "instance-terminated", "--instance-ids", &id],
     )
     .await;
     assert!(ok, "{out}");
-    let (_, out) = aws(&s.url, k, &["describe-instances", "--instance-ids", &id]).await;
+    let (_, out) = aws(&s, k, &["describe-instances", "--instance-ids", &id]).await;
     assert_eq!(state_of(&json(&out)), "terminated");
 }
 
@@ -160,11 +163,11 @@ async fn aws_cli_elastic_ips() {
     let s = start().await;
     let image = seed_project(&s.store, "default").await;
     let k = &s.admin;
-    let (ok, out) = aws(&s.url, k, &["allocate-address", "--domain", "vpc"]).await;
+    let (ok, out) = aws(&s, k, &["allocate-address", "--domain", "vpc"]).await;
     assert!(!ok && out.contains("InsufficientAddressCapacity"), "{out}");
     public_pool(&s.store, "default").await;
 
-    let (ok, out) = aws(&s.url, k, &["allocate-address", "--domain", "vpc"]).await;
+    let (ok, out) = aws(&s, k, &["allocate-address", "--domain", "vpc"]).await;
     assert!(ok, "{out}");
     let v = json(&out);
     let (alloc, ip) = (
@@ -178,7 +181,7 @@ async fn aws_cli_elastic_ips() {
     assert_eq!(v["Domain"], "vpc");
 
     let (ok, out) = aws(
-        &s.url,
+        &s,
         k,
         &["run-instances", "--image-id", &image, "--count", "1"],
     )
@@ -190,7 +193,7 @@ async fn aws_cli_elastic_ips() {
         .to_string();
 
     let (ok, out) = aws(
-        &s.url,
+        &s,
         k,
         &[
             "associate-address",
@@ -205,14 +208,14 @@ async fn aws_cli_elastic_ips() {
     let assoc = json(&out)["AssociationId"].as_str().unwrap().to_string();
     assert!(assoc.starts_with("eipassoc-"), "{assoc}");
 
-    let (ok, out) = aws(&s.url, k, &["describe-addresses", "--public-ips", &ip]).await;
+    let (ok, out) = aws(&s, k, &["describe-addresses", "--public-ips", &ip]).await;
     assert!(ok, "{out}");
     let a = &json(&out)["Addresses"][0];
     assert_eq!(a["AllocationId"], alloc.as_str());
     assert_eq!(a["InstanceId"], id.as_str());
     assert_eq!(a["AssociationId"], assoc.as_str());
     let (ok, out) = aws(
-        &s.url,
+        &s,
         k,
         &[
             "describe-addresses",
@@ -224,36 +227,21 @@ async fn aws_cli_elastic_ips() {
     assert!(ok, "{out}");
     assert_eq!(json(&out)["Addresses"].as_array().unwrap().len(), 1);
 
-    let (ok, out) = aws(&s.url, k, &["release-address", "--allocation-id", &alloc]).await;
+    let (ok, out) = aws(&s, k, &["release-address", "--allocation-id", &alloc]).await;
     assert!(!ok && out.contains("InvalidIPAddress.InUse"), "{out}");
-    let (ok, out) = aws(
-        &s.url,
-        k,
-        &["disassociate-address", "--association-id", &assoc],
-    )
-    .await;
+    let (ok, out) = aws(&s, k, &["disassociate-address", "--association-id", &assoc]).await;
     assert!(ok, "{out}");
-    let (_, out) = aws(
-        &s.url,
-        k,
-        &["describe-addresses", "--allocation-ids", &alloc],
-    )
-    .await;
+    let (_, out) = aws(&s, k, &["describe-addresses", "--allocation-ids", &alloc]).await;
     assert!(
         json(&out)["Addresses"][0].get("AssociationId").is_none(),
         "{out}"
     );
 
-    let (ok, out) = aws(&s.url, k, &["release-address", "--allocation-id", &alloc]).await;
+    let (ok, out) = aws(&s, k, &["release-address", "--allocation-id", &alloc]).await;
     assert!(ok, "{out}");
-    let (ok, out) = aws(
-        &s.url,
-        k,
-        &["describe-addresses", "--allocation-ids", &alloc],
-    )
-    .await;
+    let (ok, out) = aws(&s, k, &["describe-addresses", "--allocation-ids", &alloc]).await;
     assert!(!ok && out.contains("InvalidAllocationID.NotFound"), "{out}");
-    let (ok, out) = aws(&s.url, k, &["describe-addresses"]).await;
+    let (ok, out) = aws(&s, k, &["describe-addresses"]).await;
     assert!(
         ok && json(&out)["Addresses"].as_array().unwrap().is_empty(),
         "{out}"

@@ -191,7 +191,7 @@ impl Agent {
             match self.register().await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(node = %self.opts.node, error = %e, "cannot register yet");
+                    tracing::warn!(node = %self.opts.node, error = %error_chain(&e), "cannot register yet");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stopped(&mut stop) => return Ok(()),

@@ -114,6 +114,13 @@ pub enum StoreError {
     },
     #[error("object could not be encoded")]
     Encode(#[source] serde_json::Error),
+    /// A sealed secret field of the object at `key` did not open.
+    #[error("a secret of {key} could not be opened")]
+    Secret {
+        key: String,
+        #[source]
+        source: crate::secrets::SecretsError,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -19,6 +19,9 @@
 //! paths above (the one mechanism that must sit below both the API server
 //! and the EC2 façade; the rules it applies are api-types').
 //!
+//! [`secrets`] seals the fields a kind declares secret with a key file
+//! outside the store, so the store's bytes alone reveal no secret.
+//!
 //! It must not know about any kind's rules (validation, generation,
 //! finalizers): that is the API server's job, over [`ResourceStore`].
 
@@ -29,6 +32,7 @@ mod etcd;
 pub mod etcd_server;
 pub mod import;
 pub mod quota;
+pub mod secrets;
 mod typed;
 
 pub use contract::{

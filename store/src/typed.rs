@@ -16,6 +16,7 @@ use std::sync::Arc;
 use corral_api_types::{Resource, Scope, CLUSTER_PROJECT};
 
 use crate::contract::{KeyValue, ListOptions, Result, Store, StoreError, WatchEvent, WatchStream};
+use crate::secrets::{SecretKeys, SecretsError};
 
 pub const ROOT: &str = "/corral/";
 
@@ -62,21 +63,41 @@ pub fn parse_resource_version(rv: &str) -> Result<i64> {
 /// `metadata`, `spec`, `status`) without `resourceVersion` (which is empty,
 /// so not serialized). Deterministic, so unchanged objects encode to
 /// unchanged bytes and the store skips the write.
-fn encode<K: Resource>(obj: &K) -> Result<Vec<u8>> {
-    if obj.meta().resource_version.is_empty() {
+/// Secret fields are sealed (with `secrets`, keyed to `key`).
+fn encode<K: Resource>(obj: &K, key: &str, secrets: Option<&SecretKeys>) -> Result<Vec<u8>> {
+    let seal = K::HAS_SECRETS && secrets.is_some();
+    if obj.meta().resource_version.is_empty() && !seal {
         return serde_json::to_vec(obj).map_err(StoreError::Encode);
     }
     let mut copy = obj.clone();
     copy.meta_mut().resource_version.clear();
+    if let (true, Some(keys)) = (seal, secrets) {
+        for field in copy.secrets_mut() {
+            *field = keys.seal(key, field);
+        }
+    }
     serde_json::to_vec(&copy).map_err(StoreError::Encode)
 }
 
-fn decode<K: Resource>(kv: &KeyValue) -> Result<K> {
+fn decode<K: Resource>(kv: &KeyValue, secrets: Option<&SecretKeys>) -> Result<K> {
     let mut obj: K = serde_json::from_slice(&kv.value).map_err(|source| StoreError::Corrupt {
         key: kv.key.clone(),
         source,
     })?;
     obj.meta_mut().resource_version = kv.mod_revision.to_string();
+    if K::HAS_SECRETS {
+        for field in obj.secrets_mut() {
+            let opened = match secrets {
+                Some(keys) => keys.open(&kv.key, field),
+                None if SecretKeys::sealed_with(field).is_some() => Err(SecretsError::NoKeys),
+                None => continue,
+            };
+            *field = opened.map_err(|source| StoreError::Secret {
+                key: kv.key.clone(),
+                source,
+            })?;
+        }
+    }
     Ok(obj)
 }
 
@@ -112,6 +133,7 @@ impl<K: Resource> ObjectEvent<K> {
 /// Typed watch over one kind.
 pub struct ObjectWatch<K> {
     inner: WatchStream,
+    secrets: Option<Arc<SecretKeys>>,
     _kind: PhantomData<fn() -> K>,
 }
 
@@ -125,11 +147,14 @@ impl<K: Resource> ObjectWatch<K> {
             let converted = match event {
                 WatchEvent::Put { kv, prev } => {
                     let created = kv.create_revision == kv.mod_revision;
-                    decode::<K>(&kv).map(|o| {
+                    let secrets = self.secrets.as_deref();
+                    decode::<K>(&kv, secrets).map(|o| {
                         if created {
                             ObjectEvent::Added(o)
                         } else {
-                            let prev = prev.and_then(|p| decode::<K>(&p).ok()).map(Box::new);
+                            let prev = prev
+                                .and_then(|p| decode::<K>(&p, secrets).ok())
+                                .map(Box::new);
                             ObjectEvent::Modified(o, prev)
                         }
                     })
@@ -138,7 +163,7 @@ impl<K: Resource> ObjectWatch<K> {
                     // etcd always gives prev_kv when asked; without it there
                     // is nothing to tell the caller about.
                     let Some(prev) = prev else { continue };
-                    decode::<K>(&prev).map(|mut o| {
+                    decode::<K>(&prev, self.secrets.as_deref()).map(|mut o| {
                         o.meta_mut().resource_version = revision.to_string();
                         ObjectEvent::Deleted(o)
                     })
@@ -153,11 +178,26 @@ impl<K: Resource> ObjectWatch<K> {
 #[derive(Clone)]
 pub struct ResourceStore {
     kv: Arc<dyn Store>,
+    secrets: Option<Arc<SecretKeys>>,
 }
 
 impl ResourceStore {
+    /// Secret fields are written as they are (tests, tools).
     pub fn new(kv: Arc<dyn Store>) -> ResourceStore {
-        ResourceStore { kv }
+        ResourceStore { kv, secrets: None }
+    }
+
+    /// Secret fields are sealed with `keys` (`crate::secrets`).
+    pub fn with_secrets(kv: Arc<dyn Store>, keys: Arc<SecretKeys>) -> ResourceStore {
+        ResourceStore {
+            kv,
+            secrets: Some(keys),
+        }
+    }
+
+    /// The keys sealing secret fields, if any.
+    pub fn secrets(&self) -> Option<&Arc<SecretKeys>> {
+        self.secrets.as_ref()
     }
 
     /// The raw store underneath.
@@ -178,14 +218,21 @@ impl ResourceStore {
             meta.generation = 1;
         }
         let key = object_key::<K>(&meta.project, &meta.name);
-        let rev = self.kv.create(&key, encode(&obj)?).await?;
+        let rev = self
+            .kv
+            .create(&key, encode(&obj, &key, self.secrets.as_deref())?)
+            .await?;
         obj.meta_mut().resource_version = rev.to_string();
         Ok(obj)
     }
 
     pub async fn get<K: Resource>(&self, project: &str, name: &str) -> Result<Option<K>> {
         let key = object_key::<K>(project, name);
-        self.kv.get(&key).await?.map(|kv| decode(&kv)).transpose()
+        self.kv
+            .get(&key)
+            .await?
+            .map(|kv| decode(&kv, self.secrets.as_deref()))
+            .transpose()
     }
 
     /// Replaces the object if its `resourceVersion` is still current.
@@ -195,7 +242,8 @@ impl ResourceStore {
         let meta = obj.meta();
         let expected = parse_resource_version(&meta.resource_version)?;
         let key = object_key::<K>(&meta.project, &meta.name);
-        let outcome = self.kv.update(&key, encode(obj)?, expected).await?;
+        let bytes = encode(obj, &key, self.secrets.as_deref())?;
+        let outcome = self.kv.update(&key, bytes, expected).await?;
         let mut obj = obj.clone();
         obj.meta_mut().resource_version = outcome.revision.to_string();
         Ok(obj)
@@ -212,7 +260,7 @@ impl ResourceStore {
         let key = object_key::<K>(project, name);
         let expected = resource_version.map(parse_resource_version).transpose()?;
         let (kv, revision) = self.kv.delete(&key, expected).await?;
-        let mut obj: K = decode(&kv)?;
+        let mut obj: K = decode(&kv, self.secrets.as_deref())?;
         obj.meta_mut().resource_version = revision.to_string();
         Ok(obj)
     }
@@ -223,7 +271,12 @@ impl ResourceStore {
         options: ListOptions,
     ) -> Result<ObjectList<K>> {
         let page = self.kv.list(&kind_prefix::<K>(project), options).await?;
-        let items = page.items.iter().map(decode).collect::<Result<Vec<K>>>()?;
+        let secrets = self.secrets.as_deref();
+        let items = page
+            .items
+            .iter()
+            .map(|kv| decode(kv, secrets))
+            .collect::<Result<Vec<K>>>()?;
         Ok(ObjectList {
             items,
             resource_version: page.revision,
@@ -243,6 +296,7 @@ impl ResourceStore {
             .await?;
         Ok(ObjectWatch {
             inner,
+            secrets: self.secrets.clone(),
             _kind: PhantomData,
         })
     }

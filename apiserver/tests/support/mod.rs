@@ -188,3 +188,46 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// One object of every project kind, as created in `b` by the admin.
+pub fn objects() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "networks",
+            json!({"kind": "Network", "metadata": {"name": "lan"}, "spec": {"cidr": "10.70.0.0/24"}}),
+        ),
+        (
+            "securitygroups",
+            json!({"kind": "SecurityGroup", "metadata": {"name": "web"}, "spec": {"description": "b's"}}),
+        ),
+        (
+            "keypairs",
+            json!({"kind": "KeyPair", "metadata": {"name": "admin"}, "spec": {"publicKey":
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ4uHWXmWgwN6MKFpsgnnGaU1rtTEBKPNu/L09gAucb b@b"}}),
+        ),
+        (
+            "images",
+            json!({"kind": "Image", "metadata": {"name": "tiny"}, "spec": {"source": {"upload": true}, "format": "qcow2"}}),
+        ),
+        ("volumes", volume("data", 1)),
+        (
+            "snapshots",
+            json!({"kind": "Snapshot", "metadata": {"name": "snap"}, "spec": {"volume": "data"}}),
+        ),
+        ("instances", {
+            let mut i = instance("web", "m1.tiny");
+            i["spec"]["nics"][0]["securityGroups"] = json!(["web"]);
+            i["spec"]["keyName"] = json!("admin");
+            i
+        }),
+        (
+            "addresses",
+            json!({"kind": "Address", "metadata": {"name": "eip"}, "spec": {"network": "lan"}}),
+        ),
+        (
+            "events",
+            json!({"kind": "Event", "metadata": {"name": "ev"}, "spec": {
+                "involvedObject": {"kind": "Instance", "name": "web"}, "reason": "Test"}}),
+        ),
+    ]
+}

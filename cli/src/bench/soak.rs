@@ -141,6 +141,8 @@ async fn up_target(http: &reqwest::Client) -> Result<Target> {
         dir.path(),
         &[
             "up",
+            // Loopback; the soak measures the API's work, not TLS.
+            "--insecure-http",
             "--data-dir",
             data.to_str().context("utf-8 path")?,
             "--listen",
@@ -185,6 +187,7 @@ async fn etcd_target(http: &reqwest::Client) -> Result<Target> {
         dir.path(),
         &[
             "server",
+            "--insecure-http",
             "--etcd",
             &etcd.endpoints().join(","),
             "--listen",

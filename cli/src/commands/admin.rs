@@ -111,12 +111,25 @@ pub struct UserArgs {
 /// A user's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RoleArg {
-    /// Everything inside one project.
+    /// Everything inside its projects.
     Member,
+    /// Reads inside its projects, nothing else.
+    Viewer,
     /// Everything, every project.
     Admin,
     /// A node agent.
     Node,
+}
+
+impl RoleArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            RoleArg::Member => "member",
+            RoleArg::Viewer => "viewer",
+            RoleArg::Admin => "admin",
+            RoleArg::Node => "node",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -145,6 +158,21 @@ pub enum UserCommand {
     /// Delete a user and revoke its tokens and keys.
     #[command(alias = "rm")]
     Delete { name: String },
+    /// Give a user a role in a further project (or change it).
+    Grant {
+        name: String,
+        #[arg(long)]
+        project: String,
+        /// `member` or `viewer`.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Take a user's role in a further project away.
+    Ungrant {
+        name: String,
+        #[arg(long)]
+        project: String,
+    },
 }
 
 pub async fn user(args: UserArgs) -> Result<i32> {
@@ -157,14 +185,10 @@ pub async fn user(args: UserArgs) -> Result<i32> {
             node,
             output,
         } => {
-            let role_name = match role {
-                RoleArg::Member => "member",
-                RoleArg::Admin => "admin",
-                RoleArg::Node => "node",
-            };
+            let role_name = role.name();
             match role {
-                RoleArg::Member if project.is_none() => {
-                    return Err(usage("a member needs --project"))
+                RoleArg::Member | RoleArg::Viewer if project.is_none() => {
+                    return Err(usage(format!("a {role_name} needs --project")))
                 }
                 RoleArg::Node if node.is_none() => return Err(usage("a node user needs --node")),
                 _ => {}
@@ -232,6 +256,16 @@ pub async fn user(args: UserArgs) -> Result<i32> {
                 &["NAME", "ROLE", "PROJECT", "NODE", "DISABLED", "AGE"],
                 &rows,
             );
+        }
+        UserCommand::Grant {
+            name,
+            project,
+            role,
+        } => {
+            super::roles::grant(&ctx, &name, &project, role.name()).await?;
+        }
+        UserCommand::Ungrant { name, project } => {
+            super::roles::ungrant(&ctx, &name, &project).await?;
         }
         UserCommand::Delete { name } => {
             ctx.client
@@ -314,6 +348,18 @@ pub async fn credentials(args: CredentialsArgs) -> Result<i32> {
     let token = text_at(&issued, "/token");
     let access_key_id = text_at(&issued, "/accessKeyId");
     let secret = text_at(&issued, "/secretAccessKey");
+    // The CA goes with the credentials: beside the rc file when one is
+    // written (for another machine), else the path this client uses.
+    let ca_file = match (&args.output, ctx.config.ca_pem()?) {
+        (Some(path), Some(pem)) => {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".ca.crt");
+            let ca = std::path::PathBuf::from(name);
+            write_private(&ca, &pem)?;
+            std::path::absolute(&ca).unwrap_or(ca).display().to_string()
+        }
+        _ => ctx.config.ca_file.clone(),
+    };
     let rc = Credentials {
         server: &server,
         ec2_endpoint: &ec2,
@@ -323,6 +369,7 @@ pub async fn credentials(args: CredentialsArgs) -> Result<i32> {
         token: &token,
         access_key_id: &access_key_id,
         secret_access_key: &secret,
+        ca_file: &ca_file,
     }
     .rc_file();
     match args.output {
@@ -533,6 +580,7 @@ pub async fn whoami(args: WhoamiArgs) -> Result<i32> {
     println!("User:     {}", text_at(&me, "/user"));
     println!("Role:     {}", text_at(&me, "/role"));
     println!("Project:  {}", text_at(&me, "/project"));
+    super::roles::print_projects(&me);
     if let Some(n) = str_at(&me, "/node") {
         println!("Node:     {n}");
     }

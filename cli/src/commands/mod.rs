@@ -18,6 +18,8 @@ mod diff;
 mod get;
 mod manifests;
 mod output;
+mod roles;
+mod secrets;
 mod wait;
 
 use std::fmt;
@@ -67,6 +69,8 @@ pub enum ClientCommand {
     Token(admin::TokenArgs),
     /// Show who the configured credentials belong to.
     Whoami(admin::WhoamiArgs),
+    /// Operate the server itself (admin): `rotate-secrets-key`.
+    Admin(secrets::AdminArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion {
         /// The shell to complete for.
@@ -181,6 +185,7 @@ async fn dispatch(command: ClientCommand) -> Result<i32> {
         ClientCommand::Keys(a) => admin::keys(a).await,
         ClientCommand::Token(a) => admin::token(a).await,
         ClientCommand::Whoami(a) => admin::whoami(a).await,
+        ClientCommand::Admin(a) => secrets::admin(a).await,
         ClientCommand::Completion { shell } => {
             use clap::CommandFactory;
             let mut cmd = crate::Cli::command();
@@ -212,8 +217,9 @@ fn config_without_token() -> Result<ClientConfig> {
     if let Ok(v) = std::env::var("CORRAL_PROJECT") {
         config.project = v;
     }
+    config.env_ca_file();
     if config.server.is_empty() {
-        config.server = "http://127.0.0.1:8774".into();
+        config.server = "https://127.0.0.1:8774".into();
     }
     Ok(config)
 }
@@ -231,7 +237,7 @@ impl Ctx {
         if let Some(t) = &server.token {
             config.token = t.clone();
         }
-        let client = Client::new(&config.server, &config.token)?;
+        let client = Client::with_ca(&config.server, &config.token, config.ca_pem()?.as_deref())?;
         Ok(Ctx {
             client,
             config,

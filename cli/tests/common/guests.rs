@@ -133,11 +133,19 @@ impl Agent {
     /// An agent for `s`, its files under `dir/agent`, logging to
     /// [`AGENT_LOG`].
     pub fn start(s: &Server, token: &str, node: &str, dir: &Path) -> Agent {
-        Agent::start_with(&s.url, token, node, dir, Path::new(AGENT_LOG))
+        Agent::start_with(s, &s.url, token, node, dir, Path::new(AGENT_LOG))
     }
 
-    /// An agent talking to the API at `url`, logging to `log` (appended).
-    pub fn start_with(url: &str, token: &str, node: &str, dir: &Path, log: &Path) -> Agent {
+    /// An agent talking to the API of `s` at `url`, trusting the server's
+    /// CA file, logging to `log` (appended).
+    pub fn start_with(
+        s: &Server,
+        url: &str,
+        token: &str,
+        node: &str,
+        dir: &Path,
+        log: &Path,
+    ) -> Agent {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -157,6 +165,7 @@ impl Agent {
                 "--agent-dir",
             ])
             .arg(dir.join("agent"))
+            .args(s.ca.iter().flat_map(|ca| [Path::new("--server-ca"), ca]))
             .env("RUST_LOG", "corral_node_agent=info,warn")
             .stdout(Stdio::null())
             .stderr(log)

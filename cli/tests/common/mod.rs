@@ -37,7 +37,10 @@ rm -rf "$dir"
 pub struct Server {
     /// `127.0.0.1:PORT` of the native API.
     pub addr: String,
+    /// `https://127.0.0.1:PORT` (`http://` with `--insecure-http`).
     pub url: String,
+    /// The CA the server made (None with `--insecure-http`).
+    pub ca: Option<PathBuf>,
     pub dir: PathBuf,
     pub home: PathBuf,
     pub config: PathBuf,
@@ -67,6 +70,12 @@ impl Server {
     /// [`Server::start_with`], the native API listening on `ip` (`addr` and
     /// `url` still say 127.0.0.1 when `ip` is `0.0.0.0`).
     pub fn start_on(ip: &str, extra: &[&str]) -> Server {
+        let tls = !extra.contains(&"--insecure-http");
+        let mut extra = extra.to_vec();
+        if tls && ip == "0.0.0.0" {
+            // The loopback alias host_faults cuts one path to the API by.
+            extra.extend(["--tls-san", "127.0.0.2"]);
+        }
         let mut last_log = String::new();
         for _ in 0..3 {
             let dir = tempfile::Builder::new()
@@ -87,7 +96,7 @@ impl Server {
                 .arg(&dir)
                 .arg(format!("{ip}:{port}"))
                 .arg(&ec2)
-                .args(extra)
+                .args(&extra)
                 .env("HOME", &home)
                 .env("CORRAL_CONFIG", &config)
                 .env_remove("CORRAL_SERVER")
@@ -103,7 +112,8 @@ impl Server {
                 .expect("spawning corral up");
             let stdin = guard.stdin.take();
             let mut server = Server {
-                url: format!("http://{addr}"),
+                url: format!("{}://{addr}", if tls { "https" } else { "http" }),
+                ca: tls.then(|| dir.join("data/tls/ca.crt")),
                 addr,
                 dir,
                 home,
@@ -147,7 +157,24 @@ impl Server {
             .expect("a token in the config")
     }
 
-    /// A minimal HTTP/1.0 request; answers (status, body).
+    /// A TLS client trusting only this server's CA.
+    pub fn tls_config(&self) -> std::io::Result<std::sync::Arc<rustls::ClientConfig>> {
+        let ca = self.ca.as_ref().expect("a TLS server");
+        let pem = std::fs::read(ca)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in corral_tls::pki::certs_from_pem(&pem, ca).map_err(std::io::Error::other)? {
+            roots.add(cert).map_err(std::io::Error::other)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(corral_tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(std::sync::Arc::new(config))
+    }
+
+    /// A minimal HTTP/1.0 request (over TLS unless the server is plain);
+    /// answers (status, body).
     pub fn http(
         &self,
         method: &str,
@@ -155,8 +182,17 @@ impl Server {
         token: Option<&str>,
         body: Option<&str>,
     ) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(&self.addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let tcp = TcpStream::connect(&self.addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut s: Box<dyn ReadWrite> = match &self.ca {
+            Some(_) => {
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                let conn = rustls::ClientConnection::new(self.tls_config()?, name)
+                    .map_err(std::io::Error::other)?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+            None => Box::new(tcp),
+        };
         let body = body.unwrap_or("");
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -167,8 +203,15 @@ impl Server {
             self.addr,
             body.len()
         )?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer)?;
+        s.flush()?;
+        let mut raw = Vec::new();
+        match s.read_to_end(&mut raw) {
+            Ok(_) => {}
+            // A peer that closes without close_notify after a whole answer.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            Err(e) => return Err(e),
+        }
+        let answer = String::from_utf8_lossy(&raw).into_owned();
         let status = answer
             .split_whitespace()
             .nth(1)
@@ -266,6 +309,10 @@ pub fn shared() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(Server::start)
 }
+
+/// A byte stream, plain or TLS.
+pub trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// What a `corral` run did.
 #[derive(Debug)]

@@ -17,6 +17,7 @@ mod tags;
 mod volumes;
 mod vpcs;
 
+use corral_api_types::auth::Role;
 use corral_api_types::Node;
 use corral_store::ResourceStore;
 
@@ -124,8 +125,36 @@ pub fn check_ids(ids: &[String], prefixes: &[&str], malformed: &str, what: &str)
     Ok(())
 }
 
-pub async fn dispatch(ctx: &Ctx<'_>, action: &str) -> Result<Xml> {
-    match action {
+/// Declares the façade's actions once: the table [`ACTIONS`] and
+/// [`dispatch`], which refuses a viewer every action that is not a read
+/// (`Describe*`, `Get*`) with UnauthorizedOperation, as IAM refuses an
+/// action a policy does not allow (before DryRun is looked at).
+macro_rules! actions {
+    ($ctx:ident, $action:ident; $($name:literal => $call:expr,)*) => {
+        /// Every action the façade serves.
+        pub const ACTIONS: &[&str] = &[$($name),*];
+
+        pub async fn dispatch($ctx: &Ctx<'_>, $action: &str) -> Result<Xml> {
+            if $ctx.caller.role == Role::Viewer && !reads_only($action) && ACTIONS.contains(&$action) {
+                return Err(Ec2Error::unauthorized_operation(format!(
+                    "You are not authorized to perform this operation: user {} is a viewer of project {}",
+                    $ctx.caller.user, $ctx.caller.project
+                )));
+            }
+            match $action {
+                $($name => $call,)*
+                other => Err(Ec2Error::invalid_action(&crate::query::clip(other))),
+            }
+        }
+    };
+}
+
+/// Actions that change nothing: what a viewer may call.
+pub fn reads_only(action: &str) -> bool {
+    action.starts_with("Describe") || action.starts_with("Get")
+}
+
+actions!(ctx, action;
         "DescribeRegions" => region::describe_regions(ctx).await,
         "DescribeAvailabilityZones" => region::describe_zones(ctx).await,
         "DescribeAccountAttributes" => region::describe_account_attributes(ctx).await,
@@ -182,6 +211,4 @@ pub async fn dispatch(ctx: &Ctx<'_>, action: &str) -> Result<Xml> {
         "DeleteVpc" => vpcs::delete_vpc(ctx).await,
         "DescribeNetworkInterfaces" => vpcs::describe_network_interfaces(ctx).await,
         "DescribeRouteTables" => vpcs::describe_route_tables(ctx).await,
-        other => Err(Ec2Error::invalid_action(&crate::query::clip(other))),
-    }
-}
+);

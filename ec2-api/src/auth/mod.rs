@@ -179,7 +179,7 @@ impl Authenticator {
         }
         let project = match info.role {
             Role::Admin => ADMIN_PROJECT.to_string(),
-            Role::Member if !info.project.is_empty() => info.project.clone(),
+            r if r.is_project_role() && !info.project.is_empty() => info.project.clone(),
             _ => {
                 return Err(Ec2Error::auth_failure(
                     "these credentials may not use the EC2 API",
