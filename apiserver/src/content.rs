@@ -27,6 +27,8 @@ use crate::server::{principal, AppState};
 
 /// The most console bytes kept per instance.
 pub const CONSOLE_LIMIT: usize = 64 * 1024;
+/// The largest console push read (its newest [`CONSOLE_LIMIT`] are kept).
+pub const CONSOLE_PUT_LIMIT: usize = 4 * CONSOLE_LIMIT;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -252,7 +254,7 @@ async fn console_put(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((project, name)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
     if p.role != Role::Node {
@@ -261,6 +263,16 @@ async fn console_put(
         ));
     }
     visible_instance(&state, &p, Verb::UpdateStatus, &project, &name).await?;
+    // Read only now, authorized, and bounded.
+    let body: Bytes = axum::body::to_bytes(body, CONSOLE_PUT_LIMIT)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                format!("a console push is at most {CONSOLE_PUT_LIMIT} bytes (the newest {CONSOLE_LIMIT} are kept)"),
+            )
+        })?;
     let tail = if body.len() > CONSOLE_LIMIT {
         body.slice(body.len() - CONSOLE_LIMIT..)
     } else {

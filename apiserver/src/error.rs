@@ -50,6 +50,22 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// Field problems listed in one answer; more are counted, not listed.
+pub const MAX_CAUSES: usize = 20;
+/// Longest field path or reason echoed back.
+const MAX_CAUSE_TEXT: usize = 1024;
+
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_CAUSE_TEXT {
+        return text.to_string();
+    }
+    let mut end = MAX_CAUSE_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 impl ApiError {
     pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -91,23 +107,47 @@ impl ApiError {
 
     /// 422 listing every field problem.
     pub fn invalid(kind: &str, name: &str, errors: &FieldErrors) -> ApiError {
-        let causes: Vec<Cause> = errors
-            .0
+        let all = &errors.0;
+        let mut causes: Vec<Cause> = all
             .iter()
+            .take(MAX_CAUSES)
             .map(|e| Cause {
-                field: e.path.clone(),
-                message: e.reason.clone(),
+                field: clip(&e.path),
+                message: clip(&e.reason),
             })
             .collect();
+        if all.len() > MAX_CAUSES {
+            causes.push(Cause {
+                field: String::new(),
+                message: format!("{} more errors not listed", all.len() - MAX_CAUSES),
+            });
+        }
+        let name = clip(name);
         let what = if name.is_empty() {
             kind.to_string()
         } else {
             format!("{kind} {name:?}")
         };
+        // The message names the first problem; details.causes list them
+        // (at most MAX_CAUSES), each once.
+        let first = all
+            .first()
+            .map(|e| {
+                if e.path.is_empty() {
+                    clip(&e.reason)
+                } else {
+                    format!("{}: {}", clip(&e.path), clip(&e.reason))
+                }
+            })
+            .unwrap_or_default();
+        let message = match all.len() {
+            0 | 1 => format!("{what} is invalid: {first}"),
+            n => format!("{what} is invalid: {first} (and {} more)", n - 1),
+        };
         ApiError {
             code: StatusCode::UNPROCESSABLE_ENTITY,
             reason: "Invalid",
-            message: format!("{what} is invalid: {errors}"),
+            message,
             details: Some(Box::new(Details {
                 kind: kind.to_string(),
                 name: name.to_string(),
@@ -159,6 +199,13 @@ impl From<StoreError> for ApiError {
                 display_key(key)
             )),
             StoreError::Expired { .. } => ApiError::gone(e.to_string()),
+            StoreError::TooLarge { size, limit, .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                format!(
+                    "the object would be {size} bytes stored; this server's store keeps objects up to {limit} bytes"
+                ),
+            ),
             StoreError::InvalidContinueToken | StoreError::InvalidArgument(_) => {
                 ApiError::bad_request(e.to_string())
             }

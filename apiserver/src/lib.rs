@@ -35,21 +35,20 @@ pub use admin::{bootstrap, Bootstrap};
 pub use error::ApiError;
 pub use server::{router, ApiState};
 
-/// Serves the API on `listener` (plain TCP, or `corral_tls::Listen`)
-/// until `shutdown` resolves.
-pub async fn serve<L>(
+/// Serves the API on `listener` (plain TCP, or TLS) with the connection
+/// limits of [`corral_tls::Limits`] until `shutdown` resolves.
+pub async fn serve(
     state: std::sync::Arc<ApiState>,
-    listener: L,
+    listener: impl Into<corral_tls::Listen>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+) -> std::io::Result<()> {
+    corral_tls::serve(
+        listener.into(),
+        router(state),
+        corral_tls::Limits::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// Binds `addr` (helper for callers that only have an address).

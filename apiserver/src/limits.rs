@@ -11,8 +11,13 @@
 //! | names, labels, annotations, tags, user data | api-types' validation: names are DNS labels (63) or subdomains (253), label keys/values 63 (prefix 253), annotations 256 KiB in all, 50 tags of 128/256, user data 16 KiB | 422 `Invalid` |
 //! | JSON nesting | serde_json's 128 levels | 400 `BadRequest` |
 //!
+//! | authentication | before any body is read or route runs ([`authenticate_first`]); failed attempts per peer address [`UNAUTHENTICATED_RATE`]: burst 50, then 5/s | 401; then 429 `TooManyRequests` |
+//! | connections (every listener, `corral_tls::Limits`) | 4096 open, 512 per peer address, headers within 15 s, 256 HTTP/2 streams each | closed at accept / at the deadline |
+//! | metrics labels | kinds and a fixed list only, never request text | — |
+//! | console push | [`crate::content::CONSOLE_PUT_LIMIT`] = 256 KiB | 413 `RequestEntityTooLarge` |
+//!
 //! Image uploads (`…/images/{name}/content`) are exempt from the body
-//! limit: they stream to the blob store.
+//! limit: they stream to the blob store, after authentication.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -91,6 +96,43 @@ pub async fn limit_body(req: Request, next: Next) -> Response {
         return too_large(declared.filter(|l| *l > BODY_LIMIT as u64));
     }
     resp
+}
+
+/// Failed authentications one peer address may make: a burst, then a
+/// few a second. A peer past it is answered 429 before its credentials
+/// are looked at.
+pub const UNAUTHENTICATED_RATE: corral_api_types::rate::RateLimit =
+    corral_api_types::rate::RateLimit {
+        burst: 50,
+        per_second: 5.0,
+    };
+
+/// Middleware on every authenticated route: the credentials are checked
+/// before any body is read or any handler runs, so an unauthenticated
+/// client costs a header lookup, however large a body it announces; a
+/// peer that keeps failing is refused without even that.
+pub async fn authenticate_first(
+    axum::extract::State(state): axum::extract::State<crate::server::AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<corral_tls::Peer>()
+        .map(|p| p.0.ip().to_string());
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = state.auth.authenticate(header).await {
+        if let Some(ip) = &peer {
+            if let Err(wait) = state.unauthenticated.check(ip, std::time::Instant::now()) {
+                return too_many_requests(&format!("{ip} (unauthenticated)"), wait).into_response();
+            }
+        }
+        return e.into_response();
+    }
+    next.run(req).await
 }
 
 /// Open watches per client.

@@ -15,17 +15,19 @@ use prometheus_client::registry::Registry;
 
 use crate::server::{classify, AppState};
 
+/// Every label value comes from a fixed set (`server::classify`), and the
+/// code from the few the server answers: the series are bounded.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub verb: String,
-    pub kind: String,
+    pub verb: &'static str,
+    pub kind: &'static str,
     pub code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
-    pub verb: String,
-    pub kind: String,
+    pub verb: &'static str,
+    pub kind: &'static str,
 }
 
 type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
@@ -95,19 +97,12 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     state
         .metrics
         .requests
-        .get_or_create(&RequestLabels {
-            verb: verb.to_string(),
-            kind: kind.clone(),
-            code,
-        })
+        .get_or_create(&RequestLabels { verb, kind, code })
         .inc();
     state
         .metrics
         .latency
-        .get_or_create(&LatencyLabels {
-            verb: verb.to_string(),
-            kind,
-        })
+        .get_or_create(&LatencyLabels { verb, kind })
         .observe(started.elapsed().as_secs_f64());
     response
 }

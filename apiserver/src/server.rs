@@ -42,6 +42,9 @@ pub struct ApiState {
     /// Requests per second per member (admins and node agents are not
     /// limited; see [`crate::limits`]).
     pub rate: corral_api_types::rate::RateLimiter,
+    /// Failed authentications per peer address: past it, a peer is refused
+    /// before its credentials are even looked at.
+    pub unauthenticated: corral_api_types::rate::RateLimiter,
     /// Held while a user's own credentials are counted and issued, so that
     /// concurrent requests cannot pass the self-service limits together.
     pub(crate) issuing: tokio::sync::Mutex<()>,
@@ -72,6 +75,9 @@ impl ApiState {
             blobs: Default::default(),
             watch_slots: Default::default(),
             rate: corral_api_types::rate::RateLimiter::new(crate::limits::MEMBER_RATE),
+            unauthenticated: corral_api_types::rate::RateLimiter::new(
+                crate::limits::UNAUTHENTICATED_RATE,
+            ),
             issuing: Default::default(),
         })
     }
@@ -153,6 +159,12 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(crate::limits::limit_body))
         // Content streams (image bytes) have limits of their own.
         .merge(crate::content::routes())
+        // Outermost: no body is read and no route runs for a request
+        // whose credentials do not authenticate.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::authenticate_first,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
@@ -889,17 +901,34 @@ async fn apply(
     Ok((code, Json(json!({"result": result, "object": object}))).into_response())
 }
 
+/// Paths under `/v1/` that are not kinds but are worth their own label.
+const OTHER_LABELS: &[&str] = &["users", "whoami", "secrets"];
+
+/// The metrics label of a path segment: a known kind's plural or one of
+/// [`OTHER_LABELS`], else `-`. Never the client's text: a label set that
+/// clients could grow would grow `/metrics` without bound.
+fn kind_label(segment: &str) -> &'static str {
+    corral_api_types::kind_info(segment)
+        .map(|k| k.plural)
+        .or_else(|| OTHER_LABELS.iter().copied().find(|l| *l == segment))
+        .unwrap_or("-")
+}
+
 /// What the metrics middleware needs to know about a request.
-pub(crate) fn classify(method: &Method, path: &str, query: Option<&str>) -> (&'static str, String) {
+pub(crate) fn classify(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> (&'static str, &'static str) {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let watch = query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
     let (kind, depth) = match segments.as_slice() {
-        ["v1", "projects", _, "status"] => ("projects".to_string(), 2),
-        ["v1", "projects", _, plural, rest @ ..] => (plural.to_string(), rest.len() + 1),
-        ["v1", "projects", rest @ ..] => ("projects".to_string(), rest.len() + 1),
-        ["v1", "apply"] => ("*".to_string(), 0),
-        ["v1", plural, rest @ ..] => (plural.to_string(), rest.len() + 1),
-        _ => ("-".to_string(), 0),
+        ["v1", "projects", _, "status"] => ("projects", 2),
+        ["v1", "projects", _, plural, rest @ ..] => (kind_label(plural), rest.len() + 1),
+        ["v1", "projects", rest @ ..] => ("projects", rest.len() + 1),
+        ["v1", "apply"] => ("*", 0),
+        ["v1", plural, rest @ ..] => (kind_label(plural), rest.len() + 1),
+        _ => ("-", 0),
     };
     let status = segments.last() == Some(&"status");
     let verb = match (method.as_str(), depth, status) {

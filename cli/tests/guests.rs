@@ -72,8 +72,28 @@ fn guest_lines(console: &str, key: &str) -> Vec<String> {
     console
         .lines()
         .filter_map(|l| l.trim_end_matches('\r').split_once(&prefix).map(|x| x.1))
-        .map(str::to_string)
+        .map(|rest| without_kernel_message(rest).to_string())
         .collect()
+}
+
+/// `rest` without a kernel message the serial console interleaved into the
+/// line (`…c078c[    3.827025] IPv6: …`): the guest's text ends where a
+/// printk timestamp begins.
+fn without_kernel_message(rest: &str) -> &str {
+    let bytes = rest.as_bytes();
+    for (i, _) in rest.match_indices('[') {
+        let after = &bytes[i + 1..];
+        let digits = after
+            .iter()
+            .skip_while(|b| **b == b' ')
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let spaces = after.iter().take_while(|b| **b == b' ').count();
+        if digits > 0 && after.get(spaces + digits) == Some(&b'.') {
+            return &rest[..i];
+        }
+    }
+    rest
 }
 
 /// The examples' instance manifest with web-2 changed.
@@ -1074,4 +1094,13 @@ fn guests_get_their_addresses_metadata_groups_and_floating_ips() {
         || format!("{:#?}", host_networking_left()),
     );
     drop(agent);
+}
+
+#[test]
+fn kernel_messages_interleaved_on_the_console_are_cut_off() {
+    let console = "corral-guest: instance-id i-f0d9e2feae6ac078c[    3.827025] IPv6: ADDRCONF(NETDEV_CHANGE): eth0: link becomes ready\r\n\
+                   corral-guest: hostname web-2\n";
+    assert_eq!(guest_lines(console, "instance-id"), ["i-f0d9e2feae6ac078c"]);
+    assert_eq!(guest_lines(console, "hostname"), ["web-2"]);
+    assert_eq!(without_kernel_message("a [b] c"), "a [b] c");
 }

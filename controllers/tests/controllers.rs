@@ -54,6 +54,23 @@ async fn heartbeat(store: &ResourceStore, name: &str) {
     .await;
 }
 
+/// A heartbeat stamped by a clock `offset` off this host's.
+async fn heartbeat_skewed(store: &ResourceStore, name: &str, offset: chrono::Duration) {
+    mutate::<Node>(store, "", name, |n| {
+        n.status.as_mut().unwrap().heartbeat_time = Some(Utc::now() + offset)
+    })
+    .await;
+}
+
+fn condition(n: &Node, type_: &str) -> Option<Condition> {
+    n.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
 fn instance(name: &str, itype: &str) -> Instance {
     Instance::new(
         "p",
@@ -563,6 +580,55 @@ async fn only_finalized_instances_are_bound(env: Env) {
     }
 }
 
+/// Heartbeats are aged by the controller's clock: a node an hour fast
+/// still goes Unknown when it stops, one a minute slow stays Ready while it
+/// beats, and both say how far off their clock is.
+async fn node_liveness_uses_the_controllers_clock(env: Env) {
+    let s = &env.store;
+    node(s, "fast", 8, 8192, true).await;
+    node(s, "slow", 8, 8192, true).await;
+    // Beats for longer than the grace (2 s), a minute behind / an hour ahead.
+    for _ in 0..6 {
+        heartbeat_skewed(s, "fast", chrono::Duration::hours(1)).await;
+        heartbeat_skewed(s, "slow", chrono::Duration::seconds(-60)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    for name in ["fast", "slow"] {
+        let n: Node = s.get("", name).await.unwrap().unwrap();
+        let ready = condition(&n, "Ready").unwrap();
+        assert_eq!(
+            ready.status,
+            ConditionStatus::True,
+            "{name} while beating: {ready:?}"
+        );
+    }
+    until("skew reported", 10, || async {
+        let fast: Node = s.get("", "fast").await.unwrap().unwrap();
+        let slow: Node = s.get("", "slow").await.unwrap().unwrap();
+        let says = |n: &Node, what: &str| {
+            condition(n, "ClockSynchronized").is_some_and(|c| {
+                c.status == ConditionStatus::False
+                    && c.reason == "ClockSkew"
+                    && c.message.contains(what)
+            })
+        };
+        says(&fast, "ahead of") && says(&slow, "behind")
+    })
+    .await;
+    // The fast one stops: Unknown after the grace, by the controller's clock.
+    until("the silent fast node Unknown", 20, || async {
+        heartbeat_skewed(s, "slow", chrono::Duration::seconds(-60)).await;
+        let fast: Node = s.get("", "fast").await.unwrap().unwrap();
+        condition(&fast, "Ready").is_some_and(|c| c.status == ConditionStatus::Unknown)
+    })
+    .await;
+    let slow: Node = s.get("", "slow").await.unwrap().unwrap();
+    assert_eq!(
+        condition(&slow, "Ready").unwrap().status,
+        ConditionStatus::True
+    );
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -585,6 +651,10 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn events_expire() {
                 super::events_expire(super::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn node_liveness_uses_the_controllers_clock() {
+                super::node_liveness_uses_the_controllers_clock(super::$backend().await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn node_lifecycle_marks_unknown() {

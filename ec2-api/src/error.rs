@@ -103,6 +103,13 @@ impl From<StoreError> for Ec2Error {
                 "RequestLimitExceeded",
                 "The resource was modified concurrently; retry the request.",
             ),
+            StoreError::TooLarge { limit, .. } => Ec2Error::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValue",
+                format!(
+                    "The request makes an object larger than the {limit} bytes the store keeps."
+                ),
+            ),
             StoreError::AlreadyExists { .. } => Ec2Error::new(
                 StatusCode::CONFLICT,
                 "IncorrectState",

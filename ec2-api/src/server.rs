@@ -83,20 +83,20 @@ pub fn router(state: Ec2State) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
-/// Serves the façade on `listener` (plain TCP, or `corral_tls::Listen`)
-/// until `shutdown` completes.
-pub async fn serve<L>(
+/// Serves the façade on `listener` (plain TCP, or TLS) with the
+/// connection limits of [`corral_tls::Limits`] until `shutdown` completes.
+pub async fn serve(
     state: Ec2State,
-    listener: L,
+    listener: impl Into<corral_tls::Listen>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+) -> std::io::Result<()> {
+    corral_tls::serve(
+        listener.into(),
+        router(state),
+        corral_tls::Limits::default(),
+        shutdown,
+    )
+    .await
 }
 
 fn xml_response(status: StatusCode, body: String) -> Response {

@@ -114,6 +114,13 @@ pub enum StoreError {
     },
     #[error("object could not be encoded")]
     Encode(#[source] serde_json::Error),
+    /// The object's stored form is larger than the backend keeps.
+    #[error("{key} would be {size} bytes stored; this store keeps objects up to {limit} bytes")]
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
     /// A sealed secret field of the object at `key` did not open.
     #[error("a secret of {key} could not be opened")]
     Secret {
@@ -150,6 +157,12 @@ impl WatchStream {
 pub trait Store: Send + Sync + 'static {
     /// Short backend name for logs and benchmarks: `etcd`, `embedded`.
     fn backend(&self) -> &'static str;
+
+    /// The largest value this backend stores; [`crate::ResourceStore`]
+    /// refuses larger objects with [`StoreError::TooLarge`] before asking.
+    fn max_value_bytes(&self) -> usize {
+        usize::MAX
+    }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
 

@@ -96,10 +96,20 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64> 
 /// update's transaction (one round trip); bigger ones are read first.
 const INLINE_COMPARE_MAX: usize = 256 * 1024;
 
+/// The largest value put in etcd: its default request limit (1.5 MiB)
+/// less room for the key and the transaction around the value.
+pub const ETCD_MAX_VALUE_BYTES: usize = 1_500_000;
+
 #[async_trait]
 impl Store for EtcdStore {
     fn backend(&self) -> &'static str {
         "etcd"
+    }
+
+    /// etcd refuses requests over its `--max-request-bytes` (1.5 MiB by
+    /// default); the key and the request's framing take some of it.
+    fn max_value_bytes(&self) -> usize {
+        ETCD_MAX_VALUE_BYTES
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {

@@ -195,6 +195,19 @@ impl ResourceStore {
         }
     }
 
+    /// `bytes` if the backend keeps a value that large.
+    fn fits(&self, key: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        let limit = self.kv.max_value_bytes();
+        if bytes.len() > limit {
+            return Err(StoreError::TooLarge {
+                key: key.to_string(),
+                size: bytes.len(),
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+
     /// The keys sealing secret fields, if any.
     pub fn secrets(&self) -> Option<&Arc<SecretKeys>> {
         self.secrets.as_ref()
@@ -218,10 +231,8 @@ impl ResourceStore {
             meta.generation = 1;
         }
         let key = object_key::<K>(&meta.project, &meta.name);
-        let rev = self
-            .kv
-            .create(&key, encode(&obj, &key, self.secrets.as_deref())?)
-            .await?;
+        let bytes = self.fits(&key, encode(&obj, &key, self.secrets.as_deref())?)?;
+        let rev = self.kv.create(&key, bytes).await?;
         obj.meta_mut().resource_version = rev.to_string();
         Ok(obj)
     }
@@ -242,7 +253,7 @@ impl ResourceStore {
         let meta = obj.meta();
         let expected = parse_resource_version(&meta.resource_version)?;
         let key = object_key::<K>(&meta.project, &meta.name);
-        let bytes = encode(obj, &key, self.secrets.as_deref())?;
+        let bytes = self.fits(&key, encode(obj, &key, self.secrets.as_deref())?)?;
         let outcome = self.kv.update(&key, bytes, expected).await?;
         let mut obj = obj.clone();
         obj.meta_mut().resource_version = outcome.revision.to_string();

@@ -3,8 +3,9 @@
 //! It owns: the CA a server makes in its data directory on first start and
 //! the server certificate issued from it at every start ([`pki`]), the
 //! operator's own files as an alternative, the TLS listener the native and
-//! EC2 APIs serve on ([`listener`]), and learning a server's CA from a
-//! pinned hash at join time ([`discover`]).
+//! EC2 APIs serve on ([`listener`]) and the connection limits they serve
+//! with ([`serve`]), and learning a server's CA from a pinned hash at join
+//! time ([`discover`]).
 //!
 //! It must not know about HTTP routes, users or the store, and must never
 //! accept a certificate it has not verified: the only verifier here checks
@@ -14,6 +15,7 @@ pub mod discover;
 mod host;
 pub mod listener;
 pub mod pki;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 pub use discover::{fetch_pinned_ca, parse_pin};
 pub use listener::{Listen, TlsListener};
 pub use pki::{ca_hash, from_files, load_or_create, ServerIdentity, SubjectNames};
+pub use serve::{serve, Limits, Peer};
 
 /// What went wrong making, reading or checking certificates.
 #[derive(Debug, thiserror::Error)]

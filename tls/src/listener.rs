@@ -135,6 +135,12 @@ async fn handshake(mut stream: TcpStream, acceptor: &TlsAcceptor) -> Option<TlsS
     }
 }
 
+impl From<TcpListener> for Listen {
+    fn from(tcp: TcpListener) -> Listen {
+        Listen::Plain(tcp)
+    }
+}
+
 impl axum::serve::Listener for Listen {
     type Io = Either<TcpStream, TlsStream<TcpStream>>;
     type Addr = SocketAddr;

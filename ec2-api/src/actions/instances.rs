@@ -363,6 +363,8 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
     let first_uid = new_uid(&project, Instance::KIND, token.as_deref(), 0);
     let reservation = reservation_id(&first_uid);
     let mut created = Vec::new();
+    // The volumes made for each created instance, for a rollback.
+    let mut volumes_of: Vec<Vec<String>> = Vec::new();
     for n in 0..max as usize {
         let uid = if n == 0 {
             first_uid.clone()
@@ -422,6 +424,10 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
                 Ok(v) => v,
                 Err(e) => {
                     cleanup(ctx, &made_volumes).await;
+                    if n >= min as usize {
+                        break;
+                    }
+                    roll_back(ctx, &created, &volumes_of).await;
                     return Err(e);
                 }
             };
@@ -454,7 +460,10 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
         }
         stamp_token(&mut inst.metadata, token.as_deref(), p);
         match objects::create(ctx.store, inst).await {
-            Ok(i) => created.push(i),
+            Ok(i) => {
+                created.push(i);
+                volumes_of.push(made_volumes);
+            }
             Err(e) if e.code == "IncorrectState" && token.is_some() && n == 0 => {
                 // A concurrent retry with the same token won the race.
                 cleanup(ctx, &made_volumes).await;
@@ -464,15 +473,47 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
             }
             Err(e) => {
                 cleanup(ctx, &made_volumes).await;
-                if n + 1 > min as usize {
+                if n >= min as usize {
                     break;
                 }
+                // Fewer than MinCount: EC2 launches all or none.
+                roll_back(ctx, &created, &volumes_of).await;
                 return Err(e);
             }
         }
     }
     tracing::info!(project, count = created.len(), reservation, "RunInstances");
     respond_reservation(ctx, created).await
+}
+
+/// Removes what a launch that could not reach MinCount made.
+async fn roll_back(ctx: &Ctx<'_>, instances: &[Instance], volumes: &[Vec<String>]) {
+    for i in instances {
+        let name = &i.metadata.name;
+        let current = match ctx.store.get::<Instance>(ctx.project(), name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(instance = %name, error = %e, "rolling back a launch");
+                continue;
+            }
+        };
+        if let Err(e) = objects::delete(ctx.store, &current).await {
+            tracing::warn!(instance = %name, error = %e.message, "rolling back a launch");
+        }
+    }
+    for v in volumes {
+        cleanup(ctx, v).await;
+    }
+    // Give the quota back now, not at the quota controller's next pass:
+    // the caller's retry must see it.
+    if let Err(e) = corral_store::quota::settle(ctx.store, ctx.project()).await {
+        tracing::warn!(error = %e, "recounting the quota after a rolled-back launch");
+    }
+    tracing::info!(
+        count = instances.len(),
+        "RunInstances below MinCount: rolled back"
+    );
 }
 
 async fn cleanup(ctx: &Ctx<'_>, volumes: &[String]) {

@@ -41,6 +41,23 @@ async fn run_instances_over_quota_gets_the_aws_codes() {
             .contains("vcpus quota of project default: requested 4, used 2, limit 4"),
         "{meta:?}"
     );
+    // MinCount 3 where two fit: all or nothing, as EC2 (nothing is left
+    // behind by the refused launch).
+    assert_eq!(
+        code(run("m1.tiny", 3, 3).send().await),
+        "InstanceLimitExceeded"
+    );
+    let left = s
+        .store
+        .list::<Instance>(Some("default"), Default::default())
+        .await
+        .unwrap();
+    let live: Vec<_> = left
+        .items
+        .iter()
+        .filter(|i| i.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 1, "{:?}", left.items);
     // MinCount 1, MaxCount 5: as many as fit (two more instances).
     let r = run("m1.tiny", 1, 5).send().await.unwrap();
     assert_eq!(r.instances().len(), 2);

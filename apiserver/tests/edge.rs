@@ -1,0 +1,149 @@
+//! Limits at the edge of the native API (issue 17): nothing is read for a
+//! client whose credentials do not authenticate, failing clients are
+//! slowed per address, metric labels never come from request text, error
+//! bodies are bounded, and an object too large for the backend is a 413
+//! naming the limit.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use support::Api;
+
+fn addr(api: &Api) -> String {
+    api.base.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_read_for_an_unauthenticated_client() {
+    let api = support::embedded().await;
+    let a = addr(&api);
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(&a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // A gigabyte announced, none sent: the answer must not wait for it.
+        write!(
+            s,
+            "PUT /v1/projects/default/instances/x/console HTTP/1.1\r\nHost: {a}\r\n\
+             Authorization: Bearer crl_wrong\r\nContent-Length: 1073741824\r\n\r\n"
+        )
+        .unwrap();
+        let t = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        (String::from_utf8_lossy(&buf[..n]).to_string(), t.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(answer.0.starts_with("HTTP/1.1 401"), "{answer:?}");
+    assert!(answer.1 < Duration::from_secs(5), "{answer:?}");
+
+    // Failing again and again from one address: 429 before credentials
+    // are even looked at.
+    let mut codes = Vec::new();
+    for _ in 0..80 {
+        let (code, _) = api
+            .call(
+                "crl_wrong",
+                Method::GET,
+                "/v1/projects/default/networks",
+                None,
+            )
+            .await;
+        codes.push(code);
+    }
+    assert_eq!(codes[0], StatusCode::UNAUTHORIZED);
+    assert!(codes.contains(&StatusCode::TOO_MANY_REQUESTS), "{codes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_labels_never_come_from_the_request() {
+    let api = support::embedded().await;
+    for i in 0..200 {
+        let path = format!("/v1/junk-{i}/x");
+        api.get(&path).await;
+        api.get(&format!("/v1/projects/default/junk-{i}")).await;
+        api.call("bad", Method::GET, &format!("/nothing-{i}"), None)
+            .await;
+    }
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("junk"), "request text became a label");
+    assert!(text.len() < 200_000, "{} bytes of metrics", text.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_are_bounded() {
+    let api = support::embedded().await;
+    let labels: serde_json::Map<String, Value> = (0..5000)
+        .map(|i| (format!("bad key {i}!"), json!("v")))
+        .collect();
+    let (code, body) = api
+        .post(
+            "/v1/projects/default/networks",
+            json!({"kind": "Network", "metadata": {"name": "lan", "labels": labels},
+                   "spec": {"cidr": "10.9.0.0/24"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let text = body.to_string();
+    assert!(text.len() < 16 * 1024, "{} bytes", text.len());
+    let causes = body["details"]["causes"].as_array().unwrap();
+    assert_eq!(causes.len(), 21, "{body}");
+    assert!(
+        causes[20]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4980 more errors"),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("(and 4999 more)"), "{message}");
+}
+
+/// A SecurityGroup of about `bytes` bytes, valid.
+fn big_group(bytes: usize) -> Value {
+    let rule = json!({"protocol": "tcp", "fromPort": 22, "toPort": 22, "cidr": "10.0.0.0/8",
+                      "description": "d".repeat(250)});
+    let n = bytes / rule.to_string().len() + 1;
+    json!({"kind": "SecurityGroup", "metadata": {"name": "big"},
+           "spec": {"ingress": vec![rule; n]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_too_large_for_etcd_is_413_naming_the_limit() {
+    let etcd = support::etcd().await;
+    let (code, body) = etcd
+        .post("/v1/projects/default/securitygroups", big_group(2_000_000))
+        .await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("keeps objects up to 1500000 bytes"),
+        "{message}"
+    );
+    // Nothing half-written, and the server carries on.
+    let (code, _) = etcd.get("/v1/projects/default/securitygroups/big").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, _) = etcd
+        .post("/v1/projects/default/securitygroups", big_group(500_000))
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+
+    let embedded = support::embedded().await;
+    let (code, body) = embedded
+        .post("/v1/projects/default/securitygroups", big_group(2_000_000))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+}
