@@ -199,6 +199,14 @@ impl From<StoreError> for ApiError {
                 display_key(key)
             )),
             StoreError::Expired { .. } => ApiError::gone(e.to_string()),
+            StoreError::NoSpace(why) => {
+                tracing::error!(%why, "store out of space");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "InsufficientStorage",
+                    format!("the store is out of space; writes resume once space is freed ({why})"),
+                )
+            }
             StoreError::TooLarge { size, limit, .. } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",

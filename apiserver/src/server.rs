@@ -178,9 +178,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state.store.raw().current_revision().await?;
-    Ok("ok")
+/// Ready when the store takes writes; otherwise 503 saying why (a dead
+/// writer, a failed commit, etcd's NOSPACE alarm, etcd unreachable).
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.raw().health().await {
+        Ok(()) => "ok".into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", corral_store::error_text(&e)),
+        )
+            .into_response(),
+    }
 }
 
 async fn openapi(State(state): State<AppState>) -> Json<Value> {

@@ -147,3 +147,69 @@ async fn an_object_too_large_for_etcd_is_413_naming_the_limit() {
         .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
 }
+
+async fn readyz(api: &Api) -> (StatusCode, String) {
+    let r = api
+        .http
+        .get(format!("{}/readyz", api.base))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+/// etcd out of space: writes answer 507 naming it and readiness says so;
+/// deletes still work, and once space is freed the server's repair
+/// (compact, defragment, disarm) lets writes through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_out_of_space_is_507_reported_and_healed() {
+    let api = support::etcd_with_quota(6 << 20).await;
+    assert_eq!(readyz(&api).await.0, StatusCode::OK);
+    let mut made = Vec::new();
+    let mut full = None;
+    for i in 0..40 {
+        let mut g = big_group(1_000_000);
+        g["metadata"]["name"] = json!(format!("big-{i}"));
+        let (code, body) = api.post("/v1/projects/default/securitygroups", g).await;
+        if code == StatusCode::CREATED {
+            made.push(format!("big-{i}"));
+            continue;
+        }
+        full = Some((code, body));
+        break;
+    }
+    let (code, body) = full.expect("etcd never ran out of space");
+    assert_eq!(code, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("out of space"),
+        "{body}"
+    );
+    let (code, text) = readyz(&api).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("NOSPACE"), "{text}");
+
+    for name in &made {
+        let (code, body) = api
+            .delete(&format!("/v1/projects/default/securitygroups/{name}"))
+            .await;
+        assert!(code.is_success(), "{name}: {code} {body}");
+    }
+    // Space is free, but the alarm holds until repaired.
+    let (code, _) = api
+        .post("/v1/projects/default/securitygroups", big_group(1000))
+        .await;
+    assert_eq!(code, StatusCode::INSUFFICIENT_STORAGE);
+    assert!(
+        api.store.raw().heal().await.unwrap(),
+        "nothing was repaired"
+    );
+    assert_eq!(readyz(&api).await.0, StatusCode::OK);
+    let (code, body) = api
+        .post("/v1/projects/default/securitygroups", big_group(1000))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert!(
+        !api.store.raw().heal().await.unwrap(),
+        "healthy: nothing to repair"
+    );
+}

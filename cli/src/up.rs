@@ -204,6 +204,17 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
         options.tls.as_ref().map(|id| id.ca_pem.clone()),
     )
     .await?;
+    // What the store can repair by itself (etcd's NOSPACE alarm once
+    // space is freed), tried every 15 s.
+    let healing = raw.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+            if let Err(e) = healing.heal().await {
+                tracing::warn!(error = %corral_store::error_text(&e), "repairing the store");
+            }
+        }
+    });
     let state = ApiState::with_imports(store, options.imports);
     state.set_blobs(blobs);
     println!(

@@ -95,7 +95,7 @@ impl Ec2Error {
 impl From<StoreError> for Ec2Error {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::Unavailable(_) => {
+            StoreError::Unavailable(_) | StoreError::NoSpace(_) => {
                 Ec2Error::unavailable("The service is unavailable. Please try again shortly.")
             }
             StoreError::Conflict { .. } => Ec2Error::new(

@@ -114,6 +114,9 @@ pub enum StoreError {
     },
     #[error("object could not be encoded")]
     Encode(#[source] serde_json::Error),
+    /// The backend is out of space (etcd's NOSPACE alarm, a full disk).
+    #[error("the store is out of space: {0}")]
+    NoSpace(String),
     /// The object's stored form is larger than the backend keeps.
     #[error("{key} would be {size} bytes stored; this store keeps objects up to {limit} bytes")]
     TooLarge {
@@ -131,6 +134,19 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An error and its causes on one line (`a: b: c`), for messages that
+/// must name the real cause (a full disk) without a logging layer.
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
 
 /// A live watch. Events arrive in revision order, each exactly once. If the
 /// history the watch needs was compacted, it yields one
@@ -162,6 +178,18 @@ pub trait Store: Send + Sync + 'static {
     /// refuses larger objects with [`StoreError::TooLarge`] before asking.
     fn max_value_bytes(&self) -> usize {
         usize::MAX
+    }
+
+    /// Whether the backend can take writes now; the error says why not
+    /// (`/readyz` answers it).
+    async fn health(&self) -> Result<()> {
+        self.current_revision().await.map(|_| ())
+    }
+
+    /// Repairs what the backend can repair by itself (etcd: a NOSPACE
+    /// alarm once space is back); true when something was repaired.
+    async fn heal(&self) -> Result<bool> {
+        Ok(false)
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;

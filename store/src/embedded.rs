@@ -72,6 +72,8 @@ struct Inner {
     /// Newest committed revision, published by the writer after each commit.
     revision: watch::Receiver<i64>,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Why the writer's last commit failed, until one succeeds.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 enum Op {
@@ -152,12 +154,14 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (rev_tx, rev_rx) = watch::channel(revision as i64);
         let (req_tx, req_rx) = std_mpsc::channel();
+        let failure = Arc::new(std::sync::Mutex::new(None));
         let writer = Writer {
             db: db.clone(),
             revision,
             compacted,
             history: options.history.max(1),
             published: rev_tx,
+            failure: failure.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("corral-store-writer".into())
@@ -169,6 +173,7 @@ impl EmbeddedStore {
                 requests: req_tx,
                 revision: rev_rx,
                 writer: std::sync::Mutex::new(Some(handle)),
+                failure,
             }),
         })
     }
@@ -332,6 +337,7 @@ struct Writer {
     compacted: u64,
     history: u64,
     published: watch::Sender<i64>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Writer {
@@ -351,19 +357,19 @@ impl Writer {
     fn commit_batch(&mut self, batch: Vec<Request>) {
         let start_revision = self.revision;
         let start_compacted = self.compacted;
-        let outcome = (|| -> Result<Vec<(Request, Result<OpOutput>)>> {
+        let outcome = (|| -> Result<Vec<Result<OpOutput>>> {
             let txn = self.db.begin_write().map_err(backend)?;
             let mut results = Vec::with_capacity(batch.len());
             {
                 let mut kv = txn.open_table(KV).map_err(backend)?;
                 let mut log = txn.open_table(LOG).map_err(backend)?;
-                for request in batch {
+                for request in &batch {
                     let result = self.apply(&mut kv, &mut log, &request.op);
                     // A storage error poisons the whole transaction.
                     if let Err(e @ StoreError::Backend(_)) = result {
                         return Err(e);
                     }
-                    results.push((request, result));
+                    results.push(result);
                 }
                 if self.revision - self.compacted > 2 * self.history {
                     let to = self.revision - self.history;
@@ -380,19 +386,27 @@ impl Writer {
         })();
         match outcome {
             Ok(results) => {
+                self.failure.lock().map(|mut f| f.take()).ok();
                 self.published.send_replace(self.revision as i64);
-                for (request, result) in results {
+                for (request, result) in batch.into_iter().zip(results) {
                     let _ = request.reply.send(result);
                 }
             }
             Err(e) => {
-                // Nothing of this batch was written.
-                tracing::error!(error = %e, "embedded store commit failed");
+                // Nothing of this batch was written. Health reports it
+                // before any caller hears of it.
+                let why = crate::contract::error_text(&e);
+                tracing::error!(error = %why, "embedded store commit failed (is the disk full?)");
+                if let Ok(mut f) = self.failure.lock() {
+                    *f = Some(why.clone());
+                }
                 self.revision = start_revision;
                 self.compacted = start_compacted;
-                // The requests were consumed by the closure only on success;
-                // on failure they were dropped with it and their callers see
-                // the writer's reply channel closed (Unavailable).
+                for request in batch {
+                    let _ = request.reply.send(Err(StoreError::Unavailable(
+                        format!("the embedded store could not commit: {why}").into(),
+                    )));
+                }
             }
         }
     }
@@ -827,6 +841,27 @@ impl Store for EmbeddedStore {
 
     async fn current_revision(&self) -> Result<i64> {
         Ok(*self.inner.revision.borrow())
+    }
+
+    async fn health(&self) -> Result<()> {
+        let stopped = self
+            .inner
+            .writer
+            .lock()
+            .map(|h| h.as_ref().is_none_or(|h| h.is_finished()))
+            .unwrap_or(true);
+        if stopped {
+            return Err(StoreError::Unavailable(
+                "the embedded store's writer thread has stopped".into(),
+            ));
+        }
+        let failure = self.inner.failure.lock().ok().and_then(|f| f.clone());
+        if let Some(why) = failure {
+            return Err(StoreError::Unavailable(
+                format!("the embedded store's last commit failed: {why}").into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn compact(&self, revision: i64) -> Result<()> {

@@ -61,6 +61,14 @@ fn map_err(e: etcd_client::Error, requested: i64) -> StoreError {
                 compacted: 0,
             };
         }
+        // RESOURCE_EXHAUSTED (8): "etcdserver: mvcc: database space
+        // exceeded" once the NOSPACE alarm is raised.
+        if status.code() as i32 == 8 || status.message().contains("space exceeded") {
+            return StoreError::NoSpace(format!(
+                "etcd: {} (its backend quota is exhausted; writes resume once space is freed)",
+                status.message()
+            ));
+        }
         // gRPC codes CANCELLED (1), DEADLINE_EXCEEDED (4), UNAVAILABLE (14).
         if matches!(status.code() as i32, 1 | 4 | 14) {
             return unavailable(e);
@@ -311,6 +319,50 @@ impl Store for EtcdStore {
         self.revision_now().await
     }
 
+    async fn health(&self) -> Result<()> {
+        self.revision_now().await?;
+        if !self.nospace_alarms().await?.is_empty() {
+            return Err(StoreError::NoSpace(
+                "etcd has raised its NOSPACE alarm: its backend quota is exhausted; writes fail until space is freed (Corral compacts, defragments and disarms then)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The operator's NOSPACE runbook, automated: when the alarm is up,
+    /// compact all history, defragment, and disarm. If space is still
+    /// short, etcd raises the alarm again at the next write.
+    async fn heal(&self) -> Result<bool> {
+        let alarms = self.nospace_alarms().await?;
+        if alarms.is_empty() {
+            return Ok(false);
+        }
+        let revision = self.revision_now().await?;
+        match self.compact_to(revision).await {
+            Ok(()) | Err(StoreError::Expired { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut maintenance = self.client.maintenance_client();
+        maintenance.defragment().await.map_err(|e| map_err(e, 0))?;
+        for member in alarms {
+            let mut options = etcd_client::AlarmOptions::new();
+            options.with_member(member);
+            maintenance
+                .alarm(
+                    etcd_client::AlarmAction::Deactivate,
+                    etcd_client::AlarmType::Nospace,
+                    Some(options),
+                )
+                .await
+                .map_err(|e| map_err(e, 0))?;
+        }
+        tracing::warn!(
+            revision,
+            "etcd was out of space: compacted, defragmented and disarmed NOSPACE"
+        );
+        Ok(true)
+    }
+
     async fn compact(&self, revision: i64) -> Result<()> {
         self.compact_to(revision).await
     }
@@ -412,6 +464,25 @@ impl EtcdStore {
             .await
             .map_err(|e| map_err(e, 0))?;
         header_revision(resp.header())
+    }
+
+    /// The members with a NOSPACE alarm raised.
+    async fn nospace_alarms(&self) -> Result<Vec<u64>> {
+        let mut maintenance = self.client.maintenance_client();
+        let alarms = maintenance
+            .alarm(
+                etcd_client::AlarmAction::Get,
+                etcd_client::AlarmType::None,
+                None,
+            )
+            .await
+            .map_err(|e| map_err(e, 0))?;
+        Ok(alarms
+            .alarms()
+            .iter()
+            .filter(|a| a.alarm() == etcd_client::AlarmType::Nospace)
+            .map(|a| a.member_id())
+            .collect())
     }
 
     async fn compact_to(&self, revision: i64) -> Result<()> {

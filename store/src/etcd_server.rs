@@ -35,6 +35,8 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     data: tempfile::TempDir,
+    /// `--quota-backend-bytes`.
+    quota_bytes: u64,
 }
 
 fn free_port() -> Result<u16, EtcdServerError> {
@@ -59,6 +61,14 @@ impl EtcdServer {
     /// Starts etcd on free loopback ports with a fresh data directory and
     /// waits until it answers.
     pub async fn start() -> Result<EtcdServer, EtcdServerError> {
+        // Benchmarks hold 100,000 objects and their history: etcd's
+        // default 2 GiB backend quota would stop them with NOSPACE.
+        EtcdServer::start_with_quota(8 << 30).await
+    }
+
+    /// [`EtcdServer::start`] with a backend quota of `quota_bytes` (small
+    /// ones let tests run etcd out of space).
+    pub async fn start_with_quota(quota_bytes: u64) -> Result<EtcdServer, EtcdServerError> {
         let data = tempfile::Builder::new()
             .prefix("corral-etcd-")
             .tempdir_in(scratch_root())
@@ -68,6 +78,7 @@ impl EtcdServer {
             client_port: free_port()?,
             peer_port: free_port()?,
             data,
+            quota_bytes,
         };
         // A port found free can be taken by another process before etcd
         // binds it (tests run in parallel): then try other ports.
@@ -139,10 +150,8 @@ impl EtcdServer {
             .arg(&peer)
             .arg("--initial-cluster")
             .arg(format!("corral-test={peer}"))
-            // Benchmarks hold 100,000 objects and their history: etcd's
-            // default 2 GiB backend quota would stop them with NOSPACE.
             .arg("--quota-backend-bytes")
-            .arg((8u64 << 30).to_string())
+            .arg(self.quota_bytes.to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -58,7 +58,20 @@ async fn start(
 }
 
 pub async fn etcd() -> Api {
-    let server = EtcdServer::start().await.expect("start a real etcd");
+    etcd_with(EtcdServer::start().await.expect("start a real etcd")).await
+}
+
+/// An API on a real etcd whose backend quota is `bytes`.
+pub async fn etcd_with_quota(bytes: u64) -> Api {
+    etcd_with(
+        EtcdServer::start_with_quota(bytes)
+            .await
+            .expect("start a real etcd"),
+    )
+    .await
+}
+
+async fn etcd_with(server: EtcdServer) -> Api {
     let raw = EtcdStore::connect(&[server.endpoint()]).await.unwrap();
     start(Arc::new(raw), Some(server), None).await
 }
