@@ -741,9 +741,10 @@ where
         };
         let limit = params.limit.unwrap_or(0);
         let mut items = Vec::new();
+        let mut bytes_out = 0usize;
         let mut token = params.continue_token.clone();
         let mut revision = params.resource_version;
-        loop {
+        'pages: loop {
             // Ask for no more than still fits, so the store's continue token
             // always points right after the last item we return.
             let want = if limit > 0 {
@@ -780,7 +781,19 @@ where
                         continue;
                     }
                 }
+                bytes_out += bytes.len();
                 items.push(bytes);
+                // A page is bounded in bytes as well as items: past the
+                // budget, the rest comes after a continue token.
+                if bytes_out >= crate::limits::LIST_BYTES {
+                    let more_in_page = page.items.last().is_some_and(|last| last.key != kv.key);
+                    token = if more_in_page {
+                        Some(corral_store::continue_after(page.revision, &kv.key))
+                    } else {
+                        page.continue_token.clone()
+                    };
+                    break 'pages;
+                }
             }
             token = page.continue_token;
             if token.is_none() || (limit > 0 && items.len() >= limit) {

@@ -6,6 +6,7 @@
 //! | request body (resources, apply, admin) | [`BODY_LIMIT`] = 4 MiB | 413 `RequestEntityTooLarge` |
 //! | objects per request | 1 (`/v1/apply` takes one object; there is no batch endpoint) | 422 |
 //! | list page size (`limit`) | [`crate::list::MAX_LIMIT`] = 5000 | 400 `BadRequest` (not clamped) |
+//! | list page bytes | [`LIST_BYTES`] = 16 MiB of objects | the rest after a continue token |
 //! | concurrent watches per client (user) | [`DEFAULT_WATCHES_PER_CLIENT`] = 100 | 429 `TooManyRequests` |
 //! | request rate per member (admins and node agents exempt) | [`MEMBER_RATE`]: burst 1000, then 200/s | 429 `TooManyRequests` with `Retry-After` |
 //! | names, labels, annotations, tags, user data | api-types' validation: names are DNS labels (63) or subdomains (253), label keys/values 63 (prefix 253), annotations 256 KiB in all, 50 tags of 128/256, user data 16 KiB | 422 `Invalid` |
@@ -97,6 +98,10 @@ pub async fn limit_body(req: Request, next: Next) -> Response {
     }
     resp
 }
+
+/// Bytes of objects in one list answer: past them, the rest comes after a
+/// continue token (however many items were asked for).
+pub const LIST_BYTES: usize = 16 << 20;
 
 /// Failed authentications one peer address may make: a burst, then a
 /// few a second. A peer past it is answered 429 before its credentials

@@ -213,3 +213,48 @@ async fn etcd_out_of_space_is_507_reported_and_healed() {
         "healthy: nothing to repair"
     );
 }
+
+/// A list is bounded in bytes as well as items: 40 MB of objects come in
+/// pages of about 16 MiB, each with a continue token, and all of them
+/// come exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_bounded_in_bytes() {
+    let api = support::embedded().await;
+    for i in 0..40 {
+        let mut g = big_group(1_000_000);
+        g["metadata"]["name"] = json!(format!("big-{i:02}"));
+        let (code, body) = api.post("/v1/projects/default/securitygroups", g).await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+    }
+    let mut names = Vec::new();
+    let mut pages = 0;
+    let mut next = String::new();
+    loop {
+        let path = if next.is_empty() {
+            "/v1/projects/default/securitygroups".to_string()
+        } else {
+            format!("/v1/projects/default/securitygroups?continue={next}")
+        };
+        let r = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .bearer_auth(&api.admin)
+            .send()
+            .await
+            .unwrap();
+        let text = r.text().await.unwrap();
+        assert!(text.len() < 20 << 20, "a page of {} bytes", text.len());
+        let page: Value = serde_json::from_str(&text).unwrap();
+        pages += 1;
+        for item in page["items"].as_array().unwrap() {
+            names.push(item["metadata"]["name"].as_str().unwrap().to_string());
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(t) if !t.is_empty() => next = t.to_string(),
+            _ => break,
+        }
+    }
+    assert!(pages >= 3, "{pages} pages");
+    let expected: Vec<String> = (0..40).map(|i| format!("big-{i:02}")).collect();
+    assert_eq!(names, expected);
+}

@@ -478,6 +478,74 @@ fn agent_started_before_libvirtd_waits_for_it() {
     );
 }
 
+/// SIGCONTs libvirtd when dropped, whatever happened.
+struct ResumeLibvirtd(u32);
+
+impl Drop for ResumeLibvirtd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// libvirtd hung (SIGSTOPped, not dead: its socket stays open and never
+/// answers) under the agent: the agent stays alive and Ready, its Node
+/// says the hypervisor is unreachable and why, and once libvirtd answers
+/// again the work asked for meanwhile is done.
+#[test]
+fn libvirtd_hung_under_the_agent_is_reported_and_work_resumes() {
+    let _one = one_at_a_time();
+    let (s, _cleanup, _guest) = guest_server();
+    let (node_name, token) = node_user(&s);
+    let mut agent = Agent::start_with(&s, &s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
+    apply(&s, "base.yaml", BASE);
+    wait_until("Node Ready", || {
+        s.corral(&["get", "node", &node_name, "-o", "json"]).code == 0
+            && condition(&node(&s, &node_name), "HypervisorReachable") == "True"
+    });
+    let _restore = RestoreLibvirtd;
+    let pid = libvirtd_pid();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let resume = ResumeLibvirtd(pid);
+    let stopped = Instant::now();
+    apply(&s, "during.yaml", &instance_yaml("during"));
+    wait_until("HypervisorReachable=False saying libvirtd is hung", || {
+        let n = node(&s, &node_name);
+        let said = n["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "HypervisorReachable"))
+            .and_then(|c| c["message"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        condition(&n, "HypervisorReachable") == "False" && said.contains("has not answered")
+    });
+    let n = node(&s, &node_name);
+    assert_eq!(condition(&n, "Ready"), "True", "the agent is alive: {n}");
+    assert!(agent.running(), "the agent exited while libvirtd hung");
+    let hung_for = stopped.elapsed();
+    drop(resume);
+    wait_until("HypervisorReachable=True again", || {
+        condition(&node(&s, &node_name), "HypervisorReachable") == "True"
+    });
+    wait_until_or(
+        "during Ready",
+        || ready(&s, "during"),
+        || {
+            s.corral(&["describe", "instance", "during", "-p", "faults"])
+                .stdout
+        },
+    );
+    assert!(agent.running(), "the agent exited");
+    tear_down(&s);
+    drop(agent);
+    println!("host-faults/hung: libvirtd stopped {hung_for:?}; reported, then the instance asked for meanwhile booted");
+}
+
 /// libvirtd SIGKILLed at seeded moments while the agent is at work. Each
 /// round asks for a new instance and for the deletion of the previous
 /// round's, then kills libvirtd 0-3 s later (which may land in the

@@ -143,13 +143,24 @@ fn instance_path(key: &ObjectRef) -> String {
     format!("/v1/projects/{}/instances/{}", key.project, key.name)
 }
 
+/// How long the agent waits for one libvirt call before treating the
+/// hypervisor as unreachable (the call itself may still finish later).
+pub const LIBVIRT_DEADLINE: Duration = Duration::from_secs(60);
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::hypervisor::Result<T> + Send + 'static,
 ) -> Result<T, AgentError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AgentError::Other(e.to_string()))?
-        .map_err(AgentError::from)
+    match tokio::time::timeout(LIBVIRT_DEADLINE, tokio::task::spawn_blocking(f)).await {
+        Ok(joined) => joined
+            .map_err(|e| AgentError::Other(e.to_string()))?
+            .map_err(AgentError::from),
+        Err(_) => Err(AgentError::Hypervisor(
+            crate::hypervisor::HypervisorError::Unreachable(format!(
+                "libvirt did not answer within {}s",
+                LIBVIRT_DEADLINE.as_secs()
+            )),
+        )),
+    }
 }
 
 impl Agent {

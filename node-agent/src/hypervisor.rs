@@ -273,7 +273,30 @@ pub struct Libvirt {
     /// Why the connection is lost (`None`: open), readable without
     /// waiting for `link`.
     lost: Mutex<Option<String>>,
+    /// Since when a call to libvirt has been waiting for its answer (a
+    /// libvirtd that hangs instead of dying never closes the socket).
+    busy_since: Mutex<Option<Instant>>,
     virt_type: String,
+}
+
+/// A libvirt call unanswered this long makes the hypervisor unreachable
+/// (`HypervisorReachable=False`) until it answers.
+pub const HUNG_AFTER: Duration = Duration::from_secs(20);
+
+/// Marks a call to libvirt in progress for as long as it lives.
+struct Busy<'a>(&'a Mutex<Option<Instant>>);
+
+impl<'a> Busy<'a> {
+    fn start(m: &'a Mutex<Option<Instant>>) -> Busy<'a> {
+        *m.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        Busy(m)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 impl Libvirt {
@@ -335,6 +358,7 @@ impl Libvirt {
                 attempts: 0,
             }),
             lost: Mutex::new(lost),
+            busy_since: Mutex::new(None),
             virt_type,
         }
     }
@@ -365,9 +389,12 @@ impl Libvirt {
         let mut tries = 0;
         loop {
             tries += 1;
+            let busy = Busy::start(&self.busy_since);
             self.reconnect(&mut link)?;
             let conn = link.conn.as_ref().expect("connected");
-            let err = match f(conn) {
+            let answer = f(conn);
+            drop(busy);
+            let err = match answer {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
@@ -738,7 +765,19 @@ impl Hypervisor for Libvirt {
     }
 
     fn unreachable(&self) -> Option<String> {
-        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        if let Some(why) = self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Some(why);
+        }
+        let since = *self.busy_since.lock().unwrap_or_else(|e| e.into_inner());
+        since
+            .map(|t| t.elapsed())
+            .filter(|waited| *waited >= HUNG_AFTER)
+            .map(|waited| {
+                format!(
+                    "libvirtd has not answered a call for {}s (hung?); guests are left alone until it does",
+                    waited.as_secs()
+                )
+            })
     }
 
     fn disk_targets(&self, name: &str) -> Result<Vec<String>> {

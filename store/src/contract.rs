@@ -225,6 +225,12 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self, revision: i64) -> Result<()>;
 }
 
+/// A continue token resuming a list at `revision` right after `last_key`
+/// (for a caller that stops inside a page, e.g. at a byte budget).
+pub fn continue_after(revision: i64, last_key: &str) -> String {
+    continue_token::encode(revision, last_key)
+}
+
 /// Continue tokens are opaque to clients: `<revision>:<last key>` encoded.
 pub(crate) mod continue_token {
     use base64::Engine;

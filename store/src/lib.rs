@@ -36,8 +36,8 @@ pub mod secrets;
 mod typed;
 
 pub use contract::{
-    error_text, KeyValue, ListOptions, ListPage, Result, Store, StoreError, UpdateOutcome,
-    WatchEvent, WatchStream,
+    continue_after, error_text, KeyValue, ListOptions, ListPage, Result, Store, StoreError,
+    UpdateOutcome, WatchEvent, WatchStream,
 };
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use etcd::EtcdStore;
