@@ -48,6 +48,20 @@ impl RateLimiter {
         *self.limit.lock().unwrap_or_else(|e| e.into_inner()) = limit;
     }
 
+    /// Whether `key` has no token left at `now` (and how long until it
+    /// has one), without taking any: for refusing a client early, before
+    /// the work whose failure [`RateLimiter::check`] charges.
+    pub fn exhausted(&self, key: &str, now: Instant) -> Option<Duration> {
+        let limit = self.limit();
+        let burst = f64::from(limit.burst.max(1));
+        let rate = limit.per_second.max(0.001);
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let b = buckets.get(key)?;
+        let tokens =
+            (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
+        (tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - tokens) / rate))
+    }
+
     /// Takes one token for `key` at `now`; when none is left, how long
     /// until one is.
     pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
@@ -92,6 +106,8 @@ mod tests {
         }
         let wait = l.check("a", t0).unwrap_err();
         assert_eq!(wait, Duration::from_millis(500));
+        assert_eq!(l.exhausted("a", t0), Some(Duration::from_millis(500)));
+        assert_eq!(l.exhausted("b", t0), None, "an unseen key has tokens");
         // Another client is not held back by the first.
         assert!(l.check("b", t0).is_ok());
         // Half a second later one more token has arrived, not two.

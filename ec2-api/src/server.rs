@@ -64,7 +64,18 @@ pub struct Ec2State {
     pub decoded: Arc<crate::decoded::DecodedInstances>,
     /// Request rate per access key.
     pub limiter: Arc<corral_api_types::rate::RateLimiter>,
+    /// Failed authentications per peer address: past it, a peer's
+    /// requests are refused before their body is read.
+    pub unauthenticated: Arc<corral_api_types::rate::RateLimiter>,
 }
+
+/// Failed authentications one peer address may make on the EC2 API: a
+/// burst, then a few a second.
+pub const UNAUTHENTICATED_RATE: corral_api_types::rate::RateLimit =
+    corral_api_types::rate::RateLimit {
+        burst: 50,
+        per_second: 5.0,
+    };
 
 impl Ec2State {
     pub fn new(store: ResourceStore, config: Ec2Config) -> Ec2State {
@@ -72,6 +83,9 @@ impl Ec2State {
             auth: Arc::new(Authenticator::new(store.clone())),
             store,
             limiter: Arc::new(corral_api_types::rate::RateLimiter::new(config.rate)),
+            unauthenticated: Arc::new(corral_api_types::rate::RateLimiter::new(
+                UNAUTHENTICATED_RATE,
+            )),
             config: Arc::new(config),
             decoded: Arc::default(),
         }
@@ -123,12 +137,34 @@ fn is_form(headers: &HeaderMap) -> bool {
 
 async fn handle(
     State(state): State<Ec2State>,
+    peer: Option<axum::Extension<corral_tls::Peer>>,
     method: Method,
     uri: Uri,
     mut headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    let peer = peer.map(|p| p.0 .0.ip().to_string());
+    // A peer whose signatures keep failing is refused before its body is
+    // read (SigV2 clients sign inside the body, so it cannot always be
+    // judged sooner).
+    if let Some(ip) = &peer {
+        if state
+            .unauthenticated
+            .exhausted(ip, Instant::now())
+            .is_some()
+        {
+            let e = Ec2Error::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "RequestLimitExceeded",
+                "Request limit exceeded: too many failed authentications from this address.",
+            );
+            return xml_response(
+                e.status,
+                xml::error_response(&e, &uuid::Uuid::new_v4().to_string()),
+            );
+        }
+    }
     // HTTP/2 carries the host as the :authority pseudo-header, which hyper
     // puts in the URI: it is the "host" that SigV4 and SigV2 sign.
     if !headers.contains_key(header::HOST) {
@@ -166,6 +202,11 @@ async fn handle(
         params: &params,
     };
     let result = process(&state, &parts, &action, &request_id).await;
+    if let (Err(e), Some(ip)) = (&result, &peer) {
+        if e.status == StatusCode::UNAUTHORIZED {
+            let _ = state.unauthenticated.check(ip, Instant::now());
+        }
+    }
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status,

@@ -381,3 +381,51 @@ async fn hostile_input_never_produces_a_500() {
     let (status, _) = post(&s, &url, big).await;
     assert_eq!(status, 413);
 }
+
+/// A peer whose signatures keep failing is refused with
+/// RequestLimitExceeded before its body is read; valid callers from
+/// elsewhere are unaffected (the limit is per address).
+#[tokio::test]
+async fn failing_signatures_from_one_address_are_refused_early() {
+    let s = start().await;
+    let keys = add_user(&s.store, "mallet", Some("demo")).await;
+    let wrong = Keys {
+        id: keys.id.clone(),
+        secret: "not-the-secret".into(),
+    };
+    let host = s.addr.to_string();
+    let url = format!("{}/", s.url);
+    let mut codes = Vec::new();
+    for _ in 0..70 {
+        let body = sigv2_body(
+            &wrong,
+            &host,
+            "/",
+            &[("Action", "DescribeRegions")],
+            false,
+            Utc::now(),
+        );
+        let (_, text) = post(&s, &url, body).await;
+        codes.push(error_code(&text));
+    }
+    assert_eq!(codes[0], "AuthFailure");
+    assert!(
+        codes.iter().any(|c| c == "RequestLimitExceeded"),
+        "{codes:?}"
+    );
+    // Even a correct signature from this address waits its turn now.
+    let body = sigv2_body(
+        &keys,
+        &host,
+        "/",
+        &[("Action", "DescribeRegions")],
+        false,
+        Utc::now(),
+    );
+    let (status, text) = post(&s, &url, body).await;
+    assert_eq!(
+        (status, error_code(&text).as_str()),
+        (503, "RequestLimitExceeded"),
+        "{text}"
+    );
+}
