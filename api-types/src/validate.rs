@@ -211,9 +211,24 @@ pub(crate) fn check_tags(errs: &mut FieldErrors, path: &str, tags: &BTreeMap<Str
     }
 }
 
+/// Labels one map may hold: far more than selection needs, and a bound
+/// on what one object may make every list and watch carry.
+pub const MAX_LABELS: usize = 64;
+
 /// Kubernetes-style labels (also node selectors): qualified-name keys and
-/// label values.
+/// label values, at most [`MAX_LABELS`] of them (checked first: a map far
+/// over it is answered with that alone, not one error per entry).
 pub(crate) fn check_labels(errs: &mut FieldErrors, path: &str, labels: &BTreeMap<String, String>) {
+    if labels.len() > MAX_LABELS {
+        errs.push(
+            path,
+            format!(
+                "must have at most {MAX_LABELS} entries (has {})",
+                labels.len()
+            ),
+        );
+        return;
+    }
     for (k, v) in labels {
         let p = key(path, k);
         if !is_qualified_name(k) {

@@ -52,9 +52,10 @@ fn require_admin_or_self(p: &Principal, user: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Refuses a self-service issue that would take `user` past the limits of
-/// [`crate::limits`]; admins issuing for anyone are not limited. The
-/// caller holds `ApiState::issuing` across this check and the issue.
+/// Refuses an issue that would take `user` past the limits of
+/// [`crate::limits`]: the self-service ones, or the higher ones an admin
+/// issuing for anyone is held to. The caller holds `ApiState::issuing`
+/// across this check and the issue.
 async fn check_self_service(
     state: &AppState,
     p: &Principal,
@@ -62,10 +63,11 @@ async fn check_self_service(
     tokens: usize,
     keys: usize,
 ) -> Result<(), ApiError> {
-    use crate::limits::{SELF_SERVICE_ACCESS_KEYS, SELF_SERVICE_TOKENS};
-    if p.role == Role::Admin {
-        return Ok(());
-    }
+    use crate::limits::{
+        ACCESS_KEYS_PER_USER, SELF_SERVICE_ACCESS_KEYS, SELF_SERVICE_TOKENS, TOKENS_PER_USER,
+    };
+    let admin = p.role == Role::Admin;
+    let who = if admin { "an admin" } else { "a user itself" };
     let over = |what: &str, held: usize, adding: usize, limit: usize, route: &str| {
         if held + adding <= limit {
             return Ok(());
@@ -74,26 +76,30 @@ async fn check_self_service(
             StatusCode::FORBIDDEN,
             "LimitExceeded",
             format!(
-                "user {user:?} holds {held} {what}, the most a user may issue itself is {limit}: \
-                 revoke one first (DELETE /v1/users/{user}/{route}/ID)"
+                "user {user:?} holds {held} {what}, the most {who} may issue for a user is \
+                 {limit}: revoke one first (DELETE /v1/users/{user}/{route}/ID)"
             ),
         ))
     };
     if tokens > 0 {
         let all = all::<ApiToken>(&state.store).await?;
         let held = all.iter().filter(|t| t.spec.user == user).count();
-        over("API tokens", held, tokens, SELF_SERVICE_TOKENS, "tokens")?;
+        let limit = if admin {
+            TOKENS_PER_USER
+        } else {
+            SELF_SERVICE_TOKENS
+        };
+        over("API tokens", held, tokens, limit, "tokens")?;
     }
     if keys > 0 {
         let all = all::<AccessKey>(&state.store).await?;
         let held = all.iter().filter(|k| k.spec.user == user).count();
-        over(
-            "EC2 access keys",
-            held,
-            keys,
-            SELF_SERVICE_ACCESS_KEYS,
-            "accesskeys",
-        )?;
+        let limit = if admin {
+            ACCESS_KEYS_PER_USER
+        } else {
+            SELF_SERVICE_ACCESS_KEYS
+        };
+        over("EC2 access keys", held, keys, limit, "accesskeys")?;
     }
     Ok(())
 }

@@ -98,7 +98,13 @@ impl Principal {
                     let Some(role) = project.and_then(|p| self.role_in(p)) else {
                         return Err(deny());
                     };
-                    if verb == Verb::UpdateStatus || (role == Role::Viewer && !verb.is_read()) {
+                    // Events are the system's record of what it did: a
+                    // tenant reads them but may not forge or erase them
+                    // (nor fill the store with them).
+                    let system_record = kind.plural == "events";
+                    if verb == Verb::UpdateStatus
+                        || ((role == Role::Viewer || system_record) && !verb.is_read())
+                    {
                         return Err(deny());
                     }
                     Ok(())

@@ -312,3 +312,29 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An object past the store's own limit (no valid object of a built-in
+    /// kind reaches it: their fields are bounded far below) is 413 naming
+    /// the limit, never a 500.
+    #[test]
+    fn an_object_too_large_for_the_store_is_413_naming_the_limit() {
+        let e = ApiError::from(StoreError::TooLarge {
+            key: "/corral/securitygroups/p/big".into(),
+            size: 2_000_123,
+            limit: 1_500_000,
+        });
+        assert_eq!(e.code, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.reason, "RequestEntityTooLarge");
+        assert!(
+            e.message.contains(
+                "2000123 bytes stored; this server's store keeps objects up to 1500000 bytes"
+            ),
+            "{}",
+            e.message
+        );
+    }
+}

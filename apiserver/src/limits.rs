@@ -16,6 +16,9 @@
 //! | connections (every listener, `corral_tls::Limits`) | 4096 open, 512 per peer address, headers within 15 s, 256 HTTP/2 streams each | closed at accept / at the deadline |
 //! | metrics labels | kinds and a fixed list only, never request text | — |
 //! | console push | [`crate::content::CONSOLE_PUT_LIMIT`] = 256 KiB | 413 `RequestEntityTooLarge` |
+//! | API tokens / EC2 access keys per user | self-issued [`SELF_SERVICE_TOKENS`] = 10 / [`SELF_SERVICE_ACCESS_KEYS`] = 2; by an admin [`TOKENS_PER_USER`] = 100 / [`ACCESS_KEYS_PER_USER`] = 10 | 403 `LimitExceeded` |
+//! | objects per project | count quotas (`spec.quotas`), defaulting to `corral_api_types::kinds::project::DEFAULT_COUNT_QUOTAS`: 100 security groups, key pairs, networks and images, 1000 snapshots | 403 `Forbidden` naming the quota |
+//! | labels per object / rules per security group direction | 64 / 100 | 422 `Invalid` |
 //!
 //! Image uploads (`…/images/{name}/content`) are exempt from the body
 //! limit: they stream to the blob store, after authentication.
@@ -64,6 +67,13 @@ pub const SELF_SERVICE_TOKENS: usize = 10;
 /// EC2 access keys a user may hold when issuing them for itself: AWS IAM's
 /// limit of two per user (rotation needs no more).
 pub const SELF_SERVICE_ACCESS_KEYS: usize = 2;
+
+/// API tokens one user may hold at all, however issued (an admin issuing
+/// for a user included): each is an object every server keeps in memory.
+pub const TOKENS_PER_USER: usize = 100;
+
+/// EC2 access keys one user may hold at all, however issued.
+pub const ACCESS_KEYS_PER_USER: usize = 10;
 
 fn too_large(len: Option<u64>) -> Response {
     let sent = len

@@ -218,7 +218,90 @@ async fn a_quota_set_holds_for_the_next_request(api: Api) {
     }
 }
 
+/// Every project kind without a quota of its own has a count quota, with
+/// defaults on every project; past it a create is 403 naming the quota,
+/// and a deletion gives the unit back.
+async fn count_quotas_default_and_bound_every_kind(api: Api) {
+    api.project("d", json!({})).await;
+    let (_, p) = api.get("/v1/projects/d").await;
+    assert_eq!(
+        p["spec"]["quotas"],
+        json!({"securityGroups": 100, "keyPairs": 100, "networks": 100, "images": 100,
+               "snapshots": 1000}),
+        "{p}"
+    );
+    let limits = json!({"securityGroups": 1, "keyPairs": 1, "networks": 1, "images": 1,
+                        "snapshots": 1});
+    api.project("c", limits).await;
+    let (code, body) = api.post("/v1/projects/c/volumes", volume("data", 1)).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let counted = [
+        ("networks", "networks"),
+        ("securitygroups", "securityGroups"),
+        ("keypairs", "keyPairs"),
+        ("images", "images"),
+        ("snapshots", "snapshots"),
+    ];
+    for (plural, quota) in counted {
+        let (_, object) = support::objects()
+            .into_iter()
+            .find(|(p, _)| *p == plural)
+            .unwrap();
+        let path = format!("/v1/projects/c/{plural}");
+        let (code, body) = api.post(&path, object.clone()).await;
+        assert_eq!(code, StatusCode::CREATED, "{plural}: {body}");
+        let mut second = object.clone();
+        second["metadata"]["name"] = json!("second");
+        if plural == "networks" {
+            second["spec"]["cidr"] = json!("10.99.0.0/24");
+        }
+        let (code, body) = api.post(&path, second.clone()).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{plural}: {body}");
+        assert_eq!(
+            body["message"],
+            format!(
+                "{plural} \"second\" is forbidden: exceeded quota {quota}: requested 1, used 1, \
+                 limit 1 in project \"c\""
+            )
+        );
+        assert_eq!(
+            body["details"]["causes"][0]["field"],
+            format!("quota.{quota}")
+        );
+        // Deleting gives the unit back (once the usage is recomputed, as
+        // the quota controller does on every deletion).
+        let name = object["metadata"]["name"].as_str().unwrap();
+        let (code, body) = api.delete(&format!("{path}/{name}")).await;
+        assert!(code.is_success(), "{plural}: {body}");
+        settle(&api.store, "c").await.unwrap();
+        let (code, body) = api.post(&path, second).await;
+        assert_eq!(code, StatusCode::CREATED, "{plural}: {body}");
+    }
+    settle(&api.store, "c").await.unwrap();
+    let u = usage(&api, "c").await;
+    assert_eq!(u, limits_used(), "{u}");
+
+    // Raising a count quota takes at once.
+    let (_, mut p) = api.get("/v1/projects/c").await;
+    p["spec"]["quotas"]["securityGroups"] = json!(3);
+    let (code, body) = api.put("/v1/projects/c", p).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let mut g = support::objects()
+        .into_iter()
+        .find(|(p, _)| *p == "securitygroups")
+        .unwrap()
+        .1;
+    g["metadata"]["name"] = json!("third");
+    let (code, body) = api.post("/v1/projects/c/securitygroups", g).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+}
+
+fn limits_used() -> Value {
+    json!({"securityGroups": 1, "keyPairs": 1, "networks": 1, "images": 1, "snapshots": 1})
+}
+
 on_both_backends!(
+    count_quotas_default_and_bound_every_kind,
     a_quota_set_holds_for_the_next_request,
     over_quota_is_forbidden_and_names_the_quota,
     parallel_creates_never_exceed_the_limit,

@@ -202,7 +202,12 @@ async fn a_member_cannot_touch_another_project(api: Api) {
                 Method::DELETE,
                 format!("/v1/projects/a/{plural}/{name}"),
                 None,
-                NOT_FOUND,
+                // Members never delete events (the system's record).
+                if *plural == "events" {
+                    FORBIDDEN
+                } else {
+                    NOT_FOUND
+                },
             ),
         ];
         for (verb, method, path, req, want) in table {
@@ -895,7 +900,44 @@ async fn watches_stay_within_their_tenant(api: Api) {
     assert_eq!(names, ["mine"], "n1's watch saw {names:?}");
 }
 
+/// Events are the system's record: a member reads its project's but may
+/// neither forge nor erase them (nor fill the store with them).
+async fn a_member_reads_events_but_does_not_write_them(api: Api) {
+    api.project("ev", json!({})).await;
+    let mia = api.member("mia", "ev").await;
+    let event = json!({"kind": "Event", "metadata": {"name": "e1"},
+        "spec": {"involvedObject": {"kind": "Instance", "name": "web"}, "reason": "Forged",
+                 "message": "x", "type": "Normal"}});
+    let (code, body) = api.post("/v1/projects/ev/events", event.clone()).await;
+    assert_eq!(
+        code,
+        StatusCode::CREATED,
+        "admins (and controllers) write: {body}"
+    );
+    let path = "/v1/projects/ev/events";
+    let (code, body) = api.call(&mia, Method::GET, path, None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["items"][0]["metadata"]["name"], "e1");
+    let mut forged = event.clone();
+    forged["metadata"]["name"] = json!("e2");
+    for (method, path, body) in [
+        (Method::POST, path.to_string(), Some(forged)),
+        (Method::PUT, format!("{path}/e1"), Some(event.clone())),
+        (Method::DELETE, format!("{path}/e1"), None),
+    ] {
+        let (code, answer) = api.call(&mia, method.clone(), &path, body).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{method} {path}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("may not"),
+            "{answer}"
+        );
+    }
+    let (_, list) = api.get(path).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+}
+
 on_both_backends!(
+    a_member_reads_events_but_does_not_write_them,
     a_member_cannot_touch_another_project,
     a_node_touches_only_its_own,
     watches_stay_within_their_tenant

@@ -307,13 +307,18 @@ impl ControllerManager {
             addresses = addresses.metrics(m);
         }
 
-        // Project usage: recomputed when instances or volumes come and go.
+        // Project usage: recomputed when counted objects come and go.
         let projects: Cache<corral_api_types::Project> = Reflector::new(store.clone()).spawn();
         let mut quotas = Controller::new("quota", projects)
             .concurrency(2)
             .watches(c.instances.clone(), quota::project_of_instance)
             .watches(c.volumes.clone(), quota::project_of_volume)
-            .watches(c.addresses.clone(), quota::project_of_address);
+            .watches(c.addresses.clone(), quota::project_of_address)
+            .watches(c.security_groups.clone(), quota::project_of)
+            .watches(c.keypairs.clone(), quota::project_of)
+            .watches(c.networks.clone(), quota::project_of)
+            .watches(c.images.clone(), quota::project_of)
+            .watches(c.snapshots.clone(), quota::project_of);
         if let Some(m) = with_metrics("quota") {
             quotas = quotas.metrics(m);
         }

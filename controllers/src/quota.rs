@@ -1,6 +1,7 @@
 //! The quota controller: keeps each Project's `status.usage` equal to what
-//! its Instances, Volumes and Addresses hold, plus the admission charges
-//! still in flight (see `corral_store::quota`, which does the work).
+//! its Instances, Volumes, Addresses and the kinds with count quotas
+//! (security groups, key pairs, networks, images, snapshots) hold, plus
+//! the admission charges still in flight (see `corral_store::quota`, which does the work).
 //!
 //! Admission adds to usage; only this controller takes away, so a deleted
 //! object releases its share and a charge whose write never happened
@@ -39,7 +40,7 @@ impl QuotaController {
     }
 }
 
-/// The Project an Instance, Volume or Address change concerns: only creations,
+/// The Project a change of a counted object concerns: only creations,
 /// deletions and spec changes (sizes) move usage.
 pub fn project_of<K: Resource>(change: &Change<K>) -> Vec<ObjectRef> {
     let m = change.object().meta();

@@ -154,6 +154,10 @@ pub fn quota_error(e: quota::QuotaError) -> Ec2Error {
                 QuotaResource::Vcpus => "VcpuLimitExceeded",
                 QuotaResource::Volumes | QuotaResource::VolumeGiB => "VolumeLimitExceeded",
                 QuotaResource::Addresses => "AddressLimitExceeded",
+                QuotaResource::SecurityGroups => "SecurityGroupLimitExceeded",
+                QuotaResource::Networks => "VpcLimitExceeded",
+                QuotaResource::Snapshots => "SnapshotLimitExceeded",
+                QuotaResource::KeyPairs | QuotaResource::Images => "ResourceLimitExceeded",
             };
             Ec2Error::client(
                 code,

@@ -1,6 +1,7 @@
 //! Project quotas, charged at admission — the one place both write paths
 //! (the native API and the EC2 façade) call before they create or grow an
-//! Instance, Volume or Address.
+//! Instance, Volume or Address, or create one of the kinds with a count
+//! quota (security groups, key pairs, networks, images, snapshots).
 //!
 //! The rules (what an object counts, whether a growth fits) are
 //! api-types' ([`corral_api_types::kinds::project`]); this module is the
@@ -24,21 +25,25 @@
 //!    writes by CAS, so a charge made meanwhile makes it retry, and a charge
 //!    made before is in what it read: no admitted write is ever uncounted.
 //!
-//! Projects without any quota are neither charged nor counted (no write on
-//! the hot path, no listing per change), as Kubernetes tracks usage only
-//! under a ResourceQuota; setting a quota starts the count.
+//! Only kinds with a limited resource are charged and counted: a project
+//! without a limit on instances, vCPUs or memory pays no write per
+//! instance create and no instance listing per change, as Kubernetes tracks usage only
+//! under a ResourceQuota; setting a quota starts the count. (Every project
+//! has the default count quotas, which cost a write per security group,
+//! key pair, network, image or snapshot created — rare objects.)
 
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use corral_api_types::kinds::project::QuotaResource;
 use corral_api_types::kinds::project::{
     address_amounts, instance_amounts, volume_amounts, QuotaAmounts, QuotaCharge, QuotaExceeded,
 };
 use corral_api_types::{
-    Address, Instance, InstanceType, Project, ProjectStatus, Resource, Snapshot, Volume,
-    DEFAULT_INSTANCE_TYPE,
+    Address, Image, Instance, InstanceType, KeyPair, Network, Project, ProjectStatus, Resource,
+    SecurityGroup, Snapshot, Volume, DEFAULT_INSTANCE_TYPE,
 };
 
 use crate::contract::StoreError;
@@ -113,7 +118,7 @@ pub async fn amounts_of<K: Resource>(
     if any.downcast_ref::<Address>().is_some() {
         return Ok(Some(address_amounts()));
     }
-    Ok(None)
+    Ok(QuotaResource::counting(K::PLURAL).map(QuotaAmounts::one))
 }
 
 /// The size a volume without `sizeGiB` gets from its source, when known.
@@ -182,7 +187,8 @@ pub async fn charge_from<K: Resource>(
         return Ok(None);
     }
     let meta = new.meta();
-    if known.is_some_and(|p| p.spec.quotas.is_empty()) {
+    let resources = resources_of::<K>();
+    if known.is_some_and(|p| !p.spec.quotas.limits_any(resources)) {
         return Ok(None);
     }
     let mut project = match known {
@@ -192,7 +198,7 @@ pub async fn charge_from<K: Resource>(
             None => return Ok(None),
         },
     };
-    if project.spec.quotas.is_empty() {
+    if !project.spec.quotas.limits_any(resources) {
         return Ok(None);
     }
     let amounts = amounts_of(store, new).await?.unwrap_or_default();
@@ -273,12 +279,36 @@ pub async fn charge_from<K: Resource>(
         .into())
 }
 
+/// The quota resources objects of `K` count in (none for kinds without
+/// quotas).
+pub fn resources_of<K: Resource>() -> &'static [QuotaResource] {
+    resources_of_plural(K::PLURAL)
+}
+
+/// [`resources_of`] by the kind's plural (as a charge names its object).
+fn resources_of_plural(plural: &str) -> &'static [QuotaResource] {
+    match plural {
+        "instances" => &[
+            QuotaResource::Instances,
+            QuotaResource::Vcpus,
+            QuotaResource::MemoryMiB,
+        ],
+        "volumes" => &[QuotaResource::Volumes, QuotaResource::VolumeGiB],
+        "addresses" => &[QuotaResource::Addresses],
+        _ => match QuotaResource::counting(plural) {
+            Some(QuotaResource::SecurityGroups) => &[QuotaResource::SecurityGroups],
+            Some(QuotaResource::KeyPairs) => &[QuotaResource::KeyPairs],
+            Some(QuotaResource::Networks) => &[QuotaResource::Networks],
+            Some(QuotaResource::Images) => &[QuotaResource::Images],
+            Some(QuotaResource::Snapshots) => &[QuotaResource::Snapshots],
+            _ => &[],
+        },
+    }
+}
+
 /// Whether objects of `K` count against a quota.
 pub fn is_counted<K: Resource>() -> bool {
-    let t = std::any::TypeId::of::<K>();
-    t == std::any::TypeId::of::<Instance>()
-        || t == std::any::TypeId::of::<Volume>()
-        || t == std::any::TypeId::of::<Address>()
+    !resources_of::<K>().is_empty()
 }
 
 /// Gives back a charge whose write failed. Best effort: if it cannot be
@@ -336,13 +366,7 @@ async fn release(store: &ResourceStore, charge: &Charge, give_back: bool) {
 /// writes it if it changed (a project without quotas gets an empty usage). Returns when the earliest remaining charge
 /// expires (the caller should look again then), or `None`.
 pub async fn settle(store: &ResourceStore, project: &str) -> Result<Option<Duration>, StoreError> {
-    let types: BTreeMap<String, InstanceType> = store
-        .list::<InstanceType>(None, Default::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|t| (t.metadata.name.clone(), t))
-        .collect();
+    let mut types: Option<BTreeMap<String, InstanceType>> = None;
     loop {
         // The Project first: charges made after this read make our CAS
         // fail; charges made before it are in what we read.
@@ -366,15 +390,35 @@ pub async fn settle(store: &ResourceStore, project: &str) -> Result<Option<Durat
                 Err(e) => return Err(e),
             }
         }
+        // Only kinds with a limited resource are counted: a project
+        // limiting security groups alone lists no instances.
+        let limits = p.spec.quotas.clone();
         let mut held: BTreeMap<String, QuotaAmounts> = BTreeMap::new();
-        for i in store
-            .list::<Instance>(Some(project), Default::default())
-            .await?
-            .items
-        {
+        let instances = if limits.limits_any(resources_of::<Instance>()) {
+            store
+                .list::<Instance>(Some(project), Default::default())
+                .await?
+                .items
+        } else {
+            Vec::new()
+        };
+        if types.is_none() && !instances.is_empty() {
+            types = Some(
+                store
+                    .list::<InstanceType>(None, Default::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .map(|t| (t.metadata.name.clone(), t))
+                    .collect(),
+            );
+        }
+        let no_types = BTreeMap::new();
+        let known_types = types.as_ref().unwrap_or(&no_types);
+        for i in instances {
             let itype = match (i.spec.cpus, i.spec.memory_mib) {
                 (Some(_), Some(_)) => None,
-                _ => types.get(
+                _ => known_types.get(
                     i.spec
                         .instance_type
                         .as_deref()
@@ -384,11 +428,15 @@ pub async fn settle(store: &ResourceStore, project: &str) -> Result<Option<Durat
             let a = instance_amounts(&i.spec, itype.map(|t| &t.spec));
             held.insert(object_name::<Instance>(&i.metadata.name), a);
         }
-        for v in store
-            .list::<Volume>(Some(project), Default::default())
-            .await?
-            .items
-        {
+        let volumes = if limits.limits_any(resources_of::<Volume>()) {
+            store
+                .list::<Volume>(Some(project), Default::default())
+                .await?
+                .items
+        } else {
+            Vec::new()
+        };
+        for v in volumes {
             let size = v
                 .spec
                 .size_gib
@@ -399,13 +447,20 @@ pub async fn settle(store: &ResourceStore, project: &str) -> Result<Option<Durat
                 volume_amounts(size),
             );
         }
-        for a in store
-            .list::<Address>(Some(project), Default::default())
-            .await?
-            .items
-        {
-            held.insert(object_name::<Address>(&a.metadata.name), address_amounts());
+        if limits.limits_any(resources_of::<Address>()) {
+            for a in store
+                .list::<Address>(Some(project), Default::default())
+                .await?
+                .items
+            {
+                held.insert(object_name::<Address>(&a.metadata.name), address_amounts());
+            }
         }
+        count::<SecurityGroup>(store, project, &limits, &mut held).await?;
+        count::<KeyPair>(store, project, &limits, &mut held).await?;
+        count::<Network>(store, project, &limits, &mut held).await?;
+        count::<Image>(store, project, &limits, &mut held).await?;
+        count::<Snapshot>(store, project, &limits, &mut held).await?;
 
         let now = Utc::now();
         let status = p.status.clone().unwrap_or_default();
@@ -414,7 +469,9 @@ pub async fn settle(store: &ResourceStore, project: &str) -> Result<Option<Durat
         for c in &status.pending_charges {
             let amounts = QuotaAmounts::from_resources(&c.amounts);
             let holds = held.get(&c.object).is_some_and(|h| h.covers(&amounts));
-            if holds || c.expires <= now {
+            let plural = c.object.split('/').next().unwrap_or_default();
+            let unlimited = !limits.limits_any(resources_of_plural(plural));
+            if holds || unlimited || c.expires <= now {
                 continue;
             }
             let entry = counted.entry(c.object.clone()).or_default();
@@ -443,4 +500,28 @@ pub async fn settle(store: &ResourceStore, project: &str) -> Result<Option<Durat
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Adds one of `K`'s count quota per object of `K` in `project` to
+/// `held`, when that quota is limited (else lists nothing).
+async fn count<K: Resource>(
+    store: &ResourceStore,
+    project: &str,
+    limits: &corral_api_types::ProjectResources,
+    held: &mut BTreeMap<String, QuotaAmounts>,
+) -> Result<(), StoreError> {
+    let Some(r) = QuotaResource::counting(K::PLURAL) else {
+        return Ok(());
+    };
+    if !limits.limits_any(&[r]) {
+        return Ok(());
+    }
+    for o in store
+        .list::<K>(Some(project), Default::default())
+        .await?
+        .items
+    {
+        held.insert(object_name::<K>(&o.meta().name), QuotaAmounts::one(r));
+    }
+    Ok(())
 }

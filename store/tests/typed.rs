@@ -186,3 +186,38 @@ async fn typed_on_embedded() {
     let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
     exercise(Arc::new(store)).await;
 }
+
+/// An object past the backend's own value limit (etcd's 1.5 MB request
+/// limit) is refused before it is sent, naming the limit, and nothing of
+/// it is stored; the embedded store keeps objects that size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_past_the_backend_limit_are_refused_whole() {
+    let mut w = Widget::new("demo", "big", WidgetSpec { size: 1 });
+    w.metadata
+        .annotations
+        .insert("note".into(), "x".repeat(2_000_000));
+
+    let server = EtcdServer::start().await.expect("start a real etcd");
+    let etcd = ResourceStore::new(Arc::new(
+        EtcdStore::connect(&[server.endpoint()]).await.unwrap(),
+    ));
+    match etcd.create(&w).await {
+        Err(StoreError::TooLarge { size, limit, .. }) => {
+            assert_eq!(limit, 1_500_000);
+            assert!(size > 2_000_000, "{size}");
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(etcd.get::<Widget>("demo", "big").await.unwrap().is_none());
+    w.metadata.annotations.clear();
+    etcd.create(&w).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = ResourceStore::new(Arc::new(
+        EmbeddedStore::open(&dir.path().join("s.redb")).unwrap(),
+    ));
+    w.metadata
+        .annotations
+        .insert("note".into(), "x".repeat(2_000_000));
+    embedded.create(&w).await.unwrap();
+}

@@ -48,6 +48,21 @@ pub struct ProjectResources {
     /// Number of floating addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<u32>,
+    /// Number of security groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<u32>,
+    /// Number of key pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pairs: Option<u32>,
+    /// Number of networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<u32>,
+    /// Number of images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<u32>,
+    /// Number of snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<u32>,
 }
 
 impl ProjectResources {
@@ -65,7 +80,17 @@ impl ProjectResources {
             QuotaResource::VolumeGiB => self.volume_gib,
             QuotaResource::Volumes => self.volumes,
             QuotaResource::Addresses => self.addresses,
+            QuotaResource::SecurityGroups => self.security_groups,
+            QuotaResource::KeyPairs => self.key_pairs,
+            QuotaResource::Networks => self.networks,
+            QuotaResource::Images => self.images,
+            QuotaResource::Snapshots => self.snapshots,
         }
+    }
+
+    /// Whether any of `resources` is limited.
+    pub fn limits_any(&self, resources: &[QuotaResource]) -> bool {
+        resources.iter().any(|r| self.limit(*r).is_some())
     }
 
     /// Whether `used` may grow by `growth` under these limits (absent
@@ -103,17 +128,47 @@ pub enum QuotaResource {
     VolumeGiB,
     Volumes,
     Addresses,
+    SecurityGroups,
+    KeyPairs,
+    Networks,
+    Images,
+    Snapshots,
 }
 
 impl QuotaResource {
-    pub const ALL: [QuotaResource; 6] = [
+    pub const ALL: [QuotaResource; 11] = [
         QuotaResource::Instances,
         QuotaResource::Vcpus,
         QuotaResource::MemoryMiB,
         QuotaResource::VolumeGiB,
         QuotaResource::Volumes,
         QuotaResource::Addresses,
+        QuotaResource::SecurityGroups,
+        QuotaResource::KeyPairs,
+        QuotaResource::Networks,
+        QuotaResource::Images,
+        QuotaResource::Snapshots,
     ];
+
+    /// The resources whose only amount is their number, by the plural of
+    /// the kind they count.
+    pub const COUNTS: [(&'static str, QuotaResource); 5] = [
+        ("securitygroups", QuotaResource::SecurityGroups),
+        ("keypairs", QuotaResource::KeyPairs),
+        ("networks", QuotaResource::Networks),
+        ("images", QuotaResource::Images),
+        ("snapshots", QuotaResource::Snapshots),
+    ];
+
+    /// The count quota on objects of the kind named `plural`, if it has
+    /// one of its own (instances, volumes and addresses count more than
+    /// their number: see [`instance_amounts`] and its siblings).
+    pub fn counting(plural: &str) -> Option<QuotaResource> {
+        Self::COUNTS
+            .iter()
+            .find(|(p, _)| *p == plural)
+            .map(|(_, r)| *r)
+    }
 
     /// The field name in `spec.quotas`.
     pub fn as_str(self) -> &'static str {
@@ -124,6 +179,11 @@ impl QuotaResource {
             QuotaResource::VolumeGiB => "volumeGiB",
             QuotaResource::Volumes => "volumes",
             QuotaResource::Addresses => "addresses",
+            QuotaResource::SecurityGroups => "securityGroups",
+            QuotaResource::KeyPairs => "keyPairs",
+            QuotaResource::Networks => "networks",
+            QuotaResource::Images => "images",
+            QuotaResource::Snapshots => "snapshots",
         }
     }
 }
@@ -153,6 +213,11 @@ pub struct QuotaAmounts {
     pub volume_gib: u64,
     pub volumes: u64,
     pub addresses: u64,
+    pub security_groups: u64,
+    pub key_pairs: u64,
+    pub networks: u64,
+    pub images: u64,
+    pub snapshots: u64,
 }
 
 impl QuotaAmounts {
@@ -164,7 +229,19 @@ impl QuotaAmounts {
             QuotaResource::VolumeGiB => self.volume_gib,
             QuotaResource::Volumes => self.volumes,
             QuotaResource::Addresses => self.addresses,
+            QuotaResource::SecurityGroups => self.security_groups,
+            QuotaResource::KeyPairs => self.key_pairs,
+            QuotaResource::Networks => self.networks,
+            QuotaResource::Images => self.images,
+            QuotaResource::Snapshots => self.snapshots,
         }
+    }
+
+    /// One of `r`, nothing else.
+    pub fn one(r: QuotaResource) -> QuotaAmounts {
+        let mut out = QuotaAmounts::default();
+        out.set(r, 1);
+        out
     }
 
     fn set(&mut self, r: QuotaResource, v: u64) {
@@ -175,6 +252,11 @@ impl QuotaAmounts {
             QuotaResource::VolumeGiB => &mut self.volume_gib,
             QuotaResource::Volumes => &mut self.volumes,
             QuotaResource::Addresses => &mut self.addresses,
+            QuotaResource::SecurityGroups => &mut self.security_groups,
+            QuotaResource::KeyPairs => &mut self.key_pairs,
+            QuotaResource::Networks => &mut self.networks,
+            QuotaResource::Images => &mut self.images,
+            QuotaResource::Snapshots => &mut self.snapshots,
         } = v;
     }
 
@@ -231,6 +313,11 @@ impl QuotaAmounts {
             volume_gib: c(self.volume_gib),
             volumes: c(self.volumes),
             addresses: c(self.addresses),
+            security_groups: c(self.security_groups),
+            key_pairs: c(self.key_pairs),
+            networks: c(self.networks),
+            images: c(self.images),
+            snapshots: c(self.snapshots),
         }
     }
 }
@@ -289,7 +376,8 @@ pub struct ProjectSpec {
     /// Free text, at most 255 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Limits; absent fields are unlimited.
+    /// Limits; absent fields are unlimited, except the count quotas of
+    /// [`DEFAULT_COUNT_QUOTAS`], which default.
     #[serde(default, skip_serializing_if = "ProjectResources::is_empty")]
     pub quotas: ProjectResources,
 }
@@ -326,8 +414,35 @@ impl Validate for Project {
 
 impl crate::HostRefs for Project {}
 
+/// The count quotas every project has unless its own spec sets them
+/// (Nova and Neutron give every project default quotas the same way):
+/// each object may be up to the store's object size, so the number of
+/// them a tenant may create bounds what it can make the server hold.
+/// Raise them per project by setting the field.
+pub const DEFAULT_COUNT_QUOTAS: [(QuotaResource, u32); 5] = [
+    (QuotaResource::SecurityGroups, 100),
+    (QuotaResource::KeyPairs, 100),
+    (QuotaResource::Networks, 100),
+    (QuotaResource::Images, 100),
+    (QuotaResource::Snapshots, 1000),
+];
+
 impl Defaults for Project {
-    fn apply_defaults(&mut self) {}
+    /// The count quotas the spec leaves out get [`DEFAULT_COUNT_QUOTAS`].
+    fn apply_defaults(&mut self) {
+        let q = &mut self.spec.quotas;
+        for (r, v) in DEFAULT_COUNT_QUOTAS {
+            let field = match r {
+                QuotaResource::SecurityGroups => &mut q.security_groups,
+                QuotaResource::KeyPairs => &mut q.key_pairs,
+                QuotaResource::Networks => &mut q.networks,
+                QuotaResource::Images => &mut q.images,
+                QuotaResource::Snapshots => &mut q.snapshots,
+                _ => continue,
+            };
+            field.get_or_insert(v);
+        }
+    }
 }
 
 impl ValidateUpdate for Project {

@@ -166,6 +166,11 @@ pub struct SecurityGroupRule {
     pub description: Option<String>,
 }
 
+/// Rules a group may hold in each direction (AWS allows 60 by default,
+/// Neutron 100 per project): every rule becomes firewall entries on every
+/// node with a member, and the bound keeps a group a small object.
+pub const MAX_RULES: usize = 100;
+
 /// Desired state of a security group.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -277,11 +282,20 @@ impl Validate for SecurityGroup {
             &spec.description,
             MAX_DESCRIPTION,
         );
-        for (i, r) in spec.ingress.iter().enumerate() {
-            check_rule(&mut errs, &index("spec.ingress", i), r);
-        }
-        for (i, r) in spec.egress.iter().enumerate() {
-            check_rule(&mut errs, &index("spec.egress", i), r);
+        for (path, rules) in [
+            ("spec.ingress", &spec.ingress),
+            ("spec.egress", &spec.egress),
+        ] {
+            if rules.len() > MAX_RULES {
+                errs.push(
+                    path,
+                    format!("must have at most {MAX_RULES} rules (has {})", rules.len()),
+                );
+                continue;
+            }
+            for (i, r) in rules.iter().enumerate() {
+                check_rule(&mut errs, &index(path, i), r);
+            }
         }
         check_tags(&mut errs, "spec.tags", &spec.tags);
         errs

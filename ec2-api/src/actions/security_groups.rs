@@ -510,6 +510,17 @@ pub async fn change(ctx: &Ctx<'_>, ingress: bool, add: bool) -> Result<Xml> {
                         list.push(r.clone());
                     }
                 }
+                let max = corral_api_types::kinds::security_group::MAX_RULES;
+                if list.len() > max {
+                    return Err(Ec2Error::client(
+                        "RulesPerSecurityGroupLimitExceeded",
+                        format!(
+                            "The maximum number of rules per security group has been reached: \
+                             {max} {} rules",
+                            if ingress { "inbound" } else { "outbound" }
+                        ),
+                    ));
+                }
             } else {
                 list.retain(|c| !rules.iter().any(|r| same_rule(c, r)));
             }

@@ -217,3 +217,104 @@ async fn a_bigger_instance_type_over_quota_is_refused() {
     // Same vCPUs, more memory: no vCPU growth, no memory quota.
     resize("m1.tiny").send().await.unwrap();
 }
+
+/// Count quotas and rule limits in AWS's words: a project's security
+/// groups past its quota are `SecurityGroupLimitExceeded`, key pairs
+/// `ResourceLimitExceeded`, and a group's rules past 100 per direction
+/// `RulesPerSecurityGroupLimitExceeded` — nothing half-added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_quotas_and_rule_limits_get_the_aws_codes() {
+    let s = start().await;
+    seed_project(&s.store, "default").await;
+    let mut p: Project = s.store.get("", "default").await.unwrap().unwrap();
+    p.spec.quotas = ProjectResources {
+        security_groups: Some(2),
+        key_pairs: Some(1),
+        ..Default::default()
+    };
+    s.store.update(&p).await.unwrap();
+    let ec2 = client(&s, &s.admin);
+    corral_store::quota::settle(&s.store, "default").await.unwrap();
+    let have = s
+        .store
+        .list::<corral_api_types::SecurityGroup>(Some("default"), Default::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    let mut made = Vec::new();
+    for n in have..2 {
+        let g = ec2
+            .create_security_group()
+            .group_name(format!("g{n}"))
+            .description("d")
+            .send()
+            .await
+            .unwrap();
+        made.push(g.group_id().unwrap().to_string());
+    }
+    let err = ec2
+        .create_security_group()
+        .group_name("one-too-many")
+        .description("d")
+        .send()
+        .await
+        .unwrap_err();
+    let meta = aws_sdk_ec2::error::ProvideErrorMetadata::meta(&err);
+    assert_eq!(meta.code(), Some("SecurityGroupLimitExceeded"), "{err:?}");
+    assert!(
+        meta.message()
+            .unwrap()
+            .contains("securityGroups quota of project default: requested 1, used 2, limit 2"),
+        "{meta:?}"
+    );
+
+    ec2.create_key_pair().key_name("k1").send().await.unwrap();
+    assert_eq!(
+        code(ec2.create_key_pair().key_name("k2").send().await),
+        "ResourceLimitExceeded"
+    );
+
+    // 100 inbound rules fit; the 101st is refused and not stored.
+    assert!(!made.is_empty(), "the seed already holds {have} groups");
+    let group = made[0].clone();
+    let rule = |port: i32| {
+        aws_sdk_ec2::types::IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(port)
+            .to_port(port)
+            .ip_ranges(
+                aws_sdk_ec2::types::IpRange::builder()
+                    .cidr_ip("10.0.0.0/8")
+                    .build(),
+            )
+            .build()
+    };
+    let mut batch = ec2.authorize_security_group_ingress().group_id(&group);
+    for port in 1..=100 {
+        batch = batch.ip_permissions(rule(port));
+    }
+    batch.send().await.unwrap();
+    let err = ec2
+        .authorize_security_group_ingress()
+        .group_id(&group)
+        .ip_permissions(rule(101))
+        .send()
+        .await
+        .unwrap_err();
+    let meta = aws_sdk_ec2::error::ProvideErrorMetadata::meta(&err);
+    assert_eq!(
+        meta.code(),
+        Some("RulesPerSecurityGroupLimitExceeded"),
+        "{err:?}"
+    );
+    let d = ec2
+        .describe_security_groups()
+        .group_ids(&group)
+        .send()
+        .await
+        .unwrap();
+    let perms = d.security_groups()[0].ip_permissions();
+    let ranges: usize = perms.iter().map(|p| p.ip_ranges().len()).sum();
+    assert_eq!(ranges, 100, "{perms:?}");
+}
