@@ -15,11 +15,19 @@
 //! A list at an older revision R reads the current state and undoes the
 //! log entries after R for the keys it covers; a watch reads the log from
 //! its position and then waits for the writer to publish new revisions.
+//!
+//! A commit that fails on I/O (a full disk) latches redb's file handle:
+//! every later write fails until the file is reopened. The writer reopens
+//! it itself once space is back (a small probe file can be written beside
+//! it, checked every [`REOPEN_EVERY`]): readers wait out the swap, redb
+//! repairs the file as after a crash, and writes and `/readyz` recover
+//! without a restart.
 
 use std::ops::Bound;
-use std::path::Path;
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc as std_mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -40,6 +48,20 @@ const META_COMPACTED: &str = "compacted";
 const MAX_BATCH: usize = 512;
 /// Most log entries a watcher reads per step.
 const WATCH_SCAN: usize = 1024;
+/// How often a writer whose file failed tries to reopen it.
+pub const REOPEN_EVERY: Duration = Duration::from_secs(2);
+/// Bytes that must be writable beside the file before it is reopened.
+const REOPEN_PROBE: usize = 256 << 10;
+/// How long a reopen waits for reads in flight on the old handle.
+const REOPEN_DRAIN: Duration = Duration::from_secs(5);
+
+/// The open database, shared by readers and the writer; empty while the
+/// writer swaps a failed handle for a fresh one.
+type Slot = Arc<RwLock<Option<Arc<Database>>>>;
+
+fn reopening() -> StoreError {
+    StoreError::Unavailable("the embedded store is reopening its file after a failed commit".into())
+}
 
 /// Tuning for the embedded backend.
 #[derive(Debug, Clone)]
@@ -67,7 +89,7 @@ pub struct EmbeddedStore {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    db: Slot,
     requests: std_mpsc::Sender<Request>,
     /// Newest committed revision, published by the writer after each commit.
     revision: watch::Receiver<i64>,
@@ -121,42 +143,17 @@ impl EmbeddedStore {
         // redb caches up to 1 GiB of pages by default; the history log
         // alone would fill it. A bounded cache keeps `corral up` small
         // (reads of hot objects stay cached, the log streams from disk).
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create(path)
-            .map_err(backend)?;
-        let (revision, compacted) = {
-            let txn = db.begin_write().map_err(backend)?;
-            let state = {
-                let mut meta = txn.open_table(META).map_err(backend)?;
-                txn.open_table(KV).map_err(backend)?;
-                txn.open_table(LOG).map_err(backend)?;
-                let rev = meta.get(META_REVISION).map_err(backend)?.map(|g| g.value());
-                let rev = match rev {
-                    Some(r) => r,
-                    None => {
-                        // etcd starts at revision 1; so do we.
-                        meta.insert(META_REVISION, 1).map_err(backend)?;
-                        meta.insert(META_COMPACTED, 0).map_err(backend)?;
-                        1
-                    }
-                };
-                let compacted = meta
-                    .get(META_COMPACTED)
-                    .map_err(backend)?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
-                (rev, compacted)
-            };
-            txn.commit().map_err(backend)?;
-            state
-        };
-        let db = Arc::new(db);
+        let (db, revision, compacted) = open_file(path, options.cache_bytes)?;
+        let db: Slot = Arc::new(RwLock::new(Some(Arc::new(db))));
         let (rev_tx, rev_rx) = watch::channel(revision as i64);
         let (req_tx, req_rx) = std_mpsc::channel();
         let failure = Arc::new(std::sync::Mutex::new(None));
         let writer = Writer {
             db: db.clone(),
+            path: path.to_path_buf(),
+            cache_bytes: options.cache_bytes,
+            broken: false,
+            last_reopen: None,
             revision,
             compacted,
             history: options.history.max(1),
@@ -184,7 +181,48 @@ impl EmbeddedStore {
         let mut db = Database::open(path).map_err(backend)?;
         db.check_integrity().map_err(backend)
     }
+}
 
+/// Opens (creating if needed) the file, with its tables and its current
+/// and compacted revisions.
+fn open_file(path: &Path, cache_bytes: usize) -> Result<(Database, u64, u64)> {
+    // redb caches up to 1 GiB of pages by default; the history log
+    // alone would fill it. A bounded cache keeps `corral up` small
+    // (reads of hot objects stay cached, the log streams from disk).
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(backend)?;
+    let (revision, compacted) = {
+        let txn = db.begin_write().map_err(backend)?;
+        let state = {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            txn.open_table(KV).map_err(backend)?;
+            txn.open_table(LOG).map_err(backend)?;
+            let rev = meta.get(META_REVISION).map_err(backend)?.map(|g| g.value());
+            let rev = match rev {
+                Some(r) => r,
+                None => {
+                    // etcd starts at revision 1; so do we.
+                    meta.insert(META_REVISION, 1).map_err(backend)?;
+                    meta.insert(META_COMPACTED, 0).map_err(backend)?;
+                    1
+                }
+            };
+            let compacted = meta
+                .get(META_COMPACTED)
+                .map_err(backend)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            (rev, compacted)
+        };
+        txn.commit().map_err(backend)?;
+        state
+    };
+    Ok((db, revision, compacted))
+}
+
+impl EmbeddedStore {
     async fn submit(&self, op: Op) -> Result<OpOutput> {
         let (reply, rx) = oneshot::channel();
         self.inner
@@ -201,7 +239,13 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&redb::ReadTransaction) -> Result<T> + Send + 'static,
     {
-        let db = self.inner.db.clone();
+        let db = self
+            .inner
+            .db
+            .read()
+            .map_err(|_| reopening())?
+            .clone()
+            .ok_or_else(reopening)?;
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_read().map_err(backend)?;
             f(&txn)
@@ -332,7 +376,12 @@ impl LogEntry {
 // ---- the writer ------------------------------------------------------------
 
 struct Writer {
-    db: Arc<Database>,
+    db: Slot,
+    path: PathBuf,
+    cache_bytes: usize,
+    /// The last commit failed on I/O: the handle must be reopened.
+    broken: bool,
+    last_reopen: Option<Instant>,
     revision: u64,
     compacted: u64,
     history: u64,
@@ -342,7 +391,23 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, requests: std_mpsc::Receiver<Request>) {
-        while let Ok(first) = requests.recv() {
+        loop {
+            let first = if self.broken {
+                match requests.recv_timeout(REOPEN_EVERY) {
+                    Ok(r) => Some(r),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match requests.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => break,
+                }
+            };
+            if self.broken {
+                self.reopen();
+            }
+            let Some(first) = first else { continue };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match requests.try_recv() {
@@ -354,11 +419,85 @@ impl Writer {
         }
     }
 
+    /// Swaps a handle latched by an I/O error for a fresh one, when space
+    /// is back (at most every [`REOPEN_EVERY`]). Reads wait for the swap;
+    /// redb repairs the file as after a crash (nothing committed is lost:
+    /// the failed transaction never was).
+    fn reopen(&mut self) {
+        if self
+            .last_reopen
+            .is_some_and(|at| at.elapsed() < REOPEN_EVERY)
+        {
+            return;
+        }
+        self.last_reopen = Some(Instant::now());
+        let probe = self.path.with_extension("space-probe");
+        let room = std::fs::write(&probe, vec![0u8; REOPEN_PROBE]);
+        let _ = std::fs::remove_file(&probe);
+        if let Err(e) = room {
+            tracing::debug!(error = %e, "embedded store: no room to reopen yet");
+            return;
+        }
+        let Ok(mut slot) = self.db.write() else {
+            return;
+        };
+        if let Some(old) = slot.as_ref() {
+            // Reads in flight hold the old handle; it must be closed
+            // before the file can be opened again.
+            let deadline = Instant::now() + REOPEN_DRAIN;
+            while Arc::strong_count(old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if Arc::strong_count(old) > 1 {
+                tracing::warn!("embedded store: reads held the failed file past the drain time");
+                return;
+            }
+        }
+        drop(slot.take());
+        match open_file(&self.path, self.cache_bytes) {
+            Ok((db, revision, compacted)) => {
+                *slot = Some(Arc::new(db));
+                self.revision = revision;
+                self.compacted = compacted;
+                self.broken = false;
+                self.failure.lock().map(|mut f| f.take()).ok();
+                tracing::info!(revision, "embedded store reopened after a failed commit");
+            }
+            Err(e) => {
+                let why = crate::contract::error_text(&e);
+                tracing::error!(error = %why, "embedded store: reopening failed");
+                if let Ok(mut f) = self.failure.lock() {
+                    *f = Some(format!("reopening after a failed commit: {why}"));
+                }
+            }
+        }
+    }
+
     fn commit_batch(&mut self, batch: Vec<Request>) {
         let start_revision = self.revision;
         let start_compacted = self.compacted;
+        let db = self.db.read().ok().and_then(|d| d.clone());
+        let db = match db {
+            Some(db) if !self.broken => db,
+            _ => {
+                // Still latched (no room to reopen yet): the failure that
+                // latched it is the answer, not redb's "previous I/O".
+                let why = self
+                    .failure
+                    .lock()
+                    .ok()
+                    .and_then(|f| f.clone())
+                    .unwrap_or_else(|| "its file is being reopened".into());
+                for request in batch {
+                    let _ = request.reply.send(Err(StoreError::Unavailable(
+                        format!("the embedded store could not commit: {why}").into(),
+                    )));
+                }
+                return;
+            }
+        };
         let outcome = (|| -> Result<Vec<Result<OpOutput>>> {
-            let txn = self.db.begin_write().map_err(backend)?;
+            let txn = db.begin_write().map_err(backend)?;
             let mut results = Vec::with_capacity(batch.len());
             {
                 let mut kv = txn.open_table(KV).map_err(backend)?;
@@ -400,6 +539,7 @@ impl Writer {
                 if let Ok(mut f) = self.failure.lock() {
                     *f = Some(why.clone());
                 }
+                self.broken = true;
                 self.revision = start_revision;
                 self.compacted = start_compacted;
                 for request in batch {
