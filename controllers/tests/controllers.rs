@@ -581,19 +581,22 @@ async fn only_finalized_instances_are_bound(env: Env) {
 }
 
 /// Heartbeats are aged by the controller's clock: a node an hour fast
-/// still goes Unknown when it stops, one a minute slow stays Ready while it
-/// beats, and both say how far off their clock is.
+/// still goes Unknown when it stops, nodes a minute and an hour slow stay
+/// Ready while they beat, and all say how far off their clock is.
 async fn node_liveness_uses_the_controllers_clock(env: Env) {
     let s = &env.store;
     node(s, "fast", 8, 8192, true).await;
     node(s, "slow", 8, 8192, true).await;
-    // Beats for longer than the grace (2 s), a minute behind / an hour ahead.
+    node(s, "late", 8, 8192, true).await;
+    // Beats for longer than the grace (2 s): an hour ahead, a minute and
+    // an hour behind.
     for _ in 0..6 {
         heartbeat_skewed(s, "fast", chrono::Duration::hours(1)).await;
         heartbeat_skewed(s, "slow", chrono::Duration::seconds(-60)).await;
+        heartbeat_skewed(s, "late", chrono::Duration::hours(-1)).await;
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
-    for name in ["fast", "slow"] {
+    for name in ["fast", "slow", "late"] {
         let n: Node = s.get("", name).await.unwrap().unwrap();
         let ready = condition(&n, "Ready").unwrap();
         assert_eq!(
@@ -605,6 +608,7 @@ async fn node_liveness_uses_the_controllers_clock(env: Env) {
     until("skew reported", 10, || async {
         let fast: Node = s.get("", "fast").await.unwrap().unwrap();
         let slow: Node = s.get("", "slow").await.unwrap().unwrap();
+        let late: Node = s.get("", "late").await.unwrap().unwrap();
         let says = |n: &Node, what: &str| {
             condition(n, "ClockSynchronized").is_some_and(|c| {
                 c.status == ConditionStatus::False
@@ -612,21 +616,25 @@ async fn node_liveness_uses_the_controllers_clock(env: Env) {
                     && c.message.contains(what)
             })
         };
-        says(&fast, "ahead of") && says(&slow, "behind")
+        says(&fast, "ahead of") && says(&slow, "behind") && says(&late, "behind")
     })
     .await;
     // The fast one stops: Unknown after the grace, by the controller's clock.
     until("the silent fast node Unknown", 20, || async {
         heartbeat_skewed(s, "slow", chrono::Duration::seconds(-60)).await;
+        heartbeat_skewed(s, "late", chrono::Duration::hours(-1)).await;
         let fast: Node = s.get("", "fast").await.unwrap().unwrap();
         condition(&fast, "Ready").is_some_and(|c| c.status == ConditionStatus::Unknown)
     })
     .await;
-    let slow: Node = s.get("", "slow").await.unwrap().unwrap();
-    assert_eq!(
-        condition(&slow, "Ready").unwrap().status,
-        ConditionStatus::True
-    );
+    for name in ["slow", "late"] {
+        let n: Node = s.get("", name).await.unwrap().unwrap();
+        assert_eq!(
+            condition(&n, "Ready").unwrap().status,
+            ConditionStatus::True,
+            "{name} still beats"
+        );
+    }
 }
 
 macro_rules! suite {
