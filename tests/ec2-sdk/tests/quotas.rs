@@ -234,7 +234,9 @@ async fn count_quotas_and_rule_limits_get_the_aws_codes() {
     };
     s.store.update(&p).await.unwrap();
     let ec2 = client(&s, &s.admin);
-    corral_store::quota::settle(&s.store, "default").await.unwrap();
+    corral_store::quota::settle(&s.store, "default")
+        .await
+        .unwrap();
     let have = s
         .store
         .list::<corral_api_types::SecurityGroup>(Some("default"), Default::default())
