@@ -16,6 +16,7 @@ mod manifest;
 mod meta;
 pub mod net;
 pub mod rate;
+mod resource_version;
 mod schema;
 pub mod selector;
 pub mod validate;
@@ -28,5 +29,6 @@ pub use meta::{
     Condition, ConditionStatus, ObjectMeta, OwnerReference, Resource, Scope, API_VERSION,
     CLUSTER_PROJECT,
 };
+pub use resource_version::{InvalidResourceVersion, ResourceVersion};
 pub use schema::json_schemas;
 pub use validate::{Defaults, HostRef, HostRefs, Validate, ValidateUpdate};

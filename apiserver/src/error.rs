@@ -3,8 +3,9 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use corral_api_types::FieldErrors;
+use corral_registry::quota::QuotaError;
+use corral_registry::RegistryError;
 use corral_runtime::error_chain;
-use corral_store::quota::QuotaError;
 use corral_store::StoreError;
 use serde::Serialize;
 
@@ -232,6 +233,26 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %error_chain(&e), "store error");
                 ApiError::internal(e.to_string())
             }
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    /// A registry refusal in Kubernetes' words: 422 listing the fields,
+    /// 404, 409 for a stale or contended write, 400 for a malformed
+    /// resourceVersion, 403 over quota, and the store's own answers.
+    fn from(e: RegistryError) -> ApiError {
+        match e {
+            RegistryError::Invalid { kind, name, errors } => {
+                ApiError::invalid(kind, &name, &errors)
+            }
+            e @ RegistryError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            e @ (RegistryError::Stale { .. } | RegistryError::Contended { .. }) => {
+                ApiError::conflict(e.to_string())
+            }
+            RegistryError::BadResourceVersion(e) => ApiError::bad_request(e.to_string()),
+            RegistryError::Quota(e) => e.into(),
+            RegistryError::Store(e) => e.into(),
         }
     }
 }

@@ -1,42 +1,31 @@
 //! The resource API for one kind, generic over the kind's type, behind an
 //! object-safe trait so the router can dispatch on the URL's plural.
 //!
-//! Everything kind-independent about create/replace/status/delete/apply
-//! lives here once: server-owned metadata, generation bumps, finalizers and
-//! deletionTimestamp, defaulting and validation (from api-types).
+//! The write path itself (admission, generation, finalizers, quotas,
+//! compare-and-swap retries) is `corral_registry`'s, shared with the EC2
+//! façade; this module adds what is HTTP's: decoding bodies, placing them
+//! at the URL's project and name, what the caller's role may name on the
+//! host, lists, watches and status writes.
 
-use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use chrono::Utc;
 use corral_api_types::auth::Role;
 use corral_api_types::{
     Address, Defaults, Event, HostRefs, Image, Instance, InstanceType, KeyPair, KindInfo, Network,
-    Node, Project, Resource, Scope, SecurityGroup, Snapshot, Validate, ValidateUpdate, Volume,
-    API_VERSION,
+    Node, Project, Resource, ResourceVersion, Scope, SecurityGroup, Snapshot, Validate,
+    ValidateUpdate, Volume, API_VERSION,
 };
+pub use corral_registry::{ApplyResult, APPLIED_ANNOTATION};
+use corral_registry::{ProjectCache, Registry};
 use corral_runtime::{Cache, ObjectRef};
 use corral_store::import::ImportPolicy;
-use corral_store::{kind_prefix, quota, ListOptions, ObjectEvent, ResourceStore, StoreError};
+use corral_store::{kind_prefix, ListOptions, ObjectEvent, ResourceStore, StoreError};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 use crate::list::ListParams;
-
-/// Annotation the apply endpoint puts on what it wrote, so `apply --prune`
-/// only ever deletes objects that were applied.
-pub const APPLIED_ANNOTATION: &str = "corral/applied";
-
-/// What an apply did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApplyResult {
-    Created,
-    Configured,
-    Unchanged,
-}
 
 /// One event of a watch, already in JSON form.
 #[derive(Debug)]
@@ -267,11 +256,25 @@ pub trait KindApi: Send + Sync {
 pub struct TypedKindApi<K> {
     info: &'static KindInfo,
     store: ResourceStore,
-    /// Every Project, for the quota check of counted kinds.
-    projects: Cache<Project>,
+    /// The write path, starting quota checks from the Project cache.
+    registry: Registry<K>,
     /// What tenants may name on the server's host.
     imports: Arc<ImportPolicy>,
-    _kind: PhantomData<fn() -> K>,
+}
+
+/// The server's Project watch cache, as the registry's quota checks and
+/// read-your-writes for quotas see it.
+struct Projects(Cache<Project>);
+
+#[async_trait]
+impl ProjectCache for Projects {
+    fn project(&self, name: &str) -> Option<Arc<Project>> {
+        self.0.get(&ObjectRef::new("", name))
+    }
+
+    async fn wait_for_revision(&self, revision: i64) {
+        self.0.wait_for_revision(revision).await
+    }
 }
 
 fn to_value<K: Resource>(obj: &K) -> Result<Value, ApiError> {
@@ -378,39 +381,19 @@ where
         let info = corral_api_types::kind_info(K::KIND).expect("every served kind is registered");
         TypedKindApi {
             info,
+            registry: Registry::new(store.clone()).with_projects(Arc::new(Projects(projects))),
             store,
-            projects,
             imports,
-            _kind: PhantomData,
         }
-    }
-
-    /// Charges the quotas of `new`'s project, from the cached Project when
-    /// there is one (see [`quota::charge_from`]): no store read for a
-    /// project without quotas.
-    async fn charge(
-        &self,
-        new: &K,
-        old: Option<&K>,
-        dry_run: bool,
-    ) -> Result<Option<quota::Charge>, quota::QuotaError> {
-        if !quota::is_counted::<K>() {
-            return Ok(None);
-        }
-        let known = self.projects.get(&ObjectRef::new("", &new.meta().project));
-        quota::charge_from(&self.store, known.as_deref(), new, old, dry_run).await
     }
 
     fn project_of(project: &str) -> &str {
-        match K::SCOPE {
-            Scope::Cluster => "",
-            Scope::Project => project,
-        }
+        Registry::<K>::project_of(project)
     }
 
-    /// Decodes, places at `project` (checking the body agrees), defaults
-    /// and validates a user-written object.
-    fn admit(&self, project: &str, name: Option<&str>, body: Body) -> Result<K, ApiError> {
+    /// Decodes a user-written object and places it at `project` (and
+    /// `name`), checking the body agrees with the URL.
+    fn place(&self, project: &str, name: Option<&str>, body: Body) -> Result<K, ApiError> {
         let mut obj: K = body.decode()?;
         let meta = obj.meta_mut();
         let project = Self::project_of(project);
@@ -449,118 +432,28 @@ where
                 ));
             }
         }
-        obj.apply_defaults();
-        let errors = obj.validate();
-        if !errors.is_empty() {
-            return Err(ApiError::invalid(K::KIND, &obj.meta().name, &errors));
-        }
         Ok(obj)
     }
 
     async fn current(&self, project: &str, name: &str) -> Result<K, ApiError> {
-        self.store
-            .get::<K>(Self::project_of(project), name)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("{} {name:?} not found", self.info.plural)))
-    }
-
-    /// Carries server-owned metadata and status from `current` into `new`,
-    /// bumps generation on spec change, and writes it (or, when a deleting
-    /// object just lost its last finalizer, deletes it).
-    async fn write_replacement(
-        &self,
-        current: &K,
-        mut new: K,
-        expected_rv: &str,
-        dry_run: bool,
-        role: Role,
-    ) -> Result<K, ApiError> {
-        crate::host_refs::check(&self.imports, role, &new, Some(current))?;
-        let cur = current.meta();
-        let spec_changed = new.spec() != current.spec();
-        {
-            let meta = new.meta_mut();
-            meta.uid = cur.uid.clone();
-            meta.creation_timestamp = cur.creation_timestamp;
-            meta.deletion_timestamp = cur.deletion_timestamp;
-            meta.generation = cur.generation + i64::from(spec_changed);
-            meta.resource_version = expected_rv.to_string();
-        }
-        // Immutable fields, sizes that only grow, no new finalizers once
-        // deleting: the rules of the transition live in api-types.
-        let errors = new.validate_update(current);
-        if !errors.is_empty() {
-            return Err(ApiError::invalid(K::KIND, &new.meta().name, &errors));
-        }
-        *new.status_mut() = current.status().cloned();
-        let deleting = new.meta().deletion_timestamp.is_some() && new.meta().finalizers.is_empty();
-        // Growth (a bigger type, a resized volume) is charged first.
-        let charge = if deleting {
-            None
-        } else {
-            self.charge(&new, Some(current), dry_run).await?
-        };
-        if dry_run {
-            return Ok(new);
-        }
-        if deleting {
-            let meta = new.meta();
-            let deleted = self
-                .store
-                .delete::<K>(&meta.project, &meta.name, Some(expected_rv))
-                .await?;
-            return Ok(deleted);
-        }
-        self.write_charged(charge, self.store.update(&new).await)
-            .await
-    }
-
-    /// The outcome of a write that `charge` paid for: a failed write gives
-    /// the charge back.
-    async fn write_charged(
-        &self,
-        charge: Option<quota::Charge>,
-        written: Result<K, StoreError>,
-    ) -> Result<K, ApiError> {
-        if let Some(c) = &charge {
-            match &written {
-                Ok(_) => quota::confirm(&self.store, c).await,
-                Err(_) => quota::refund(&self.store, c).await,
-            }
-        }
-        let written = written?;
-        if K::KIND == Project::KIND {
-            // Quotas are checked against the Project cache: a quota set
-            // through this server holds for every request after the
-            // answer (read-your-writes), not only once the cache catches
-            // up. Bounded, so a stalled cache cannot hang the write.
-            if let Ok(rv) = written.meta().resource_version.parse::<i64>() {
-                let caught_up = self.projects.wait_for_revision(rv);
-                if tokio::time::timeout(std::time::Duration::from_secs(5), caught_up)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        revision = rv,
-                        "project cache did not reach a project write in 5 s"
-                    );
-                }
-            }
-        }
-        Ok(written)
+        Ok(self.registry.get(project, name).await?)
     }
 }
 
 fn check_resource_version(
-    kind: &str,
+    kind: &'static str,
     name: &str,
     body_rv: &str,
     current_rv: &str,
 ) -> Result<(), ApiError> {
     if !body_rv.is_empty() && body_rv != current_rv {
-        return Err(ApiError::conflict(format!(
-            "{kind} {name:?} was modified: you sent resourceVersion {body_rv}, it is now {current_rv}; read it again and retry"
-        )));
+        return Err(corral_registry::RegistryError::Stale {
+            kind,
+            name: name.to_string(),
+            sent: body_rv.to_string(),
+            current: current_rv.to_string(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -581,27 +474,17 @@ where
         dry_run: bool,
         role: Role,
     ) -> Result<Vec<u8>, ApiError> {
-        let to_json = |o: &K| {
-            serde_json::to_vec(o)
-                .map_err(|e| ApiError::internal(format!("encoding {}: {e}", K::KIND)))
-        };
-        let mut obj = self.admit(project, None, body)?;
-        crate::host_refs::check(&self.imports, role, &obj, None)?;
-        let meta = obj.meta_mut();
-        meta.uid.clear();
-        meta.resource_version.clear();
-        meta.generation = 1;
-        meta.creation_timestamp = None;
-        meta.deletion_timestamp = None;
-        *obj.status_mut() = None;
-        let charge = self.charge(&obj, None, dry_run).await?;
-        if dry_run {
-            return to_json(&obj);
-        }
+        let mut obj = self.place(project, None, body)?;
+        // Clients never choose the uid.
+        obj.meta_mut().uid.clear();
         let created = self
-            .write_charged(charge, self.store.create(&obj).await)
+            .registry
+            .create(obj, dry_run, |k| {
+                crate::host_refs::check(&self.imports, role, k, None)
+            })
             .await?;
-        to_json(&created)
+        serde_json::to_vec(&created)
+            .map_err(|e| ApiError::internal(format!("encoding {}: {e}", K::KIND)))
     }
 
     async fn get(&self, project: &str, name: &str) -> Result<Value, ApiError> {
@@ -616,29 +499,25 @@ where
         dry_run: bool,
         role: Role,
     ) -> Result<Value, ApiError> {
-        let new = self.admit(project, Some(name), body)?;
+        let mut new = self.place(project, Some(name), body)?;
+        // Invalid bodies are answered before anything is read.
+        self.registry.admit(&mut new)?;
         // Without a resourceVersion from the caller the compare-and-swap
         // is ours (as for deletes): a controller writing status meanwhile
         // is retried, not reported as a conflict the caller never risked.
-        let caller_rv = !new.meta().resource_version.is_empty();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let current = self.current(project, name).await?;
-            let current_rv = current.meta().resource_version.clone();
-            check_resource_version(K::KIND, name, &new.meta().resource_version, &current_rv)?;
-            match self
-                .write_replacement(&current, new.clone(), &current_rv, dry_run, role)
-                .await
-            {
-                Err(e)
-                    if e.code == axum::http::StatusCode::CONFLICT && !caller_rv && attempt < 16 =>
-                {
-                    continue
-                }
-                written => return to_value(&written?),
-            }
-        }
+        let expected = new.meta().resource_version.clone();
+        let written = self
+            .registry
+            .update(project, name, Some(&expected), dry_run, |current: &K| {
+                let mut next = new.clone();
+                // Status and the deletion mark are the server's.
+                next.meta_mut().deletion_timestamp = current.meta().deletion_timestamp;
+                *next.status_mut() = current.status().cloned();
+                crate::host_refs::check(&self.imports, role, &next, Some(current))?;
+                Ok::<K, ApiError>(next)
+            })
+            .await?;
+        to_value(&written)
     }
 
     async fn replace_status(
@@ -650,16 +529,12 @@ where
         recent: &(dyn Fn(i64) -> Option<Arc<WatchEvent>> + Send + Sync),
     ) -> Result<Value, ApiError> {
         let incoming: K = body.decode()?;
-        let known = incoming
-            .meta()
-            .resource_version
-            .parse::<i64>()
-            .ok()
-            .and_then(recent)
-            .filter(|e| {
-                e.object.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
-                    && e.project == Self::project_of(project)
-            });
+        let sent = ResourceVersion::parse(&incoming.meta().resource_version)
+            .map_err(corral_registry::RegistryError::from)?;
+        let known = sent.map(ResourceVersion::get).and_then(recent).filter(|e| {
+            e.object.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+                && e.project == Self::project_of(project)
+        });
         let current = match &known {
             Some(e) => {
                 if let Some(check) = check {
@@ -694,40 +569,11 @@ where
         resource_version: Option<&str>,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
-        // Without a resourceVersion from the caller the compare-and-swap
-        // is ours: a controller writing status meanwhile (IPAM on a
-        // Network) is retried, not reported as a conflict.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let current = self.current(project, name).await?;
-            let current_rv = current.meta().resource_version.clone();
-            if let Some(rv) = resource_version {
-                check_resource_version(K::KIND, name, rv, &current_rv)?;
-            }
-            if dry_run {
-                return to_value(&current);
-            }
-            let outcome = if !current.meta().finalizers.is_empty() {
-                // Mark; whoever holds a finalizer finishes the deletion.
-                if current.meta().deletion_timestamp.is_some() {
-                    return to_value(&current);
-                }
-                let mut marked = current.clone();
-                marked.meta_mut().deletion_timestamp = Some(Utc::now());
-                self.store.update(&marked).await
-            } else {
-                self.store
-                    .delete::<K>(Self::project_of(project), name, Some(&current_rv))
-                    .await
-            };
-            match outcome {
-                Err(StoreError::Conflict { .. }) if resource_version.is_none() && attempt < 16 => {
-                    continue
-                }
-                other => return to_value(&other?),
-            }
-        }
+        let deleted = self
+            .registry
+            .delete(project, name, resource_version, dry_run)
+            .await?;
+        to_value(&deleted)
     }
 
     async fn list(
@@ -837,7 +683,11 @@ where
                             ObjectEvent::Deleted(_) => ("DELETED", None),
                         };
                         let object = event.object();
-                        let resource_version = object.meta().resource_version.parse().unwrap_or(0);
+                        let resource_version =
+                            ResourceVersion::parse(&object.meta().resource_version)
+                                .ok()
+                                .flatten()
+                                .map_or(0, ResourceVersion::get);
                         match serde_json::to_value(object) {
                             Ok(object) => WatchItem::Event(Arc::new(WatchEvent::new(
                                 kind,
@@ -865,71 +715,18 @@ where
         dry_run: bool,
         role: Role,
     ) -> Result<(ApplyResult, Value), ApiError> {
-        let mut desired = self.admit(project, None, Body::Value(body))?;
+        let mut desired = self.place(project, None, Body::Value(body))?;
         desired
             .meta_mut()
             .annotations
             .insert(APPLIED_ANNOTATION.into(), "true".into());
-        let name = desired.meta().name.clone();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let current = self
-                .store
-                .get::<K>(Self::project_of(project), &name)
-                .await?;
-            let Some(current) = current else {
-                crate::host_refs::check(&self.imports, role, &desired, None)?;
-                let meta = desired.meta_mut();
-                meta.uid.clear();
-                meta.resource_version.clear();
-                meta.generation = 1;
-                *desired.status_mut() = None;
-                let charge = self.charge(&desired, None, dry_run).await?;
-                if dry_run {
-                    return Ok((ApplyResult::Created, to_value(&desired)?));
-                }
-                // Lost a race with another creator: reported (409), not clobbered.
-                let created = self
-                    .write_charged(charge, self.store.create(&desired).await)
-                    .await?;
-                return Ok((ApplyResult::Created, to_value(&created)?));
-            };
-            // The manifest owns spec, labels and annotations; everything else
-            // (finalizers, owners, status) stays as the server has it.
-            let mut new = current.clone();
-            {
-                let cur_meta = current.meta();
-                let d = desired.meta();
-                let labels = d.labels.clone();
-                let annotations = d.annotations.clone();
-                let meta = new.meta_mut();
-                meta.labels = labels;
-                meta.annotations = annotations;
-                meta.resource_version = cur_meta.resource_version.clone();
-            }
-            let same_spec = desired.spec() == current.spec();
-            if same_spec
-                && new.meta().labels == current.meta().labels
-                && new.meta().annotations == current.meta().annotations
-            {
-                return Ok((ApplyResult::Unchanged, to_value(&current)?));
-            }
-            let spec = desired.spec().clone();
-            let mut replacement: K = K::new(&current.meta().project, &name, spec);
-            *replacement.meta_mut() = new.meta().clone();
-            let current_rv = current.meta().resource_version.clone();
-            match self
-                .write_replacement(&current, replacement, &current_rv, dry_run, role)
-                .await
-            {
-                // The manifest names no resourceVersion: the compare-and-swap is
-                // ours, and a controller writing status meanwhile (found by the
-                // chaos suite) is retried, not reported as a conflict.
-                Err(e) if e.code == axum::http::StatusCode::CONFLICT && attempt < 16 => continue,
-                written => return Ok((ApplyResult::Configured, to_value(&written?)?)),
-            }
-        }
+        let (result, written) = self
+            .registry
+            .apply(desired, dry_run, |new: &K, old: Option<&K>| {
+                crate::host_refs::check(&self.imports, role, new, old)
+            })
+            .await?;
+        Ok((result, to_value(&written)?))
     }
 }
 

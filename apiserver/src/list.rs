@@ -49,9 +49,9 @@ impl ListParams {
         };
         let resource_version = match q.get("resourceVersion").map(String::as_str) {
             None | Some("") | Some("0") => None,
-            Some(rv) => Some(rv.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| {
-                ApiError::bad_request(format!("resourceVersion {rv:?} is not a valid version"))
-            })?),
+            Some(rv) => corral_api_types::ResourceVersion::parse(rv)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+                .map(corral_api_types::ResourceVersion::get),
         };
         let heartbeat = match q.get("heartbeatSeconds") {
             None => Duration::from_secs(10),

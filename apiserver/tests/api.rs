@@ -205,6 +205,32 @@ async fn crud_semantics(api: Api) {
         "{conflict}"
     );
 
+    // A resourceVersion that is not one is 400 wherever it is sent, and
+    // changes nothing.
+    for junk in ["abc", "0", "-1"] {
+        let mut bad = c.clone();
+        bad["metadata"]["resourceVersion"] = json!(junk);
+        bad["spec"]["dnsServers"] = json!(["10.1.0.3"]);
+        let (code, body) = api.put(&format!("{base}/lan"), bad).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{junk}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid resourceVersion"),
+            "{body}"
+        );
+        let (code, body) = api
+            .delete(&format!("{base}/lan?resourceVersion={junk}"))
+            .await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "delete {junk}: {body}");
+    }
+    let (_, still) = api.get(&format!("{base}/lan")).await;
+    assert_eq!(
+        still["metadata"]["resourceVersion"],
+        c["metadata"]["resourceVersion"]
+    );
+
     // Immutable fields are refused with their path.
     let mut cidr = c.clone();
     cidr["spec"]["cidr"] = json!("10.9.0.0/24");

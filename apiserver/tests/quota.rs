@@ -6,7 +6,7 @@
 mod support;
 
 use corral_api_types::Project;
-use corral_store::quota::settle;
+use corral_registry::quota::settle;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::{instance, volume, Api};

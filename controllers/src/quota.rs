@@ -1,7 +1,7 @@
 //! The quota controller: keeps each Project's `status.usage` equal to what
 //! its Instances, Volumes, Addresses and the kinds with count quotas
 //! (security groups, key pairs, networks, images, snapshots) hold, plus
-//! the admission charges still in flight (see `corral_store::quota`, which does the work).
+//! the admission charges still in flight (see `corral_registry::quota`, which does the work).
 //!
 //! Admission adds to usage; only this controller takes away, so a deleted
 //! object releases its share and a charge whose write never happened
@@ -96,7 +96,7 @@ impl Reconciler<Project> for QuotaController {
             .lock()
             .expect("last")
             .insert(key.name.clone(), Instant::now());
-        let next = corral_store::quota::settle(&self.store, &key.name).await?;
+        let next = corral_registry::quota::settle(&self.store, &key.name).await?;
         Ok(Action::Requeue(
             next.map(|d| d + Duration::from_millis(100))
                 .unwrap_or(RESYNC)

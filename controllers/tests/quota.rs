@@ -10,7 +10,8 @@ use corral_api_types::{
     Resource, Volume, VolumeSpec,
 };
 use corral_controllers::{ControllerManager, ControllerOptions};
-use corral_store::{quota, EmbeddedStore, ResourceStore};
+use corral_registry::quota;
+use corral_store::{EmbeddedStore, ResourceStore};
 use tokio::sync::watch;
 
 async fn usage(store: &ResourceStore) -> ProjectResources {

@@ -1,11 +1,11 @@
-//! Reads and writes of resources on behalf of a caller, with the same
-//! rules the native API applies (defaults, validation, generation bumps,
-//! finalizers), plus what the façade adds: EC2 ids, EC2 names and
-//! ClientToken idempotency — all kept on the objects themselves.
+//! Reads and writes of resources on behalf of a caller, through the same
+//! write path as the native API (`corral_registry`: defaults, validation,
+//! generation bumps, finalizers, quotas), plus what the façade adds: EC2
+//! ids, EC2 names and ClientToken idempotency — all kept on the objects
+//! themselves.
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
 use corral_api_types::ec2::{
     resource_id, CLIENT_TOKEN_ANNOTATION, NAME_ANNOTATION, REQUEST_HASH_ANNOTATION,
 };
@@ -15,7 +15,8 @@ use corral_api_types::{
     Address, Defaults, Image, Instance, KeyPair, Network, ObjectMeta, Resource, SecurityGroup,
     Snapshot, Validate, ValidateUpdate, Volume,
 };
-use corral_store::{quota, ListOptions, ResourceStore, StoreError};
+use corral_registry::{quota, Registry, RegistryError};
+use corral_store::{ListOptions, ResourceStore};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Ec2Error, Result};
@@ -114,30 +115,41 @@ fn invalid(kind: &str, errors: &corral_api_types::FieldErrors) -> Ec2Error {
     Ec2Error::invalid_value(format!("invalid {kind}: {errors}"))
 }
 
-/// Defaults, validates, charges the project's quota and creates.
-pub async fn create<K: Resource + Validate + Defaults>(store: &ResourceStore, obj: K) -> Result<K> {
-    let mut obj = obj;
-    obj.apply_defaults();
-    let errors = obj.validate();
-    if !errors.is_empty() {
-        return Err(invalid(K::KIND, &errors));
+impl From<RegistryError> for Ec2Error {
+    /// A registry refusal in EC2's words. Writes here are read-modify-
+    /// writes of what the action just looked at, so an object gone or
+    /// changed meanwhile is a state to retry from.
+    fn from(e: RegistryError) -> Ec2Error {
+        match e {
+            RegistryError::Invalid { kind, errors, .. } => invalid(kind, &errors),
+            RegistryError::NotFound { name, .. } => {
+                Ec2Error::client("IncorrectState", format!("{name} is gone"))
+            }
+            RegistryError::Stale { .. } => Ec2Error::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "RequestLimitExceeded",
+                "The resource was modified concurrently; retry the request.",
+            ),
+            RegistryError::Contended { .. } => Ec2Error::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "RequestLimitExceeded",
+                "Too many concurrent changes to the resource; retry the request.",
+            ),
+            RegistryError::BadResourceVersion(e) => Ec2Error::invalid_value(e.to_string()),
+            RegistryError::Quota(e) => quota_error(e),
+            RegistryError::Store(e) => e.into(),
+        }
     }
-    obj.meta_mut().generation = 1;
-    let charge = quota::charge(store, &obj, None, false)
-        .await
-        .map_err(quota_error)?;
-    let created = store.create(&obj).await;
-    settle_charge(store, charge, created.is_ok()).await;
-    Ok(created?)
 }
 
-/// A charge's write is done: confirmed if it succeeded, else given back.
-async fn settle_charge(store: &ResourceStore, charge: Option<quota::Charge>, written: bool) {
-    match (charge, written) {
-        (Some(c), true) => quota::confirm(store, &c).await,
-        (Some(c), false) => quota::refund(store, &c).await,
-        (None, _) => {}
-    }
+/// Defaults, validates, charges the project's quota and creates.
+pub async fn create<K: Resource + Validate + ValidateUpdate + Defaults>(
+    store: &ResourceStore,
+    obj: K,
+) -> Result<K> {
+    Registry::new(store.clone())
+        .create(obj, false, |_| Ok::<(), Ec2Error>(()))
+        .await
 }
 
 /// A quota refusal in EC2's words: the codes AWS uses for its limits
@@ -178,64 +190,33 @@ where
     K: Resource + Validate + ValidateUpdate + Defaults,
     F: FnMut(&mut K) -> Result<()>,
 {
-    for _ in 0..5 {
-        let current: K = store
-            .get(project, name)
-            .await?
-            .ok_or_else(|| Ec2Error::client("IncorrectState", format!("{name} is gone")))?;
-        let mut new = current.clone();
-        f(&mut new)?;
-        new.apply_defaults();
-        if new.spec() != current.spec() {
-            new.meta_mut().generation = current.meta().generation + 1;
-        }
-        let mut errors = new.validate();
-        errors.0.extend(new.validate_update(&current).0);
-        if !errors.is_empty() {
-            return Err(invalid(K::KIND, &errors));
-        }
-        if new.meta().deletion_timestamp.is_some() && new.meta().finalizers.is_empty() {
-            let rv = new.meta().resource_version.clone();
-            return match store.delete::<K>(project, name, Some(&rv)).await {
-                Ok(k) => Ok(k),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => Err(e.into()),
-            };
-        }
-        let charge = quota::charge(store, &new, Some(&current), false)
-            .await
-            .map_err(quota_error)?;
-        let written = store.update(&new).await;
-        settle_charge(store, charge, written.is_ok()).await;
-        match written {
-            Ok(k) => return Ok(k),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(Ec2Error::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "RequestLimitExceeded",
-        "Too many concurrent changes to the resource; retry the request.",
-    ))
+    Registry::new(store.clone())
+        .update(project, name, None, false, |current: &K| {
+            let mut new = current.clone();
+            f(&mut new)?;
+            Ok(new)
+        })
+        .await
 }
 
 /// Deletes like the native API: objects with finalizers are only marked.
-pub async fn delete<K: Resource>(store: &ResourceStore, obj: &K) -> Result<()> {
+/// Pinned to the revision the caller looked at (a changed object is
+/// retried by the client); an object already gone is deleted.
+pub async fn delete<K>(store: &ResourceStore, obj: &K) -> Result<()>
+where
+    K: Resource + Validate + ValidateUpdate + Defaults,
+{
     let meta = obj.meta();
-    if !meta.finalizers.is_empty() {
-        if meta.deletion_timestamp.is_none() {
-            let mut marked = obj.clone();
-            marked.meta_mut().deletion_timestamp = Some(Utc::now());
-            store.update(&marked).await?;
-        }
-        return Ok(());
-    }
-    match store
-        .delete::<K>(&meta.project, &meta.name, Some(&meta.resource_version))
+    match Registry::<K>::new(store.clone())
+        .delete(
+            &meta.project,
+            &meta.name,
+            Some(&meta.resource_version),
+            false,
+        )
         .await
     {
-        Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+        Ok(_) | Err(RegistryError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -323,12 +323,12 @@ impl<K: Resource> Reflector<K> {
                 loop {
                     match watch.next().await {
                         Some(Ok(event)) => {
-                            let rv = event
-                                .object()
-                                .meta()
-                                .resource_version
-                                .parse::<i64>()
-                                .unwrap_or(revision);
+                            let rv = corral_api_types::ResourceVersion::parse(
+                                &event.object().meta().resource_version,
+                            )
+                            .ok()
+                            .flatten()
+                            .map_or(revision, corral_api_types::ResourceVersion::get);
                             revision = rv;
                             match event {
                                 ObjectEvent::Added(o) | ObjectEvent::Modified(o, _) => {

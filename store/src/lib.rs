@@ -15,15 +15,12 @@
 //!
 //! [`blobs`] keeps content-addressed files (image bytes) beside it;
 //! [`import`] says what a tenant-named path or URL may make a server read.
-//! [`quota`] charges project quotas by CAS on the Project, for both write
-//! paths above (the one mechanism that must sit below both the API server
-//! and the EC2 façade; the rules it applies are api-types').
-//!
 //! [`secrets`] seals the fields a kind declares secret with a key file
 //! outside the store, so the store's bytes alone reveal no secret.
 //!
 //! It must not know about any kind's rules (validation, generation,
-//! finalizers): that is the API server's job, over [`ResourceStore`].
+//! finalizers, quotas): that is `corral-registry`'s job, over
+//! [`ResourceStore`].
 
 pub mod blobs;
 mod contract;
@@ -31,7 +28,6 @@ mod embedded;
 mod etcd;
 pub mod etcd_server;
 pub mod import;
-pub mod quota;
 pub mod secrets;
 mod typed;
 

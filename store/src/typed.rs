@@ -53,10 +53,13 @@ fn project_segment<K: Resource>(project: &str) -> &str {
 
 /// Parses a `resourceVersion` as the store revision it stands for.
 pub fn parse_resource_version(rv: &str) -> Result<i64> {
-    rv.parse::<i64>()
-        .ok()
-        .filter(|r| *r > 0)
-        .ok_or_else(|| StoreError::InvalidArgument(format!("invalid resourceVersion {rv:?}")))
+    match corral_api_types::ResourceVersion::parse(rv) {
+        Ok(Some(v)) => Ok(v.get()),
+        Ok(None) => Err(StoreError::InvalidArgument(
+            "resourceVersion is empty".into(),
+        )),
+        Err(e) => Err(StoreError::InvalidArgument(e.to_string())),
+    }
 }
 
 /// The stored form: the object's JSON in field order (`apiVersion`, `kind`,

@@ -6,7 +6,7 @@
 //! against its project ([`instance_amounts`], [`volume_amounts`],
 //! [`address_amounts`]), and whether a growth fits
 //! ([`ProjectResources::check_growth`]). The mechanism that charges them
-//! race-free at admission is `corral_store::quota`.
+//! race-free at admission is `corral_registry::quota`.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;

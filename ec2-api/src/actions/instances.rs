@@ -507,7 +507,7 @@ async fn roll_back(ctx: &Ctx<'_>, instances: &[Instance], volumes: &[Vec<String>
     }
     // Give the quota back now, not at the quota controller's next pass:
     // the caller's retry must see it.
-    if let Err(e) = corral_store::quota::settle(ctx.store, ctx.project()).await {
+    if let Err(e) = corral_registry::quota::settle(ctx.store, ctx.project()).await {
         tracing::warn!(error = %e, "recounting the quota after a rolled-back launch");
     }
     tracing::info!(

@@ -234,7 +234,7 @@ async fn count_quotas_and_rule_limits_get_the_aws_codes() {
     };
     s.store.update(&p).await.unwrap();
     let ec2 = client(&s, &s.admin);
-    corral_store::quota::settle(&s.store, "default")
+    corral_registry::quota::settle(&s.store, "default")
         .await
         .unwrap();
     let have = s

@@ -1,5 +1,5 @@
-//! Project quotas, charged at admission — the one place both write paths
-//! (the native API and the EC2 façade) call before they create or grow an
+//! Project quotas, charged at admission by [`crate::Registry`] (so for
+//! both façades, the native API and EC2) before it creates or grows an
 //! Instance, Volume or Address, or create one of the kinds with a count
 //! quota (security groups, key pairs, networks, images, snapshots).
 //!
@@ -46,8 +46,7 @@ use corral_api_types::{
     SecurityGroup, Snapshot, Volume, DEFAULT_INSTANCE_TYPE,
 };
 
-use crate::contract::StoreError;
-use crate::typed::ResourceStore;
+use corral_store::{ResourceStore, StoreError};
 
 /// How long a charge counts without its object holding it: far longer
 /// than the gap between a charge and its write.

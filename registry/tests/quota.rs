@@ -3,7 +3,7 @@
 //! allows, and never admits what it does not.
 
 use corral_api_types::{Project, Volume};
-use corral_store::quota::{charge_from, QuotaError};
+use corral_registry::quota::{charge_from, QuotaError};
 use corral_store::{EmbeddedStore, ResourceStore};
 use serde_json::json;
 
