@@ -72,12 +72,7 @@ fn plan(network: &Network, instances: &[Arc<Instance>]) -> Result<Plan, String> 
         .cidr
         .parse()
         .map_err(|e| format!("spec.cidr: {e}"))?;
-    let gateway = network
-        .spec
-        .gateway
-        .as_deref()
-        .and_then(parse_ipv4)
-        .unwrap_or_else(|| cidr.first_host());
+    let (_, gateway) = network.spec.gateway().ok_or("spec.cidr: not a CIDR")?;
     let current = network
         .status
         .as_ref()

@@ -21,21 +21,23 @@ use corral_store::blobs::{BlobError, BlobStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("{path}: {source}")]
+    /// The I/O error is in the message, not a `source`: printed once
+    /// however the chain is walked.
+    #[error("{path}: {error}")]
     Io {
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Blob(#[from] BlobError),
     #[error("{command} failed: {message}")]
     Command { command: String, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HostError + '_ {
-    move |source| HostError::Io {
+    move |error| HostError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 

@@ -62,9 +62,13 @@ pub fn bridge_name(network_uid: &str) -> String {
     format!("{BRIDGE_PREFIX}{}", hex_of(network_uid, 12))
 }
 
-/// The tap device of an instance's NIC (at most 15 characters).
+/// The tap device of an instance's NIC (at most 15 characters): one
+/// digit for the NIC, as validation allows at most
+/// [`corral_api_types::kinds::instance::MAX_NICS`] of them.
 pub fn tap_name(instance_uid: &str, nic: usize) -> String {
-    format!("{TAP_PREFIX}{}{}", hex_of(instance_uid, 10), nic.min(9))
+    const _: () = assert!(corral_api_types::kinds::instance::MAX_NICS <= 10);
+    debug_assert!(nic < corral_api_types::kinds::instance::MAX_NICS);
+    format!("{TAP_PREFIX}{}{}", hex_of(instance_uid, 10), nic % 10)
 }
 
 /// One Network as this node runs it.

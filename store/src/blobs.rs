@@ -14,10 +14,12 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    #[error("{path}: {source}")]
+    /// The I/O error is in the message, not a `source`: printed once
+    /// however the chain is walked.
+    #[error("{path}: {error}")]
     Io {
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("checksum mismatch: expected sha256 {expected}, got {actual}")]
     Checksum { expected: String, actual: String },
@@ -26,9 +28,9 @@ pub enum BlobError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
-    move |source| BlobError::Io {
+    move |error| BlobError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 

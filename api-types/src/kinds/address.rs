@@ -8,7 +8,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::is_zero_i64;
-use crate::net::{parse_ipv4, Ipv4Cidr};
 use crate::validate::{
     check_immutable, check_meta_update, check_opt_ref, check_ref, check_tags, header, NameRule,
 };
@@ -105,13 +104,7 @@ pub fn held_ip(network: &Network, owner: &str) -> Option<String> {
 /// The first free usable host address of a pool: inside its CIDR, not its
 /// gateway, not in its allocation table.
 pub fn free_ip(network: &Network) -> Option<String> {
-    let cidr: Ipv4Cidr = network.spec.cidr.parse().ok()?;
-    let gateway = network
-        .spec
-        .gateway
-        .as_deref()
-        .and_then(parse_ipv4)
-        .unwrap_or_else(|| cidr.first_host());
+    let (cidr, gateway) = network.spec.gateway()?;
     let taken = network.status.as_ref().map(|s| &s.allocations);
     (u32::from(cidr.first_host())..=u32::from(cidr.last_host()))
         .map(Ipv4Addr::from)

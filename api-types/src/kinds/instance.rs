@@ -28,6 +28,9 @@ crate::resource!(
 /// Instance type used when a spec names neither `instanceType` nor
 /// `cpus`/`memoryMiB`.
 pub const DEFAULT_INSTANCE_TYPE: &str = "m1.tiny";
+/// NICs one instance may have: each gets a tap device named after the
+/// instance and its NIC's one-digit index.
+pub const MAX_NICS: usize = 10;
 /// Largest `userData` accepted, in bytes (EC2's limit).
 pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
 /// Smallest and largest `cpus`.
@@ -315,6 +318,15 @@ impl Validate for Instance {
         }
 
         // NICs. Several NICs on one network are allowed.
+        if spec.nics.len() > MAX_NICS {
+            errs_ref.push(
+                "spec.nics",
+                format!(
+                    "must have at most {MAX_NICS} entries (has {})",
+                    spec.nics.len()
+                ),
+            );
+        }
         let mut macs = BTreeSet::new();
         for (i, n) in spec.nics.iter().enumerate() {
             let p = index("spec.nics", i);

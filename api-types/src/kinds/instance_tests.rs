@@ -394,3 +394,25 @@ fn header_and_spec_problems_are_reported_together() {
     );
     assert_eq!(i.validate().0[1].to_string(), "kind: must be \"Instance\"");
 }
+
+#[test]
+fn nics_are_limited_to_what_tap_names_can_tell_apart() {
+    let mut i = Instance::new("demo", "many", InstanceSpec::default());
+    i.spec.image = Some("tiny".into());
+    i.spec.instance_type = Some("m1.tiny".into());
+    i.spec.nics = (0..MAX_NICS)
+        .map(|_| Nic {
+            network: "lan".into(),
+            ..Default::default()
+        })
+        .collect();
+    assert!(i.validate().is_empty(), "{}", i.validate());
+    i.spec.nics.push(Nic {
+        network: "lan".into(),
+        ..Default::default()
+    });
+    assert_errors(
+        &i.validate(),
+        &["spec.nics: must have at most 10 entries (has 11)"],
+    );
+}

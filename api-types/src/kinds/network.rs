@@ -100,6 +100,19 @@ impl NetworkSpec {
     pub fn parsed_cidr(&self) -> Option<Ipv4Cidr> {
         self.cidr.parse().ok()
     }
+
+    /// The one gateway rule: `gateway` when set (validation keeps it a
+    /// host address inside `cidr`), else the first host address; with the
+    /// parsed CIDR. `None` when `cidr` does not parse.
+    pub fn gateway(&self) -> Option<(Ipv4Cidr, std::net::Ipv4Addr)> {
+        let cidr = self.parsed_cidr()?;
+        let gw = self
+            .gateway
+            .as_deref()
+            .and_then(parse_ipv4)
+            .unwrap_or_else(|| cidr.first_host());
+        Some((cidr, gw))
+    }
 }
 
 /// Whether `s` can be a Linux network interface name.
@@ -197,8 +210,8 @@ impl Defaults for Network {
     /// `gateway` defaults to the first host address of `cidr`.
     fn apply_defaults(&mut self) {
         if self.spec.gateway.is_none() {
-            if let Some(c) = self.spec.parsed_cidr() {
-                self.spec.gateway = Some(c.first_host().to_string());
+            if let Some((_, gw)) = self.spec.gateway() {
+                self.spec.gateway = Some(gw.to_string());
             }
         }
     }

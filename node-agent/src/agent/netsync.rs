@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use corral_api_types::net::Ipv4Cidr;
 use corral_api_types::{Network, NetworkMode, SecurityGroup, SecurityGroupRule};
 
 use super::*;
@@ -74,16 +73,6 @@ impl Objects {
         self.groups.insert(k, v.clone());
         Ok(v)
     }
-}
-
-/// The gateway of a Network: `spec.gateway` or the first host address.
-pub(super) fn gateway(n: &Network) -> Option<(Ipv4Cidr, Ipv4Addr)> {
-    let cidr = n.spec.parsed_cidr()?;
-    let gw = match &n.spec.gateway {
-        Some(g) => g.parse().ok()?,
-        None => cidr.first_host(),
-    };
-    Some((cidr, gw))
 }
 
 impl Agent {
@@ -153,7 +142,7 @@ impl Agent {
                 let Some(n) = objects.network(&self.api, p, &a.network, &for_).await? else {
                     continue;
                 };
-                let Some((cidr, gw)) = gateway(&n) else {
+                let Some((cidr, gw)) = n.spec.gateway() else {
                     continue;
                 };
                 let def = networks
