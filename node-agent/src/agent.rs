@@ -8,6 +8,7 @@
 //! Restarting the agent restarts no guest: a running domain that should run
 //! is left alone.
 
+use corral_client::WatcherEvent;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -848,74 +849,54 @@ impl Agent {
     }
 
     async fn informer(self: Arc<Self>, mut stop: Shutdown) {
-        let path = "/v1/instances";
-        'relist: loop {
-            if *stop.borrow() {
-                return;
-            }
-            let (items, mut rv) = match self.api.list(path).await {
-                Ok(r) => r,
+        // The one list → watch → relist loop (corral-client's watcher).
+        let mut watcher = self.api.watcher("/v1/instances");
+        loop {
+            let event = tokio::select! {
+                e = watcher.next() => e,
+                _ = stopped(&mut stop) => return,
+            };
+            let event = match event {
+                Ok(e) => e,
                 Err(e) => {
-                    tracing::warn!(error = %error_chain(&e), "listing instances failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let e = ApiError::from(e);
+                    tracing::warn!(error = %error_chain(&e), "listing or watching instances failed");
                     continue;
                 }
             };
-            {
-                let mut map = self.instances.lock().expect("instances");
-                let old: Vec<ObjectRef> = map.keys().cloned().collect();
-                map.clear();
-                for v in items {
-                    if let Ok(i) = serde_json::from_value::<Instance>(v) {
-                        map.insert(ObjectRef::of(&i), i);
+            match event {
+                WatcherEvent::Restarted(items) => {
+                    let mut map = self.instances.lock().expect("instances");
+                    let old: Vec<ObjectRef> = map.keys().cloned().collect();
+                    map.clear();
+                    for v in items {
+                        if let Ok(i) = serde_json::from_value::<Instance>(v) {
+                            map.insert(ObjectRef::of(&i), i);
+                        }
+                    }
+                    for k in old.into_iter().chain(map.keys().cloned()) {
+                        self.queue.add(k);
+                    }
+                    drop(map);
+                    self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                WatcherEvent::Added(object) | WatcherEvent::Modified(object) => {
+                    if let Ok(i) = serde_json::from_value::<Instance>(object) {
+                        let key = ObjectRef::of(&i);
+                        self.instances
+                            .lock()
+                            .expect("instances")
+                            .insert(key.clone(), i);
+                        self.queue.add(key);
                     }
                 }
-                for k in old.into_iter().chain(map.keys().cloned()) {
-                    self.queue.add(k);
-                }
-            }
-            self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
-            loop {
-                let mut events = match self.api.watch(path, &rv).await {
-                    Ok(e) => e,
-                    Err(ApiError::Status { code: 410, .. }) => continue 'relist,
-                    Err(e) => {
-                        tracing::warn!(error = %error_chain(&e), "watching instances failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                loop {
-                    let event = tokio::select! {
-                        e = events.recv() => e,
-                        _ = stopped(&mut stop) => return,
-                    };
-                    let Some(event) = event else { break };
-                    if let Some(v) = event.object["metadata"]["resourceVersion"].as_str() {
-                        rv = v.to_string();
-                    }
-                    match event.type_.as_str() {
-                        "ADDED" | "MODIFIED" => {
-                            if let Ok(i) = serde_json::from_value::<Instance>(event.object) {
-                                let key = ObjectRef::of(&i);
-                                self.instances
-                                    .lock()
-                                    .expect("instances")
-                                    .insert(key.clone(), i);
-                                self.queue.add(key);
-                            }
-                        }
-                        "DELETED" => {
-                            let key = ObjectRef::new(
-                                event.object["metadata"]["project"].as_str().unwrap_or(""),
-                                event.object["metadata"]["name"].as_str().unwrap_or(""),
-                            );
-                            self.instances.lock().expect("instances").remove(&key);
-                            self.queue.add(key);
-                        }
-                        "ERROR" => continue 'relist,
-                        _ => {}
-                    }
+                WatcherEvent::Deleted(object) => {
+                    let key = ObjectRef::new(
+                        object["metadata"]["project"].as_str().unwrap_or(""),
+                        object["metadata"]["name"].as_str().unwrap_or(""),
+                    );
+                    self.instances.lock().expect("instances").remove(&key);
+                    self.queue.add(key);
                 }
             }
         }

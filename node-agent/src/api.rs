@@ -1,16 +1,18 @@
 //! The agent's view of the native API: it never sees the store, only
-//! HTTP with its node-scoped token.
+//! HTTP with its node-scoped token — through `corral-client`, the one
+//! client of the API, typed for what the agent reads and writes.
 
 use std::time::Duration;
 
+use corral_client::{Client, ClientError, Watcher};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("cannot reach the API")]
-    Unreachable(#[source] reqwest::Error),
+    #[error("cannot reach the API: {0}")]
+    Unreachable(String),
     #[error("{code}: {message}")]
     Status { code: u16, message: String },
     #[error("unexpected answer: {0}")]
@@ -26,20 +28,30 @@ impl ApiError {
     }
 }
 
-#[derive(Clone)]
-pub struct ApiClient {
-    base: String,
-    token: String,
-    http: reqwest::Client,
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> ApiError {
+        match e {
+            ClientError::Api(s) => ApiError::Status {
+                code: s.code,
+                message: s.message.clone(),
+            },
+            ClientError::Decode(m) | ClientError::Config(m) => ApiError::Decode(m),
+            other => ApiError::Unreachable(other.to_string()),
+        }
+    }
 }
 
-/// One watch event.
-#[derive(Debug, serde::Deserialize)]
-pub struct WatchEvent {
-    #[serde(rename = "type", default)]
-    pub type_: String,
-    #[serde(default)]
-    pub object: Value,
+#[derive(Clone)]
+pub struct ApiClient {
+    client: Client,
+}
+
+fn to_value<B: Serialize>(body: &B) -> Result<Value, ApiError> {
+    serde_json::to_value(body).map_err(|e| ApiError::Decode(format!("encoding: {e}")))
+}
+
+fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::Decode(e.to_string()))
 }
 
 impl ApiClient {
@@ -51,54 +63,18 @@ impl ApiClient {
     /// A client that trusts only `ca_pem` (the server's CA) for `https://`
     /// servers; without it, the system's roots.
     pub fn with_ca(base: &str, token: &str, ca_pem: Option<&str>) -> Result<ApiClient, ApiError> {
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
-        if let Some(pem) = ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                .map_err(|e| ApiError::Decode(format!("the server's CA: {e}")))?;
-            builder = builder.tls_certs_only(certs);
-        }
         Ok(ApiClient {
-            base: base.trim_end_matches('/').to_string(),
-            token: token.to_string(),
-            http: builder
-                .build()
-                .map_err(|e| ApiError::Decode(format!("building the HTTP client: {e}")))?,
+            client: Client::with_ca(base, token, ca_pem)?,
         })
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(ApiError::Unreachable)?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let code = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        Err(ApiError::Status {
-            code,
-            message: body["message"].as_str().unwrap_or("").to_string(),
-        })
-    }
-
+    /// `path` as `T`, or `None` when it does not exist.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ApiError> {
-        match self
-            .send(
-                self.http
-                    .get(format!("{}{path}", self.base))
-                    .timeout(Duration::from_secs(30)),
-            )
-            .await
-        {
-            Ok(r) => r
-                .json()
-                .await
-                .map(Some)
-                .map_err(|e| ApiError::Decode(e.to_string())),
-            Err(ApiError::Status { code: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
+        let (path, query) = split(path);
+        match self.client.get(path, &query).await {
+            Ok(v) => from_value(v).map(Some),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -107,16 +83,8 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<T, ApiError> {
-        self.send(
-            self.http
-                .put(format!("{}{path}", self.base))
-                .json(body)
-                .timeout(Duration::from_secs(30)),
-        )
-        .await?
-        .json()
-        .await
-        .map_err(|e| ApiError::Decode(e.to_string()))
+        let (path, query) = split(path);
+        from_value(self.client.put(path, &query, &to_value(body)?).await?)
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(
@@ -124,115 +92,76 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<T, ApiError> {
-        self.send(
-            self.http
-                .post(format!("{}{path}", self.base))
-                .json(body)
-                .timeout(Duration::from_secs(30)),
-        )
-        .await?
-        .json()
-        .await
-        .map_err(|e| ApiError::Decode(e.to_string()))
+        let (path, query) = split(path);
+        from_value(self.client.post(path, &query, &to_value(body)?).await?)
     }
 
     /// Starts a GET whose (large) body the caller reads in chunks.
     pub async fn download(&self, path: &str) -> Result<reqwest::Response, ApiError> {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
+        let (path, query) = split(path);
+        Ok(self.client.download(path, &query).await?)
     }
 
     /// PUTs raw bytes.
     pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> Result<(), ApiError> {
-        self.send(
-            self.http
-                .put(format!("{}{path}", self.base))
-                .header("content-type", "application/octet-stream")
-                .body(body)
-                .timeout(Duration::from_secs(30)),
-        )
-        .await
-        .map(|_| ())
+        let (path, query) = split(path);
+        let len = body.len() as u64;
+        let put = self.client.put_stream(path, &query, body.into(), len);
+        match tokio::time::timeout(Duration::from_secs(30), put).await {
+            Ok(r) => r.map(|_| ()).map_err(ApiError::from),
+            Err(_) => Err(ApiError::Unreachable(format!(
+                "{path}: the server did not answer in time"
+            ))),
+        }
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), ApiError> {
-        self.send(
-            self.http
-                .delete(format!("{}{path}", self.base))
-                .timeout(Duration::from_secs(30)),
-        )
-        .await
-        .map(|_| ())
+        let (path, query) = split(path);
+        self.client.delete(path, &query).await.map(|_| ())?;
+        Ok(())
     }
 
     /// All items of a list path, following continue tokens, and the
     /// revision to watch from.
     pub async fn list(&self, path: &str) -> Result<(Vec<Value>, String), ApiError> {
-        let mut items = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let sep = if path.contains('?') { '&' } else { '?' };
-            let url = match &token {
-                Some(t) => format!("{}{path}{sep}limit=500&continue={t}", self.base),
-                None => format!("{}{path}{sep}limit=500", self.base),
-            };
-            let page: Value = self
-                .send(self.http.get(url).timeout(Duration::from_secs(60)))
-                .await?
-                .json()
-                .await
-                .map_err(|e| ApiError::Decode(e.to_string()))?;
-            if let Some(list) = page["items"].as_array() {
-                items.extend(list.iter().cloned());
-            }
-            match page["metadata"]["continue"].as_str() {
-                Some(t) => token = Some(t.to_string()),
-                None => {
-                    let rv = page["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or("0")
-                        .to_string();
-                    return Ok((items, rv));
-                }
-            }
-        }
+        let (path, query) = split(path);
+        let page = self.client.list_all(path, &query).await?;
+        Ok((page.items, page.resource_version))
     }
 
-    /// Opens a watch from `rv`; events arrive on the returned channel until
-    /// the stream ends (then the channel closes).
-    pub async fn watch(
-        &self,
-        path: &str,
-        rv: &str,
-    ) -> Result<tokio::sync::mpsc::Receiver<WatchEvent>, ApiError> {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let url = format!(
-            "{}{path}{sep}watch=true&resourceVersion={rv}&heartbeatSeconds=5",
-            self.base
+    /// The list → watch → relist loop on a list path.
+    pub fn watcher(&self, path: &str) -> Watcher {
+        let (path, query) = split(path);
+        self.client.watcher(path, &query)
+    }
+}
+
+/// `path?k=v&…` as the path and its query pairs (the agent's paths are
+/// built by the agent itself, with plain values).
+fn split(path: &str) -> (&str, Vec<(&str, &str)>) {
+    match path.split_once('?') {
+        None => (path, Vec::new()),
+        Some((p, q)) => (
+            p,
+            q.split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paths_split_into_path_and_query() {
+        assert_eq!(super::split("/v1/nodes/n1"), ("/v1/nodes/n1", vec![]));
+        assert_eq!(
+            super::split("/v1/projects/p/securitygroups/web?for=i1&x=2"),
+            (
+                "/v1/projects/p/securitygroups/web",
+                vec![("for", "i1"), ("x", "2")]
+            )
         );
-        let mut resp = self.send(self.http.get(url)).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            let mut buf: Vec<u8> = Vec::new();
-            loop {
-                // A bookmark comes every 5 s; silence for 20 s means dead.
-                let chunk = match tokio::time::timeout(Duration::from_secs(20), resp.chunk()).await
-                {
-                    Ok(Ok(Some(c))) => c,
-                    _ => return,
-                };
-                buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let Ok(event) = serde_json::from_slice::<WatchEvent>(&line) else {
-                        continue;
-                    };
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(rx)
     }
 }

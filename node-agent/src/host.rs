@@ -24,10 +24,7 @@ pub enum HostError {
     /// The I/O error is in the message, not a `source`: printed once
     /// however the chain is walked.
     #[error("{path}: {error}")]
-    Io {
-        path: String,
-        error: std::io::Error,
-    },
+    Io { path: String, error: std::io::Error },
     #[error(transparent)]
     Blob(#[from] BlobError),
     #[error("{command} failed: {message}")]

@@ -17,10 +17,7 @@ pub enum BlobError {
     /// The I/O error is in the message, not a `source`: printed once
     /// however the chain is walked.
     #[error("{path}: {error}")]
-    Io {
-        path: String,
-        error: std::io::Error,
-    },
+    Io { path: String, error: std::io::Error },
     #[error("checksum mismatch: expected sha256 {expected}, got {actual}")]
     Checksum { expected: String, actual: String },
     #[error("{0:?} is not a sha256 (64 lowercase hex digits)")]

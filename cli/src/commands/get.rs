@@ -1,8 +1,6 @@
 //! `corral get`: lists (following `continue` tokens) or named objects as
 //! kubectl-style tables, YAML, JSON or `kind/name`; `-w` streams a watch.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use chrono::Utc;
 use clap::{Args, ValueEnum};
@@ -15,7 +13,7 @@ use super::{
     collection_path, item_path, parse_targets, ref_name, reported, resolve_kind, usage, ConnArgs,
     Ctx,
 };
-use crate::client::ClientError;
+use crate::client::{ClientError, WatcherEvent};
 
 /// `-o`: how objects are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -366,84 +364,59 @@ async fn watch(
         }
         println!("{}", stream_table.line(&headers));
     }
-    let mut resource_version: Option<String> = None;
+    let mut query: Vec<(&str, &str)> = Vec::new();
+    if let Some(s) = &args.selector {
+        query.push(("labelSelector", s));
+    }
+    if !field_selector.is_empty() {
+        query.push(("fieldSelector", &field_selector));
+    }
+    // The one list → watch → relist loop: what exists first (as ADDED,
+    // again after a relist), then each change.
+    let mut watcher = ctx.client.watcher(&path, &query);
     let mut failures = 0u32;
     loop {
-        let mut query: Vec<(&str, &str)> = Vec::new();
-        if let Some(s) = &args.selector {
-            query.push(("labelSelector", s));
-        }
-        if !field_selector.is_empty() {
-            query.push(("fieldSelector", &field_selector));
-        }
-        if let Some(rv) = &resource_version {
-            query.push(("resourceVersion", rv));
-        }
-        let mut stream = match ctx.client.watch(&path, &query).await {
-            Ok(s) => s,
-            Err(ClientError::Api(s)) if s.is_expired() => {
-                resource_version = None;
-                continue;
-            }
+        let (kind, objects) = match watcher.next().await {
+            Ok(WatcherEvent::Restarted(items)) => ("ADDED", items),
+            Ok(WatcherEvent::Added(o)) => ("ADDED", vec![o]),
+            Ok(WatcherEvent::Modified(o)) => ("MODIFIED", vec![o]),
+            Ok(WatcherEvent::Deleted(o)) => ("DELETED", vec![o]),
             Err(e @ ClientError::Api(_)) => return Err(e.into()),
             Err(e) => {
                 failures += 1;
                 if failures > 5 {
                     return Err(e.into());
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        loop {
-            let event = match stream.next().await {
-                Ok(Some(ev)) => ev,
-                Ok(None) | Err(_) => break,
-            };
-            failures = 0;
-            match event.kind.as_str() {
-                "BOOKMARK" => {
-                    resource_version = event.resource_version().map(str::to_string);
-                    continue;
-                }
-                "ERROR" => {
-                    if event.object.get("code").and_then(Value::as_u64) == Some(410) {
-                        resource_version = None;
-                    }
-                    break;
-                }
-                _ => {}
-            }
-            if let Some(rv) = event.resource_version() {
-                resource_version = Some(rv.to_string());
-            }
-            let obj = &event.object;
+        failures = 0;
+        for obj in &objects {
             let text = match args.output {
                 None | Some(OutputFormat::Wide) => {
                     let mut row = printer.row(obj);
                     if events {
-                        row.insert(0, event.kind.clone());
+                        row.insert(0, kind.to_string());
                     }
                     format!("{}\n", stream_table.line(&row))
                 }
                 Some(OutputFormat::Name) if events => {
-                    format!("{} {}\n", event.kind, ref_name(info, name_of(obj)))
+                    format!("{kind} {}\n", ref_name(info, name_of(obj)))
                 }
                 Some(OutputFormat::Name) => format!("{}\n", ref_name(info, name_of(obj))),
                 Some(OutputFormat::Json) if events => {
-                    output::to_json(&json!({"type": event.kind, "object": obj}))
+                    output::to_json(&json!({"type": kind, "object": obj}))
                 }
                 Some(OutputFormat::Json) => output::to_json(obj),
                 Some(OutputFormat::Yaml) if events => format!(
                     "---\n{}",
-                    output::to_yaml(&json!({"type": event.kind, "object": obj}))
+                    output::to_yaml(&json!({"type": kind, "object": obj}))
                 ),
                 Some(OutputFormat::Yaml) => format!("---\n{}", output::to_yaml(obj)),
             };
             print!("{text}");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
     }
 }

@@ -13,10 +13,9 @@ use tokio::time::Instant;
 
 use super::output::{condition_status, str_at};
 use super::{
-    collection_path, item_path, parse_duration, parse_targets, ref_name, reported, usage, ConnArgs,
-    Ctx,
+    collection_path, parse_duration, parse_targets, ref_name, reported, usage, ConnArgs, Ctx,
 };
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, WatcherEvent};
 
 #[derive(Args)]
 pub struct WaitArgs {
@@ -121,83 +120,59 @@ async fn wait_loop(
     until: &Until,
     last: &mut Option<Value>,
 ) -> Result<()> {
-    let path = item_path(info, project, name);
     let list_path = collection_path(info, (info.scope == Scope::Project).then_some(project));
     let selector = format!("metadata.name={name}");
+    // The one list → watch → relist loop, narrowed to the object.
+    let mut watcher = client.watcher(&list_path, &[("fieldSelector", selector.as_str())]);
     let mut transport_failures = 0u32;
     loop {
-        let current = match client.get_opt(&path).await {
-            Ok(c) => c,
+        let event = match watcher.next().await {
+            Ok(e) => e,
             Err(e @ ClientError::Api(_)) => return Err(e.into()),
             Err(e) => {
                 transport_failures += 1;
                 if transport_failures > 10 {
                     return Err(e.into());
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        *last = current.clone();
-        if until.met(current.as_ref()) {
-            return Ok(());
-        }
-        let Some(current) = current else {
-            return Err(anyhow::anyhow!("{} {name:?} not found", info.plural));
-        };
-        let rv = str_at(&current, "/metadata/resourceVersion")
-            .unwrap_or("0")
-            .to_string();
-        let query = [
-            ("fieldSelector", selector.as_str()),
-            ("resourceVersion", rv.as_str()),
-        ];
-        let mut stream = match client.watch(&list_path, &query).await {
-            Ok(s) => s,
-            // Compacted: read the object again and watch from there.
-            Err(ClientError::Api(s)) if s.is_expired() => continue,
-            Err(e @ ClientError::Api(_)) => return Err(e.into()),
-            Err(e) => {
-                transport_failures += 1;
-                if transport_failures > 10 {
-                    return Err(e.into());
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            let event = match stream.next().await {
-                Ok(Some(ev)) => ev,
-                Ok(None) | Err(_) => break,
-            };
-            transport_failures = 0;
-            match event.kind.as_str() {
-                "BOOKMARK" => {}
-                "ERROR" => break,
-                "DELETED" => {
-                    *last = None;
+        transport_failures = 0;
+        let deleted = match event {
+            WatcherEvent::Restarted(items) => {
+                *last = items
+                    .into_iter()
+                    .find(|o| str_at(o, "/metadata/name") == Some(name));
+                if last.is_none() {
                     if until.met(None) {
                         return Ok(());
                     }
-                    return Err(anyhow::anyhow!(
-                        "{} was deleted while waiting",
-                        ref_name(info, name)
-                    ));
+                    return Err(anyhow::anyhow!("{} {name:?} not found", info.plural));
                 }
-                _ => {
-                    if str_at(&event.object, "/metadata/name") != Some(name) {
-                        continue;
-                    }
-                    *last = Some(event.object);
-                    if until.met(last.as_ref()) {
-                        return Ok(());
-                    }
-                }
+                false
             }
+            WatcherEvent::Added(o) | WatcherEvent::Modified(o) => {
+                if str_at(&o, "/metadata/name") != Some(name) {
+                    continue;
+                }
+                *last = Some(o);
+                false
+            }
+            WatcherEvent::Deleted(o) => str_at(&o, "/metadata/name") == Some(name),
+        };
+        if deleted {
+            *last = None;
+            if until.met(None) {
+                return Ok(());
+            }
+            return Err(anyhow::anyhow!(
+                "{} was deleted while waiting",
+                ref_name(info, name)
+            ));
         }
-        // The stream broke: re-read, then watch again.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if until.met(last.as_ref()) {
+            return Ok(());
+        }
     }
 }
 
