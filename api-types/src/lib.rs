@@ -20,6 +20,7 @@ mod resource_version;
 mod schema;
 pub mod selector;
 pub mod validate;
+pub mod wire;
 
 pub use any::{kind_info, AnyObject, KindInfo, ParseError, KINDS};
 pub use field::{FieldError, FieldErrors};

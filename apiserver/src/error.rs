@@ -7,24 +7,11 @@ use corral_registry::quota::QuotaError;
 use corral_registry::RegistryError;
 use corral_runtime::error_chain;
 use corral_store::StoreError;
-use serde::Serialize;
 
-/// One field problem in a 422 answer.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Cause {
-    pub field: String,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Details {
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub kind: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub causes: Vec<Cause>,
-}
+/// One field problem in a 422 answer (the wire type).
+pub use corral_api_types::wire::StatusCause as Cause;
+/// `details` of a Status answer (the wire type).
+pub use corral_api_types::wire::StatusDetails as Details;
 
 /// An error answered to an API client.
 #[derive(Debug, Clone)]
@@ -301,30 +288,14 @@ fn display_key(key: &str) -> String {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Status<'a> {
-    api_version: &'static str,
-    kind: &'static str,
-    status: &'static str,
-    code: u16,
-    reason: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    details: Option<&'a Details>,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Status {
-            api_version: corral_api_types::API_VERSION,
-            kind: "Status",
-            status: "Failure",
-            code: self.code.as_u16(),
-            reason: self.reason,
-            message: &self.message,
-            details: self.details.as_deref(),
-        };
+        let body = corral_api_types::wire::Status::failure(
+            self.code.as_u16(),
+            self.reason,
+            &self.message,
+            self.details.map(|d| *d),
+        );
         let mut resp = (self.code, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()

@@ -341,10 +341,10 @@ async fn list_or_watch(
         return watch(state, kind.clone(), project, params, slot).await;
     }
     let out = kind.list(project, &params).await?;
-    let mut metadata = json!({"resourceVersion": out.resource_version.to_string()});
-    if let Some(c) = out.continue_token {
-        metadata["continue"] = Value::String(c);
-    }
+    let metadata = corral_api_types::wire::ListMeta {
+        resource_version: out.resource_version.to_string(),
+        continue_token: out.continue_token,
+    };
     // The items are JSON already: splice them in.
     let size: usize = out.items.iter().map(|i| i.len() + 1).sum();
     let mut body = Vec::with_capacity(size + 256);

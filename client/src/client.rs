@@ -7,31 +7,13 @@ use std::fmt;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
-use serde::Deserialize;
 use serde_json::Value;
 
 /// Page size the CLI asks for when listing.
 pub const PAGE_SIZE: usize = 500;
 
-/// One field problem of a 422 answer.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-pub struct Cause {
-    #[serde(default)]
-    pub field: String,
-    #[serde(default)]
-    pub message: String,
-}
-
-/// `details` of a `Status` answer.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct StatusDetails {
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub causes: Vec<Cause>,
-}
+use corral_api_types::wire::{List, Status as StatusBody, WatchLine};
+pub use corral_api_types::wire::{StatusCause as Cause, StatusDetails};
 
 /// A non-2xx answer of the API, from its `Status` body.
 #[derive(Debug, Clone)]
@@ -42,18 +24,6 @@ pub struct ApiStatus {
     pub reason: String,
     pub message: String,
     pub details: Option<StatusDetails>,
-}
-
-#[derive(Deserialize)]
-struct StatusBody {
-    #[serde(default)]
-    code: u16,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    details: Option<StatusDetails>,
 }
 
 impl ApiStatus {
@@ -261,14 +231,7 @@ impl WatchStream {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                #[derive(Deserialize)]
-                struct Raw {
-                    #[serde(rename = "type")]
-                    kind: String,
-                    #[serde(default)]
-                    object: Value,
-                }
-                let raw: Raw = serde_json::from_slice(line)
+                let raw: WatchLine = serde_json::from_slice(line)
                     .map_err(|e| ClientError::Decode(format!("watch event: {e}")))?;
                 return Ok(Some(WatchEvent {
                     kind: raw.kind,
@@ -566,30 +529,14 @@ impl Client {
             if let Some(t) = &token {
                 q.push(("continue", t));
             }
-            let page = self.get(path, &q).await?;
-            match page.get("items") {
-                Some(Value::Array(list)) => items.extend(list.iter().cloned()),
-                Some(Value::Null) | None => {}
-                Some(_) => {
-                    return Err(ClientError::Decode(format!(
-                        "{path}: \"items\" is not a list"
-                    )))
-                }
-            }
-            token = page
-                .pointer("/metadata/continue")
-                .and_then(Value::as_str)
-                .filter(|c| !c.is_empty())
-                .map(str::to_string);
+            let page: List = serde_json::from_value(self.get(path, &q).await?)
+                .map_err(|e| ClientError::Decode(format!("{path}: {e}")))?;
+            items.extend(page.items);
+            token = page.metadata.continue_token.filter(|c| !c.is_empty());
             if token.is_none() {
-                let resource_version = page
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or("0")
-                    .to_string();
                 return Ok(ListResult {
                     items,
-                    resource_version,
+                    resource_version: page.metadata.resource_version,
                 });
             }
         }
