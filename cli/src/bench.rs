@@ -854,6 +854,7 @@ pub use boot::{boot, BootBenchOptions};
 mod ec2;
 pub use ec2::{ec2, Ec2BenchOptions};
 
+mod abuse;
 mod soak;
 pub use soak::{soak, SoakOptions};
 

@@ -372,6 +372,11 @@ enum BenchCommand {
         no_etcd: bool,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Run each phase twice, clean and then beside abusive clients
+        /// (slow, oversized, junk paths, bad signatures), and compare the
+        /// normal clients' p99 and the server's RSS.
+        #[arg(long)]
+        abuse: bool,
     },
     /// Real guests: POST -> Ready through Corral on qemu:///system (1 and
     /// N concurrent instances) next to a bare QEMU boot of the same guest
@@ -667,6 +672,7 @@ async fn main() -> Result<()> {
                 watchers,
                 no_etcd,
                 seed,
+                abuse,
             } => {
                 bench::soak(bench::SoakOptions {
                     seconds,
@@ -674,6 +680,7 @@ async fn main() -> Result<()> {
                     watchers,
                     etcd: !no_etcd,
                     seed,
+                    abuse,
                 })
                 .await
             }

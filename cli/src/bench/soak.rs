@@ -10,6 +10,13 @@
 //! Printed: operations per second, p50/p99 per kind, errors (anything but
 //! a 2xx or an expected 409), watch events seen, and the server's RSS
 //! after setup and at the end, against a stated bound.
+//!
+//! With `--abuse`, each phase runs twice, each time on a fresh server set
+//! up alike: clean, then beside the abusive clients of [`super::abuse`].
+//! The normal clients' p99 per kind must stay within 2x of the clean
+//! run's, and the server's peak RSS within the bound stated from the
+//! clean run's warm RSS (a fresh server each time: both are as old at
+//! every sample, so the server's own retention does not count as abuse).
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -18,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::percentile;
+use super::{abuse, percentile};
 
 pub struct SoakOptions {
     pub seconds: u64,
@@ -26,6 +33,8 @@ pub struct SoakOptions {
     pub watchers: usize,
     /// Also soak `corral server` on etcd.
     pub etcd: bool,
+    /// Run each phase again beside abusive clients, and compare.
+    pub abuse: bool,
     pub seed: u64,
 }
 
@@ -38,15 +47,15 @@ const RSS_SLACK_MIB: u64 = 32;
 const LIVE_PER_CLIENT: usize = 10;
 
 /// A small seeded generator (xorshift64*): the same seed, the same mix.
-struct Mix(u64);
+pub(super) struct Mix(u64);
 
 impl Mix {
-    fn new(seed: u64) -> Mix {
+    pub(super) fn new(seed: u64) -> Mix {
         Mix(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
     /// A number in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -69,6 +78,22 @@ fn rss_mib(pid: u32) -> u64 {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0)
         / 1024
+}
+
+/// CPU time a process or thread has used (user + system) from its
+/// `/proc/.../stat`, assuming 100 ticks a second (Linux's USER_HZ).
+pub(super) fn cpu_secs(stat: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
+    // After the `)` ending the command name: utime and stime are the 12th
+    // and 13th fields.
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
 /// A child process killed when dropped.
@@ -282,7 +307,23 @@ async fn ec2_call(
     ))
 }
 
-async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
+/// What one run measured, for the clean/abused comparison.
+struct RunFigures {
+    normal: abuse::Normal,
+    /// RSS a third of the way in, MiB: what the bound is stated from.
+    rss_warm: u64,
+    /// The largest RSS sample of the run, MiB.
+    rss_peak: u64,
+    /// `/metrics` at the end: bytes and series.
+    metrics: (usize, usize),
+    /// What the abusers saw, when they ran.
+    abusers: Option<abuse::Report>,
+    ok: bool,
+}
+
+/// One run on `t`: its tenant, then `--seconds` of the normal load,
+/// printed; beside the abusers if `abused`.
+async fn run(label: &str, t: &Target, o: &SoakOptions, abused: bool) -> Result<RunFigures> {
     let http = reqwest::Client::new();
     let api = t.api.clone();
     let admin = t.admin.clone();
@@ -343,9 +384,19 @@ async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
         .copied()
         .context("DescribeImages lists the image")?
         .to_string();
+    // The abusers' tenant is made on every run: both servers then hold
+    // the same objects.
+    let abusers = match o.abuse {
+        true => Some(abuse::prepare(&http, &t.api, &t.ec2, &t.admin).await?),
+        false => None,
+    };
 
-    let rss_start = rss_mib(t.server_pid);
+    let stat = format!("/proc/{}/stat", t.server_pid);
+    let (rss_start, cpu_start) = (rss_mib(t.server_pid), cpu_secs(&stat));
     let deadline = Instant::now() + Duration::from_secs(o.seconds);
+    let abusers = abusers
+        .filter(|_| abused)
+        .map(|a| abuse::start(a, deadline));
     // RSS every sixth of the phase.
     let sampler = {
         let pid = t.server_pid;
@@ -473,6 +524,10 @@ async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
     for c in clients {
         c.await?;
     }
+    let abusers = match abusers {
+        Some(a) => Some(a.finish().await?),
+        None => None,
+    };
     let elapsed = o.seconds as f64;
     let samples = sampler.await?;
     let rss_warm = samples.get(1).copied().unwrap_or(rss_start);
@@ -496,8 +551,10 @@ async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
         "  {:<16} {:>7} {:>9} {:>9}",
         "op", "count", "p50 ms", "p99 ms"
     );
+    let mut latency = BTreeMap::new();
     for (op, mut l) in tally.latencies {
         l.sort();
+        latency.insert(op, [percentile(&l, 0.50), percentile(&l, 0.99)]);
         println!(
             "  {op:<16} {:>7} {:>9.1} {:>9.1}",
             l.len(),
@@ -505,7 +562,7 @@ async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
             percentile(&l, 0.99).as_secs_f64() * 1e3
         );
     }
-    let bound = (rss_warm as f64 * RSS_FACTOR) as u64 + RSS_SLACK_MIB;
+    let bound = rss_bound(rss_warm);
     println!(
         "  errors {} (409s expected and not counted: {}), watch events {}, watchers still streaming {}/{}",
         tally.errors.len(),
@@ -518,29 +575,75 @@ async fn soak_phase(label: &str, t: &Target, o: &SoakOptions) -> Result<bool> {
         println!("    {e}");
     }
     println!(
-        "  server RSS MiB: {rss_start} after setup, every sixth {samples:?}; end {rss_end} (bound {bound} = {RSS_FACTOR} x the warm {rss_warm} at a third + {RSS_SLACK_MIB})"
+        "  server RSS MiB: {rss_start} after setup, every sixth {samples:?}; end {rss_end} (bound {bound} = {RSS_FACTOR} x the warm {rss_warm} at a third + {RSS_SLACK_MIB}); server CPU {:.1} s",
+        cpu_secs(&stat) - cpu_start
     );
     let ok = tally.errors.is_empty() && rss_end <= bound && live_watchers == o.watchers;
     println!("  {}", if ok { "PASS" } else { "FAIL" });
-    Ok(ok)
+    Ok(RunFigures {
+        normal: abuse::Normal {
+            latency,
+            per_sec: total as f64 / elapsed,
+        },
+        rss_warm,
+        rss_peak: samples.iter().copied().max().unwrap_or(rss_end),
+        metrics: abuse::metrics_size(&http, &t.api).await?,
+        abusers,
+        ok,
+    })
+}
+
+fn rss_bound(warm: u64) -> u64 {
+    (warm as f64 * RSS_FACTOR) as u64 + RSS_SLACK_MIB
+}
+
+/// A phase: one run; with `--abuse`, a second on a fresh server (as old
+/// as the first at each sample) beside the abusers, and the two compared.
+async fn soak_phase(label: &str, etcd: bool, o: &SoakOptions) -> Result<bool> {
+    let http = reqwest::Client::new();
+    let target = || async {
+        match etcd {
+            true => etcd_target(&http).await,
+            false => up_target(&http).await,
+        }
+    };
+    let name = if o.abuse { ", clean" } else { "" };
+    let clean = run(&format!("{label}{name}"), &target().await?, o, false).await?;
+    if !o.abuse {
+        return Ok(clean.ok);
+    }
+    let label = format!("{label}, beside abusers");
+    let abused = run(&label, &target().await?, o, true).await?;
+    let report = abused.abusers.as_ref().context("the abusers' report")?;
+    report.print();
+    let held = abuse::verdict(
+        [&clean.normal, &abused.normal],
+        [clean.rss_peak, abused.rss_peak],
+        rss_bound(clean.rss_warm),
+        clean.metrics,
+        report,
+    );
+    Ok(clean.ok && abused.ok && held)
 }
 
 pub async fn soak(o: SoakOptions) -> Result<()> {
     println!(
-        "corral bench soak: {} s per phase, {} clients, {} watchers, seed {}",
-        o.seconds, o.clients, o.watchers, o.seed
+        "corral bench soak: {} s per phase{}, {} clients, {} watchers, seed {}",
+        o.seconds,
+        match o.abuse {
+            true => ", clean and then beside abusive clients (a fresh server each)",
+            false => "",
+        },
+        o.clients,
+        o.watchers,
+        o.seed
     );
-    let http = reqwest::Client::new();
-    let mut ok = true;
-    let t = up_target(&http).await?;
-    ok &= soak_phase("corral up (embedded)", &t, &o).await?;
-    drop(t);
+    let mut ok = soak_phase("corral up (embedded)", false, &o).await?;
     if o.etcd {
-        let t = etcd_target(&http).await?;
-        ok &= soak_phase("corral server (3-member etcd) + agent", &t, &o).await?;
+        ok &= soak_phase("corral server (3-member etcd) + agent", true, &o).await?;
     }
     if !ok {
-        bail!("the soak found errors or memory growth beyond the bound");
+        bail!("the soak found errors, memory growth beyond the bound, or abusers that hurt the normal clients");
     }
     Ok(())
 }
