@@ -118,8 +118,19 @@ impl HostFiles {
         make_dir(&root.join("instances"))?;
         make_dir(&root.join("volumes"))?;
         make_dir(&root.join("snapshots"))?;
+        let images = BlobStore::open(&root.join("images"))?;
+        // Downloads an agent was killed in the middle of: only this agent
+        // writes here, and nothing ever reads a partial file, so they only
+        // take space (cli/tests/agent_kills.rs).
+        if let Ok(entries) = std::fs::read_dir(images.dir().join("tmp")) {
+            for e in entries.flatten() {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    tracing::warn!(path = %e.path().display(), error = %err, "removing a partial download");
+                }
+            }
+        }
         Ok(HostFiles {
-            images: BlobStore::open(&root.join("images"))?,
+            images,
             root: root.to_path_buf(),
         })
     }

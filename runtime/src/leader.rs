@@ -7,7 +7,10 @@
 //! - The leader steps down on its own once `ttl - margin` has passed since
 //!   the send time of its last *acknowledged* renewal. etcd can only expire
 //!   the lease `ttl` after it received that renewal, which is later; so the
-//!   old leader has stopped before the key can vanish.
+//!   old leader has stopped before the key can vanish. Nothing the leader
+//!   waits on (a renewal, reopening its watch) may outlast that moment: a
+//!   connection to etcd that neither answers nor fails must not keep it
+//!   leading.
 //! - A follower campaigns only when the key is gone (deleted by a graceful
 //!   leader's lease revoke, or by etcd at lease expiry after a crash).
 //!
@@ -167,12 +170,15 @@ impl LeaderElection {
                     }
                     _ = tick.tick() => {
                         if self.renewals.load(Ordering::SeqCst) {
+                            // etcd renewed the lease between send and
+                            // answer: count from the send, the earlier.
+                            let sent = Instant::now();
                             keeper.keep_alive().await?;
                             if let Some(r) = responses.message().await? {
                                 if r.ttl() <= 0 {
                                     return Ok(()); // lease gone: new term
                                 }
-                                last_ack = Instant::now();
+                                last_ack = sent;
                             }
                         }
                     }
@@ -201,27 +207,21 @@ impl LeaderElection {
             .await?;
         let mut tick = tokio::time::interval(renew_every);
         loop {
+            // Nothing below may wait past the deadline: a renewal or a
+            // watch reopening that hangs (etcd unreachable through a
+            // connection that neither answers nor fails) would otherwise
+            // keep this process leading after etcd let the lease go.
             let deadline = last_ack + self.ttl - margin;
             tokio::select! {
+                // The deadline first: tokio picks at random among ready
+                // branches, and a renewal tick due at the same moment
+                // must not win that draw. Renewals before the watch: a
+                // watch that cannot be reopened is ready at every turn
+                // and must not starve them.
+                biased;
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(key = %self.key, "lease not renewed in time; stepping down");
                     return Ok(());
-                }
-                m = watch.message() => {
-                    match m {
-                        Ok(Some(m)) if !m.events().is_empty() => {
-                            tracing::warn!(key = %self.key, "leader key changed; stepping down");
-                            return Ok(());
-                        }
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => {
-                            // Lost the watch: renewals decide from here.
-                            watch = match self.client.watch(self.key.clone(), Some(WatchOptions::new().with_start_revision(won_at + 1))).await {
-                                Ok(w) => w,
-                                Err(_) => { tokio::time::sleep(renew_every / 4).await; continue; }
-                            };
-                        }
-                    }
                 }
                 _ = tick.tick() => {
                     if !self.renewals.load(Ordering::SeqCst) {
@@ -232,7 +232,7 @@ impl LeaderElection {
                         keeper.keep_alive().await?;
                         responses.message().await
                     };
-                    match tokio::time::timeout(renew_every, renewed).await {
+                    match tokio::time::timeout_at(deadline.min(sent + renew_every), renewed).await {
                         Ok(Ok(Some(r))) if r.ttl() > 0 => last_ack = sent,
                         Ok(Ok(_)) => {
                             tracing::warn!(key = %self.key, lease, "lease expired; stepping down");
@@ -240,6 +240,26 @@ impl LeaderElection {
                         }
                         Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),
                         Err(_) => tracing::warn!("lease renewal timed out"),
+                    }
+                }
+                m = watch.message() => {
+                    match m {
+                        Ok(Some(m)) if !m.events().is_empty() => {
+                            tracing::warn!(key = %self.key, "leader key changed; stepping down");
+                            return Ok(());
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => {
+                            // Lost the watch: renewals decide from here.
+                            let reopen = self.client.watch(self.key.clone(), Some(WatchOptions::new().with_start_revision(won_at + 1)));
+                            watch = match tokio::time::timeout_at(deadline, reopen).await {
+                                Ok(Ok(w)) => w,
+                                _ => {
+                                    tokio::time::sleep_until(deadline.min(Instant::now() + renew_every / 4)).await;
+                                    continue;
+                                }
+                            };
+                        }
                     }
                 }
             }

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod guests;
+pub mod proxy;
 pub mod seeded;
 
 use std::io::{Read, Write};
