@@ -1,8 +1,9 @@
 //! Serving a router on a [`Listen`] with the limits every listener needs
 //! against clients that would exhaust the server before they are even
 //! authenticated: a cap on open connections in all and per peer address,
-//! a deadline for a request's headers (slowloris), HTTP/2 streams per
-//! connection bounded and dead peers pinged out. Each request carries its
+//! a deadline for a request's headers (slowloris), a minimum rate for
+//! its body (slow bodies), HTTP/2 streams per connection bounded and dead
+//! peers pinged out. Each request carries its
 //! peer's address ([`Peer`]) for the limits that come after.
 
 use std::collections::HashMap;
@@ -34,6 +35,13 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Concurrent streams of one HTTP/2 connection.
     pub h2_max_streams: u32,
+    /// A request body must arrive within this, plus one second per
+    /// [`Limits::body_min_rate`] bytes received (Apache's mod_reqtimeout
+    /// `body=20,MinRate=…`): a client trickling a body is cut off, a slow
+    /// but honest upload is not.
+    pub body_grace: Duration,
+    /// Bytes per second a body must average past its grace.
+    pub body_min_rate: u64,
 }
 
 impl Default for Limits {
@@ -43,6 +51,8 @@ impl Default for Limits {
             max_per_peer: 512,
             header_timeout: Duration::from_secs(15),
             h2_max_streams: 256,
+            body_grace: Duration::from_secs(20),
+            body_min_rate: 1024,
         }
     }
 }
@@ -117,8 +127,9 @@ pub async fn serve(
             continue;
         };
         let router = router.clone();
+        let (grace, rate) = (limits.body_grace, limits.body_min_rate);
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let mut req = req.map(Body::new);
+            let mut req = req.map(|b| Body::new(MinRate::new(b, grace, rate)));
             req.extensions_mut().insert(Peer(addr));
             let mut router = router.clone();
             async move { Ok::<_, Infallible>(router.call(req).await.unwrap_or_else(|e| match e {})) }
@@ -165,4 +176,80 @@ pub async fn serve(
     // are done.
     closed_tx.closed().await;
     Ok(())
+}
+
+/// A request body that must keep a minimum rate: it fails once it is
+/// behind `grace + received / rate` (see [`Limits::body_grace`]).
+struct MinRate {
+    inner: Incoming,
+    started: tokio::time::Instant,
+    received: u64,
+    grace: Duration,
+    rate: u64,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl MinRate {
+    fn new(inner: Incoming, grace: Duration, rate: u64) -> MinRate {
+        let started = tokio::time::Instant::now();
+        MinRate {
+            inner,
+            started,
+            received: 0,
+            grace,
+            rate: rate.max(1),
+            deadline: Box::pin(tokio::time::sleep_until(started + grace)),
+        }
+    }
+
+    fn due(&self) -> tokio::time::Instant {
+        self.started + self.grace + Duration::from_secs(self.received / self.rate)
+    }
+}
+
+/// The error a too-slow body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body arrived slower than {rate} bytes/s after {grace:?}")]
+struct TooSlow {
+    rate: u64,
+    grace: Duration,
+}
+
+impl hyper::body::Body for MinRate {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.received += data.len() as u64;
+                    let due = self.due();
+                    self.deadline.as_mut().reset(due);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TooSlow {
+                    rate: self.rate,
+                    grace: self.grace,
+                })))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
