@@ -36,6 +36,9 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
+    /// 1 while the store takes writes (what `/readyz` says), 0 otherwise;
+    /// read at each scrape.
+    store_healthy: prometheus_client::metrics::gauge::Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -58,10 +61,17 @@ impl Metrics {
             "API request latency by verb and kind (watches: time to first byte)",
             latency.clone(),
         );
+        let store_healthy = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "store_healthy",
+            "1 while the store takes writes (etcd reachable without a NOSPACE alarm, the embedded writer alive and committing), else 0; /readyz says why",
+            store_healthy.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
+            store_healthy,
         }
     }
 
@@ -108,6 +118,8 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 pub async fn serve(State(state): State<AppState>) -> Response {
+    let healthy = state.store.raw().health().await.is_ok();
+    state.metrics.store_healthy.set(i64::from(healthy));
     (
         [(
             header::CONTENT_TYPE,

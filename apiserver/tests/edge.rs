@@ -188,6 +188,17 @@ async fn rules_per_group_are_bounded() {
     assert_eq!(code, StatusCode::CREATED, "{body}");
 }
 
+async fn metrics(api: &Api) -> String {
+    api.http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn readyz(api: &Api) -> (StatusCode, String) {
     let r = api
         .http
@@ -227,6 +238,10 @@ async fn etcd_out_of_space_is_507_reported_and_healed() {
     let (code, text) = readyz(&api).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{text}");
     assert!(text.contains("NOSPACE"), "{text}");
+    assert!(
+        metrics(&api).await.contains("corral_api_store_healthy 0"),
+        "the store's health in /metrics"
+    );
 
     for name in &made {
         let (code, body) = api
@@ -244,6 +259,7 @@ async fn etcd_out_of_space_is_507_reported_and_healed() {
         "nothing was repaired"
     );
     assert_eq!(readyz(&api).await.0, StatusCode::OK);
+    assert!(metrics(&api).await.contains("corral_api_store_healthy 1"));
     let (code, body) = api
         .post("/v1/projects/default/securitygroups", big_group(1000))
         .await;
