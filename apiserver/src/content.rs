@@ -29,6 +29,18 @@ use crate::server::{principal, AppState};
 pub const CONSOLE_LIMIT: usize = 64 * 1024;
 /// The largest console push read (its newest [`CONSOLE_LIMIT`] are kept).
 pub const CONSOLE_PUT_LIMIT: usize = 4 * CONSOLE_LIMIT;
+/// The largest image upload a server takes unless told otherwise
+/// (`ApiState::set_image_upload_limit`): far above any cloud image, and a
+/// bound on the disk one upload can take.
+pub const IMAGE_UPLOAD_LIMIT: u64 = 64 << 30;
+
+fn upload_too_large(limit: u64, sent: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLarge",
+        format!("the image upload {sent}; the limit is {limit} bytes"),
+    )
+}
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -99,40 +111,67 @@ async fn image_upload(
         ));
     }
     let store = blobs(&state)?.clone();
-    // The file is written on a blocking thread, fed chunk by chunk.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
+    let limit = state.image_upload_limit();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|l| *l > limit) {
+        return Err(upload_too_large(limit, &format!("is {len} bytes")));
+    }
+    // The file is written on a blocking thread, fed chunk by chunk; `None`
+    // abandons it (the partial file is removed).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Bytes>>(8);
     let expect2 = expect.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let mut w = store.writer()?;
         while let Ok(chunk) = rx.recv() {
-            w.write_all(&chunk)?;
+            match chunk {
+                Some(c) => w.write_all(&c)?,
+                None => return Ok(None),
+            }
         }
-        w.finish(expect2.as_deref())
+        w.finish(expect2.as_deref()).map(Some)
     });
     let mut stream = body.into_data_stream();
     let mut failed = None;
+    let mut received = 0u64;
+    let mut too_large = false;
     while let Some(chunk) = stream.next().await {
-        match chunk {
+        // What goes to the writer: the bytes, or `None` to abandon the
+        // file (too large, or the body failed).
+        let next = match chunk {
             Ok(c) => {
-                let tx = tx.clone();
-                if tokio::task::spawn_blocking(move || tx.send(c))
-                    .await
-                    .map(|r| r.is_err())
-                    .unwrap_or(true)
-                {
-                    break;
+                received += c.len() as u64;
+                if received > limit {
+                    too_large = true;
+                    None
+                } else {
+                    Some(c)
                 }
             }
             Err(e) => {
                 failed = Some(e.to_string());
-                break;
+                None
             }
+        };
+        let stop = next.is_none();
+        let tx = tx.clone();
+        let sent = tokio::task::spawn_blocking(move || tx.send(next))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+        if stop || !sent {
+            break;
         }
     }
     drop(tx);
     let result = writer
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    if too_large {
+        return Err(upload_too_large(limit, "is larger"));
+    }
     if let Some(e) = failed {
         return Err(ApiError::bad_request(format!("upload interrupted: {e}")));
     }
@@ -142,6 +181,9 @@ async fn image_upload(
         }
         other => ApiError::internal(other.to_string()),
     })?;
+    let Some(blob) = blob else {
+        return Err(ApiError::bad_request("upload interrupted"));
+    };
     if blob.size == 0 {
         return Err(ApiError::bad_request("the upload is empty"));
     }

@@ -21,7 +21,9 @@
 //! | labels per object / rules per security group direction | 64 / 100 | 422 `Invalid` |
 //!
 //! Image uploads (`…/images/{name}/content`) are exempt from the body
-//! limit: they stream to the blob store, after authentication.
+//! limit: they stream to the blob store, after authentication, up to
+//! [`crate::content::IMAGE_UPLOAD_LIMIT`] (64 GiB; 413 past it, the
+//! partial file removed).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

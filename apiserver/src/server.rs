@@ -45,6 +45,8 @@ pub struct ApiState {
     openapi: Value,
     /// Image bytes, when this server keeps them.
     blobs: std::sync::OnceLock<corral_store::blobs::BlobStore>,
+    /// The largest image upload taken, bytes.
+    image_upload_limit: std::sync::atomic::AtomicU64,
     /// Open watches per client (see [`crate::limits`]).
     pub watch_slots: crate::limits::WatchSlots,
     /// Requests per second per member (admins and node agents are not
@@ -81,6 +83,7 @@ impl ApiState {
             store,
             kinds,
             blobs: Default::default(),
+            image_upload_limit: crate::content::IMAGE_UPLOAD_LIMIT.into(),
             watch_slots: Default::default(),
             rate: corral_api_types::rate::RateLimiter::new(crate::limits::MEMBER_RATE),
             unauthenticated: corral_api_types::rate::RateLimiter::new(
@@ -98,6 +101,18 @@ impl ApiState {
 
     pub fn blobs(&self) -> Option<&corral_store::blobs::BlobStore> {
         self.blobs.get()
+    }
+
+    /// The largest image upload this server takes, bytes (default
+    /// [`crate::content::IMAGE_UPLOAD_LIMIT`]).
+    pub fn image_upload_limit(&self) -> u64 {
+        self.image_upload_limit
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_image_upload_limit(&self, bytes: u64) {
+        self.image_upload_limit
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn kind(&self, plural: &str) -> Result<&Arc<dyn KindApi>, ApiError> {

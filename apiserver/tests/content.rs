@@ -22,6 +22,12 @@ struct Api {
 }
 
 async fn start(with_blobs: bool) -> Api {
+    start_with(with_blobs, None).await
+}
+
+/// A server with a blob store under the test's directory and, with
+/// `upload_limit`, that image upload limit.
+async fn start_with(with_blobs: bool, upload_limit: Option<u64>) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let raw = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
     let store = ResourceStore::new(Arc::new(raw));
@@ -36,6 +42,9 @@ async fn start(with_blobs: bool) -> Api {
     let state = ApiState::new(store.clone());
     if with_blobs {
         state.set_blobs(BlobStore::open(&dir.path().join("blobs")).unwrap());
+    }
+    if let Some(limit) = upload_limit {
+        state.set_image_upload_limit(limit);
     }
     tokio::spawn(corral_apiserver::serve(
         state,
@@ -378,4 +387,89 @@ async fn consoles_are_written_by_their_node_and_bounded() {
     assert_eq!(c, StatusCode::NO_CONTENT);
     let (_, b) = api.send(&api.admin, get, path, Vec::new()).await;
     assert!(b.is_empty());
+}
+
+/// Files under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// An upload past the server's limit is 413 naming it — at once when the
+/// length is declared, as soon as the limit is passed when it is streamed
+/// — and leaves no file behind; one within it is taken.
+#[tokio::test]
+async fn uploads_past_the_limit_are_refused_and_leave_nothing() {
+    let api = start_with(true, Some(1 << 20)).await;
+    let (c, _) = api
+        .json(
+            reqwest::Method::POST,
+            "/v1/projects",
+            json!({"metadata": {"name": "p"}}),
+        )
+        .await;
+    assert_eq!(c, StatusCode::CREATED);
+    let (c, b) = api
+        .json(
+            reqwest::Method::POST,
+            "/v1/projects/p/images",
+            json!({"metadata": {"name": "up"}, "spec": {"source": {"upload": true}, "format": "raw"}}),
+        )
+        .await;
+    assert_eq!(c, StatusCode::CREATED, "{b}");
+    let url = format!("{}/v1/projects/p/images/up/content", api.base);
+    let blobs = api._dir.path().join("blobs");
+
+    // Declared: refused before a byte is read.
+    let (c, b) = api
+        .send(
+            &api.admin,
+            reqwest::Method::PUT,
+            "/v1/projects/p/images/up/content",
+            vec![0u8; (1 << 20) + 1],
+        )
+        .await;
+    assert_eq!(c, StatusCode::PAYLOAD_TOO_LARGE);
+    let message = text(&b)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("the limit is 1048576 bytes"), "{message}");
+
+    // Streamed without a length: cut off past the limit.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![1u8; 64 << 10])).collect();
+    let r = api
+        .http
+        .put(&url)
+        .bearer_auth(&api.admin)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    // Nothing kept: no blob, no partial file; the image has no bytes.
+    assert_eq!(files(&blobs), Vec::<std::path::PathBuf>::new());
+    let img: corral_api_types::Image = api.store.get("p", "up").await.unwrap().unwrap();
+    assert!(img.status.and_then(|s| s.sha256).is_none());
+
+    // Within the limit: taken.
+    let (c, b) = api
+        .send(
+            &api.admin,
+            reqwest::Method::PUT,
+            "/v1/projects/p/images/up/content",
+            vec![0u8; 512 << 10],
+        )
+        .await;
+    assert_eq!(c, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(files(&blobs).len(), 1, "{:?}", files(&blobs));
 }
