@@ -514,7 +514,8 @@ async fn embedded_store_kill9_during_write_burst() {
         .ok(
             reqwest::Method::POST,
             "/v1/projects",
-            Some(json!({"metadata": {"name": "chaos"}})),
+            // Thousands of groups: far past the default count quota.
+            Some(json!({"metadata": {"name": "chaos"}, "spec": {"quotas": {"securityGroups": 1000000}}})),
         )
         .await;
 
@@ -859,10 +860,14 @@ impl Watcher {
     }
 
     /// Follows the stream (relisting on 410) until it has seen revision
-    /// `target` (bookmarks carry the revision while idle).
-    async fn catch_up(&mut self, target: u64) {
+    /// `target`, or holds exactly `truth` (every object at its listed
+    /// revision). A bookmark carries the revision of the kind's last event,
+    /// so when other kinds were written last (a quota charge on the
+    /// Project), the list's revision is never reached and the state is
+    /// what shows the watcher caught up.
+    async fn catch_up(&mut self, target: u64, truth: &Seen) {
         let t0 = Instant::now();
-        while self.rev.parse::<u64>().unwrap_or(0) < target {
+        while self.rev.parse::<u64>().unwrap_or(0) < target && self.seen != *truth {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
                 "watcher stuck at {}",
@@ -976,7 +981,10 @@ async fn watchers_behind_etcd_compaction_relist_and_miss_nothing() {
     api.ok(
         reqwest::Method::POST,
         "/v1/projects",
-        Some(json!({"metadata": {"name": "watch"}})),
+        // Thousands of groups: far past the default count quota.
+        Some(
+            json!({"metadata": {"name": "watch"}, "spec": {"quotas": {"securityGroups": 1000000}}}),
+        ),
     )
     .await;
     let path = "/v1/projects/watch/securitygroups";
@@ -1003,8 +1011,9 @@ async fn watchers_behind_etcd_compaction_relist_and_miss_nothing() {
     let mut dropped = Watcher::new(&api, path).await;
     dropped.open().await;
     churn(&api, &mut rng, 20, "pre", &mut live).await;
-    let (_, pre) = api.list_all(path).await.unwrap();
-    dropped.catch_up(pre.parse().unwrap()).await;
+    let (pre_items, pre) = api.list_all(path).await.unwrap();
+    let pre_truth: Seen = pre_items.iter().map(|i| (name_of(i), entry(i))).collect();
+    dropped.catch_up(pre.parse().unwrap(), &pre_truth).await;
     dropped.stream = None;
 
     let writes = churn(&api, &mut rng, 2400, "burst", &mut live).await;
@@ -1018,10 +1027,10 @@ async fn watchers_behind_etcd_compaction_relist_and_miss_nothing() {
     let target: u64 = rev.parse().unwrap();
 
     dropped.open().await;
-    dropped.catch_up(target).await;
-    stalled.catch_up(target).await;
+    dropped.catch_up(target, &truth).await;
+    stalled.catch_up(target, &truth).await;
     late.open().await;
-    late.catch_up(target).await;
+    late.catch_up(target, &truth).await;
 
     // D catches up: every event in order, or Expired and a relist.
     let mut d_seen: BTreeMap<String, i64> = BTreeMap::new();
@@ -1044,8 +1053,14 @@ async fn watchers_behind_etcd_compaction_relist_and_miss_nothing() {
                 .collect();
         }
     }
+    let d_truth: BTreeMap<String, i64> = truth
+        .iter()
+        .map(|(k, (rv, _))| (format!("{prefix}{k}"), rv.parse().unwrap()))
+        .collect();
     let (mut d_rev, mut d_expired, mut d_events) = (d_start, 0, 0);
-    while d_rev < target as i64 {
+    // Up to the list's revision, or (when other kinds were written last)
+    // until it holds exactly what the list holds.
+    while d_rev < target as i64 && d_seen != d_truth {
         match tokio::time::timeout(Duration::from_secs(10), d_watch.next()).await {
             Ok(Some(Ok(ev))) => {
                 assert!(
@@ -1079,10 +1094,6 @@ async fn watchers_behind_etcd_compaction_relist_and_miss_nothing() {
             Err(_) => panic!("store watch silent at {d_rev}, target {target}"),
         }
     }
-    let d_truth: BTreeMap<String, i64> = truth
-        .iter()
-        .map(|(k, (rv, _))| (format!("{prefix}{k}"), rv.parse().unwrap()))
-        .collect();
     assert_eq!(d_seen, d_truth, "store watcher diverged (seed {seed:#x})");
     // The point of D: its history really was compacted under it (the
     // burst outgrows the store's 1,024-event channel and etcd's buffers;
@@ -1271,10 +1282,12 @@ fn look_at_host(agent: &AgentProc) -> HostView {
 /// Creates a project with a network and an image (simulated hosts need
 /// no bytes).
 async fn seed_project(api: &Api, project: &str, cidr: &str) {
+    // The workload makes networks round after round: past the default
+    // count quota over a long run.
     api.ok(
         reqwest::Method::POST,
         "/v1/projects",
-        Some(json!({"metadata": {"name": project}})),
+        Some(json!({"metadata": {"name": project}, "spec": {"quotas": {"networks": 1000000}}})),
     )
     .await;
     api.ok(
