@@ -138,14 +138,31 @@ impl Reconciler<Image> for ImageController {
         if img.metadata.deletion_timestamp.is_some() {
             return Ok(Action::AwaitChange);
         }
-        let status = img.status.clone().unwrap_or_default();
         let have = |sha: &str| self.blobs.as_ref().is_some_and(|b| b.contains(sha));
-        if status.phase == ImagePhase::Available
-            && status.observed_generation == img.metadata.generation
-            && status.sha256.as_deref().is_some_and(have)
-        {
+        let done = |img: &Image| {
+            img.status.as_ref().is_some_and(|s| {
+                s.phase == ImagePhase::Available
+                    && s.observed_generation == img.metadata.generation
+                    && s.sha256.as_deref().is_some_and(have)
+            })
+        };
+        if done(&img) {
             return Ok(Action::AwaitChange);
         }
+        // The cached copy can be one status write behind (this
+        // controller's own "Importing" of an import that has finished
+        // since): ask the store before importing again, which would put an
+        // available image back to Importing.
+        let img = match self.store.get::<Image>(&key.project, &key.name).await {
+            Ok(Some(fresh)) if done(&fresh) => return Ok(Action::AwaitChange),
+            Ok(Some(fresh)) => Arc::new(fresh),
+            Ok(None) => return Ok(Action::AwaitChange),
+            Err(e) => return Err(Box::new(e)),
+        };
+        if img.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::AwaitChange);
+        }
+        let status = img.status.clone().unwrap_or_default();
         let Some(blobs) = self.blobs.clone() else {
             self.set_status(key, |_, s| {
                 s.phase = ImagePhase::Pending;
