@@ -318,6 +318,24 @@ impl Client {
         url
     }
 
+    /// A request that got no answer, in words that say what to check.
+    fn transport_error(&self, path: &str, e: &reqwest::Error) -> ClientError {
+        if let Some(reason) = tls_problem(e) {
+            ClientError::Tls {
+                url: self.server_root(),
+                reason,
+            }
+        } else if e.is_connect() {
+            ClientError::Unreachable {
+                url: self.server_root(),
+            }
+        } else if e.is_timeout() {
+            ClientError::Transport(format!("{path}: the server did not answer in time"))
+        } else {
+            ClientError::Transport(root_cause(e))
+        }
+    }
+
     fn server_root(&self) -> String {
         self.base.as_str().trim_end_matches('/').to_string()
     }
@@ -342,22 +360,10 @@ impl Client {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let response = req.send().await.map_err(|e| {
-            if let Some(reason) = tls_problem(&e) {
-                ClientError::Tls {
-                    url: self.server_root(),
-                    reason,
-                }
-            } else if e.is_connect() {
-                ClientError::Unreachable {
-                    url: self.server_root(),
-                }
-            } else if e.is_timeout() {
-                ClientError::Transport(format!("{path}: the server did not answer in time"))
-            } else {
-                ClientError::Transport(root_cause(&e))
-            }
-        })?;
+        let response = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(path, &e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -407,20 +413,7 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| {
-                if let Some(reason) = tls_problem(&e) {
-                    ClientError::Tls {
-                        url: self.server_root(),
-                        reason,
-                    }
-                } else if e.is_connect() {
-                    ClientError::Unreachable {
-                        url: self.server_root(),
-                    }
-                } else {
-                    ClientError::Transport(root_cause(&e))
-                }
-            })?;
+            .map_err(|e| self.transport_error(path, &e))?;
         let status = response.status();
         let bytes = response.bytes().await.unwrap_or_default();
         if !status.is_success() {
