@@ -247,11 +247,7 @@ impl AddressController {
                 );
             }
         }
-        let has_private = i
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.get(nic))
-            .is_some_and(|x| !x.ip.is_empty());
+        let has_private = i.nic(nic).and_then(|n| n.ip()).is_some();
         if !has_private {
             return Association::Blocked(
                 "WaitingForPrivateAddress",
@@ -280,9 +276,8 @@ impl AddressController {
                     .any(|(k, x)| x.floating_ip.as_deref() == Some(ip) && Some(k) != target)
             });
             let missing = target.is_some_and(|nic| {
-                i.status
-                    .as_ref()
-                    .and_then(|s| s.addresses.get(nic))
+                i.nic(nic)
+                    .and_then(|n| n.address)
                     .is_none_or(|x| x.floating_ip.as_deref() != Some(ip))
             });
             if !wrong && !missing {

@@ -30,10 +30,11 @@ pub fn members(instances: &Cache<Instance>, project: &str, name: &str) -> Vec<St
         if i.metadata.project != project || i.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Some(s) = &i.status else { continue };
-        for (nic, addr) in i.spec.nics.iter().zip(&s.addresses) {
-            if nic.security_groups.iter().any(|g| g == name) && !addr.ip.is_empty() {
-                out.insert(addr.ip.clone());
+        for nic in i.nics() {
+            if let Some(ip) = nic.ip() {
+                if nic.spec.security_groups.iter().any(|g| g == name) {
+                    out.insert(ip.to_string());
+                }
             }
         }
     }

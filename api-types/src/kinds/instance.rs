@@ -47,6 +47,46 @@ impl Instance {
     pub const CONDITION_READY: &'static str = "Ready";
     /// Condition type: what runs differs from the spec and is being corrected.
     pub const CONDITION_DRIFTED: &'static str = "Drifted";
+
+    /// The NICs, each with its position and the address observed for it:
+    /// `spec.nics[i]` and `status.addresses[i]` are one NIC, and this is
+    /// the one place that pairs them (an address is absent until IPAM
+    /// gives one).
+    pub fn nics(&self) -> impl Iterator<Item = NicView<'_>> {
+        let addresses = self.status.as_ref().map(|s| s.addresses.as_slice());
+        self.spec
+            .nics
+            .iter()
+            .enumerate()
+            .map(move |(index, spec)| NicView {
+                index,
+                spec,
+                address: addresses.and_then(|a| a.get(index)),
+            })
+    }
+
+    /// NIC `index`, when the spec has it.
+    pub fn nic(&self, index: usize) -> Option<NicView<'_>> {
+        self.nics().nth(index)
+    }
+}
+
+/// One NIC of an instance: what was asked (`spec.nics[index]`) and what
+/// was given (`status.addresses[index]`).
+#[derive(Debug, Clone, Copy)]
+pub struct NicView<'a> {
+    pub index: usize,
+    pub spec: &'a Nic,
+    pub address: Option<&'a InstanceAddress>,
+}
+
+impl<'a> NicView<'a> {
+    /// The private address, once IPAM gave one.
+    pub fn ip(&self) -> Option<&'a str> {
+        self.address
+            .map(|a| a.ip.as_str())
+            .filter(|ip| !ip.is_empty())
+    }
 }
 
 /// The power state the user asks for.

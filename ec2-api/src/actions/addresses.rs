@@ -100,12 +100,7 @@ async fn rows(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
                 instance_name: i.metadata.name.clone(),
                 nic,
                 eni: network_interface_id(&i.metadata.uid, nic),
-                private_ip: i
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.addresses.get(nic))
-                    .map(|x| x.ip.clone())
-                    .filter(|ip| !ip.is_empty()),
+                private_ip: i.nic(nic).and_then(|n| n.ip()).map(str::to_string),
                 id: address_association_id(&a.metadata.uid, &i.metadata.uid, nic),
             })
         });
@@ -489,11 +484,7 @@ pub async fn associate(ctx: &Ctx<'_>) -> Result<Xml> {
     let row = named(ctx, &rows)?;
     let (inst, nic) = target(ctx).await?;
     if let Some(want) = ctx.params.get_nonempty("PrivateIpAddress") {
-        let have = inst
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.get(nic))
-            .map(|a| a.ip.as_str());
+        let have = inst.nic(nic).and_then(|n| n.address).map(|a| a.ip.as_str());
         if have != Some(want) {
             return Err(Ec2Error::invalid_value(format!(
                 "PrivateIpAddress: {} is not the address of that network interface",

@@ -394,11 +394,11 @@ pub fn write_instance(x: &mut Xml, i: &Instance, l: &Lookup, account: &str) {
         i.metadata.annotations.get(CLIENT_TOKEN_ANNOTATION),
     )
     .tags("tagSet", i.tags());
-    let nics: Vec<(usize, &corral_api_types::Nic)> = i.spec.nics.iter().enumerate().collect();
-    x.set("networkInterfaceSet", &nics, |x, (n, nic)| {
+    let nics: Vec<corral_api_types::NicView> = i.nics().collect();
+    x.set("networkInterfaceSet", &nics, |x, v| {
+        let (nic, addr, n) = (v.spec, v.address, v.index);
         let net = l.networks.get(&nic.network);
-        let addr = status.and_then(|s| s.addresses.get(*n));
-        x.leaf("networkInterfaceId", network_interface_id(uid, *n))
+        x.leaf("networkInterfaceId", network_interface_id(uid, n))
             .opt("subnetId", net.map(|v| &v.1))
             .opt("vpcId", net.map(|v| &v.0))
             .leaf("description", "")

@@ -19,7 +19,7 @@ use corral_api_types::ec2::{
     instance_id, network_interface_id, resource_id, route_table_id, subnet_id,
 };
 use corral_api_types::net::Ipv4Cidr;
-use corral_api_types::{Instance, Network, NetworkSpec, Resource, NETWORK_PREFIX_RANGE};
+use corral_api_types::{Instance, Network, NetworkSpec, NicView, Resource, NETWORK_PREFIX_RANGE};
 
 use super::instance_view::Lookup;
 use super::instances::visible_instances;
@@ -502,11 +502,12 @@ pub async fn describe_network_interfaces(ctx: &Ctx<'_>) -> Result<Xml> {
     let instances = visible_instances(ctx).await?;
     let l = Lookup::load(ctx).await?;
     let account = ctx.account();
-    let mut rows: Vec<(String, &Instance, usize)> = instances
+    let mut rows: Vec<(String, &Instance, NicView)> = instances
         .iter()
         .filter(|i| i.metadata.deletion_timestamp.is_none())
         .flat_map(|i| {
-            (0..i.spec.nics.len()).map(move |n| (network_interface_id(&i.metadata.uid, n), i, n))
+            i.nics()
+                .map(move |n| (network_interface_id(&i.metadata.uid, n.index), i, n))
         })
         .collect();
     if let Some(missing) = ids.iter().find(|id| !rows.iter().any(|r| r.0 == **id)) {
@@ -517,9 +518,8 @@ pub async fn describe_network_interfaces(ctx: &Ctx<'_>) -> Result<Xml> {
     }
     let empty = Default::default();
     rows.retain(|(id, i, n)| {
-        let nic = &i.spec.nics[*n];
+        let (nic, addr, n) = (n.spec, n.address, n.index);
         let net = l.networks.get(&nic.network);
-        let addr = i.status.as_ref().and_then(|s| s.addresses.get(*n));
         (ids.is_empty() || ids.contains(id))
             && filters.matches(
                 |f| match f {
@@ -551,9 +551,8 @@ pub async fn describe_network_interfaces(ctx: &Ctx<'_>) -> Result<Xml> {
     let (rows, next) = page.apply(rows, |r| r.0.clone());
     let mut x = Xml::new();
     x.set("networkInterfaceSet", &rows, |x, (id, i, n)| {
-        let nic = &i.spec.nics[*n];
+        let (nic, addr, n) = (n.spec, n.address, n.index);
         let net = l.networks.get(&nic.network);
-        let addr = i.status.as_ref().and_then(|s| s.addresses.get(*n));
         let groups: Vec<(String, String)> = nic
             .security_groups
             .iter()

@@ -130,12 +130,16 @@ impl Agent {
         for i in &instances {
             let p = i.metadata.project.as_str();
             let for_ = format!("instances/{}", i.metadata.name);
-            let Some(status) = &i.status else { continue };
+            if i.status.is_none() {
+                continue;
+            }
             // (gateway, address) of each NIC the metadata service answers.
             let mut keys = Vec::new();
             let mut first: Option<(Ipv4Addr, String, Option<String>)> = None;
             let mut groups_all = Vec::new();
-            for (idx, (nic, a)) in i.spec.nics.iter().zip(&status.addresses).enumerate() {
+            for v in i.nics() {
+                let (idx, nic) = (v.index, v.spec);
+                let Some(a) = v.address else { continue };
                 let (Ok(ip), false) = (a.ip.parse::<Ipv4Addr>(), a.mac.is_empty()) else {
                     continue;
                 };
