@@ -1,7 +1,7 @@
-//! The `corral` binary: servers (`up`, `server`), client verbs and
-//! benchmarks.
+//! The `corral` binary: servers (`up`, `server`), the node agent and
+//! client verbs. `corral bench …` runs the separate `corral-bench` binary,
+//! so this one links no test harness.
 
-mod bench;
 mod client;
 mod cluster;
 mod commands;
@@ -262,145 +262,38 @@ enum Command {
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         resync_interval: u64,
     },
-    /// Measure performance; prints figures and the ratios the goals use.
+    /// Measure performance; prints figures and the ratios the goals use
+    /// (runs `corral-bench`, found beside this binary or on $PATH).
+    #[command(disable_help_flag = true)]
     Bench {
-        #[command(subcommand)]
-        what: BenchCommand,
+        /// What to measure and how (`corral bench --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
     #[command(flatten)]
     Client(commands::ClientCommand),
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Store writes: raw etcd-client puts vs the Store on etcd and embedded.
-    Store {
-        /// Use this etcd instead of starting a private one.
-        #[arg(long)]
-        etcd: Option<String>,
-        /// Operations per case.
-        #[arg(long, default_value_t = 10_000)]
-        ops: usize,
-        /// Bytes per value (a typical Instance is ~1 KiB of JSON).
-        #[arg(long, default_value_t = 1024)]
-        value_size: usize,
-        /// Concurrent writers, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,64")]
-        writers: Vec<usize>,
-    },
-    /// Simulated hosts end to end: instances created through the API
-    /// until all are Running.
-    Reconcile {
-        #[arg(long, default_value_t = 100)]
-        nodes: usize,
-        #[arg(long, default_value_t = 5_000)]
-        instances: usize,
-        #[arg(long, default_value_t = 64)]
-        clients: usize,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
-        /// Run the simulated hosts' agents inside the server's process
-        /// (by default they run in a child process, so the server's own
-        /// memory is measured alone).
-        #[arg(long)]
-        agents_in_process: bool,
-    },
-    /// The simulated hosts of `bench reconcile` when they run in a process
-    /// of their own: one agent per `NODE TOKEN` line of the file, until
-    /// standard input closes.
-    #[command(hide = true)]
-    SimHosts {
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        tokens: std::path::PathBuf,
-    },
-    /// The native API: creates and gets at N clients next to raw Store
-    /// creates, and whole-list latency, on both backends.
-    Api {
-        /// Operations per case: long enough (a second or more per case on
-        /// this machine) that one scheduling hiccup does not decide the ratio.
-        #[arg(long, default_value_t = 30_000)]
-        ops: usize,
-        #[arg(long, default_value_t = 64)]
-        clients: usize,
-        /// Instances in the listed project.
-        #[arg(long, default_value_t = 10_000)]
-        list_size: usize,
-        /// How many times the whole list is fetched.
-        #[arg(long, default_value_t = 30)]
-        list_runs: usize,
-        /// Which store backends to measure.
-        #[arg(long, value_enum, default_value_t = bench::Backends::Both)]
-        backend: bench::Backends,
-    },
-    /// The EC2 façade: RunInstances, DescribeInstances (with N instances
-    /// present) and TerminateInstances, SigV4-signed, on simulated hosts,
-    /// next to the native API doing the same in the same run.
-    Ec2 {
-        #[arg(long, default_value_t = 20)]
-        hosts: usize,
-        #[arg(long, default_value_t = 10)]
-        clients: usize,
-        /// RunInstances calls (and native creates, and terminates).
-        #[arg(long, default_value_t = 500)]
-        runs: usize,
-        /// Instances present for the DescribeInstances cases, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
-        present: Vec<usize>,
-        /// DescribeInstances calls (and native lists) per case.
-        #[arg(long, default_value_t = 1000)]
-        describes: usize,
-        /// Use a private etcd instead of the embedded store.
-        #[arg(long)]
-        etcd: bool,
-    },
-    /// A bounded mixed workload (apply, EC2 run/terminate, list, describe,
-    /// watch) against a real `corral up`, then `corral server` on etcd:
-    /// throughput, p99, errors and the server's RSS against a bound.
-    Soak {
-        /// Seconds per phase.
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
-        #[arg(long, default_value_t = 8)]
-        clients: usize,
-        #[arg(long, default_value_t = 4)]
-        watchers: usize,
-        /// Skip the etcd phase.
-        #[arg(long)]
-        no_etcd: bool,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Run each phase twice, clean and then beside abusive clients
-        /// (slow, oversized, junk paths, bad signatures), and compare the
-        /// normal clients' p99 and the server's RSS.
-        #[arg(long)]
-        abuse: bool,
-    },
-    /// Real guests: POST -> Ready through Corral on qemu:///system (1 and
-    /// N concurrent instances) next to a bare QEMU boot of the same guest
-    /// (B0), measured in the same run. Root, libvirtd running.
-    Boot {
-        /// Rounds of each kind (bare QEMU, 1 instance, N concurrent).
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Instances booted at once in the concurrent rounds.
-        #[arg(long, default_value_t = 10)]
-        concurrent: usize,
-        /// The test guest (built there by tests/images/build-guest).
-        #[arg(long, default_value = "/var/cache/corral/guest")]
-        guest_dir: PathBuf,
-        /// Give up on a round after this many seconds.
-        #[arg(long, default_value_t = 900)]
-        timeout: u64,
-        /// Also boot N bare QEMUs at once, for scale.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        bare_concurrent: bool,
-        /// Keep the temporary directory (logs, store) afterwards.
-        #[arg(long)]
-        keep: bool,
-    },
+/// `corral bench ARGS`: runs `corral-bench ARGS` — the one beside this
+/// binary (both are built into the same target directory), else the one
+/// on `$PATH` — and exits with its status.
+fn bench(args: Vec<std::ffi::OsString>) -> Result<()> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("corral-bench")))
+        .filter(|p| p.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from("corral-bench"));
+    let status = std::process::Command::new(&program)
+        .args(&args)
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "running {}: {e} (the benchmarks are their own binary: \
+                 cargo build --release -p corral-bench)",
+                program.display()
+            )
+        })?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 /// The CA an agent trusts: the file given, or the server's own CA learnt
@@ -600,108 +493,6 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Client(c) => commands::run(c).await,
-        Command::Bench { what } => match what {
-            BenchCommand::Store {
-                etcd,
-                ops,
-                value_size,
-                writers,
-            } => {
-                bench::store(bench::StoreBenchOptions {
-                    etcd,
-                    ops,
-                    value_size,
-                    writers,
-                })
-                .await
-            }
-            BenchCommand::Reconcile {
-                nodes,
-                instances,
-                clients,
-                timeout,
-                agents_in_process,
-            } => {
-                bench::reconcile(bench::ReconcileBenchOptions {
-                    nodes,
-                    instances,
-                    clients,
-                    timeout: std::time::Duration::from_secs(timeout),
-                    agents_in_process,
-                })
-                .await
-            }
-            BenchCommand::SimHosts { server, tokens } => bench::sim_hosts(&server, &tokens).await,
-            BenchCommand::Api {
-                ops,
-                clients,
-                list_size,
-                list_runs,
-                backend,
-            } => {
-                bench::api(bench::ApiBenchOptions {
-                    ops,
-                    clients,
-                    list_size,
-                    list_runs,
-                    backend,
-                })
-                .await
-            }
-            BenchCommand::Ec2 {
-                hosts,
-                clients,
-                runs,
-                present,
-                describes,
-                etcd,
-            } => {
-                bench::ec2(bench::Ec2BenchOptions {
-                    hosts,
-                    clients,
-                    runs,
-                    present,
-                    describes,
-                    etcd,
-                })
-                .await
-            }
-            BenchCommand::Soak {
-                seconds,
-                clients,
-                watchers,
-                no_etcd,
-                seed,
-                abuse,
-            } => {
-                bench::soak(bench::SoakOptions {
-                    seconds,
-                    clients,
-                    watchers,
-                    etcd: !no_etcd,
-                    seed,
-                    abuse,
-                })
-                .await
-            }
-            BenchCommand::Boot {
-                runs,
-                concurrent,
-                guest_dir,
-                timeout,
-                bare_concurrent,
-                keep,
-            } => {
-                bench::boot(bench::BootBenchOptions {
-                    runs,
-                    concurrent,
-                    guest_dir,
-                    timeout: std::time::Duration::from_secs(timeout),
-                    bare_concurrent,
-                    keep,
-                })
-                .await
-            }
-        },
+        Command::Bench { args } => bench(args),
     }
 }

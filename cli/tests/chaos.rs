@@ -64,8 +64,8 @@ use corral_node_agent::hypervisor::{
     simulated_host, DiskSpec, DomainInfo, DomainSpec, HostFacts, PowerState, Result as HvResult,
 };
 use corral_node_agent::{Agent, AgentOptions, ApiClient, Hypervisor, Libvirt};
-use corral_store::etcd_server::{EtcdCluster, EtcdServer};
 use corral_store::{EmbeddedStore, EtcdStore, Store};
+use corral_test_support::{EtcdCluster, EtcdServer};
 use serde_json::{json, Value};
 
 #[path = "common/seeded.rs"]

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use corral_store::etcd_server::EtcdServer;
+use corral_test_support::EtcdServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_corral");
 

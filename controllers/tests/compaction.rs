@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use corral_api_types::{Network, NetworkSpec, Resource};
 use corral_controllers::compactor;
-use corral_store::etcd_server::EtcdServer;
 use corral_store::{EmbeddedStore, EtcdStore, ResourceStore, Store, StoreError};
+use corral_test_support::EtcdServer;
 
 async fn churn(store: &ResourceStore, name: &str, n: usize) -> i64 {
     let spec = NetworkSpec {

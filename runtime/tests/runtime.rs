@@ -13,8 +13,8 @@ use corral_runtime::{
     Action, Change, Controller, LeaderElection, ObjectRef, QueueOptions, ReconcileError,
     Reconciler, Reflector,
 };
-use corral_store::etcd_server::EtcdServer;
 use corral_store::{EmbeddedStore, EtcdStore, ResourceStore};
+use corral_test_support::EtcdServer;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;

@@ -26,7 +26,6 @@ pub mod blobs;
 mod contract;
 mod embedded;
 mod etcd;
-pub mod etcd_server;
 pub mod import;
 pub mod secrets;
 mod typed;

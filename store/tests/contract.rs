@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_store::etcd_server::EtcdServer;
 use corral_store::{
     EmbeddedStore, EtcdStore, KeyValue, ListOptions, Store, StoreError, WatchEvent, WatchStream,
 };
+use corral_test_support::EtcdServer;
 
 /// A store plus whatever keeps it alive.
 struct Harness {

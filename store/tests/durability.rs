@@ -1,14 +1,70 @@
 //! Kill -9 a process in the middle of a write burst to the embedded store:
 //! every write it acknowledged must be there on reopen, and the file must be
 //! intact and writable.
+//!
+//! The writer is this same test binary started again with
+//! `CORRAL_STORE_WRITER=PATH PREFIX WRITERS` in its environment (the file
+//! has its own `main`), so the store crate ships no test binary.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use corral_store::{EmbeddedStore, ListOptions, Store};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+const WRITER_ENV: &str = "CORRAL_STORE_WRITER";
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match std::env::var(WRITER_ENV) {
+        Ok(args) => runtime.block_on(writer(&args)),
+        Err(_) => {
+            runtime.block_on(sigkill_mid_stream_loses_no_acknowledged_write());
+            println!("test sigkill_mid_stream_loses_no_acknowledged_write ... ok");
+        }
+    }
+}
+
+/// Writes keys as fast as it can, printing `ack <key> <revision>` for each
+/// write only after the store acknowledged it, until killed.
+async fn writer(args: &str) {
+    let mut args = args.split(' ');
+    let (Some(path), Some(prefix), Some(writers)) = (args.next(), args.next(), args.next()) else {
+        panic!("{WRITER_ENV} must be \"PATH PREFIX WRITERS\"");
+    };
+    let writers: usize = writers.parse().expect("WRITERS is a number");
+    let store = Arc::new(EmbeddedStore::open(std::path::Path::new(path)).expect("open store"));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for w in 0..writers {
+        let store = store.clone();
+        let tx = tx.clone();
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            for i in 0u64.. {
+                let key = format!("{prefix}{w}/{i}");
+                let rev = store
+                    .create(&key, format!("value-{w}-{i}").into_bytes())
+                    .await
+                    .expect("write");
+                if tx.send(format!("ack {key} {rev}\n")).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut out = std::io::stdout().lock();
+    while let Some(line) = rx.recv().await {
+        out.write_all(line.as_bytes()).expect("stdout");
+        out.flush().expect("stdout");
+    }
+}
+
 async fn sigkill_mid_stream_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
@@ -16,10 +72,8 @@ async fn sigkill_mid_stream_loses_no_acknowledged_write() {
 
     for round in 0..3 {
         let prefix = format!("/d/{round}/");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corral-store-writer"))
-            .arg(&path)
-            .arg(&prefix)
-            .arg("16")
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .env(WRITER_ENV, format!("{} {prefix} 16", path.display()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_api_types::{resource, Resource};
-use corral_store::etcd_server::EtcdServer;
 use corral_store::{
     object_key, EmbeddedStore, EtcdStore, ListOptions, ObjectEvent, ResourceStore, Store,
     StoreError,
 };
+use corral_test_support::EtcdServer;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

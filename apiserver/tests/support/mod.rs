@@ -8,8 +8,8 @@ use std::sync::Arc;
 use corral_api_types::auth::{Role, UserSpec};
 use corral_apiserver::auth::create_user;
 use corral_apiserver::{bootstrap, ApiState};
-use corral_store::etcd_server::EtcdServer;
 use corral_store::{EmbeddedStore, EtcdStore, ResourceStore, Store};
+use corral_test_support::EtcdServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

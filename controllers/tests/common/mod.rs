@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use corral_api_types::seeded_instance_types;
 use corral_controllers::{ControllerManager, ControllerOptions};
-use corral_store::etcd_server::EtcdServer;
 use corral_store::{EmbeddedStore, EtcdStore, ResourceStore, Store};
+use corral_test_support::EtcdServer;
 use tokio::sync::watch;
 
 pub struct Env {

@@ -23,9 +23,9 @@ use anyhow::{Context, Result};
 use corral_api_types::auth::{Role, UserSpec};
 use corral_api_types::{Image, Resource};
 use corral_controllers::ControllerOptions;
-use corral_e2e::{Backend, Cluster};
+use corral_test_support::{Backend, Cluster};
 
-use super::{header, measure, Figures};
+use crate::figures::{header, measure, Figures};
 
 pub struct Ec2BenchOptions {
     /// Simulated hosts.

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use corral_api_types::{ConditionStatus, Instance, InstancePhase, Network, Node};
 use corral_controllers::ControllerOptions;
-use corral_e2e::{Backend, Cluster};
 use corral_node_agent::hypervisor::{domain_name, DomainSpec, Hypervisor, PowerState};
 use corral_store::ListOptions;
+use corral_test_support::{Backend, Cluster};
 use reqwest::Method;
 
 fn examples() -> String {

@@ -1,4 +1,4 @@
-//! A whole Corral in one process for end-to-end tests and benchmarks: a
+//! A whole Corral in one process: a
 //! store (etcd or embedded), the native API on a loopback port, the
 //! controllers, and any number of node agents on libvirt's
 //! `test:///default` driver — each its own simulated host.
@@ -15,9 +15,10 @@ use corral_apiserver::auth::create_user;
 use corral_apiserver::{bootstrap, ApiState};
 use corral_controllers::{ControllerManager, ControllerOptions};
 use corral_node_agent::{Agent, AgentOptions, ApiClient, Hypervisor, Libvirt};
-use corral_store::etcd_server::EtcdServer;
 use corral_store::{EmbeddedStore, EtcdStore, ResourceStore, Store};
 use tokio::sync::watch;
+
+use crate::etcd::EtcdServer;
 
 /// A running agent and the simulated host it drives.
 pub struct SimHost {

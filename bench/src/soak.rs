@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{abuse, percentile};
+use crate::abuse;
+use crate::figures::percentile;
 
 pub struct SoakOptions {
     pub seconds: u64,
@@ -114,7 +115,7 @@ struct Target {
     /// The process whose RSS is watched.
     server_pid: u32,
     _procs: Vec<Proc>,
-    _etcd: Option<corral_store::etcd_server::EtcdCluster>,
+    _etcd: Option<corral_test_support::EtcdCluster>,
     _dir: tempfile::TempDir,
 }
 
@@ -141,7 +142,7 @@ fn token_from_config(path: &std::path::Path) -> Result<String> {
 }
 
 fn spawn(dir: &std::path::Path, args: &[&str], log: &str) -> Result<Proc> {
-    let exe = std::env::current_exe()?;
+    let exe = crate::corral_exe()?;
     let home = dir.join("home");
     std::fs::create_dir_all(&home)?;
     let child = Command::new(exe)
@@ -203,7 +204,7 @@ async fn up_target(http: &reqwest::Client) -> Result<Target> {
 
 async fn etcd_target(http: &reqwest::Client) -> Result<Target> {
     let dir = tempfile::Builder::new().prefix("corral-soak-").tempdir()?;
-    let etcd = corral_store::etcd_server::EtcdCluster::start(3)
+    let etcd = corral_test_support::EtcdCluster::start(3)
         .await
         .context("starting a private 3-member etcd cluster")?;
     let (api_port, ec2_port) = (free_port()?, free_port()?);
@@ -293,7 +294,7 @@ impl Tally {
 
 /// One signed EC2 call: (HTTP status, body), or why it was not answered.
 async fn ec2_call(
-    client: &super::ec2::Ec2Client,
+    client: &crate::ec2::Ec2Client,
     action: &str,
     params: &[(&str, &str)],
 ) -> Result<(u16, String), String> {
@@ -368,7 +369,7 @@ async fn run(label: &str, t: &Target, o: &SoakOptions, abused: bool) -> Result<R
         .as_str()
         .context("secret")?
         .to_string();
-    let ec2c = Arc::new(super::ec2::Ec2Client {
+    let ec2c = Arc::new(crate::ec2::Ec2Client {
         http: http.clone(),
         url: t.ec2.clone(),
         host: t.ec2.trim_start_matches("http://").to_string(),
@@ -379,7 +380,7 @@ async fn run(label: &str, t: &Target, o: &SoakOptions, abused: bool) -> Result<R
     let (_, images) = ec2_call(&ec2c, "DescribeImages", &[])
         .await
         .map_err(anyhow::Error::msg)?;
-    let ami = super::ec2::all_of(&images, "imageId")
+    let ami = crate::ec2::all_of(&images, "imageId")
         .first()
         .copied()
         .context("DescribeImages lists the image")?
@@ -493,7 +494,7 @@ async fn run(label: &str, t: &Target, o: &SoakOptions, abused: bool) -> Result<R
                         )
                         .await;
                         if let Ok((200, xml)) = &r {
-                            if let Some(id) = super::ec2::all_of(xml, "instanceId").first() {
+                            if let Some(id) = crate::ec2::all_of(xml, "instanceId").first() {
                                 ec2_ids.push(id.to_string());
                             }
                         }

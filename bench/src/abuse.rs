@@ -35,8 +35,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::percentile;
-use super::soak::Mix;
+use crate::figures::percentile;
+use crate::soak::Mix;
 
 /// The slow-header peers; each opens [`SLOW_PER_PEER`] connections to each
 /// listener: 400 in all.
@@ -213,13 +213,13 @@ pub(super) fn start(abusers: Abusers, until: Instant) -> Running {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let cpu = super::soak::cpu_secs("/proc/thread-self/stat");
+        let cpu = crate::soak::cpu_secs("/proc/thread-self/stat");
         // Local tasks: one thread, and an exchange's byte count in a Cell.
         let (tally, metrics) = tokio::task::LocalSet::new().block_on(&rt, run(abusers, until))?;
         let kinds = std::mem::take(&mut *tally.0.lock().expect("tally"));
         Ok(Report {
             kinds,
-            cpu: super::soak::cpu_secs("/proc/thread-self/stat") - cpu,
+            cpu: crate::soak::cpu_secs("/proc/thread-self/stat") - cpu,
             metrics,
         })
     }))
@@ -678,7 +678,7 @@ async fn run(a: Abusers, until: Instant) -> Result<(Tally, [(usize, usize); 3])>
         .local_address(IpAddr::V4(BAD_SIG_PEER))
         .timeout(Duration::from_secs(10))
         .build()?;
-    let signer = |key: &str| super::ec2::Ec2Client {
+    let signer = |key: &str| crate::ec2::Ec2Client {
         http: sig_http.clone(),
         url: a.ec2_url.clone(),
         host: a.ec2.to_string(),
@@ -697,7 +697,7 @@ async fn run(a: Abusers, until: Instant) -> Result<(Tally, [(usize, usize); 3])>
                 let outcome = match c.send("DescribeInstances", &[]).await {
                     Ok((status, body)) => {
                         let xml = String::from_utf8_lossy(body.as_ref()).into_owned();
-                        let code = super::ec2::all_of(&xml, "Code")
+                        let code = crate::ec2::all_of(&xml, "Code")
                             .first()
                             .copied()
                             .unwrap_or("")
