@@ -2,128 +2,14 @@
 //! and the embedded file): semantics, admission, selectors, pagination,
 //! watches, auth and tenancy.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use corral_api_types::auth::{Role, UserSpec};
-use corral_apiserver::auth::create_user;
-use corral_apiserver::{bootstrap, ApiState};
-use corral_store::{EmbeddedStore, EtcdStore, ResourceStore, Store};
-use corral_test_support::EtcdServer;
+use corral_api_types::auth::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    admin: String,
-    store: ResourceStore,
-    _etcd: Option<EtcdServer>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn start(
-    raw: Arc<dyn Store>,
-    etcd: Option<EtcdServer>,
-    dir: Option<tempfile::TempDir>,
-) -> Api {
-    let store = ResourceStore::new(raw);
-    let boot = bootstrap(&store, "admin").await.unwrap();
-    let admin = boot.admin.expect("first bootstrap creates the admin").token;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    // As `corral up` does: image files beneath its default import
-    // directory only.
-    let imports = corral_store::import::ImportPolicy::new(
-        vec![corral_store::import::DEFAULT_IMPORT_DIR.into()],
-        Vec::new(),
-    )
-    .unwrap();
-    let state = ApiState::with_imports(store.clone(), imports);
-    tokio::spawn(corral_apiserver::serve(
-        state,
-        listener,
-        std::future::pending(),
-    ));
-    Api {
-        base,
-        http: reqwest::Client::new(),
-        admin,
-        store,
-        _etcd: etcd,
-        _dir: dir,
-    }
-}
-
-async fn etcd() -> Api {
-    let server = EtcdServer::start().await.expect("start a real etcd");
-    let raw = EtcdStore::connect(&[server.endpoint()]).await.unwrap();
-    start(Arc::new(raw), Some(server), None).await
-}
-
-async fn embedded() -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
-    start(Arc::new(raw), None, Some(dir)).await
-}
-
-impl Api {
-    async fn call(
-        &self,
-        token: &str,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(&self.admin, Method::GET, path, None).await
-    }
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(&self.admin, Method::POST, path, Some(body)).await
-    }
-    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(&self.admin, Method::PUT, path, Some(body)).await
-    }
-    async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.call(&self.admin, Method::DELETE, path, None).await
-    }
-
-    async fn project(&self, name: &str) {
-        let (code, body) = self
-            .post("/v1/projects", json!({"metadata": {"name": name}}))
-            .await;
-        assert_eq!(code, StatusCode::CREATED, "{body}");
-    }
-
-    async fn member(&self, name: &str, project: &str) -> String {
-        create_user(
-            &self.store,
-            name,
-            UserSpec {
-                role: Role::Member,
-                project: project.into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .token
-    }
-}
+use support::{embedded, etcd, Api};
 
 fn network(name: &str, cidr: &str) -> Value {
     json!({"apiVersion": "corral/v1", "kind": "Network", "metadata": {"name": name}, "spec": {"cidr": cidr, "mode": "nat"}})
@@ -149,7 +35,7 @@ fn causes(body: &Value) -> Vec<String> {
 }
 
 async fn crud_semantics(api: Api) {
-    api.project("demo").await;
+    api.project("demo", json!({})).await;
     let base = "/v1/projects/demo/networks";
     let (code, created) = api.post(base, network("lan", "10.1.0.0/24")).await;
     assert_eq!(code, StatusCode::CREATED, "{created}");
@@ -274,7 +160,7 @@ async fn crud_semantics(api: Api) {
     api.delete(&format!("{base}/keep")).await;
     let (code, body) = api.delete("/v1/projects/demo").await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    api.project("demo").await;
+    api.project("demo", json!({})).await;
     // Cluster kinds have no project.
     let (code, body) = api
         .post(
@@ -304,7 +190,7 @@ async fn crud_semantics(api: Api) {
 }
 
 async fn admission_lists_every_problem(api: Api) {
-    api.project("demo").await;
+    api.project("demo", json!({})).await;
     let bad = json!({
         "kind": "Instance",
         "metadata": {"name": "Bad_Name"},
@@ -382,7 +268,7 @@ async fn admission_lists_every_problem(api: Api) {
 }
 
 async fn finalizers_hold_deletion(api: Api) {
-    api.project("demo").await;
+    api.project("demo", json!({})).await;
     let mut n = network("held", "10.4.0.0/24");
     n["metadata"]["finalizers"] = json!(["corral/test"]);
     let (code, _) = api.post("/v1/projects/demo/networks", n).await;
@@ -410,7 +296,7 @@ async fn finalizers_hold_deletion(api: Api) {
 }
 
 async fn list_selectors_and_pages(api: Api) {
-    api.project("demo").await;
+    api.project("demo", json!({})).await;
     for i in 0..25 {
         let tier = if i % 2 == 0 { "web" } else { "db" };
         let (code, b) = api
@@ -565,7 +451,7 @@ impl WatchReader {
 }
 
 async fn watch_streams(api: Api) {
-    api.project("demo").await;
+    api.project("demo", json!({})).await;
     let base = "/v1/projects/demo/networks";
     api.post(base, network("pre", "10.5.0.0/24")).await;
     // Without a version: current objects as ADDED first.
@@ -645,8 +531,8 @@ async fn watch_streams(api: Api) {
 }
 
 async fn tenancy_and_auth(api: Api) {
-    api.project("a").await;
-    api.project("b").await;
+    api.project("a", json!({})).await;
+    api.project("b", json!({})).await;
     let alice = api.member("alice", "a").await;
     let bob = api.member("bob", "b").await;
     let (code, _) = api
@@ -773,18 +659,7 @@ async fn tenancy_and_auth(api: Api) {
     assert_eq!(code, StatusCode::OK, "the other token still works");
 
     // Node agents see what is bound to them, and write only its status.
-    let node = create_user(
-        &api.store,
-        "agent-n1",
-        UserSpec {
-            role: Role::Node,
-            node_name: "n1".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-    .token;
+    let node = api.user("agent-n1", Role::Node, "", "n1").await;
     for (name, bound) in [("mine", "n1"), ("theirs", "n2")] {
         let (_, obj) = api
             .post("/v1/projects/a/instances", instance(name, json!({})))
@@ -847,19 +722,8 @@ async fn tenancy_and_auth(api: Api) {
 /// watch's copy of the object, and are then still checked like any other:
 /// the node's reach, the revision, and nothing but status written.
 async fn node_watches_and_status_writes(api: Api) {
-    api.project("a").await;
-    let node = create_user(
-        &api.store,
-        "agent-n1",
-        UserSpec {
-            role: Role::Node,
-            node_name: "n1".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-    .token;
+    api.project("a", json!({})).await;
+    let node = api.user("agent-n1", Role::Node, "", "n1").await;
     let mut made = Vec::new();
     for name in ["mine", "other"] {
         let (code, obj) = api
@@ -970,7 +834,7 @@ async fn node_watches_and_status_writes(api: Api) {
 }
 
 async fn apply_creates_configures_and_leaves_unchanged(api: Api) {
-    api.project("demo").await;
+    api.project("demo", json!({})).await;
     let mut n = network("lan", "10.10.0.0/24");
     n["metadata"]["project"] = json!("demo");
     let (code, r) = api.post("/v1/apply", n.clone()).await;

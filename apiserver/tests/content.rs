@@ -2,111 +2,41 @@
 //! recorded in the Image's status, downloads for nodes, console writes by
 //! the instance's node only, bounded to the newest 64 KiB.
 
-use std::sync::Arc;
-
-use corral_api_types::auth::{Role, UserSpec};
+use corral_api_types::auth::Role;
 use corral_api_types::{Instance, InstanceSpec, InstanceStatus, Resource};
-use corral_apiserver::auth::create_user;
-use corral_apiserver::{bootstrap, ApiState};
 use corral_store::blobs::BlobStore;
-use corral_store::{EmbeddedStore, ResourceStore};
+use corral_test_support::ApiServer;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    admin: String,
-    store: ResourceStore,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(with_blobs: bool) -> Api {
+async fn start(with_blobs: bool) -> ApiServer {
     start_with(with_blobs, None).await
 }
 
 /// A server with a blob store under the test's directory and, with
 /// `upload_limit`, that image upload limit.
-async fn start_with(with_blobs: bool, upload_limit: Option<u64>) -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
-    let store = ResourceStore::new(Arc::new(raw));
-    let admin = bootstrap(&store, "admin")
-        .await
-        .unwrap()
-        .admin
-        .unwrap()
-        .token;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = ApiState::new(store.clone());
+async fn start_with(with_blobs: bool, upload_limit: Option<u64>) -> ApiServer {
+    let api = ApiServer::embedded().await;
     if with_blobs {
-        state.set_blobs(BlobStore::open(&dir.path().join("blobs")).unwrap());
+        let dir = api.dir().expect("embedded store's directory");
+        api.state
+            .set_blobs(BlobStore::open(&dir.join("blobs")).unwrap());
     }
     if let Some(limit) = upload_limit {
-        state.set_image_upload_limit(limit);
+        api.state.set_image_upload_limit(limit);
     }
-    tokio::spawn(corral_apiserver::serve(
-        state,
-        listener,
-        std::future::pending(),
-    ));
-    Api {
-        base,
-        http: reqwest::Client::new(),
-        admin,
-        store,
-        _dir: dir,
-    }
+    api
 }
 
-impl Api {
-    async fn send(
-        &self,
-        token: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Vec<u8>,
-    ) -> (StatusCode, Vec<u8>) {
-        let resp = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.bytes().await.unwrap().to_vec())
-    }
+trait AdminJson {
+    /// The admin's JSON request; the status and body (null when not JSON).
+    async fn json(&self, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value);
+}
 
+impl AdminJson for ApiServer {
     async fn json(&self, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.admin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn user(&self, name: &str, role: Role, project: &str, node: &str) -> String {
-        create_user(
-            &self.store,
-            name,
-            UserSpec {
-                role,
-                project: project.into(),
-                node_name: node.into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .token
+        let (code, v) = self.call(&self.admin, method, path, Some(body)).await;
+        (code, if v.is_string() { Value::Null } else { v })
     }
 }
 
@@ -426,7 +356,7 @@ async fn uploads_past_the_limit_are_refused_and_leave_nothing() {
         .await;
     assert_eq!(c, StatusCode::CREATED, "{b}");
     let url = format!("{}/v1/projects/p/images/up/content", api.base);
-    let blobs = api._dir.path().join("blobs");
+    let blobs = api.dir().unwrap().join("blobs");
 
     // Declared: refused before a byte is read.
     let (c, b) = api
