@@ -60,6 +60,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use corral_client::{Client, ClientError};
 use corral_node_agent::hypervisor::{
     simulated_host, DiskSpec, DomainInfo, DomainSpec, HostFacts, PowerState, Result as HvResult,
 };
@@ -155,12 +156,13 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A client of the native API.
+/// The native API through `corral-client`, with the calls this suite
+/// judges itself.
 #[derive(Clone)]
 struct Api {
     base: String,
     token: String,
-    http: reqwest::Client,
+    client: Client,
 }
 
 impl Api {
@@ -168,30 +170,26 @@ impl Api {
         Api {
             base: base.to_string(),
             token: token.to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("http client"),
+            client: Client::with_ca(base, token, None)
+                .expect("API client")
+                .with_timeout(Duration::from_secs(10)),
         }
     }
 
+    fn set_token(&mut self, token: String) {
+        self.client = self.client.with_token(&token);
+        self.token = token;
+    }
+
+    /// The status and body (null when not JSON); Err when nothing answered.
     async fn try_call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(u16, Value), reqwest::Error> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await?;
-        let code = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    ) -> Result<(u16, Value), ClientError> {
+        let (code, v) = self.client.exchange(method, path, body).await?;
+        Ok((code.as_u16(), if v.is_string() { Value::Null } else { v }))
     }
 
     /// A request that must get a 2xx.
@@ -206,43 +204,20 @@ impl Api {
 
     async fn healthy(&self) -> bool {
         matches!(
-            self.http.get(format!("{}/healthz", self.base)).send().await,
-            Ok(r) if r.status().is_success()
+            self.client.exchange(reqwest::Method::GET, "/healthz", None).await,
+            Ok((code, _)) if code.is_success()
         )
     }
 
     /// Every item of a list path (following continue tokens), and the
-    /// revision of the first page.
+    /// list's revision.
     async fn list_all(&self, path: &str) -> Result<(Vec<Value>, String), String> {
-        let mut items = Vec::new();
-        let mut cont = String::new();
-        let mut rev = String::new();
-        loop {
-            let sep = if path.contains('?') { '&' } else { '?' };
-            let url = if cont.is_empty() {
-                format!("{path}{sep}limit=500")
-            } else {
-                format!("{path}{sep}limit=500&continue={cont}")
-            };
-            let (code, v) = self
-                .try_call(reqwest::Method::GET, &url, None)
-                .await
-                .map_err(|e| e.to_string())?;
-            if code != 200 {
-                return Err(format!("GET {url}: {code} {v}"));
-            }
-            if rev.is_empty() {
-                rev = v["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-            items.extend(v["items"].as_array().cloned().unwrap_or_default());
-            match v["metadata"]["continue"].as_str() {
-                Some(c) if !c.is_empty() => cont = c.to_string(),
-                _ => return Ok((items, rev)),
-            }
-        }
+        let list = self
+            .client
+            .list_all(path, &[])
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        Ok((list.items, list.resource_version))
     }
 }
 
@@ -484,7 +459,7 @@ async fn wait_up(up: &mut Up, config: &Path) {
     while t0.elapsed() < Duration::from_secs(30) {
         if up.api.healthy().await {
             if let Some(t) = config_token(config) {
-                up.api.token = t;
+                up.api.set_token(t);
                 return;
             }
         }
@@ -976,7 +951,9 @@ async fn watchers_behind_etcd_compaction_relist_and_miss_nothing() {
         &["--write-config", "--controllers", "false"],
     );
     wait_healthy(&mut server).await;
-    server.api.token = wait_config_token(&dir.path().join("home")).await;
+    server
+        .api
+        .set_token(wait_config_token(&dir.path().join("home")).await);
     let api = server.api.clone();
     api.ok(
         reqwest::Method::POST,
@@ -1515,7 +1492,7 @@ async fn send(
             Ok((code, v)) if (200..300).contains(&code) => return Outcome::Acked(v),
             Ok((code, v)) if (400..500).contains(&code) => return Outcome::Refused(code, v),
             Ok(_) => return Outcome::Unknown,
-            Err(e) if e.is_connect() => continue,
+            Err(ClientError::Unreachable { .. }) => continue,
             Err(_) => return Outcome::Unknown,
         }
     }

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use corral_client::Client;
 use corral_test_support::EtcdServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_corral");
@@ -228,31 +229,43 @@ fn spawn_logged(
     (Server { child }, format!("http://{listen}"))
 }
 
-/// The native API of one server, as the admin.
+/// The native API of one server, as the admin, through `corral-client`.
 struct Api {
     base: String,
     token: String,
-    http: reqwest::Client,
+    client: Client,
 }
 
 impl Api {
+    fn new(base: &str, token: String) -> Api {
+        let client = Client::with_ca(base, &token, None)
+            .expect("API client")
+            .with_timeout(Duration::from_secs(5));
+        Api {
+            base: base.to_string(),
+            token,
+            client,
+        }
+    }
+
+    fn set_token(&mut self, token: String) {
+        self.client = self.client.with_token(&token);
+        self.token = token;
+    }
+
+    /// The status and body (null when not JSON); Err when nothing answered.
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), String> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
-        let code = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| e.to_string())?;
-        Ok((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        let (code, v) = self
+            .client
+            .exchange(method, path, body.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((code.as_u16(), if v.is_string() { Value::Null } else { v }))
     }
 
     async fn create(&self, path: &str, body: Value) {
@@ -331,14 +344,7 @@ fn api(base: &str, home: &std::path::Path) -> Api {
         .find_map(|l| l.strip_prefix("token: "))
         .map(|t| t.trim().trim_matches('\'').trim_matches('"').to_string())
         .unwrap_or_default();
-    Api {
-        base: base.to_string(),
-        token,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-    }
+    Api::new(base, token)
 }
 
 /// Every write etcd kept under `/corral/instances/cut/` and
@@ -504,7 +510,7 @@ async fn leader_cut_off(how: Cut) {
     }
     // Server a's admin token works on both (credentials live in etcd).
     let token = apis[0].token.clone();
-    apis[1].token = token;
+    apis[1].set_token(token);
 
     let mut leader = None;
     let deadline = Instant::now() + Duration::from_secs(30);

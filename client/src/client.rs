@@ -262,6 +262,8 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     token: String,
+    /// How long one request may take (not streams, downloads or uploads).
+    timeout: Duration,
 }
 
 /// Heartbeat asked of watch streams; a stream silent for three of them is
@@ -296,6 +298,7 @@ impl Client {
             http,
             base,
             token: token.to_string(),
+            timeout: Duration::from_secs(60),
         })
     }
 
@@ -381,13 +384,7 @@ impl Client {
         query: &[(&str, &str)],
     ) -> Result<Vec<u8>, ClientError> {
         let response = self
-            .send(
-                Method::GET,
-                path,
-                query,
-                None,
-                Some(Duration::from_secs(60)),
-            )
+            .send(Method::GET, path, query, None, Some(self.timeout))
             .await?;
         Ok(response
             .bytes()
@@ -433,7 +430,7 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
         let response = self
-            .send(method, path, query, body, Some(Duration::from_secs(60)))
+            .send(method, path, query, body, Some(self.timeout))
             .await?;
         let bytes = response
             .bytes()
@@ -468,7 +465,7 @@ impl Client {
             .request(method, url)
             .bearer_auth(&self.token)
             .header(reqwest::header::ACCEPT, "application/json")
-            .timeout(Duration::from_secs(60));
+            .timeout(self.timeout);
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -493,10 +490,15 @@ impl Client {
     /// The same server and connection pool, speaking with another token.
     pub fn with_token(&self, token: &str) -> Client {
         Client {
-            http: self.http.clone(),
-            base: self.base.clone(),
             token: token.to_string(),
+            ..self.clone()
         }
+    }
+
+    /// The same client, giving up on a request after `timeout` (60 s by
+    /// default; watches, downloads and uploads are not bounded by it).
+    pub fn with_timeout(self, timeout: Duration) -> Client {
+        Client { timeout, ..self }
     }
 
     pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ClientError> {

@@ -3,45 +3,39 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
-use futures_util::StreamExt;
+use corral_client::{Client, WatcherEvent};
 use serde_json::Value;
 
 use super::*;
 
+/// The admin's client, with the calls the rounds judge themselves.
 #[derive(Clone)]
 pub(super) struct Api {
     pub(super) url: String,
-    pub(super) token: String,
-    pub(super) http: reqwest::Client,
+    pub(super) client: Client,
 }
 
 impl Api {
+    pub(super) fn new(url: String, token: &str) -> Result<Api> {
+        let client = Client::with_ca(&url, token, None)?;
+        Ok(Api { url, client })
+    }
+
     pub(super) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value)> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(60));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
+        let (code, v) = self
+            .client
+            .exchange(method.clone(), path, body)
             .await
             .with_context(|| format!("{method} {path}"))?;
-        let code = resp.status().as_u16();
-        let bytes = resp.bytes().await?;
-        let v = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Ok((code, v))
+        Ok((code.as_u16(), v))
     }
 
     pub(super) async fn ok(
@@ -86,14 +80,6 @@ pub(super) fn has_true_condition(obj: &Value, type_: &str) -> bool {
         cs.iter()
             .any(|c| c["type"] == type_ && c["status"] == "True")
     })
-}
-
-pub(super) fn resource_version(obj: &Value) -> Option<String> {
-    match &obj["metadata"]["resourceVersion"] {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 /// When the watch first showed each milestone of an instance.
@@ -151,19 +137,11 @@ impl Watcher {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    /// Lists the project: every item observed, names no longer listed
-    /// are gone; answers the list's revision.
-    pub(super) async fn relist(&self, api: &Api) -> Result<String> {
-        let list = api
-            .ok(
-                reqwest::Method::GET,
-                &format!("/v1/projects/{PROJECT}/instances"),
-                None,
-            )
-            .await?;
-        let now = Instant::now();
+    /// The whole set after a (re)list: every item observed, names no
+    /// longer listed are gone.
+    fn restarted(&self, items: &[Value], now: Instant) {
         let mut listed = HashSet::new();
-        for item in list["items"].as_array().into_iter().flatten() {
+        for item in items {
             self.observe(item, now);
             if let Some(n) = item["metadata"]["name"].as_str() {
                 listed.insert(n.to_string());
@@ -173,78 +151,33 @@ impl Watcher {
         for n in known.iter().filter(|n| !listed.contains(*n)) {
             self.gone(n, now);
         }
-        self.bump();
-        resource_version(&list).context("the instance list has no resourceVersion")
     }
 
-    /// Follows the project's instances until aborted, resuming after
-    /// disconnects and relisting when the revision expired.
+    /// Follows the project's instances until aborted, on corral-client's
+    /// watcher (list, watch, resume, relist on 410).
     pub(super) async fn run(self, api: Api) {
-        let mut rv: Option<String> = None;
+        let mut watcher = api
+            .client
+            .watcher(&format!("/v1/projects/{PROJECT}/instances"), &[]);
         loop {
-            let from = match rv.clone() {
-                Some(rv) => rv,
-                None => match self.relist(&api).await {
-                    Ok(rv) => rv,
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "bench watch: relist failed");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                },
+            let event = match watcher.next().await {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bench watch");
+                    continue;
+                }
             };
-            rv = Some(from.clone());
-            let resp = api
-                .http
-                .get(format!(
-                    "{}/v1/projects/{PROJECT}/instances?watch=true&resourceVersion={from}",
-                    api.url
-                ))
-                .bearer_auth(&api.token)
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status().as_u16() == 410 => rv = None,
-                Ok(r) if r.status().is_success() => {
-                    let mut stream = r.bytes_stream();
-                    let mut buf: Vec<u8> = Vec::new();
-                    while let Some(Ok(chunk)) = stream.next().await {
-                        let now = Instant::now();
-                        buf.extend_from_slice(&chunk);
-                        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = buf.drain(..=pos).collect();
-                            let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
-                                continue;
-                            };
-                            let obj = &ev["object"];
-                            match ev["type"].as_str().unwrap_or("") {
-                                "ADDED" | "MODIFIED" => self.observe(obj, now),
-                                "DELETED" => {
-                                    if let Some(n) = obj["metadata"]["name"].as_str() {
-                                        self.gone(n, now);
-                                    }
-                                }
-                                "ERROR" => {
-                                    rv = None;
-                                    continue;
-                                }
-                                _ => {}
-                            }
-                            if rv.is_some() {
-                                if let Some(v) = resource_version(obj) {
-                                    rv = Some(v);
-                                }
-                            }
-                            self.bump();
-                        }
-                        if rv.is_none() {
-                            break;
-                        }
+            let now = Instant::now();
+            match event {
+                WatcherEvent::Restarted(items) => self.restarted(&items, now),
+                WatcherEvent::Added(obj) | WatcherEvent::Modified(obj) => self.observe(&obj, now),
+                WatcherEvent::Deleted(obj) => {
+                    if let Some(n) = obj["metadata"]["name"].as_str() {
+                        self.gone(n, now);
                     }
                 }
-                _ => {}
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.bump();
         }
     }
 

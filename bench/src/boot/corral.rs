@@ -90,11 +90,7 @@ impl Env {
                     let text = std::fs::read_to_string(&config)?;
                     let c: UpConfig = yaml_serde::from_str(&text)
                         .with_context(|| format!("reading {}", config.display()))?;
-                    return Ok(Api {
-                        url,
-                        token: c.token,
-                        http,
-                    });
+                    return Api::new(url, &c.token);
                 }
                 if let Some(Ok(Some(_))) = self.up.as_mut().map(|c| c.try_wait()) {
                     break;
