@@ -506,6 +506,13 @@ mod tests {
         })
     }
 
+    /// The error parsing [`instance_json`] after `edit` made it invalid.
+    fn instance_json_error(edit: impl FnOnce(&mut serde_json::Value)) -> ParseError {
+        let mut v = instance_json();
+        edit(&mut v);
+        AnyObject::from_json_value(v).unwrap_err()
+    }
+
     #[test]
     fn dispatches_on_kind_and_round_trips() {
         let mut obj = AnyObject::from_json_value(instance_json()).unwrap();
@@ -538,9 +545,7 @@ mod tests {
 
     #[test]
     fn unknown_field_at_depth_names_its_path() {
-        let mut v = instance_json();
-        v["spec"]["nics"][0] = json!({"netwrok": "lan"});
-        let err = AnyObject::from_json_value(v).unwrap_err();
+        let err = instance_json_error(|v| v["spec"]["nics"][0] = json!({"netwrok": "lan"}));
         let ParseError::Field {
             object,
             path,
@@ -563,34 +568,28 @@ mod tests {
 
     #[test]
     fn type_errors_and_missing_fields_name_their_path() {
-        let mut v = instance_json();
-        v["spec"]["cpus"] = json!("two");
-        let err = AnyObject::from_json_value(v).unwrap_err().to_string();
+        let err = instance_json_error(|v| v["spec"]["cpus"] = json!("two"));
         assert_eq!(
-            err,
+            err.to_string(),
             "Instance demo/web: spec.cpus: invalid type: string \"two\", expected u32"
         );
 
-        let mut v = instance_json();
-        v["spec"]["nics"][0] = json!({"fixedIp": "10.0.0.1"});
-        let err = AnyObject::from_json_value(v).unwrap_err().to_string();
+        let err = instance_json_error(|v| v["spec"]["nics"][0] = json!({"fixedIp": "10.0.0.1"}));
         assert_eq!(
-            err,
+            err.to_string(),
             "Instance demo/web: spec.nics[0]: missing field \"network\""
         );
 
-        let mut v = instance_json();
-        v["spec"]["powerState"] = json!("running");
-        let err = AnyObject::from_json_value(v).unwrap_err().to_string();
+        let err = instance_json_error(|v| v["spec"]["powerState"] = json!("running"));
         assert_eq!(
-            err,
+            err.to_string(),
             "Instance demo/web: spec.powerState: unknown variant \"running\", expected one of \"Running\", \"Stopped\", \"Paused\", \"Suspended\""
         );
 
-        let mut v = instance_json();
-        v.as_object_mut().unwrap().remove("metadata");
-        v["bogus"] = json!(1);
-        let err = AnyObject::from_json_value(v).unwrap_err();
+        let err = instance_json_error(|v| {
+            v.as_object_mut().unwrap().remove("metadata");
+            v["bogus"] = json!(1);
+        });
         assert!(
             matches!(&err, ParseError::Field { object, path, .. } if object == "Instance <unnamed>" && path == "bogus"),
             "{err:?}"

@@ -73,58 +73,90 @@ fn split_top_level(input: &str) -> Vec<&str> {
     parts
 }
 
+/// Parses the comma-separated requirements (`parts`) of a `what` selector
+/// `input`, each with `one`; a blank selector has none. The first
+/// requirement `one` refuses (with the reason) refuses the whole selector.
+fn parse_requirements<'a, R>(
+    what: &'static str,
+    input: &str,
+    parts: impl IntoIterator<Item = &'a str>,
+    one: impl Fn(&'a str) -> Result<R, String>,
+) -> Result<Vec<R>, SelectorError> {
+    if input.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    parts
+        .into_iter()
+        .map(|part| {
+            one(part).map_err(|reason| SelectorError {
+                what,
+                input: input.to_string(),
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// `a!=b` -> ("a", "b", false); `a==b` or `a=b` -> ("a", "b", true).
+fn split_equality(part: &str) -> Option<(&str, &str, bool)> {
+    if let Some((a, b)) = part.split_once("!=") {
+        Some((a, b, false))
+    } else if let Some((a, b)) = part.split_once("==") {
+        Some((a, b, true))
+    } else {
+        part.split_once('=').map(|(a, b)| (a, b, true))
+    }
+}
+
+fn parse_label_requirement(part: &str) -> Result<LabelRequirement, String> {
+    let part = part.trim();
+    if part.is_empty() {
+        return Err("empty requirement".into());
+    }
+    let req = if let Some(key) = part.strip_prefix('!') {
+        let key = key.trim();
+        if !valid_key(key) {
+            return Err(format!("invalid key {key:?}"));
+        }
+        LabelRequirement::DoesNotExist(key.to_string())
+    } else if let Some((key, value, equal)) = split_equality(part) {
+        let (key, value) = (key.trim().to_string(), value.trim().to_string());
+        if equal {
+            LabelRequirement::Equals(key, value)
+        } else {
+            LabelRequirement::NotEquals(key, value)
+        }
+    } else if let Some((key, rest)) = split_set_op(part, "notin") {
+        LabelRequirement::NotIn(key, parse_set(rest)?)
+    } else if let Some((key, rest)) = split_set_op(part, "in") {
+        LabelRequirement::In(key, parse_set(rest)?)
+    } else {
+        LabelRequirement::Exists(part.to_string())
+    };
+    let (key, values): (&str, Vec<&str>) = match &req {
+        LabelRequirement::Equals(k, v) | LabelRequirement::NotEquals(k, v) => (k, vec![v.as_str()]),
+        LabelRequirement::In(k, vs) | LabelRequirement::NotIn(k, vs) => {
+            (k, vs.iter().map(String::as_str).collect())
+        }
+        LabelRequirement::Exists(k) | LabelRequirement::DoesNotExist(k) => (k, vec![]),
+    };
+    if !valid_key(key) {
+        return Err(format!("invalid key {key:?}"));
+    }
+    if let Some(bad) = values.iter().find(|v| !valid_value(v)) {
+        return Err(format!("invalid value {bad:?}"));
+    }
+    Ok(req)
+}
+
 impl LabelSelector {
     pub fn parse(input: &str) -> Result<LabelSelector, SelectorError> {
-        let err = |reason: String| SelectorError {
-            what: "label",
-            input: input.to_string(),
-            reason,
-        };
-        let mut requirements = Vec::new();
-        if input.trim().is_empty() {
-            return Ok(LabelSelector { requirements });
-        }
-        for part in split_top_level(input) {
-            let part = part.trim();
-            if part.is_empty() {
-                return Err(err("empty requirement".into()));
-            }
-            let req = if let Some(key) = part.strip_prefix('!') {
-                let key = key.trim();
-                if !valid_key(key) {
-                    return Err(err(format!("invalid key {key:?}")));
-                }
-                LabelRequirement::DoesNotExist(key.to_string())
-            } else if let Some((key, value)) = part.split_once("!=") {
-                LabelRequirement::NotEquals(key.trim().to_string(), value.trim().to_string())
-            } else if let Some((key, value)) = part.split_once("==") {
-                LabelRequirement::Equals(key.trim().to_string(), value.trim().to_string())
-            } else if let Some((key, value)) = part.split_once('=') {
-                LabelRequirement::Equals(key.trim().to_string(), value.trim().to_string())
-            } else if let Some((key, rest)) = split_set_op(part, "notin") {
-                LabelRequirement::NotIn(key, parse_set(rest).map_err(err)?)
-            } else if let Some((key, rest)) = split_set_op(part, "in") {
-                LabelRequirement::In(key, parse_set(rest).map_err(err)?)
-            } else {
-                LabelRequirement::Exists(part.to_string())
-            };
-            let (key, values): (&str, Vec<&str>) = match &req {
-                LabelRequirement::Equals(k, v) | LabelRequirement::NotEquals(k, v) => {
-                    (k, vec![v.as_str()])
-                }
-                LabelRequirement::In(k, vs) | LabelRequirement::NotIn(k, vs) => {
-                    (k, vs.iter().map(String::as_str).collect())
-                }
-                LabelRequirement::Exists(k) | LabelRequirement::DoesNotExist(k) => (k, vec![]),
-            };
-            if !valid_key(key) {
-                return Err(err(format!("invalid key {key:?}")));
-            }
-            if let Some(bad) = values.iter().find(|v| !valid_value(v)) {
-                return Err(err(format!("invalid value {bad:?}")));
-            }
-            requirements.push(req);
-        }
+        let requirements = parse_requirements(
+            "label",
+            input,
+            split_top_level(input),
+            parse_label_requirement,
+        )?;
         Ok(LabelSelector { requirements })
     }
 
@@ -225,38 +257,23 @@ pub struct FieldSelector {
 
 impl FieldSelector {
     pub fn parse(input: &str) -> Result<FieldSelector, SelectorError> {
-        let err = |reason: String| SelectorError {
-            what: "field",
-            input: input.to_string(),
-            reason,
-        };
-        let mut requirements = Vec::new();
-        if input.trim().is_empty() {
-            return Ok(FieldSelector { requirements });
-        }
-        for part in input.split(',') {
-            let (path, value, equal) = if let Some((p, v)) = part.split_once("!=") {
-                (p, v, false)
-            } else if let Some((p, v)) = part.split_once("==") {
-                (p, v, true)
-            } else if let Some((p, v)) = part.split_once('=') {
-                (p, v, true)
-            } else {
-                return Err(err(format!("{part:?} is not path=value or path!=value")));
-            };
+        let parts = input.split(',');
+        let requirements = parse_requirements("field", input, parts, |part| {
+            let (path, value, equal) = split_equality(part)
+                .ok_or_else(|| format!("{part:?} is not path=value or path!=value"))?;
             let path = path.trim();
             if !FIELD_SELECTOR_PATHS.contains(&path) {
-                return Err(err(format!(
+                return Err(format!(
                     "field {path:?} is not supported; use one of {}",
                     FIELD_SELECTOR_PATHS.join(", ")
-                )));
+                ));
             }
-            requirements.push(FieldRequirement {
+            Ok(FieldRequirement {
                 path: path.to_string(),
                 value: value.trim().to_string(),
                 equal,
-            });
-        }
+            })
+        })?;
         Ok(FieldSelector { requirements })
     }
 

@@ -17,9 +17,10 @@ pub trait Validate {
 }
 
 /// Fills in the values the user may leave out. Runs before validation on the
-/// server path (and in `corral apply --dry-run=client`); idempotent.
+/// server path (and in `corral apply --dry-run=client`); idempotent. Most
+/// kinds have nothing to fill beyond their serde defaults.
 pub trait Defaults {
-    fn apply_defaults(&mut self);
+    fn apply_defaults(&mut self) {}
 }
 
 /// Checks a change: what may not change between the stored object `old`
@@ -136,13 +137,24 @@ pub(crate) fn key(base: &str, k: &str) -> String {
     format!("{base}[{k:?}]")
 }
 
-/// A required reference to another object by name: non-empty DNS label.
-pub(crate) fn check_ref(errs: &mut FieldErrors, path: &str, value: &str) {
+/// A required string: `required` when empty, else `reason` unless `valid`.
+pub(crate) fn check_required(
+    errs: &mut FieldErrors,
+    path: &str,
+    value: &str,
+    valid: impl FnOnce(&str) -> bool,
+    reason: impl Into<String>,
+) {
     if value.is_empty() {
         errs.push(path, "required");
-    } else if !is_dns_label(value) {
-        errs.push(path, DNS_LABEL_MSG);
+    } else if !valid(value) {
+        errs.push(path, reason);
     }
+}
+
+/// A required reference to another object by name: non-empty DNS label.
+pub(crate) fn check_ref(errs: &mut FieldErrors, path: &str, value: &str) {
+    check_required(errs, path, value, is_dns_label, DNS_LABEL_MSG);
 }
 
 /// An optional reference: when present it must be a DNS label.
@@ -159,6 +171,14 @@ pub(crate) fn check_max_chars(errs: &mut FieldErrors, path: &str, value: &str, m
     let n = value.chars().count();
     if n > max {
         errs.push(path, format!("must be at most {max} characters (is {n})"));
+    }
+}
+
+/// A free-text description, when present: at most [`MAX_DESCRIPTION`]
+/// characters.
+pub(crate) fn check_description(errs: &mut FieldErrors, path: &str, value: Option<&str>) {
+    if let Some(d) = value {
+        check_max_chars(errs, path, d, MAX_DESCRIPTION);
     }
 }
 
@@ -401,13 +421,9 @@ pub(crate) fn check_meta_update(old: &ObjectMeta, new: &ObjectMeta) -> FieldErro
     errs
 }
 
-/// Starts validating an object of kind `R`: the header and metadata checks.
-pub(crate) fn header<R: crate::Resource>(
-    api_version: &str,
-    kind: &str,
-    meta: &ObjectMeta,
-    name_rule: NameRule,
-) -> FieldErrors {
+/// Starts validating `obj`: the header and metadata checks for its kind.
+pub(crate) fn header<R: crate::Resource>(obj: &R, name_rule: NameRule) -> FieldErrors {
+    let (api_version, kind) = obj.type_meta();
     let mut errs = FieldErrors::default();
     check_header(
         &mut errs,
@@ -416,10 +432,39 @@ pub(crate) fn header<R: crate::Resource>(
         R::KIND,
         R::SCOPE,
         name_rule,
-        meta,
+        obj.meta(),
     );
     errs
 }
+
+/// The usual [`ValidateUpdate`] body: [`check_meta_update`], then
+/// [`check_immutable`] on each listed spec field, with its path:
+/// `check_spec_update!(old, self, "spec.volume" => volume)`.
+macro_rules! check_spec_update {
+    ($old:expr, $new:expr $(,)?) => {
+        $crate::validate::check_meta_update(&$old.metadata, &$new.metadata)
+    };
+    ($old:expr, $new:expr $(, $path:literal => $field:ident)+ $(,)?) => {{
+        let mut errs = $crate::validate::check_meta_update(&$old.metadata, &$new.metadata);
+        $($crate::validate::check_immutable(&mut errs, $path, &$old.spec.$field, &$new.spec.$field);)+
+        errs
+    }};
+}
+pub(crate) use check_spec_update;
+
+/// Implements [`ValidateUpdate`] for a kind whose update rules are just
+/// [`check_spec_update!`]'s: `impl_validate_update!(Snapshot, "spec.volume" => volume);`
+/// (no fields: only the metadata rules, everything in the spec may change).
+macro_rules! impl_validate_update {
+    ($kind:ty $(, $path:literal => $field:ident)* $(,)?) => {
+        impl $crate::ValidateUpdate for $kind {
+            fn validate_update(&self, old: &Self) -> $crate::FieldErrors {
+                $crate::validate::check_spec_update!(old, self $(, $path => $field)*)
+            }
+        }
+    };
+}
+pub(crate) use impl_validate_update;
 
 /// Test helpers: the paths of the errors, and a lookup by path.
 #[cfg(test)]
@@ -441,6 +486,12 @@ pub(crate) mod testing {
         assert_eq!(got, want, "validation errors differ");
     }
 
+    /// Asserts that `obj` validates without a single error.
+    #[track_caller]
+    pub fn assert_valid(obj: &impl crate::Validate) {
+        assert_errors(&obj.validate(), &[]);
+    }
+
     /// Asserts that exactly the given paths were reported, in any order.
     #[track_caller]
     pub fn assert_paths(errs: &FieldErrors, expected: &[&str]) {
@@ -453,193 +504,5 @@ pub(crate) mod testing {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_label_rules() {
-        for ok in ["a", "web-1", "0abc", &"a".repeat(63)] {
-            assert!(is_dns_label(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "Web", "a_b", "a.b", &"a".repeat(64), "é"] {
-            assert!(!is_dns_label(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn dns_subdomain_rules() {
-        assert!(is_dns_subdomain("m1.tiny"));
-        assert!(is_dns_subdomain("a.b-c.d"));
-        assert!(!is_dns_subdomain("m1..tiny"));
-        assert!(!is_dns_subdomain(".a"));
-        assert!(!is_dns_subdomain("M1.tiny"));
-        let long = vec!["a".repeat(63); 4].join("."); // 255 chars
-        assert!(!is_dns_subdomain(&long));
-    }
-
-    #[test]
-    fn qualified_names_and_values() {
-        for ok in ["app", "corral.dev/zone", "a.b_c-D", "example.com/X1"] {
-            assert!(is_qualified_name(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "/a",
-            "a/",
-            "Example.com/a",
-            "a b",
-            "-a",
-            "a/b/c",
-            &"a".repeat(64),
-        ] {
-            assert!(!is_qualified_name(bad), "{bad}");
-        }
-        assert!(is_label_value(""));
-        assert!(is_label_value("Zone_A.1"));
-        assert!(!is_label_value("-x"));
-        assert!(!is_label_value(&"v".repeat(64)));
-    }
-
-    fn meta(name: &str, project: &str) -> ObjectMeta {
-        ObjectMeta {
-            name: name.into(),
-            project: project.into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn header_and_metadata_report_every_problem() {
-        let mut m = meta("", "");
-        m.labels.insert("bad key".into(), "-bad".into());
-        m.labels.insert("ok".into(), String::new());
-        m.annotations
-            .insert("a".into(), "x".repeat(MAX_ANNOTATIONS_BYTES - 4));
-        m.annotations.insert("/bad".into(), String::new());
-        m.generation = -1;
-        m.finalizers = vec![
-            "corral.dev/x".into(),
-            "corral.dev/x".into(),
-            "no good".into(),
-        ];
-        m.owner_references = vec![crate::OwnerReference {
-            kind: "Instance".into(),
-            name: String::new(),
-            uid: String::new(),
-            controller: true,
-        }];
-        m.owner_references.push(crate::OwnerReference {
-            kind: "Volume".into(),
-            name: "v".into(),
-            uid: "u".into(),
-            controller: true,
-        });
-        let mut errs = FieldErrors::default();
-        check_header(
-            &mut errs,
-            "v1",
-            "Instanse",
-            "Instance",
-            Scope::Project,
-            NameRule::DnsLabel,
-            &m,
-        );
-        testing::assert_errors(
-            &errs,
-            &[
-                "apiVersion: must be \"corral/v1\"",
-                "kind: must be \"Instance\"",
-                "metadata.name: required",
-                "metadata.project: required",
-                &format!("metadata.labels[\"bad key\"]: {QUALIFIED_NAME_MSG}"),
-                &format!("metadata.labels[\"bad key\"]: {LABEL_VALUE_MSG}"),
-                &format!("metadata.annotations[\"/bad\"]: {QUALIFIED_NAME_MSG}"),
-                "metadata.annotations: total size must be at most 262144 bytes (is 262145)",
-                "metadata.generation: must not be negative",
-                "metadata.finalizers[1]: duplicate \"corral.dev/x\"",
-                "metadata.finalizers[2]: must be a qualified name like corral.dev/volume-protection",
-                "metadata.ownerReferences[0].name: required",
-                "metadata.ownerReferences[0].uid: required",
-                "metadata.ownerReferences: at most one owner reference may have controller: true",
-            ],
-        );
-    }
-
-    #[test]
-    fn name_rules_and_scope() {
-        let mut errs = FieldErrors::default();
-        let m = meta("Web_1", "Demo");
-        check_header(
-            &mut errs,
-            API_VERSION,
-            "X",
-            "X",
-            Scope::Project,
-            NameRule::DnsLabel,
-            &m,
-        );
-        testing::assert_errors(
-            &errs,
-            &[
-                &format!("metadata.name: {DNS_LABEL_MSG}"),
-                &format!("metadata.project: {DNS_LABEL_MSG}"),
-            ],
-        );
-
-        let mut errs = FieldErrors::default();
-        let m = meta("m1.tiny", "demo");
-        check_header(
-            &mut errs,
-            API_VERSION,
-            "X",
-            "X",
-            Scope::Cluster,
-            NameRule::DnsSubdomain,
-            &m,
-        );
-        testing::assert_errors(
-            &errs,
-            &["metadata.project: must be empty: X is cluster-scoped"],
-        );
-
-        let mut errs = FieldErrors::default();
-        let m = meta("m1.tiny", "");
-        check_header(
-            &mut errs,
-            API_VERSION,
-            "X",
-            "X",
-            Scope::Cluster,
-            NameRule::DnsLabel,
-            &m,
-        );
-        testing::assert_errors(&errs, &[&format!("metadata.name: {DNS_LABEL_MSG}")]);
-    }
-
-    #[test]
-    fn tag_rules() {
-        let mut tags = BTreeMap::new();
-        tags.insert("Name".to_string(), "web".to_string());
-        tags.insert("aws:cloudformation".to_string(), "x".to_string());
-        tags.insert("k".repeat(129), "v".repeat(257));
-        tags.insert(String::new(), String::new());
-        let mut errs = FieldErrors::default();
-        check_tags(&mut errs, "spec.tags", &tags);
-        let long = "k".repeat(129);
-        testing::assert_errors(
-            &errs,
-            &[
-                "spec.tags[\"aws:cloudformation\"]: key must not start with \"aws:\" (reserved)",
-                &format!("spec.tags[{long:?}]: key must be at most 128 characters (is 129)"),
-                &format!("spec.tags[{long:?}]: value must be at most 256 characters (is 257)"),
-                "spec.tags[\"\"]: key must not be empty",
-            ],
-        );
-
-        let many: BTreeMap<String, String> =
-            (0..51).map(|i| (format!("k{i}"), String::new())).collect();
-        let mut errs = FieldErrors::default();
-        check_tags(&mut errs, "spec.tags", &many);
-        testing::assert_errors(&errs, &["spec.tags: at most 50 tags are allowed (has 51)"]);
-    }
-}
+#[path = "validate_tests.rs"]
+mod tests;

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::is_zero_i64;
 use crate::validate::{
-    check_immutable, check_meta_update, check_opt_ref, check_ref, check_tags, header, NameRule,
+    check_opt_ref, check_ref, check_tags, header, impl_validate_update, NameRule,
 };
-use crate::{Condition, Defaults, FieldErrors, Network, NetworkStatus, Validate, ValidateUpdate};
+use crate::{Condition, Defaults, FieldErrors, Network, NetworkStatus, Validate};
 
 crate::resource!(
     /// A floating IP address.
@@ -137,12 +137,7 @@ pub fn address_association_id(address_uid: &str, instance_uid: &str, nic: usize)
 
 impl Validate for Address {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
-        );
+        let mut errs = header(self, NameRule::DnsLabel);
         let spec = &self.spec;
         check_ref(&mut errs, "spec.network", &spec.network);
         check_opt_ref(&mut errs, "spec.instance", spec.instance.as_ref());
@@ -156,45 +151,30 @@ impl Validate for Address {
 
 impl crate::HostRefs for Address {}
 
-impl Defaults for Address {
-    fn apply_defaults(&mut self) {}
-}
+impl Defaults for Address {}
 
-impl ValidateUpdate for Address {
-    /// The pool is fixed; the association may change.
-    fn validate_update(&self, old: &Self) -> FieldErrors {
-        let mut errs = check_meta_update(&old.metadata, &self.metadata);
-        check_immutable(
-            &mut errs,
-            "spec.network",
-            &old.spec.network,
-            &self.spec.network,
-        );
-        errs
-    }
-}
+// The pool is fixed; the association may change.
+impl_validate_update!(Address, "spec.network" => network);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::kinds::testing::round_trip_kind;
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::validate::DNS_LABEL_MSG;
     use crate::Resource;
 
     #[test]
     fn round_trip_with_status() {
-        let a: Address = round_trip(
+        let a: Address = round_trip_kind(
             r#"
-apiVersion: corral/v1
-kind: Address
 metadata: {name: web-ip, project: demo}
 spec: {network: public, instance: web-1, nic: 0}
 status: {ip: 192.0.2.5, ec2Id: eipalloc-0123456789abcdef0, associationId: eipassoc-0123456789abcdef0}
 "#,
         );
         assert_eq!(a.spec.nic, Some(0));
-        assert!(a.validate().is_empty(), "{}", a.validate());
+        assert_valid(&a);
     }
 
     #[test]

@@ -6,9 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::{
-    check_immutable, check_max_chars, check_meta_update, header, is_dns_subdomain, NameRule,
+    check_max_chars, check_required, header, impl_validate_update, is_dns_subdomain, NameRule,
 };
-use crate::{Defaults, FieldErrors, Validate, ValidateUpdate};
+use crate::{Defaults, FieldErrors, Validate};
 
 crate::resource!(
     /// A record of something that happened to an object.
@@ -78,38 +78,30 @@ fn is_reason(s: &str) -> bool {
 
 impl Validate for Event {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
-        );
+        let mut errs = header(self, NameRule::DnsLabel);
         let s = &self.spec;
         let o = &s.involved_object;
-        if o.kind.is_empty() {
-            errs.push("spec.involvedObject.kind", "required");
-        } else if !crate::KINDS.iter().any(|k| k.kind == o.kind) {
-            errs.push(
-                "spec.involvedObject.kind",
-                format!("unknown kind {:?}", o.kind),
-            );
-        }
-        if o.name.is_empty() {
-            errs.push("spec.involvedObject.name", "required");
-        } else if !is_dns_subdomain(&o.name) {
-            errs.push(
-                "spec.involvedObject.name",
-                "must be an object name (lowercase letters, digits, '-' and '.')",
-            );
-        }
-        if s.reason.is_empty() {
-            errs.push("spec.reason", "required");
-        } else if !is_reason(&s.reason) {
-            errs.push(
-                "spec.reason",
-                "must be UpperCamelCase letters and digits, at most 128 characters",
-            );
-        }
+        check_required(
+            &mut errs,
+            "spec.involvedObject.kind",
+            &o.kind,
+            |k| crate::KINDS.iter().any(|info| info.kind == k),
+            format!("unknown kind {:?}", o.kind),
+        );
+        check_required(
+            &mut errs,
+            "spec.involvedObject.name",
+            &o.name,
+            is_dns_subdomain,
+            "must be an object name (lowercase letters, digits, '-' and '.')",
+        );
+        check_required(
+            &mut errs,
+            "spec.reason",
+            &s.reason,
+            is_reason,
+            "must be UpperCamelCase letters and digits, at most 128 characters",
+        );
         check_max_chars(&mut errs, "spec.message", &s.message, MAX_EVENT_MESSAGE);
         if s.count == 0 {
             errs.push("spec.count", "must be at least 1");
@@ -140,33 +132,20 @@ impl Defaults for Event {
     }
 }
 
-impl ValidateUpdate for Event {
-    /// The involved object is fixed.
-    fn validate_update(&self, old: &Self) -> FieldErrors {
-        let mut errs = check_meta_update(&old.metadata, &self.metadata);
-        check_immutable(
-            &mut errs,
-            "spec.involvedObject",
-            &old.spec.involved_object,
-            &self.spec.involved_object,
-        );
-        errs
-    }
-}
+// The involved object is fixed.
+impl_validate_update!(Event, "spec.involvedObject" => involved_object);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::kinds::testing::round_trip_kind;
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::Resource;
 
     #[test]
     fn round_trip_defaults_and_rules() {
-        let mut e: Event = round_trip(
+        let mut e: Event = round_trip_kind(
             r#"
-apiVersion: corral/v1
-kind: Event
 metadata: {name: web-1-scheduled, project: demo}
 spec:
   involvedObject: {kind: Instance, name: web-1, uid: 0a1b}
@@ -182,7 +161,7 @@ status: {}
         e.apply_defaults();
         assert_eq!(e.spec.count, 1);
         assert_eq!(e.spec.last_timestamp, e.spec.first_timestamp);
-        assert!(e.validate().is_empty(), "{}", e.validate());
+        assert_valid(&e);
 
         let mut bad = Event::new("demo", "ev", EventSpec::default());
         bad.spec.count = 2;

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{is_false, is_zero_i64, is_zero_u8};
 use crate::validate::{
-    check_immutable, check_max_chars, check_meta_update, check_opt_ref, check_range, check_tags,
-    header, NameRule, MAX_DESCRIPTION,
+    check_description, check_max_chars, check_opt_ref, check_range, check_tags, header,
+    impl_validate_update, NameRule,
 };
-use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
+use crate::{Condition, Defaults, FieldErrors, Validate};
 
 crate::resource!(
     /// A disk image instances and volumes are created from.
@@ -189,12 +189,7 @@ fn is_http_url(s: &str) -> bool {
 
 impl Validate for Image {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
-        );
+        let mut errs = header(self, NameRule::DnsLabel);
         let spec = &self.spec;
         let src = &spec.source;
         let set = usize::from(src.upload)
@@ -233,9 +228,7 @@ impl Validate for Image {
             }
             check_max_chars(&mut errs, "spec.kernelArgs", a, MAX_KERNEL_ARGS);
         }
-        if let Some(d) = &spec.description {
-            check_max_chars(&mut errs, "spec.description", d, MAX_DESCRIPTION);
-        }
+        check_description(&mut errs, "spec.description", spec.description.as_deref());
         if let Some(m) = spec.min_disk_gib {
             check_range(&mut errs, "spec.minDiskGiB", m, 1, 16384);
         }
@@ -278,49 +271,24 @@ impl crate::HostRefs for Image {
     }
 }
 
-impl Defaults for Image {
-    /// Visibility, format, type and architecture have serde defaults
-    /// (`private`, `qcow2`, `machine`, `x86_64`); nothing else to fill.
-    fn apply_defaults(&mut self) {}
-}
+// Visibility, format, type and architecture have serde defaults
+// (`private`, `qcow2`, `machine`, `x86_64`); nothing else to fill.
+impl Defaults for Image {}
 
-impl ValidateUpdate for Image {
-    /// What the bytes are and where they come from is fixed.
-    fn validate_update(&self, old: &Self) -> FieldErrors {
-        let mut errs = check_meta_update(&old.metadata, &self.metadata);
-        check_immutable(
-            &mut errs,
-            "spec.source",
-            &old.spec.source,
-            &self.spec.source,
-        );
-        check_immutable(
-            &mut errs,
-            "spec.format",
-            &old.spec.format,
-            &self.spec.format,
-        );
-        check_immutable(
-            &mut errs,
-            "spec.imageType",
-            &old.spec.image_type,
-            &self.spec.image_type,
-        );
-        check_immutable(
-            &mut errs,
-            "spec.architecture",
-            &old.spec.architecture,
-            &self.spec.architecture,
-        );
-        errs
-    }
-}
+// What the bytes are and where they come from is fixed.
+impl_validate_update!(
+    Image,
+    "spec.source" => source,
+    "spec.format" => format,
+    "spec.imageType" => image_type,
+    "spec.architecture" => architecture,
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::kinds::testing::round_trip_kind;
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::validate::DNS_LABEL_MSG;
     use crate::Resource;
 
@@ -337,10 +305,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_defaults() {
-        let i: Image = round_trip(
+        let i: Image = round_trip_kind(
             r#"
-apiVersion: corral/v1
-kind: Image
 metadata: {name: tiny, project: demo}
 spec:
   source: {url: "https://example.com/cirros.img"}
@@ -358,12 +324,10 @@ status:
         assert_eq!(i.spec.architecture, Architecture::X86_64);
         assert_eq!(serde_json::to_value(i.spec.architecture).unwrap(), "x86_64");
         assert_eq!(i.status.as_ref().unwrap().phase, ImagePhase::Available);
-        assert!(i.validate().is_empty(), "{}", i.validate());
+        assert_valid(&i);
 
-        let k: Image = round_trip(
+        let k: Image = round_trip_kind(
             r#"
-apiVersion: corral/v1
-kind: Image
 metadata: {name: vm, project: demo}
 spec:
   source: {path: /srv/images/vm.raw}
@@ -376,7 +340,7 @@ spec:
   minDiskGiB: 2
 "#,
         );
-        assert!(k.validate().is_empty(), "{}", k.validate());
+        assert_valid(&k);
     }
 
     #[test]

@@ -11,10 +11,10 @@ use super::node::{check_tolerations, Toleration};
 use super::{is_false, is_zero_i64};
 use crate::net::{is_unicast_mac, parse_ipv4, parse_mac};
 use crate::validate::{
-    check_immutable, check_labels, check_meta_update, check_opt_ref, check_range, check_ref,
-    check_tags, header, index, is_dns_subdomain, join, NameRule, DNS_SUBDOMAIN_MSG,
+    check_labels, check_opt_ref, check_range, check_ref, check_tags, header, impl_validate_update,
+    index, is_dns_subdomain, join, NameRule, DNS_SUBDOMAIN_MSG,
 };
-use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
+use crate::{Condition, Defaults, FieldErrors, Validate};
 
 crate::resource!(
     /// A virtual machine.
@@ -260,12 +260,7 @@ pub fn is_data_device(s: &str) -> bool {
 
 impl Validate for Instance {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
-        );
+        let mut errs = header(self, NameRule::DnsLabel);
         let spec = &self.spec;
         let errs_ref = &mut errs;
 
@@ -456,26 +451,13 @@ impl Defaults for Instance {
     }
 }
 
-impl ValidateUpdate for Instance {
-    /// Boot source and zone are fixed at creation.
-    fn validate_update(&self, old: &Self) -> FieldErrors {
-        let mut errs = check_meta_update(&old.metadata, &self.metadata);
-        check_immutable(&mut errs, "spec.image", &old.spec.image, &self.spec.image);
-        check_immutable(
-            &mut errs,
-            "spec.bootVolume",
-            &old.spec.boot_volume,
-            &self.spec.boot_volume,
-        );
-        check_immutable(
-            &mut errs,
-            "spec.availabilityZone",
-            &old.spec.availability_zone,
-            &self.spec.availability_zone,
-        );
-        errs
-    }
-}
+// Boot source and zone are fixed at creation.
+impl_validate_update!(
+    Instance,
+    "spec.image" => image,
+    "spec.bootVolume" => boot_volume,
+    "spec.availabilityZone" => availability_zone,
+);
 
 #[cfg(test)]
 #[path = "instance_tests.rs"]

@@ -1,7 +1,7 @@
 use super::*;
 use crate::kinds::node::TolerationOperator;
-use crate::kinds::testing::round_trip;
-use crate::validate::testing::{assert_errors, assert_paths};
+use crate::kinds::testing::{assert_wire_names, round_trip};
+use crate::validate::testing::{assert_errors, assert_paths, assert_valid};
 use crate::validate::{DNS_LABEL_MSG, LABEL_VALUE_MSG, QUALIFIED_NAME_MSG};
 use crate::Resource;
 
@@ -87,7 +87,7 @@ fn full_round_trip() {
     assert_eq!(st.phase, InstancePhase::Running);
     assert_eq!(st.addresses[0].floating_ip.as_deref(), Some("192.0.2.5"));
     assert_eq!(st.observed_generation, 3);
-    assert!(i.validate().is_empty(), "{}", i.validate());
+    assert_valid(&i);
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn minimal_json_round_trip_and_power_state_default() {
 
 #[test]
 fn phase_names_are_as_written() {
-    for (name, phase) in [
+    assert_wire_names(&[
         ("Pending", InstancePhase::Pending),
         ("Scheduled", InstancePhase::Scheduled),
         ("Provisioning", InstancePhase::Provisioning),
@@ -121,20 +121,13 @@ fn phase_names_are_as_written() {
         ("Terminating", InstancePhase::Terminating),
         ("Failed", InstancePhase::Failed),
         ("Unknown", InstancePhase::Unknown),
-    ] {
-        assert_eq!(serde_json::to_value(phase).unwrap(), name);
-    }
-    for (name, ps) in [
+    ]);
+    assert_wire_names(&[
         ("Running", PowerState::Running),
         ("Stopped", PowerState::Stopped),
         ("Paused", PowerState::Paused),
         ("Suspended", PowerState::Suspended),
-    ] {
-        assert_eq!(
-            serde_json::from_value::<PowerState>(name.into()).unwrap(),
-            ps
-        );
-    }
+    ]);
     assert!(serde_json::from_value::<PowerState>("running".into()).is_err());
 }
 
@@ -172,7 +165,7 @@ fn defaults_fill_instance_type_devices_and_macs() {
         .collect();
     assert_eq!(devices, ["vdc", "vdb", "vdd"]);
     assert_eq!(i.spec.nics[0].mac.as_deref(), Some("52:54:00:ab:cd:ef"));
-    assert!(i.validate().is_empty(), "{}", i.validate());
+    assert_valid(&i);
 
     // Idempotent.
     let before = i.clone();
@@ -260,7 +253,7 @@ fn boot_source_rules() {
     );
     i.spec.image = None;
     i.spec.boot_volume = Some("root".into());
-    assert!(i.validate().is_empty());
+    assert_valid(&i);
 }
 
 #[test]
@@ -365,7 +358,7 @@ fn other_field_rules() {
     // Exactly at the limit is fine.
     let mut j = minimal();
     j.spec.user_data = Some("x".repeat(MAX_USER_DATA_BYTES));
-    assert!(j.validate().is_empty());
+    assert_valid(&j);
 }
 
 #[test]
@@ -406,7 +399,7 @@ fn nics_are_limited_to_what_tap_names_can_tell_apart() {
             ..Default::default()
         })
         .collect();
-    assert!(i.validate().is_empty(), "{}", i.validate());
+    assert_valid(&i);
     i.spec.nics.push(Nic {
         network: "lan".into(),
         ..Default::default()

@@ -6,11 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::instance::{CPUS_RANGE, MEMORY_MIB_RANGE};
 use super::is_zero_u32;
-use crate::validate::{
-    check_immutable, check_max_chars, check_meta_update, check_range, header, NameRule,
-    MAX_DESCRIPTION,
-};
-use crate::{Defaults, FieldErrors, Resource, Validate, ValidateUpdate};
+use crate::validate::{check_description, check_range, header, impl_validate_update, NameRule};
+use crate::{Defaults, FieldErrors, Resource, Validate};
 
 crate::resource!(
     /// A named instance size.
@@ -74,12 +71,7 @@ pub fn seeded_instance_types() -> Vec<InstanceType> {
 
 impl Validate for InstanceType {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsSubdomain,
-        );
+        let mut errs = header(self, NameRule::DnsSubdomain);
         let s = &self.spec;
         check_range(&mut errs, "spec.vcpus", s.vcpus, CPUS_RANGE.0, CPUS_RANGE.1);
         check_range(
@@ -91,51 +83,29 @@ impl Validate for InstanceType {
         );
         check_range(&mut errs, "spec.rootDiskGiB", s.root_disk_gib, 0, 16384);
         check_range(&mut errs, "spec.ephemeralGiB", s.ephemeral_gib, 0, 16384);
-        if let Some(d) = &s.description {
-            check_max_chars(&mut errs, "spec.description", d, MAX_DESCRIPTION);
-        }
+        check_description(&mut errs, "spec.description", s.description.as_deref());
         errs
     }
 }
 
 impl crate::HostRefs for InstanceType {}
 
-impl Defaults for InstanceType {
-    fn apply_defaults(&mut self) {}
-}
+impl Defaults for InstanceType {}
 
-impl ValidateUpdate for InstanceType {
-    /// Sizes are fixed (instances refer to them): create a new type instead.
-    fn validate_update(&self, old: &Self) -> FieldErrors {
-        let mut errs = check_meta_update(&old.metadata, &self.metadata);
-        check_immutable(&mut errs, "spec.vcpus", &old.spec.vcpus, &self.spec.vcpus);
-        check_immutable(
-            &mut errs,
-            "spec.memoryMiB",
-            &old.spec.memory_mib,
-            &self.spec.memory_mib,
-        );
-        check_immutable(
-            &mut errs,
-            "spec.rootDiskGiB",
-            &old.spec.root_disk_gib,
-            &self.spec.root_disk_gib,
-        );
-        check_immutable(
-            &mut errs,
-            "spec.ephemeralGiB",
-            &old.spec.ephemeral_gib,
-            &self.spec.ephemeral_gib,
-        );
-        errs
-    }
-}
+// Sizes are fixed (instances refer to them): create a new type instead.
+impl_validate_update!(
+    InstanceType,
+    "spec.vcpus" => vcpus,
+    "spec.memoryMiB" => memory_mib,
+    "spec.rootDiskGiB" => root_disk_gib,
+    "spec.ephemeralGiB" => ephemeral_gib,
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::validate::DNS_SUBDOMAIN_MSG;
 
     #[test]
@@ -179,7 +149,7 @@ mod tests {
             "apiVersion: corral/v1\nkind: InstanceType\nmetadata: {name: c1.big}\nspec: {vcpus: 2, memoryMiB: 1024, rootDiskGiB: 10, ephemeralGiB: 5}\n",
         );
         assert_eq!(t.spec.ephemeral_gib, 5);
-        assert!(t.validate().is_empty());
+        assert_valid(&t);
 
         let mut bad = InstanceType::new("demo", "M1_tiny", InstanceTypeSpec::default());
         bad.spec.root_disk_gib = 20000;

@@ -140,12 +140,7 @@ pub fn parse_openssh_public_key(line: &str) -> Result<OpenSshPublicKey, PublicKe
 
 impl Validate for KeyPair {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
-        );
+        let mut errs = header(self, NameRule::DnsLabel);
         if let Err(e) = parse_openssh_public_key(&self.spec.public_key) {
             errs.push("spec.publicKey", e.to_string());
         }
@@ -181,7 +176,7 @@ impl ValidateUpdate for KeyPair {
 mod tests {
     use super::*;
     use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::Resource;
 
     /// A real key made with `ssh-keygen -t ed25519`.
@@ -205,7 +200,7 @@ mod tests {
         let k: KeyPair = round_trip(&format!(
             "apiVersion: corral/v1\nkind: KeyPair\nmetadata: {{name: admin, project: demo}}\nspec:\n  publicKey: {ED25519}\nstatus: {{fingerprint: \"SHA256:abc\", ec2Id: key-0123456789abcdef0}}\n"
         ));
-        assert!(k.validate().is_empty(), "{}", k.validate());
+        assert_valid(&k);
         let parsed = parse_openssh_public_key(ED25519).unwrap();
         assert_eq!(parsed.key_type, "ssh-ed25519");
         assert_eq!(parsed.comment, "admin@demo");
@@ -267,6 +262,6 @@ mod tests {
         k.spec.public_key = format!("{ED25519}\n");
         k.apply_defaults();
         assert_eq!(k.spec.public_key, ED25519);
-        assert!(k.validate().is_empty());
+        assert_valid(&k);
     }
 }

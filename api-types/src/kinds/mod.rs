@@ -48,7 +48,7 @@ pub(crate) fn default_true() -> bool {
     true
 }
 
-/// Round-trip helpers shared by the kinds' tests.
+/// Round-trip and wire-name helpers shared by the kinds' tests.
 #[cfg(test)]
 pub(crate) mod testing {
     use serde::de::DeserializeOwned;
@@ -74,6 +74,29 @@ pub(crate) mod testing {
         let third: T = serde_json::from_str(&json).expect("re-parse JSON");
         assert_eq!(first, third, "JSON round trip changed the object: {json}");
         first
+    }
+
+    /// [`round_trip`] of an `R` written without the `apiVersion` and `kind`
+    /// lines, which its type implies: `rest` is its metadata, spec and status.
+    #[track_caller]
+    pub fn round_trip_kind<R: crate::Resource + PartialEq>(rest: &str) -> R {
+        round_trip(&format!(
+            "apiVersion: {}\nkind: {}\n{rest}",
+            crate::API_VERSION,
+            R::KIND
+        ))
+    }
+
+    /// Each value is written as its name, and read back from it.
+    #[track_caller]
+    pub fn assert_wire_names<T>(names: &[(&str, T)])
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        for (name, value) in names {
+            assert_eq!(serde_json::to_value(value).unwrap(), *name);
+            assert_eq!(&serde_json::from_value::<T>((*name).into()).unwrap(), value);
+        }
     }
 }
 

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{default_true, is_zero_i64};
 use crate::net::{parse_ipv4, Ipv4Cidr};
-use crate::validate::{check_immutable, check_meta_update, check_tags, header, index, NameRule};
-use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
+use crate::validate::{check_tags, header, impl_validate_update, index, NameRule};
+use crate::{Condition, Defaults, FieldErrors, Validate};
 
 crate::resource!(
     /// A virtual network (subnet) instances attach to.
@@ -127,12 +127,7 @@ pub fn is_interface_name(s: &str) -> bool {
 
 impl Validate for Network {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
-        );
+        let mut errs = header(self, NameRule::DnsLabel);
         let spec = &self.spec;
         let mut cidr = None;
         if spec.cidr.is_empty() {
@@ -217,27 +212,19 @@ impl Defaults for Network {
     }
 }
 
-impl ValidateUpdate for Network {
-    /// Addressing and mode are fixed at creation.
-    fn validate_update(&self, old: &Self) -> FieldErrors {
-        let mut errs = check_meta_update(&old.metadata, &self.metadata);
-        check_immutable(&mut errs, "spec.cidr", &old.spec.cidr, &self.spec.cidr);
-        check_immutable(&mut errs, "spec.mode", &old.spec.mode, &self.spec.mode);
-        check_immutable(
-            &mut errs,
-            "spec.hostBridge",
-            &old.spec.host_bridge,
-            &self.spec.host_bridge,
-        );
-        errs
-    }
-}
+// Addressing and mode are fixed at creation.
+impl_validate_update!(
+    Network,
+    "spec.cidr" => cidr,
+    "spec.mode" => mode,
+    "spec.hostBridge" => host_bridge,
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::kinds::testing::{assert_wire_names, round_trip, round_trip_kind};
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::Resource;
 
     fn net(cidr: &str) -> Network {
@@ -253,10 +240,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_dhcp_default() {
-        let n: Network = round_trip(
+        let n: Network = round_trip_kind(
             r#"
-apiVersion: corral/v1
-kind: Network
 metadata: {name: lan, project: demo}
 spec:
   cidr: 10.42.0.0/24
@@ -286,7 +271,7 @@ status:
         let mut n = net("10.42.0.0/24");
         n.apply_defaults();
         assert_eq!(n.spec.gateway.as_deref(), Some("10.42.0.1"));
-        assert!(n.validate().is_empty(), "{}", n.validate());
+        assert_valid(&n);
         n.spec.gateway = Some("10.42.0.254".into());
         n.apply_defaults();
         assert_eq!(n.spec.gateway.as_deref(), Some("10.42.0.254"));
@@ -327,8 +312,8 @@ status:
         for (cidr, want) in cases {
             assert_errors(&net(cidr).validate(), &[want]);
         }
-        assert!(net("10.0.0.0/8").validate().is_empty());
-        assert!(net("192.168.1.0/30").validate().is_empty());
+        assert_valid(&net("10.0.0.0/8"));
+        assert_valid(&net("192.168.1.0/30"));
     }
 
     #[test]
@@ -370,17 +355,15 @@ status:
         );
         n.spec.gateway = None;
         n.spec.host_bridge = Some("br0".into());
-        assert!(n.validate().is_empty());
+        assert_valid(&n);
     }
 
     #[test]
     fn mode_names() {
-        for (s, m) in [
+        assert_wire_names(&[
             ("isolated", NetworkMode::Isolated),
             ("nat", NetworkMode::Nat),
             ("bridged", NetworkMode::Bridged),
-        ] {
-            assert_eq!(serde_json::to_value(m).unwrap(), s);
-        }
+        ]);
     }
 }

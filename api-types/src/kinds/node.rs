@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{is_false, is_zero_i64};
 use crate::validate::{
-    check_meta_update, check_opt_ref, header, index, is_label_value, is_qualified_name, join,
+    check_opt_ref, header, impl_validate_update, index, is_label_value, is_qualified_name, join,
     NameRule, LABEL_VALUE_MSG, QUALIFIED_NAME_MSG,
 };
-use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
+use crate::{Condition, Defaults, FieldErrors, Validate};
 
 crate::resource!(
     /// A hypervisor host running the Corral agent.
@@ -217,12 +217,7 @@ pub(crate) fn check_tolerations(errs: &mut FieldErrors, path: &str, tolerations:
 
 impl Validate for Node {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
-        );
+        let mut errs = header(self, NameRule::DnsLabel);
         let spec = &self.spec;
         check_opt_ref(&mut errs, "spec.zone", spec.zone.as_ref());
         for (i, t) in spec.taints.iter().enumerate() {
@@ -248,22 +243,16 @@ impl Validate for Node {
 
 impl crate::HostRefs for Node {}
 
-impl Defaults for Node {
-    fn apply_defaults(&mut self) {}
-}
+impl Defaults for Node {}
 
-impl ValidateUpdate for Node {
-    /// Everything may change.
-    fn validate_update(&self, old: &Self) -> FieldErrors {
-        check_meta_update(&old.metadata, &self.metadata)
-    }
-}
+// Everything may change.
+impl_validate_update!(Node);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::validate::DNS_LABEL_MSG;
 
     const YAML: &str = r#"
@@ -302,7 +291,7 @@ status:
         let st = n.status.as_ref().unwrap();
         assert_eq!(st.capacity.memory_mib, 65536);
         assert_eq!(st.hypervisor.as_ref().unwrap().type_, HypervisorType::Kvm);
-        assert!(n.validate().is_empty(), "{}", n.validate());
+        assert_valid(&n);
     }
 
     #[test]

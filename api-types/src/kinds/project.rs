@@ -13,8 +13,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::is_zero_i64;
-use crate::validate::{check_max_chars, check_meta_update, header, NameRule, MAX_DESCRIPTION};
-use crate::{Defaults, FieldErrors, Validate, ValidateUpdate};
+use crate::validate::{check_description, header, impl_validate_update, NameRule};
+use crate::{Defaults, FieldErrors, Validate};
 
 crate::resource!(
     /// A tenant.
@@ -65,6 +65,27 @@ pub struct ProjectResources {
     pub snapshots: Option<u32>,
 }
 
+/// The field holding quota `$r` in `$q`, a [`ProjectResources`] or a
+/// [`QuotaAmounts`] (`&mut` one for a place to write): the one pairing of
+/// quotas and fields.
+macro_rules! quota_field {
+    ($r:expr, $($q:tt)+) => {
+        match $r {
+            QuotaResource::Instances => $($q)+.instances,
+            QuotaResource::Vcpus => $($q)+.vcpus,
+            QuotaResource::MemoryMiB => $($q)+.memory_mib,
+            QuotaResource::VolumeGiB => $($q)+.volume_gib,
+            QuotaResource::Volumes => $($q)+.volumes,
+            QuotaResource::Addresses => $($q)+.addresses,
+            QuotaResource::SecurityGroups => $($q)+.security_groups,
+            QuotaResource::KeyPairs => $($q)+.key_pairs,
+            QuotaResource::Networks => $($q)+.networks,
+            QuotaResource::Images => $($q)+.images,
+            QuotaResource::Snapshots => $($q)+.snapshots,
+        }
+    };
+}
+
 impl ProjectResources {
     /// True when no field is set.
     pub fn is_empty(&self) -> bool {
@@ -73,19 +94,7 @@ impl ProjectResources {
 
     /// The limit on `r`, if any.
     pub fn limit(&self, r: QuotaResource) -> Option<u32> {
-        match r {
-            QuotaResource::Instances => self.instances,
-            QuotaResource::Vcpus => self.vcpus,
-            QuotaResource::MemoryMiB => self.memory_mib,
-            QuotaResource::VolumeGiB => self.volume_gib,
-            QuotaResource::Volumes => self.volumes,
-            QuotaResource::Addresses => self.addresses,
-            QuotaResource::SecurityGroups => self.security_groups,
-            QuotaResource::KeyPairs => self.key_pairs,
-            QuotaResource::Networks => self.networks,
-            QuotaResource::Images => self.images,
-            QuotaResource::Snapshots => self.snapshots,
-        }
+        quota_field!(r, self)
     }
 
     /// Whether any of `resources` is limited.
@@ -222,19 +231,7 @@ pub struct QuotaAmounts {
 
 impl QuotaAmounts {
     pub fn get(&self, r: QuotaResource) -> u64 {
-        match r {
-            QuotaResource::Instances => self.instances,
-            QuotaResource::Vcpus => self.vcpus,
-            QuotaResource::MemoryMiB => self.memory_mib,
-            QuotaResource::VolumeGiB => self.volume_gib,
-            QuotaResource::Volumes => self.volumes,
-            QuotaResource::Addresses => self.addresses,
-            QuotaResource::SecurityGroups => self.security_groups,
-            QuotaResource::KeyPairs => self.key_pairs,
-            QuotaResource::Networks => self.networks,
-            QuotaResource::Images => self.images,
-            QuotaResource::Snapshots => self.snapshots,
-        }
+        quota_field!(r, self)
     }
 
     /// One of `r`, nothing else.
@@ -245,19 +242,7 @@ impl QuotaAmounts {
     }
 
     fn set(&mut self, r: QuotaResource, v: u64) {
-        *match r {
-            QuotaResource::Instances => &mut self.instances,
-            QuotaResource::Vcpus => &mut self.vcpus,
-            QuotaResource::MemoryMiB => &mut self.memory_mib,
-            QuotaResource::VolumeGiB => &mut self.volume_gib,
-            QuotaResource::Volumes => &mut self.volumes,
-            QuotaResource::Addresses => &mut self.addresses,
-            QuotaResource::SecurityGroups => &mut self.security_groups,
-            QuotaResource::KeyPairs => &mut self.key_pairs,
-            QuotaResource::Networks => &mut self.networks,
-            QuotaResource::Images => &mut self.images,
-            QuotaResource::Snapshots => &mut self.snapshots,
-        } = v;
+        *quota_field!(r, &mut self) = v;
     }
 
     fn zip(self, other: QuotaAmounts, f: impl Fn(u64, u64) -> u64) -> QuotaAmounts {
@@ -399,15 +384,12 @@ pub struct ProjectStatus {
 
 impl Validate for Project {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
+        let mut errs = header(self, NameRule::DnsLabel);
+        check_description(
+            &mut errs,
+            "spec.description",
+            self.spec.description.as_deref(),
         );
-        if let Some(d) = &self.spec.description {
-            check_max_chars(&mut errs, "spec.description", d, MAX_DESCRIPTION);
-        }
         errs
     }
 }
@@ -430,41 +412,27 @@ pub const DEFAULT_COUNT_QUOTAS: [(QuotaResource, u32); 5] = [
 impl Defaults for Project {
     /// The count quotas the spec leaves out get [`DEFAULT_COUNT_QUOTAS`].
     fn apply_defaults(&mut self) {
-        let q = &mut self.spec.quotas;
         for (r, v) in DEFAULT_COUNT_QUOTAS {
-            let field = match r {
-                QuotaResource::SecurityGroups => &mut q.security_groups,
-                QuotaResource::KeyPairs => &mut q.key_pairs,
-                QuotaResource::Networks => &mut q.networks,
-                QuotaResource::Images => &mut q.images,
-                QuotaResource::Snapshots => &mut q.snapshots,
-                _ => continue,
-            };
-            field.get_or_insert(v);
+            let limit = quota_field!(r, &mut self.spec.quotas);
+            limit.get_or_insert(v);
         }
     }
 }
 
-impl ValidateUpdate for Project {
-    /// Everything may change.
-    fn validate_update(&self, old: &Self) -> FieldErrors {
-        check_meta_update(&old.metadata, &self.metadata)
-    }
-}
+// Everything may change.
+impl_validate_update!(Project);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::kinds::testing::round_trip_kind;
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::{InstanceSpec, InstanceTypeSpec, Resource};
 
     #[test]
     fn round_trip_and_rules() {
-        let p: Project = round_trip(
+        let p: Project = round_trip_kind(
             r#"
-apiVersion: corral/v1
-kind: Project
 metadata: {name: demo}
 spec:
   description: the demo tenant
@@ -475,7 +443,7 @@ status:
         );
         assert_eq!(p.spec.quotas.memory_mib, Some(40960));
         assert_eq!(p.status.as_ref().unwrap().usage.addresses, Some(0));
-        assert!(p.validate().is_empty(), "{}", p.validate());
+        assert_valid(&p);
 
         let mut bad = Project::new("x", "demo", ProjectSpec::default());
         bad.spec.description = Some("d".repeat(256));

@@ -11,10 +11,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::is_zero_i64;
 use crate::net::{CidrError, Ipv4Cidr};
 use crate::validate::{
-    check_max_chars, check_meta_update, check_opt_ref, check_range, check_tags, header, index,
-    join, NameRule, MAX_DESCRIPTION,
+    check_description, check_opt_ref, check_range, check_tags, header, impl_validate_update, index,
+    join, NameRule,
 };
-use crate::{Defaults, FieldErrors, Validate, ValidateUpdate};
+use crate::{Defaults, FieldErrors, Validate};
 
 crate::resource!(
     /// A set of firewall rules for instance interfaces.
@@ -262,26 +262,14 @@ fn check_rule(errs: &mut FieldErrors, p: &str, r: &SecurityGroupRule) {
             }
         }
     }
-    if let Some(d) = &r.description {
-        check_max_chars(errs, &join(p, "description"), d, MAX_DESCRIPTION);
-    }
+    check_description(errs, &join(p, "description"), r.description.as_deref());
 }
 
 impl Validate for SecurityGroup {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
-        );
+        let mut errs = header(self, NameRule::DnsLabel);
         let spec = &self.spec;
-        check_max_chars(
-            &mut errs,
-            "spec.description",
-            &spec.description,
-            MAX_DESCRIPTION,
-        );
+        check_description(&mut errs, "spec.description", Some(&spec.description));
         for (path, rules) in [
             ("spec.ingress", &spec.ingress),
             ("spec.egress", &spec.egress),
@@ -304,23 +292,17 @@ impl Validate for SecurityGroup {
 
 impl crate::HostRefs for SecurityGroup {}
 
-impl Defaults for SecurityGroup {
-    /// Rules are kept exactly as written: no implicit egress rule.
-    fn apply_defaults(&mut self) {}
-}
+// Rules are kept exactly as written: no implicit egress rule.
+impl Defaults for SecurityGroup {}
 
-impl ValidateUpdate for SecurityGroup {
-    /// Rules may change freely.
-    fn validate_update(&self, old: &Self) -> FieldErrors {
-        check_meta_update(&old.metadata, &self.metadata)
-    }
-}
+// Rules may change freely.
+impl_validate_update!(SecurityGroup);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::kinds::testing::round_trip_kind;
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::validate::DNS_LABEL_MSG;
     use crate::Resource;
 
@@ -336,10 +318,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_protocol_spellings() {
-        let sg: SecurityGroup = round_trip(
+        let sg: SecurityGroup = round_trip_kind(
             r#"
-apiVersion: corral/v1
-kind: SecurityGroup
 metadata: {name: web, project: demo}
 spec:
   description: web servers
@@ -366,7 +346,7 @@ status: {ec2Id: sg-0123456789abcdef0}
             ]
         );
         assert_eq!(serde_json::to_value(Protocol::Number(47)).unwrap(), "47");
-        assert!(sg.validate().is_empty(), "{}", sg.validate());
+        assert_valid(&sg);
         for bad in ["\"sctp\"", "256", "\"300\"", "-2", "\"\""] {
             let e = serde_json::from_str::<Protocol>(bad)
                 .unwrap_err()

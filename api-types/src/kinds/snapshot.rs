@@ -7,10 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{is_zero_i64, is_zero_u8};
 use crate::validate::{
-    check_immutable, check_max_chars, check_meta_update, check_ref, check_tags, header, NameRule,
-    MAX_DESCRIPTION,
+    check_description, check_ref, check_tags, header, impl_validate_update, NameRule,
 };
-use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
+use crate::{Condition, Defaults, FieldErrors, Validate};
 
 crate::resource!(
     /// A point-in-time copy of a volume.
@@ -76,16 +75,13 @@ pub struct SnapshotStatus {
 
 impl Validate for Snapshot {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
-        );
+        let mut errs = header(self, NameRule::DnsLabel);
         check_ref(&mut errs, "spec.volume", &self.spec.volume);
-        if let Some(d) = &self.spec.description {
-            check_max_chars(&mut errs, "spec.description", d, MAX_DESCRIPTION);
-        }
+        check_description(
+            &mut errs,
+            "spec.description",
+            self.spec.description.as_deref(),
+        );
         check_tags(&mut errs, "spec.tags", &self.spec.tags);
         errs
     }
@@ -93,38 +89,23 @@ impl Validate for Snapshot {
 
 impl crate::HostRefs for Snapshot {}
 
-impl Defaults for Snapshot {
-    fn apply_defaults(&mut self) {}
-}
+impl Defaults for Snapshot {}
 
-impl ValidateUpdate for Snapshot {
-    /// The source volume is fixed.
-    fn validate_update(&self, old: &Self) -> FieldErrors {
-        let mut errs = check_meta_update(&old.metadata, &self.metadata);
-        check_immutable(
-            &mut errs,
-            "spec.volume",
-            &old.spec.volume,
-            &self.spec.volume,
-        );
-        errs
-    }
-}
+// The source volume is fixed.
+impl_validate_update!(Snapshot, "spec.volume" => volume);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::kinds::testing::round_trip_kind;
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::validate::DNS_LABEL_MSG;
     use crate::Resource;
 
     #[test]
     fn round_trip_with_status() {
-        let s: Snapshot = round_trip(
+        let s: Snapshot = round_trip_kind(
             r#"
-apiVersion: corral/v1
-kind: Snapshot
 metadata: {name: nightly, project: demo}
 spec: {volume: data, description: before upgrade}
 status: {phase: completed, sizeGiB: 10, progress: 100, ec2Id: snap-0123456789abcdef0}
@@ -133,7 +114,7 @@ status: {phase: completed, sizeGiB: 10, progress: 100, ec2Id: snap-0123456789abc
         let st = s.status.as_ref().unwrap();
         assert_eq!(st.phase, SnapshotPhase::Completed);
         assert_eq!(st.progress, 100);
-        assert!(s.validate().is_empty(), "{}", s.validate());
+        assert_valid(&s);
     }
 
     #[test]

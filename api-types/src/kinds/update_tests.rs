@@ -58,27 +58,41 @@ fn metadata_rules() {
     );
 }
 
+/// Updating `old` by `allowed` is accepted; by `allowed` then `forbidden`,
+/// refused with exactly `errors`.
+#[track_caller]
+fn check_update<R: ValidateUpdate + Clone>(
+    old: &R,
+    allowed: impl FnOnce(&mut R),
+    forbidden: impl FnOnce(&mut R),
+    errors: &[&str],
+) {
+    let mut new = old.clone();
+    allowed(&mut new);
+    assert_errors(&new.validate_update(old), &[]);
+    forbidden(&mut new);
+    assert_errors(&new.validate_update(old), errors);
+}
+
 #[test]
 fn instance_boot_source_and_zone_are_fixed() {
-    let old = Instance::new(
-        "demo",
-        "web",
-        InstanceSpec {
-            image: Some("tiny".into()),
-            availability_zone: Some("a".into()),
-            ..Default::default()
+    let spec = InstanceSpec {
+        image: Some("tiny".into()),
+        availability_zone: Some("a".into()),
+        ..Default::default()
+    };
+    check_update(
+        &Instance::new("demo", "web", spec),
+        |new| {
+            new.spec.power_state = PowerState::Stopped;
+            new.spec.instance_type = Some("m1.small".into());
+            new.spec.tags.insert("k".into(), "v".into());
         },
-    );
-    let mut new = old.clone();
-    new.spec.power_state = PowerState::Stopped;
-    new.spec.instance_type = Some("m1.small".into());
-    new.spec.tags.insert("k".into(), "v".into());
-    assert!(new.validate_update(&old).is_empty());
-    new.spec.image = None;
-    new.spec.boot_volume = Some("root".into());
-    new.spec.availability_zone = None;
-    assert_errors(
-        &new.validate_update(&old),
+        |new| {
+            new.spec.image = None;
+            new.spec.boot_volume = Some("root".into());
+            new.spec.availability_zone = None;
+        },
         &[
             "spec.image: field is immutable",
             "spec.bootVolume: field is immutable",
@@ -89,22 +103,16 @@ fn instance_boot_source_and_zone_are_fixed() {
 
 #[test]
 fn network_volume_snapshot_image_rules() {
-    let old = Network::new(
-        "demo",
-        "lan",
-        NetworkSpec {
-            cidr: "10.0.0.0/24".into(),
-            ..Default::default()
+    let mut lan = Network::new("demo", "lan", NetworkSpec::default());
+    lan.spec.cidr = "10.0.0.0/24".into();
+    check_update(
+        &lan,
+        |new| new.spec.dns_servers.push("1.1.1.1".into()),
+        |new| {
+            new.spec.cidr = "10.0.1.0/24".into();
+            new.spec.mode = NetworkMode::Bridged;
+            new.spec.host_bridge = Some("br0".into());
         },
-    );
-    let mut new = old.clone();
-    new.spec.dns_servers.push("1.1.1.1".into());
-    assert!(new.validate_update(&old).is_empty());
-    new.spec.cidr = "10.0.1.0/24".into();
-    new.spec.mode = NetworkMode::Bridged;
-    new.spec.host_bridge = Some("br0".into());
-    assert_errors(
-        &new.validate_update(&old),
         &[
             "spec.cidr: field is immutable",
             "spec.mode: field is immutable",
@@ -112,22 +120,16 @@ fn network_volume_snapshot_image_rules() {
         ],
     );
 
-    let old = Volume::new(
-        "demo",
-        "data",
-        VolumeSpec {
-            size_gib: Some(10),
-            ..Default::default()
+    let mut data = Volume::new("demo", "data", VolumeSpec::default());
+    data.spec.size_gib = Some(10);
+    check_update(
+        &data,
+        |grown| grown.spec.size_gib = Some(20),
+        |new| {
+            new.spec.size_gib = Some(5);
+            new.spec.source.image = Some("tiny".into());
+            new.spec.availability_zone = Some("b".into());
         },
-    );
-    let mut new = old.clone();
-    new.spec.size_gib = Some(20);
-    assert!(new.validate_update(&old).is_empty(), "growing is fine");
-    new.spec.size_gib = Some(5);
-    new.spec.source.image = Some("tiny".into());
-    new.spec.availability_zone = Some("b".into());
-    assert_errors(
-        &new.validate_update(&old),
         &[
             "spec.sizeGiB: may only grow (was 10)",
             "spec.source: field is immutable",
@@ -135,33 +137,24 @@ fn network_volume_snapshot_image_rules() {
         ],
     );
 
-    let old = Snapshot::new(
-        "demo",
-        "s",
-        SnapshotSpec {
-            volume: "data".into(),
-            ..Default::default()
-        },
-    );
-    let mut new = old.clone();
-    new.spec.description = Some("x".into());
-    assert!(new.validate_update(&old).is_empty());
-    new.spec.volume = "other".into();
-    assert_errors(
-        &new.validate_update(&old),
+    let mut snap = Snapshot::new("demo", "s", SnapshotSpec::default());
+    snap.spec.volume = "data".into();
+    check_update(
+        &snap,
+        |new| new.spec.description = Some("x".into()),
+        |new| new.spec.volume = "other".into(),
         &["spec.volume: field is immutable"],
     );
 
-    let old = Image::new("demo", "tiny", ImageSpec::default());
-    let mut new = old.clone();
-    new.spec.visibility = Visibility::Public;
-    assert!(new.validate_update(&old).is_empty());
-    new.spec.source.upload = true;
-    new.spec.format = ImageFormat::Raw;
-    new.spec.image_type = ImageType::Kernel;
-    new.spec.architecture = Architecture::Aarch64;
-    assert_errors(
-        &new.validate_update(&old),
+    check_update(
+        &Image::new("demo", "tiny", ImageSpec::default()),
+        |new| new.spec.visibility = Visibility::Public,
+        |new| {
+            new.spec.source.upload = true;
+            new.spec.format = ImageFormat::Raw;
+            new.spec.image_type = ImageType::Kernel;
+            new.spec.architecture = Architecture::Aarch64;
+        },
         &[
             "spec.source: field is immutable",
             "spec.format: field is immutable",
@@ -173,53 +166,34 @@ fn network_volume_snapshot_image_rules() {
 
 #[test]
 fn other_kinds_rules() {
-    let old = KeyPair::new(
-        "demo",
-        "k",
-        KeyPairSpec {
-            public_key: "ssh-ed25519 AAAA".into(),
-            ..Default::default()
-        },
-    );
-    let mut new = old.clone();
-    new.spec.public_key = "ssh-ed25519 AAAA\n".into();
-    assert!(
-        new.validate_update(&old).is_empty(),
-        "whitespace is not a change"
-    );
-    new.spec.public_key = "ssh-ed25519 BBBB".into();
-    assert_errors(
-        &new.validate_update(&old),
+    let mut key = KeyPair::new("demo", "k", KeyPairSpec::default());
+    key.spec.public_key = "ssh-ed25519 AAAA".into();
+    check_update(
+        &key,
+        // Whitespace is not a change.
+        |new| new.spec.public_key = "ssh-ed25519 AAAA\n".into(),
+        |new| new.spec.public_key = "ssh-ed25519 BBBB".into(),
         &["spec.publicKey: field is immutable"],
     );
 
-    let old = Address::new(
-        "demo",
-        "ip",
-        AddressSpec {
-            network: "pub".into(),
-            ..Default::default()
-        },
-    );
-    let mut new = old.clone();
-    new.spec.instance = Some("web".into());
-    assert!(new.validate_update(&old).is_empty());
-    new.spec.network = "other".into();
-    assert_errors(
-        &new.validate_update(&old),
+    let mut ip = Address::new("demo", "ip", AddressSpec::default());
+    ip.spec.network = "pub".into();
+    check_update(
+        &ip,
+        |new| new.spec.instance = Some("web".into()),
+        |new| new.spec.network = "other".into(),
         &["spec.network: field is immutable"],
     );
 
-    let old = seeded_instance_types().remove(0);
-    let mut new = old.clone();
-    new.spec.description = Some("smallest".into());
-    assert!(new.validate_update(&old).is_empty());
-    new.spec.vcpus = 2;
-    new.spec.memory_mib = 1024;
-    new.spec.root_disk_gib = 2;
-    new.spec.ephemeral_gib = 1;
-    assert_errors(
-        &new.validate_update(&old),
+    check_update(
+        &seeded_instance_types().remove(0),
+        |new| new.spec.description = Some("smallest".into()),
+        |new| {
+            new.spec.vcpus = 2;
+            new.spec.memory_mib = 1024;
+            new.spec.root_disk_gib = 2;
+            new.spec.ephemeral_gib = 1;
+        },
         &[
             "spec.vcpus: field is immutable",
             "spec.memoryMiB: field is immutable",
@@ -228,29 +202,32 @@ fn other_kinds_rules() {
         ],
     );
 
-    let old = Event::new("demo", "e", EventSpec::default());
-    let mut new = old.clone();
-    new.spec.count = 5;
-    assert!(new.validate_update(&old).is_empty());
-    new.spec.involved_object.name = "x".into();
-    assert_errors(
-        &new.validate_update(&old),
+    check_update(
+        &Event::new("demo", "e", EventSpec::default()),
+        |new| new.spec.count = 5,
+        |new| new.spec.involved_object.name = "x".into(),
         &["spec.involvedObject: field is immutable"],
     );
 
-    // Free-form kinds.
-    let old = SecurityGroup::new("demo", "sg", SecurityGroupSpec::default());
-    let mut new = old.clone();
-    new.spec.description = "changed".into();
-    assert!(new.validate_update(&old).is_empty());
-    let old = Node::new("", "n", NodeSpec::default());
-    let mut new = old.clone();
-    new.spec.unschedulable = true;
-    assert!(new.validate_update(&old).is_empty());
-    let old = Project::new("", "p", ProjectSpec::default());
-    let mut new = old.clone();
-    new.spec.quotas.instances = Some(1);
-    assert!(new.validate_update(&old).is_empty());
+    // Free-form kinds: any spec change is accepted.
+    check_update(
+        &SecurityGroup::new("demo", "sg", SecurityGroupSpec::default()),
+        |new| new.spec.description = "changed".into(),
+        |_| {},
+        &[],
+    );
+    check_update(
+        &Node::new("", "n", NodeSpec::default()),
+        |new| new.spec.unschedulable = true,
+        |_| {},
+        &[],
+    );
+    check_update(
+        &Project::new("", "p", ProjectSpec::default()),
+        |new| new.spec.quotas.instances = Some(1),
+        |_| {},
+        &[],
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::is_zero_i64;
 use crate::validate::{
-    check_immutable, check_meta_update, check_opt_ref, check_range, check_tags, header, NameRule,
+    check_opt_ref, check_range, check_spec_update, check_tags, header, NameRule,
 };
 use crate::{Condition, Defaults, FieldErrors, Validate, ValidateUpdate};
 
@@ -118,12 +118,7 @@ pub struct VolumeStatus {
 
 impl Validate for Volume {
     fn validate(&self) -> FieldErrors {
-        let mut errs = header::<Self>(
-            &self.api_version,
-            &self.kind,
-            &self.metadata,
-            NameRule::DnsLabel,
-        );
+        let mut errs = header(self, NameRule::DnsLabel);
         let spec = &self.spec;
         let src = &spec.source;
         let set = [&src.image, &src.snapshot, &src.volume]
@@ -164,25 +159,16 @@ impl Validate for Volume {
 
 impl crate::HostRefs for Volume {}
 
-impl Defaults for Volume {
-    fn apply_defaults(&mut self) {}
-}
+impl Defaults for Volume {}
 
 impl ValidateUpdate for Volume {
     /// Source and zone are fixed; the size may only grow.
     fn validate_update(&self, old: &Self) -> FieldErrors {
-        let mut errs = check_meta_update(&old.metadata, &self.metadata);
-        check_immutable(
-            &mut errs,
-            "spec.source",
-            &old.spec.source,
-            &self.spec.source,
-        );
-        check_immutable(
-            &mut errs,
-            "spec.availabilityZone",
-            &old.spec.availability_zone,
-            &self.spec.availability_zone,
+        let mut errs = check_spec_update!(
+            old,
+            self,
+            "spec.source" => source,
+            "spec.availabilityZone" => availability_zone,
         );
         if let (Some(was), Some(now)) = (old.spec.size_gib, self.spec.size_gib) {
             if now < was {
@@ -196,17 +182,15 @@ impl ValidateUpdate for Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::testing::round_trip;
-    use crate::validate::testing::assert_errors;
+    use crate::kinds::testing::{assert_wire_names, round_trip_kind};
+    use crate::validate::testing::{assert_errors, assert_valid};
     use crate::validate::DNS_LABEL_MSG;
     use crate::Resource;
 
     #[test]
     fn round_trip_with_status() {
-        let v: Volume = round_trip(
+        let v: Volume = round_trip_kind(
             r#"
-apiVersion: corral/v1
-kind: Volume
 metadata: {name: data, project: demo}
 spec:
   sizeGiB: 10
@@ -226,20 +210,18 @@ status:
         let st = v.status.as_ref().unwrap();
         assert_eq!(st.phase, VolumePhase::InUse);
         assert_eq!(st.attached_to.as_ref().unwrap().device, "vdb");
-        assert!(v.validate().is_empty(), "{}", v.validate());
+        assert_valid(&v);
     }
 
     #[test]
     fn phase_names() {
-        for (s, p) in [
+        assert_wire_names(&[
             ("creating", VolumePhase::Creating),
             ("available", VolumePhase::Available),
             ("in-use", VolumePhase::InUse),
             ("deleting", VolumePhase::Deleting),
             ("error", VolumePhase::Error),
-        ] {
-            assert_eq!(serde_json::to_value(p).unwrap(), s);
-        }
+        ]);
     }
 
     #[test]
