@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{DomainType, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
-use common::{client, code, filter};
-use corral_api_types::{Network, NetworkSpec, Resource};
+use common::{client, code, create_network, filter, network, run_one};
+use corral_api_types::Network;
 use corral_controllers::{ControllerManager, ControllerOptions};
 use corral_ec2_api::testing::{seed_project, start, TestServer};
 
@@ -24,34 +24,6 @@ async fn controllers(s: &TestServer) -> tokio::sync::watch::Sender<bool> {
     let (stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(manager.run(rx));
     stop
-}
-
-async fn pool(s: &TestServer, name: &str, cidr: &str) {
-    s.store
-        .create(&Network::new(
-            "default",
-            name,
-            NetworkSpec {
-                cidr: cidr.into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
-}
-
-async fn run(ec2: &Client, image: &str) -> String {
-    ec2.run_instances()
-        .image_id(image)
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap()
-        .instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string()
 }
 
 /// The instance's public IP and its first interface's association IP.
@@ -102,7 +74,7 @@ async fn elastic_ips_allocate_associate_release() {
         .contains("public"));
 
     // 198.51.100.0/29: .1 is the gateway, five addresses.
-    pool(&s, "public", "198.51.100.0/29").await;
+    create_network(&s.store, "default", "public", "198.51.100.0/29").await;
     assert_eq!(
         code(ec2.allocate_address().dry_run(true).send().await),
         "DryRunOperation"
@@ -219,8 +191,8 @@ async fn elastic_ips_allocate_associate_release() {
     );
 
     // Associate with an instance: its public IP shows up.
-    let web = run(&ec2, &image).await;
-    let db = run(&ec2, &image).await;
+    let web = run_one(&ec2, &image).await;
+    let db = run_one(&ec2, &image).await;
     assert_eq!(
         code(ec2.associate_address().instance_id(&web).send().await),
         "MissingParameter"
@@ -407,15 +379,8 @@ async fn elastic_ips_allocate_associate_release() {
 async fn labelled_pool_wins_and_tenancy() {
     let s = start().await;
     seed_project(&s.store, "default").await;
-    pool(&s, "public", "198.51.100.0/29").await;
-    let mut ext = Network::new(
-        "default",
-        "ext",
-        NetworkSpec {
-            cidr: "203.0.113.0/28".into(),
-            ..Default::default()
-        },
-    );
+    create_network(&s.store, "default", "public", "198.51.100.0/29").await;
+    let mut ext = network("default", "ext", "203.0.113.0/28");
     ext.metadata
         .labels
         .insert("corral.dev/address-pool".into(), "true".into());

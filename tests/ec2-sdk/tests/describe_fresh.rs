@@ -7,9 +7,8 @@
 mod common;
 
 use aws_sdk_ec2::types::Instance as Ec2Instance;
-use common::{client, set_phase};
-use corral_api_types::{Image, InstancePhase, KeyPair, Node, NodeSpec, Resource};
-use corral_ec2_api::testing::{seed_project, start};
+use common::{create_group, launch, objects, run_one, set_phase, start_seeded};
+use corral_api_types::{Image, InstancePhase, KeyPair, Node, NodeSpec, Resource, SecurityGroup};
 
 async fn one(ec2: &aws_sdk_ec2::Client, id: &str) -> Ec2Instance {
     // Twice: the second answer comes from the reused XML when nothing
@@ -34,29 +33,14 @@ async fn one(ec2: &aws_sdk_ec2::Client, id: &str) -> Ec2Instance {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn describe_instances_shows_every_change_its_xml_depends_on() {
-    let s = start().await;
-    let image = seed_project(&s.store, "default").await;
-    let ec2 = client(&s, &s.admin);
+    let (s, ec2, image) = start_seeded().await;
     ec2.create_key_pair()
         .key_name("My Key")
         .send()
         .await
         .unwrap();
-    let sg = ec2
-        .create_security_group()
-        .group_name("Web Servers")
-        .description("web")
-        .send()
-        .await
-        .unwrap()
-        .group_id()
-        .unwrap()
-        .to_string();
-    let run = ec2
-        .run_instances()
-        .image_id(&image)
-        .min_count(1)
-        .max_count(1)
+    let sg = create_group(&ec2, "Web Servers", "web", None).await;
+    let run = launch(&ec2, &image)
         .key_name("My Key")
         .security_group_ids(&sg)
         .send()
@@ -64,13 +48,7 @@ async fn describe_instances_shows_every_change_its_xml_depends_on() {
         .unwrap();
     let id = run.instances()[0].instance_id().unwrap().to_string();
     // Another instance, so the project's answer holds more than one.
-    ec2.run_instances()
-        .image_id(&image)
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap();
+    run_one(&ec2, &image).await;
 
     let i = one(&ec2, &id).await;
     assert_eq!(i.key_name(), Some("My Key"));
@@ -104,43 +82,23 @@ async fn describe_instances_shows_every_change_its_xml_depends_on() {
         .send()
         .await
         .unwrap();
-    assert!(s
-        .store
-        .list::<KeyPair>(Some("default"), Default::default())
-        .await
-        .unwrap()
-        .items
-        .is_empty());
+    assert!(objects::<KeyPair>(&s.store, "default").await.is_empty());
     let i = one(&ec2, &id).await;
     assert_ne!(i.key_name(), Some("My Key"));
 
     // The security group goes (behind the façade's back): no id for it.
-    let group = s
-        .store
-        .list::<corral_api_types::SecurityGroup>(Some("default"), Default::default())
+    let group = objects::<SecurityGroup>(&s.store, "default")
         .await
-        .unwrap()
-        .items
-        .into_iter()
-        .next()
-        .unwrap();
+        .remove(0);
     s.store
-        .delete::<corral_api_types::SecurityGroup>("default", &group.metadata.name, None)
+        .delete::<SecurityGroup>("default", &group.metadata.name, None)
         .await
         .unwrap();
     let i = one(&ec2, &id).await;
     assert_ne!(i.security_groups()[0].group_id(), Some(sg.as_str()));
 
     // The image goes: no imageId.
-    let img: Image = s
-        .store
-        .list::<Image>(Some("default"), Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .next()
-        .unwrap();
+    let img = objects::<Image>(&s.store, "default").await.remove(0);
     s.store
         .delete::<Image>("default", &img.meta().name, None)
         .await

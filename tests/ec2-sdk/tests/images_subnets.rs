@@ -6,18 +6,20 @@
 mod common;
 
 use aws_sdk_ec2::types::{
-    ArchitectureValues, AttributeValue, Filter, ImageAttributeName, LaunchPermission,
+    ArchitectureValues, AttributeValue, ImageAttributeName, LaunchPermission,
     LaunchPermissionModifications, OperationType, PermissionGroup,
 };
-use common::{client, code, filter};
-use corral_api_types::{Image, ImageSource, ImageSpec, Network, Resource};
-use corral_ec2_api::testing::{add_user, seed_project, start};
+use aws_sdk_ec2::Client;
+use common::{
+    client, code, create_image, create_subnet, create_vpc, default_vpc, filter, launch, objects,
+    start_seeded,
+};
+use corral_api_types::{Image, Network};
+use corral_ec2_api::testing::{add_user, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_images_and_launch_permissions() {
-    let s = start().await;
-    seed_project(&s.store, "default").await;
-    let ec2 = client(&s, &s.admin);
+    let (s, ec2, _) = start_seeded().await;
     let reg = |name: &str, location: &str| ec2.register_image().name(name).image_location(location);
 
     assert_eq!(
@@ -73,10 +75,8 @@ async fn register_images_and_launch_permissions() {
         img.image_location(),
         Some("https://example.com/trio/disk.img")
     );
-    let kernels = ec2
-        .describe_images()
-        .filters(filter("image-type", &["kernel"]))
-        .send()
+    let images_where = |f| ec2.describe_images().filters(f).send();
+    let kernels = images_where(filter("image-type", &["kernel"]))
         .await
         .unwrap();
     assert_eq!(kernels.images().len(), 1);
@@ -200,7 +200,7 @@ async fn register_images_and_launch_permissions() {
     let bob = client(&s, &bob_keys);
     let bob_sees = || async {
         bob.describe_images()
-            .filters(Filter::builder().name("image-id").values(&ami).build())
+            .filters(filter("image-id", &[&ami]))
             .send()
             .await
             .unwrap()
@@ -218,28 +218,21 @@ async fn register_images_and_launch_permissions() {
         }
         p.build()
     };
-    ec2.modify_image_attribute()
-        .image_id(&ami)
-        .launch_permission(
-            LaunchPermissionModifications::builder()
-                .add(perm(true, None))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let add = |p| LaunchPermissionModifications::builder().add(p).build();
+    let remove = |p| LaunchPermissionModifications::builder().remove(p).build();
+    let permit = |by: &Client, m| {
+        by.modify_image_attribute()
+            .image_id(&ami)
+            .launch_permission(m)
+    };
+    permit(&ec2, add(perm(true, None))).send().await.unwrap();
     let a = attr(ImageAttributeName::LaunchPermission).await.unwrap();
     assert_eq!(
         a.launch_permissions()[0].group(),
         Some(&PermissionGroup::All)
     );
     assert_eq!(bob_sees().await, 1);
-    let public = ec2
-        .describe_images()
-        .filters(filter("is-public", &["true"]))
-        .send()
-        .await
-        .unwrap();
+    let public = images_where(filter("is-public", &["true"])).await.unwrap();
     assert_eq!(public.images().len(), 1);
     // The flat form takes it back.
     ec2.modify_image_attribute()
@@ -252,13 +245,7 @@ async fn register_images_and_launch_permissions() {
         .unwrap();
     assert_eq!(bob_sees().await, 0);
     let bob_account = corral_api_types::ec2::account_id("other");
-    ec2.modify_image_attribute()
-        .image_id(&ami)
-        .launch_permission(
-            LaunchPermissionModifications::builder()
-                .add(perm(false, Some(&bob_account)))
-                .build(),
-        )
+    permit(&ec2, add(perm(false, Some(&bob_account))))
         .send()
         .await
         .unwrap();
@@ -270,42 +257,16 @@ async fn register_images_and_launch_permissions() {
     );
     // Bob cannot change it: not his.
     assert_eq!(
-        code(
-            bob.modify_image_attribute()
-                .image_id(&ami)
-                .launch_permission(
-                    LaunchPermissionModifications::builder()
-                        .add(perm(true, None))
-                        .build()
-                )
-                .send()
-                .await
-        ),
+        code(permit(&bob, add(perm(true, None))).send().await),
         "InvalidAMIID.NotFound"
     );
-    ec2.modify_image_attribute()
-        .image_id(&ami)
-        .launch_permission(
-            LaunchPermissionModifications::builder()
-                .remove(perm(false, Some(&bob_account)))
-                .build(),
-        )
+    permit(&ec2, remove(perm(false, Some(&bob_account))))
         .send()
         .await
         .unwrap();
     assert_eq!(bob_sees().await, 0);
     assert_eq!(
-        code(
-            ec2.modify_image_attribute()
-                .image_id(&ami)
-                .launch_permission(
-                    LaunchPermissionModifications::builder()
-                        .add(perm(false, Some("12345")))
-                        .build()
-                )
-                .send()
-                .await
-        ),
+        code(permit(&ec2, add(perm(false, Some("12345")))).send().await),
         "InvalidUserID.Malformed"
     );
     assert_eq!(
@@ -336,20 +297,8 @@ async fn register_images_and_launch_permissions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_subnet_maps_onto_networks() {
-    let s = start().await;
-    seed_project(&s.store, "default").await;
-    let ec2 = client(&s, &s.admin);
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block("10.1.0.0/16")
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .unwrap()
-        .vpc_id()
-        .unwrap()
-        .to_string();
+    let (_s, ec2, _) = start_seeded().await;
+    let vpc = create_vpc(&ec2, "10.1.0.0/16").await;
     let subnets_of = |vpc: String| {
         let ec2 = ec2.clone();
         async move {
@@ -373,8 +322,7 @@ async fn create_subnet_maps_onto_networks() {
         code(sub("10.1.1.0/24").dry_run(true).send().await),
         "DryRunOperation"
     );
-    let made = sub("10.1.1.0/24").send().await.unwrap();
-    let subnet = made.subnet().unwrap();
+    let subnet = create_subnet(&ec2, &vpc, "10.1.1.0/24").await;
     assert_eq!(subnet.vpc_id(), Some(vpc.as_str()));
     assert_eq!(subnet.cidr_block(), Some("10.1.1.0/24"));
     let subnet_id = subnet.subnet_id().unwrap().to_string();
@@ -405,11 +353,7 @@ async fn create_subnet_maps_onto_networks() {
         .image_id()
         .unwrap()
         .to_string();
-    let run = ec2
-        .run_instances()
-        .image_id(&image)
-        .min_count(1)
-        .max_count(1)
+    let run = launch(&ec2, &image)
         .subnet_id(&subnet_id)
         .send()
         .await
@@ -417,36 +361,11 @@ async fn create_subnet_maps_onto_networks() {
     assert_eq!(run.instances()[0].subnet_id(), Some(subnet_id.as_str()));
 
     // A subnet with the VPC's whole CIDR.
-    let vpc2 = ec2
-        .create_vpc()
-        .cidr_block("10.3.0.0/24")
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .unwrap()
-        .vpc_id()
-        .unwrap()
-        .to_string();
-    let made = ec2
-        .create_subnet()
-        .vpc_id(&vpc2)
-        .cidr_block("10.3.0.0/24")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(made.subnet().unwrap().cidr_block(), Some("10.3.0.0/24"));
+    let vpc2 = create_vpc(&ec2, "10.3.0.0/24").await;
+    let made = create_subnet(&ec2, &vpc2, "10.3.0.0/24").await;
+    assert_eq!(made.cidr_block(), Some("10.3.0.0/24"));
     // The default VPC (and any manifest-made Network) has its subnet.
-    let default_vpc = ec2
-        .describe_vpcs()
-        .filters(filter("is-default", &["true"]))
-        .send()
-        .await
-        .unwrap()
-        .vpcs()[0]
-        .vpc_id()
-        .unwrap()
-        .to_string();
+    let default_vpc = default_vpc(&ec2).await;
     assert_eq!(
         code(
             ec2.create_subnet()
@@ -463,37 +382,11 @@ async fn create_subnet_maps_onto_networks() {
 async fn run_instances_makes_the_default_vpc() {
     let s = start().await;
     // An image and no Network at all.
-    let img = s
-        .store
-        .create(&Image::new(
-            "default",
-            "cirros",
-            ImageSpec {
-                source: ImageSource {
-                    url: Some("https://example.com/cirros.img".into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
-    let image = corral_api_types::ec2::image_id(img.spec.image_type, &img.meta().uid);
+    let image = create_image(&s.store, "default", "cirros").await;
     let ec2 = client(&s, &s.admin);
-    let run = || {
-        ec2.run_instances()
-            .image_id(&image)
-            .min_count(1)
-            .max_count(1)
-    };
+    let run = || launch(&ec2, &image);
     assert_eq!(code(run().dry_run(true).send().await), "DryRunOperation");
-    let nets = || async {
-        s.store
-            .list::<Network>(Some("default"), Default::default())
-            .await
-            .unwrap()
-            .items
-    };
+    let nets = || objects::<Network>(&s.store, "default");
     assert!(nets().await.is_empty(), "DryRun makes nothing");
     // Several at once: one default VPC.
     let mut calls = Vec::new();

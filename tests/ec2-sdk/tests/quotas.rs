@@ -4,24 +4,32 @@
 
 mod common;
 
-use common::{client, code};
-use corral_api_types::{Instance, Project, ProjectResources, Resource, Volume};
-use corral_ec2_api::testing::{seed_project, start};
+use common::{
+    client, code, create_group, create_network, launch, objects, permission, start_seeded,
+};
+use corral_api_types::{Instance, Project, ProjectResources, SecurityGroup, Volume};
+use corral_ec2_api::testing::{start, TestServer};
+
+/// Changes project `default`'s quotas in the store.
+async fn set_quotas(s: &TestServer, set: impl FnOnce(&mut ProjectResources)) {
+    let mut p: Project = s.store.get("", "default").await.unwrap().unwrap();
+    set(&mut p.spec.quotas);
+    s.store.update(&p).await.unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_instances_over_quota_gets_the_aws_codes() {
-    let s = start().await;
-    let image = seed_project(&s.store, "default").await;
-    let mut p: Project = s.store.get("", "default").await.unwrap().unwrap();
-    p.spec.quotas = ProjectResources {
-        instances: Some(3),
-        vcpus: Some(4),
-        volumes: Some(1),
-        volume_gib: Some(5),
-        ..Default::default()
-    };
-    s.store.update(&p).await.unwrap();
-    let ec2 = client(&s, &s.admin);
+    let (s, ec2, image) = start_seeded().await;
+    set_quotas(&s, |q| {
+        *q = ProjectResources {
+            instances: Some(3),
+            vcpus: Some(4),
+            volumes: Some(1),
+            volume_gib: Some(5),
+            ..Default::default()
+        }
+    })
+    .await;
     let run = |itype: &'static str, min: i32, max: i32| {
         ec2.run_instances()
             .image_id(&image)
@@ -47,17 +55,12 @@ async fn run_instances_over_quota_gets_the_aws_codes() {
         code(run("m1.tiny", 3, 3).send().await),
         "InstanceLimitExceeded"
     );
-    let left = s
-        .store
-        .list::<Instance>(Some("default"), Default::default())
-        .await
-        .unwrap();
+    let left = objects::<Instance>(&s.store, "default").await;
     let live: Vec<_> = left
-        .items
         .iter()
         .filter(|i| i.metadata.deletion_timestamp.is_none())
         .collect();
-    assert_eq!(live.len(), 1, "{:?}", left.items);
+    assert_eq!(live.len(), 1, "{left:?}");
     // MinCount 1, MaxCount 5: as many as fit (two more instances).
     let r = run("m1.tiny", 1, 5).send().await.unwrap();
     assert_eq!(r.instances().len(), 2);
@@ -65,12 +68,8 @@ async fn run_instances_over_quota_gets_the_aws_codes() {
         code(run("m1.tiny", 1, 1).send().await),
         "InstanceLimitExceeded"
     );
-    let all = s
-        .store
-        .list::<Instance>(Some("default"), Default::default())
-        .await
-        .unwrap();
-    assert_eq!(all.items.len(), 3);
+    let all = objects::<Instance>(&s.store, "default").await;
+    assert_eq!(all.len(), 3);
 
     // Volumes: size, then count.
     let zones = ec2.describe_availability_zones().send().await.unwrap();
@@ -104,27 +103,17 @@ async fn run_instances_over_quota_gets_the_aws_codes() {
         ),
         "VolumeLimitExceeded"
     );
-    let vols = s
-        .store
-        .list::<Volume>(Some("default"), Default::default())
-        .await
-        .unwrap();
-    assert_eq!(vols.items.len(), 1);
+    let vols = objects::<Volume>(&s.store, "default").await;
+    assert_eq!(vols.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_data_is_limited_to_16_kib_before_base64() {
-    let s = start().await;
-    let image = seed_project(&s.store, "default").await;
-    let ec2 = client(&s, &s.admin);
+    let (_s, ec2, image) = start_seeded().await;
     let run = |bytes: usize| {
         // The SDK base64-encodes user data as EC2 expects it.
         let text = "#!/bin/sh\n".to_string() + &"x".repeat(bytes - 10);
-        ec2.run_instances()
-            .image_id(&image)
-            .min_count(1)
-            .max_count(1)
-            .user_data(base64(text.as_bytes()))
+        launch(&ec2, &image).user_data(base64(text.as_bytes()))
     };
     let err = run(16 * 1024 + 1).send().await.unwrap_err();
     let meta = aws_sdk_ec2::error::ProvideErrorMetadata::meta(&err);
@@ -158,18 +147,8 @@ fn base64(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocate_address_over_quota_is_address_limit_exceeded() {
     let s = start().await;
-    let mut p: Project = s.store.get("", "default").await.unwrap().unwrap();
-    p.spec.quotas.addresses = Some(1);
-    s.store.update(&p).await.unwrap();
-    let pool = corral_api_types::Network::new(
-        "default",
-        "public",
-        corral_api_types::NetworkSpec {
-            cidr: "203.0.113.0/28".into(),
-            ..Default::default()
-        },
-    );
-    s.store.create(&pool).await.unwrap();
+    set_quotas(&s, |q| q.addresses = Some(1)).await;
+    create_network(&s.store, "default", "public", "203.0.113.0/28").await;
     let ec2 = client(&s, &s.admin);
     ec2.allocate_address().send().await.unwrap();
     let err = ec2.allocate_address().send().await.unwrap_err();
@@ -183,18 +162,10 @@ async fn allocate_address_over_quota_is_address_limit_exceeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bigger_instance_type_over_quota_is_refused() {
-    let s = start().await;
-    let image = seed_project(&s.store, "default").await;
-    let mut p: Project = s.store.get("", "default").await.unwrap().unwrap();
-    p.spec.quotas.vcpus = Some(1);
-    s.store.update(&p).await.unwrap();
-    let ec2 = client(&s, &s.admin);
-    let r = ec2
-        .run_instances()
-        .image_id(&image)
+    let (s, ec2, image) = start_seeded().await;
+    set_quotas(&s, |q| q.vcpus = Some(1)).await;
+    let r = launch(&ec2, &image)
         .instance_type("m1.small".into())
-        .min_count(1)
-        .max_count(1)
         .send()
         .await
         .unwrap();
@@ -224,36 +195,22 @@ async fn a_bigger_instance_type_over_quota_is_refused() {
 /// `RulesPerSecurityGroupLimitExceeded` — nothing half-added.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_quotas_and_rule_limits_get_the_aws_codes() {
-    let s = start().await;
-    seed_project(&s.store, "default").await;
-    let mut p: Project = s.store.get("", "default").await.unwrap().unwrap();
-    p.spec.quotas = ProjectResources {
-        security_groups: Some(2),
-        key_pairs: Some(1),
-        ..Default::default()
-    };
-    s.store.update(&p).await.unwrap();
-    let ec2 = client(&s, &s.admin);
+    let (s, ec2, _) = start_seeded().await;
+    set_quotas(&s, |q| {
+        *q = ProjectResources {
+            security_groups: Some(2),
+            key_pairs: Some(1),
+            ..Default::default()
+        }
+    })
+    .await;
     corral_registry::quota::settle(&s.store, "default")
         .await
         .unwrap();
-    let have = s
-        .store
-        .list::<corral_api_types::SecurityGroup>(Some("default"), Default::default())
-        .await
-        .unwrap()
-        .items
-        .len();
+    let have = objects::<SecurityGroup>(&s.store, "default").await.len();
     let mut made = Vec::new();
     for n in have..2 {
-        let g = ec2
-            .create_security_group()
-            .group_name(format!("g{n}"))
-            .description("d")
-            .send()
-            .await
-            .unwrap();
-        made.push(g.group_id().unwrap().to_string());
+        made.push(create_group(&ec2, &format!("g{n}"), "d", None).await);
     }
     let err = ec2
         .create_security_group()
@@ -280,18 +237,7 @@ async fn count_quotas_and_rule_limits_get_the_aws_codes() {
     // 100 inbound rules fit; the 101st is refused and not stored.
     assert!(!made.is_empty(), "the seed already holds {have} groups");
     let group = made[0].clone();
-    let rule = |port: i32| {
-        aws_sdk_ec2::types::IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(port)
-            .to_port(port)
-            .ip_ranges(
-                aws_sdk_ec2::types::IpRange::builder()
-                    .cidr_ip("10.0.0.0/8")
-                    .build(),
-            )
-            .build()
-    };
+    let rule = |port: i32| permission("tcp", port, port, "10.0.0.0/8");
     let mut batch = ec2.authorize_security_group_ingress().group_id(&group);
     for port in 1..=100 {
         batch = batch.ip_permissions(rule(port));

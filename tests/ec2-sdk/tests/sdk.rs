@@ -5,35 +5,22 @@
 use aws_sdk_ec2::types::Tag;
 mod common;
 
-use common::{client, code, filter, set_phase};
+use common::{
+    client, code, create_group, create_volume, filter, launch, objects, run_one, set_phase,
+    start_seeded,
+};
 use corral_api_types::{Instance, InstancePhase};
 use corral_ec2_api::testing::{add_user, seed_project, start, Keys};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_pagination_filters_idempotency_dry_run() {
-    let s = start().await;
-    let image = seed_project(&s.store, "default").await;
-    let ec2 = client(&s, &s.admin);
+    let (s, ec2, image) = start_seeded().await;
 
     assert_eq!(
-        code(
-            ec2.run_instances()
-                .image_id(&image)
-                .min_count(1)
-                .max_count(1)
-                .dry_run(true)
-                .send()
-                .await
-        ),
+        code(launch(&ec2, &image).dry_run(true).send().await),
         "DryRunOperation"
     );
-    assert!(s
-        .store
-        .list::<Instance>(Some("default"), Default::default())
-        .await
-        .unwrap()
-        .items
-        .is_empty());
+    assert!(objects::<Instance>(&s.store, "default").await.is_empty());
 
     let run = || {
         ec2.run_instances()
@@ -61,15 +48,7 @@ async fn instances_pagination_filters_idempotency_dry_run() {
         ids
     );
     assert_eq!(
-        code(
-            ec2.run_instances()
-                .image_id(&image)
-                .min_count(1)
-                .max_count(1)
-                .client_token("tok-1")
-                .send()
-                .await
-        ),
+        code(launch(&ec2, &image).client_token("tok-1").send().await),
         "IdempotentParameterMismatch"
     );
 
@@ -206,28 +185,8 @@ async fn tenancy() {
     let image_a = seed_project(&s.store, "a").await;
     seed_project(&s.store, "b").await;
     let (a, b) = (client(&s, &ka), client(&s, &kb));
-    let inst = a
-        .run_instances()
-        .image_id(&image_a)
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap()
-        .instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string();
-    let sg = a
-        .create_security_group()
-        .group_name("secret")
-        .description("a's")
-        .send()
-        .await
-        .unwrap()
-        .group_id()
-        .unwrap()
-        .to_string();
+    let inst = run_one(&a, &image_a).await;
+    let sg = create_group(&a, "secret", "a's", None).await;
     a.import_key_pair()
         .key_name("a-key")
         .public_key_material(aws_sdk_ec2::primitives::Blob::new(
@@ -236,16 +195,7 @@ async fn tenancy() {
         .send()
         .await
         .unwrap();
-    let vol = a
-        .create_volume()
-        .size(1)
-        .availability_zone("corral-1a")
-        .send()
-        .await
-        .unwrap()
-        .volume_id()
-        .unwrap()
-        .to_string();
+    let vol = create_volume(&a).await;
 
     assert!(b
         .describe_instances()
@@ -281,14 +231,7 @@ async fn tenancy() {
         "InvalidAMIID.NotFound"
     );
     assert_eq!(
-        code(
-            b.run_instances()
-                .image_id(&image_a)
-                .min_count(1)
-                .max_count(1)
-                .send()
-                .await
-        ),
+        code(launch(&b, &image_a).send().await),
         "InvalidAMIID.NotFound"
     );
     assert_eq!(

@@ -10,25 +10,21 @@ mod common;
 use std::future::Future;
 use std::pin::Pin;
 
-use aws_sdk_ec2::types::{IpPermission, IpRange, Tag};
+use aws_sdk_ec2::types::{IpPermission, Tag};
 use aws_sdk_ec2::Client;
-use common::{client, code, filter};
+use common::{
+    client, code, create_group, create_image, create_network, create_subnet, create_volume,
+    create_vpc, filter, launch, objects, permission, run_one,
+};
 use corral_api_types::{
-    Address, Image, Instance, KeyPair, Network, NetworkSpec, Resource, SecurityGroup, Snapshot,
-    Volume,
+    Address, Image, Instance, KeyPair, Network, Resource, SecurityGroup, Snapshot, Volume,
 };
 use corral_ec2_api::testing::{add_user, seed_project, start, TestServer};
-use corral_store::ListOptions;
 
 /// Every object of project `p`, as stored.
 async fn stored(s: &TestServer, p: &str) -> Vec<String> {
     async fn all<K: Resource>(s: &TestServer, p: &str, out: &mut Vec<String>) {
-        let list = s
-            .store
-            .list::<K>(Some(p), ListOptions::default())
-            .await
-            .unwrap();
-        for item in list.items {
+        for item in objects::<K>(&s.store, p).await {
             out.push(format!("{}: {item:?}", K::KIND));
         }
     }
@@ -42,46 +38,6 @@ async fn stored(s: &TestServer, p: &str) -> Vec<String> {
     all::<Image>(s, p, &mut out).await;
     all::<Network>(s, p, &mut out).await;
     out
-}
-
-async fn pool(s: &TestServer, project: &str, cidr: &str) {
-    s.store
-        .create(&Network::new(
-            project,
-            "public",
-            NetworkSpec {
-                cidr: cidr.into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
-}
-
-async fn run(ec2: &Client, image: &str) -> String {
-    ec2.run_instances()
-        .image_id(image)
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap()
-        .instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string()
-}
-
-async fn volume(ec2: &Client) -> String {
-    ec2.create_volume()
-        .availability_zone("corral-1a")
-        .size(1)
-        .send()
-        .await
-        .unwrap()
-        .volume_id()
-        .unwrap()
-        .to_string()
 }
 
 /// B's ids.
@@ -102,19 +58,10 @@ struct B {
 
 async fn b_makes_one_of_everything(s: &TestServer, eb: &Client) -> B {
     let image = seed_project(&s.store, "b").await;
-    pool(s, "b", "198.51.100.0/28").await;
+    create_network(&s.store, "b", "public", "198.51.100.0/28").await;
     let key = eb.create_key_pair().key_name("bkey").send().await.unwrap();
-    let group = eb
-        .create_security_group()
-        .group_name("bsg")
-        .description("b's")
-        .send()
-        .await
-        .unwrap()
-        .group_id()
-        .unwrap()
-        .to_string();
-    let volume = volume(eb).await;
+    let group = create_group(eb, "bsg", "b's", None).await;
+    let volume = create_volume(eb).await;
     let snapshot = eb
         .create_snapshot()
         .volume_id(&volume)
@@ -124,11 +71,7 @@ async fn b_makes_one_of_everything(s: &TestServer, eb: &Client) -> B {
         .snapshot_id()
         .unwrap()
         .to_string();
-    let instance = eb
-        .run_instances()
-        .image_id(&image)
-        .min_count(1)
-        .max_count(1)
+    let instance = launch(eb, &image)
         .key_name("bkey")
         .security_group_ids(&group)
         .client_token("shared-token")
@@ -140,26 +83,9 @@ async fn b_makes_one_of_everything(s: &TestServer, eb: &Client) -> B {
         .unwrap()
         .to_string();
     let addr = eb.allocate_address().send().await.unwrap();
-    let vpc = eb
-        .create_vpc()
-        .cidr_block("10.9.0.0/16")
-        .send()
+    let vpc = create_vpc(eb, "10.9.0.0/16").await;
+    let subnet = create_subnet(eb, &vpc, "10.9.1.0/24")
         .await
-        .unwrap()
-        .vpc()
-        .unwrap()
-        .vpc_id()
-        .unwrap()
-        .to_string();
-    let subnet = eb
-        .create_subnet()
-        .vpc_id(&vpc)
-        .cidr_block("10.9.1.0/24")
-        .send()
-        .await
-        .unwrap()
-        .subnet()
-        .unwrap()
         .subnet_id()
         .unwrap()
         .to_string();
@@ -204,12 +130,7 @@ macro_rules! case {
 }
 
 fn ssh() -> IpPermission {
-    IpPermission::builder()
-        .ip_protocol("tcp")
-        .from_port(22)
-        .to_port(22)
-        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
-        .build()
+    permission("tcp", 22, 22, "0.0.0.0/0")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,9 +142,9 @@ async fn a_cannot_see_or_touch_b() {
     let b = b_makes_one_of_everything(&s, &eb).await;
     // A's own things, to aim at B's.
     let a_image = seed_project(&s.store, "a").await;
-    pool(&s, "a", "203.0.113.0/28").await;
-    let a_instance = run(&ea, &a_image).await;
-    let a_volume = volume(&ea).await;
+    create_network(&s.store, "a", "public", "203.0.113.0/28").await;
+    let a_instance = run_one(&ea, &a_image).await;
+    let a_volume = create_volume(&ea).await;
     let a_alloc = ea
         .allocate_address()
         .send()
@@ -416,49 +337,26 @@ async fn a_cannot_see_or_touch_b() {
                 .ip_permissions(ssh())
         ),
         // RunInstances with b's things.
-        case!(
-            "RunInstances (b's image)",
-            AMI,
-            ea.run_instances()
-                .image_id(&b.image)
-                .min_count(1)
-                .max_count(1)
-        ),
+        case!("RunInstances (b's image)", AMI, launch(ea, &b.image)),
         case!(
             "RunInstances (b's key)",
             KEY,
-            ea.run_instances()
-                .image_id(a_image)
-                .key_name(&b.key)
-                .min_count(1)
-                .max_count(1)
+            launch(ea, a_image).key_name(&b.key)
         ),
         case!(
             "RunInstances (b's group id)",
             GROUP,
-            ea.run_instances()
-                .image_id(a_image)
-                .security_group_ids(&b.group)
-                .min_count(1)
-                .max_count(1)
+            launch(ea, a_image).security_group_ids(&b.group)
         ),
         case!(
             "RunInstances (b's group name)",
             GROUP,
-            ea.run_instances()
-                .image_id(a_image)
-                .security_groups(&b.group_name)
-                .min_count(1)
-                .max_count(1)
+            launch(ea, a_image).security_groups(&b.group_name)
         ),
         case!(
             "RunInstances (b's subnet)",
             SUBNET,
-            ea.run_instances()
-                .image_id(a_image)
-                .subnet_id(&b.subnet)
-                .min_count(1)
-                .max_count(1)
+            launch(ea, a_image).subnet_id(&b.subnet)
         ),
         // Addresses.
         case!(
@@ -588,11 +486,7 @@ async fn a_cannot_see_or_touch_b() {
         .unwrap();
 
     // b's idempotency token is not a's: a's run makes a's own instance.
-    let mine = ea
-        .run_instances()
-        .image_id(a_image)
-        .min_count(1)
-        .max_count(1)
+    let mine = launch(ea, a_image)
         .client_token("shared-token")
         .send()
         .await
@@ -787,10 +681,7 @@ async fn a_cannot_see_or_touch_b() {
 /// then resolve, so the condition is about the project, not the names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn references_resolve_in_the_instance_own_project() {
-    use corral_api_types::{
-        ConditionStatus, ImageSource, ImageSpec, InstanceSpec, KeyPairSpec, Nic, SecurityGroupSpec,
-        VolumeAttachment, VolumeSpec,
-    };
+    use corral_api_types::{ConditionStatus, InstanceSpec, Nic, VolumeAttachment};
     use corral_controllers::{ControllerManager, ControllerOptions};
     use std::sync::Arc;
     use std::time::Duration;
@@ -798,64 +689,19 @@ async fn references_resolve_in_the_instance_own_project() {
     let s = start().await;
     let store = &s.store;
     let make = |project: &'static str| async move {
-        store
-            .create(&Network::new(
-                project,
-                "lan",
-                NetworkSpec {
-                    cidr: "10.0.5.0/24".into(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap();
-        store
-            .create(&SecurityGroup::new(
-                project,
-                "web",
-                SecurityGroupSpec {
-                    description: "web".into(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap();
-        store
-            .create(&KeyPair::new(
-                project,
-                "admin",
-                KeyPairSpec {
-                    public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ4uHWXmWgwN6MKFpsgnnGaU1rtTEBKPNu/L09gAucb x@y".into(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap();
-        store
-            .create(&Image::new(
-                project,
-                "tiny",
-                ImageSpec {
-                    source: ImageSource {
-                        url: Some("https://example.com/tiny.img".into()),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap();
-        store
-            .create(&Volume::new(
-                project,
-                "data",
-                VolumeSpec {
-                    size_gib: Some(1),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap();
+        create_network(store, project, "lan", "10.0.5.0/24").await;
+        let mut group = SecurityGroup::new(project, "web", Default::default());
+        group.spec.description = "web".into();
+        store.create(&group).await.unwrap();
+        let mut key = KeyPair::new(project, "admin", Default::default());
+        key.spec.public_key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ4uHWXmWgwN6MKFpsgnnGaU1rtTEBKPNu/L09gAucb x@y"
+                .into();
+        store.create(&key).await.unwrap();
+        create_image(store, project, "tiny").await;
+        let mut data = Volume::new(project, "data", Default::default());
+        data.spec.size_gib = Some(1);
+        store.create(&data).await.unwrap();
     };
     for p in ["a", "b"] {
         add_user(store, &format!("user-{p}"), Some(p)).await;

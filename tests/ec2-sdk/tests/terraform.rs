@@ -2,31 +2,25 @@
 //! aws_security_group, replayed with the AWS SDK for Rust.
 
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, InstanceAttributeName, IpPermission, IpRange, ResourceType, Tag,
-    TagSpecification,
+    AttributeBooleanValue, InstanceAttributeName, ResourceType, Tag, TagSpecification,
 };
 mod common;
 
-use common::{client, code, filter, set_phase};
+use common::{
+    code, create_group, default_vpc, filter, launch, permission, set_phase, start_seeded,
+};
 use corral_api_types::InstancePhase;
-use corral_ec2_api::testing::{seed_project, start};
 
 /// terraform-provider-aws's aws_instance: create, read, delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_aws_instance_sequence() {
-    let s = start().await;
-    let image = seed_project(&s.store, "default").await;
-    let ec2 = client(&s, &s.admin);
+    let (s, ec2, image) = start_seeded().await;
     let tags = TagSpecification::builder()
         .resource_type(ResourceType::Instance)
         .tags(Tag::builder().key("Name").value("tf-web").build())
         .build();
-    let run = ec2
-        .run_instances()
-        .image_id(&image)
+    let run = launch(&ec2, &image)
         .instance_type("m1.small".into())
-        .min_count(1)
-        .max_count(1)
         .client_token("terraform-20240101000000000000000001")
         .tag_specifications(tags)
         .disable_api_termination(true)
@@ -44,23 +38,10 @@ async fn terraform_aws_instance_sequence() {
             .as_str()
             .to_string()
     };
-    assert_eq!(
-        state(
-            &ec2.describe_instances()
-                .instance_ids(&id)
-                .send()
-                .await
-                .unwrap()
-        ),
-        "pending"
-    );
+    let describe = || ec2.describe_instances().instance_ids(&id).send();
+    assert_eq!(state(&describe().await.unwrap()), "pending");
     set_phase(&s, "default", &id, InstancePhase::Running).await;
-    let d = ec2
-        .describe_instances()
-        .instance_ids(&id)
-        .send()
-        .await
-        .unwrap();
+    let d = describe().await.unwrap();
     assert_eq!(state(&d), "running");
     let inst = &d.reservations()[0].instances()[0];
     assert_eq!(inst.tags()[0].value(), Some("tf-web"));
@@ -144,96 +125,42 @@ async fn terraform_aws_instance_sequence() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        state(
-            &ec2.describe_instances()
-                .instance_ids(&id)
-                .send()
-                .await
-                .unwrap()
-        ),
-        "terminated"
-    );
+    assert_eq!(state(&describe().await.unwrap()), "terminated");
 }
 
 /// terraform-provider-aws's aws_security_group: create, replace the default
 /// egress rule, delete and wait for InvalidGroup.NotFound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_aws_security_group_sequence() {
-    let s = start().await;
-    seed_project(&s.store, "default").await;
-    let ec2 = client(&s, &s.admin);
-    let vpc = ec2
-        .describe_vpcs()
-        .filters(filter("is-default", &["true"]))
-        .send()
-        .await
-        .unwrap()
-        .vpcs()[0]
-        .vpc_id()
-        .unwrap()
-        .to_string();
-    let id = ec2
-        .create_security_group()
-        .group_name("tf-sg")
-        .description("Managed by Terraform")
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap()
-        .group_id()
-        .unwrap()
-        .to_string();
-    let g = ec2
-        .describe_security_groups()
-        .group_ids(&id)
-        .send()
-        .await
-        .unwrap();
+    let (_s, ec2, _) = start_seeded().await;
+    let vpc = default_vpc(&ec2).await;
+    let id = create_group(&ec2, "tf-sg", "Managed by Terraform", Some(&vpc)).await;
+    let describe = || ec2.describe_security_groups().group_ids(&id).send();
+    let g = describe().await.unwrap();
     assert_eq!(g.security_groups()[0].vpc_id(), Some(vpc.as_str()));
     assert_eq!(g.security_groups()[0].ip_permissions_egress().len(), 1);
-    let all_out = IpPermission::builder()
-        .ip_protocol("-1")
-        .from_port(0)
-        .to_port(0)
-        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
-        .build();
+    let all_out = permission("-1", 0, 0, "0.0.0.0/0");
     ec2.revoke_security_group_egress()
         .group_id(&id)
         .ip_permissions(all_out)
         .send()
         .await
         .unwrap();
-    let ssh = IpPermission::builder()
-        .ip_protocol("tcp")
-        .from_port(22)
-        .to_port(22)
-        .ip_ranges(IpRange::builder().cidr_ip("10.0.0.0/8").build())
-        .build();
+    let ssh = permission("tcp", 22, 22, "10.0.0.0/8");
     ec2.authorize_security_group_ingress()
         .group_id(&id)
         .ip_permissions(ssh)
         .send()
         .await
         .unwrap();
-    let https = IpPermission::builder()
-        .ip_protocol("tcp")
-        .from_port(443)
-        .to_port(443)
-        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
-        .build();
+    let https = permission("tcp", 443, 443, "0.0.0.0/0");
     ec2.authorize_security_group_egress()
         .group_id(&id)
         .ip_permissions(https)
         .send()
         .await
         .unwrap();
-    let g = ec2
-        .describe_security_groups()
-        .group_ids(&id)
-        .send()
-        .await
-        .unwrap();
+    let g = describe().await.unwrap();
     let g = &g.security_groups()[0];
     assert_eq!(g.ip_permissions()[0].from_port(), Some(22));
     assert_eq!(g.ip_permissions_egress()[0].to_port(), Some(443));
@@ -259,8 +186,5 @@ async fn terraform_aws_security_group_sequence() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(ec2.describe_security_groups().group_ids(&id).send().await),
-        "InvalidGroup.NotFound"
-    );
+    assert_eq!(code(describe().await), "InvalidGroup.NotFound");
 }
