@@ -25,8 +25,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::guests::{
-    domstate, guest_server, node_user, one_at_a_time, qemu_pid, virsh, virsh_ok, wait_until,
-    wait_until_or, Agent, Cleanup,
+    domstate, guest_project, guest_server, node_user, one_at_a_time, qemu_pid, virsh, virsh_ok,
+    wait_until, wait_until_or, Agent, Cleanup,
 };
 use common::proxy::Proxy;
 use common::{write, Server};
@@ -38,22 +38,9 @@ const AGENT_LOG: &str = "/tmp/corral-agent-kills-agent.log";
 /// Where the Image imports from (guest_server copies the guest there).
 const SOURCE: &str = "/var/lib/corral/import/tiny.qcow2";
 
-const BASE: &str = "apiVersion: corral/v1
-kind: Project
-metadata: {name: kills}
----
-apiVersion: corral/v1
-kind: Network
-metadata: {name: lan, project: kills}
-spec: {cidr: 10.48.0.0/24, mode: isolated}
----
-apiVersion: corral/v1
-kind: Image
-metadata: {name: tiny, project: kills}
-spec:
-  source: {path: /var/lib/corral/import/tiny.qcow2}
-  format: qcow2
-";
+fn base() -> String {
+    guest_project("kills", "10.48.0.0/24", "isolated")
+}
 
 /// A server, its node's credentials and the test's objects. Dropped
 /// after the test's agents (declared before them), it removes what a
@@ -71,7 +58,7 @@ fn rig() -> Rig {
     let t0 = Instant::now();
     let (s, cleanup, _guest) = guest_server();
     let (node, token) = node_user(&s);
-    apply(&s, "base.yaml", BASE);
+    apply(&s, "base.yaml", &base());
     let net = s.corral(&["get", "network", "lan", "-p", "kills", "-o", "json"]);
     let net_uid = net.json()["metadata"]["uid"].as_str().unwrap().to_string();
     Rig {

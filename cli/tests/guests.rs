@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::guests::{
-    domid, domstate, guest_server, node_agent, one_at_a_time, repo, virsh, virsh_ok, wait_until,
-    wait_until_or, Agent,
+    domid, domstate, guest_project, guest_server, node_agent, one_at_a_time, repo, virsh, virsh_ok,
+    wait_until, wait_until_or, Agent,
 };
 use common::{write, Out, Server};
 
@@ -44,8 +44,7 @@ fn console(s: &Server, name: &str) -> String {
     s.corral(&["console", name, "-p", "demo"]).ok().to_string()
 }
 
-/// Boots of an instance's guest, counted in the whole console log on its
-/// node (the API keeps only the newest 64 KiB, about two boots' worth).
+/// [`common::guests::boots`] of an instance of project `demo`, by name.
 fn boots(s: &Server, name: &str) -> usize {
     boots_in(s, "demo", name)
 }
@@ -58,12 +57,7 @@ fn boots_in(s: &Server, project: &str, name: &str) -> usize {
         .as_str()
         .unwrap()
         .to_string();
-    let log = s.dir.join("agent/instances").join(uid).join("console.log");
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.trim_end_matches('\r') == "corral-guest: boot")
-        .count()
+    common::guests::boots(s, &uid)
 }
 
 /// The value of the first console line `corral-guest: KEY VALUE`.
@@ -136,22 +130,9 @@ fn ready_in(s: &Server, name: &str) -> bool {
         })
 }
 
-const VOLS_BASE: &str = "apiVersion: corral/v1
-kind: Project
-metadata: {name: vols}
----
-apiVersion: corral/v1
-kind: Network
-metadata: {name: lan, project: vols}
-spec: {cidr: 10.43.0.0/24, mode: nat}
----
-apiVersion: corral/v1
-kind: Image
-metadata: {name: tiny, project: vols}
-spec:
-  source: {path: /var/lib/corral/import/tiny.qcow2}
-  format: qcow2
-";
+fn vols_base() -> String {
+    guest_project("vols", "10.43.0.0/24", "nat")
+}
 
 fn instance_yaml(name: &str, volumes: &[(&str, &str)], user_data: &str) -> String {
     let mut vols = String::new();
@@ -189,7 +170,7 @@ fn volumes_hot_plug_snapshot_clone_boot_and_outlive_instances() {
     let files = s.dir.join("agent");
 
     // A running guest gets a volume hot-plugged and writes to it.
-    apply(&s, &dir, "base.yaml", VOLS_BASE);
+    apply(&s, &dir, "base.yaml", &vols_base());
     apply(
         &s,
         &dir,
@@ -670,15 +651,9 @@ fn examples_boot_real_guests_that_obey_power_and_survive_drift() {
     agent.kill();
 }
 
-const NETS: &str = "apiVersion: corral/v1
-kind: Project
-metadata: {name: nets}
----
-apiVersion: corral/v1
-kind: Network
-metadata: {name: lan, project: nets}
-spec: {cidr: 10.61.0.0/24, mode: nat}
----
+fn nets() -> String {
+    guest_project("nets", "10.61.0.0/24", "nat")
+        + "---
 apiVersion: corral/v1
 kind: Network
 metadata: {name: iso, project: nets}
@@ -688,13 +663,6 @@ apiVersion: corral/v1
 kind: Network
 metadata: {name: public, project: nets}
 spec: {cidr: 203.0.113.0/24, mode: nat}
----
-apiVersion: corral/v1
-kind: Image
-metadata: {name: tiny, project: nets}
-spec:
-  source: {path: /var/lib/corral/import/tiny.qcow2}
-  format: qcow2
 ---
 apiVersion: corral/v1
 kind: Instance
@@ -729,7 +697,8 @@ spec:
     #!/bin/sh
     corral-fetch http://10.61.0.10/ &
     corral-fetch http://198.51.100.2/ &
-";
+"
+}
 
 /// Security group `web`: HTTP from the host's address and, when
 /// `from_clients`, from the members of group `client`.
@@ -903,7 +872,7 @@ fn guests_get_their_addresses_metadata_groups_and_floating_ips() {
     let dir = s.scratch("nets");
     let host = source_address_towards("203.0.113.10");
     let uplink = Uplink::start(&s.scratch("uplink"));
-    apply(&s, &dir, "nets.yaml", NETS);
+    apply(&s, &dir, "nets.yaml", &nets());
     apply(&s, &dir, "web.yaml", &web_group(&host, true));
     apply(
         &s,

@@ -20,8 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::guests::{
-    domid, domstate, guest_server, guest_server_on, node_user, one_at_a_time, qemu_pid, repo,
-    virsh, virsh_ok, wait_until, wait_until_or, Agent,
+    boots, domid, domstate, guest_project, guest_server, guest_server_on, node_user, one_at_a_time,
+    qemu_pid, repo, virsh, virsh_ok, wait_until, wait_until_or, Agent,
 };
 use common::{seeded, write, Server};
 use serde_json::Value;
@@ -30,22 +30,9 @@ use serde_json::Value;
 /// was written after it started.
 const AGENT_LOG: &str = "/tmp/corral-host-faults-agent.log";
 
-const BASE: &str = "apiVersion: corral/v1
-kind: Project
-metadata: {name: faults}
----
-apiVersion: corral/v1
-kind: Network
-metadata: {name: lan, project: faults}
-spec: {cidr: 10.47.0.0/24, mode: nat}
----
-apiVersion: corral/v1
-kind: Image
-metadata: {name: tiny, project: faults}
-spec:
-  source: {path: /var/lib/corral/import/tiny.qcow2}
-  format: qcow2
-";
+fn base() -> String {
+    guest_project("faults", "10.47.0.0/24", "nat")
+}
 
 fn instance_yaml(name: &str) -> String {
     format!(
@@ -92,16 +79,6 @@ fn uid(s: &Server, name: &str) -> String {
 
 fn node(s: &Server, name: &str) -> Value {
     s.api("GET", &format!("/v1/nodes/{name}"), None)
-}
-
-/// Guest boots in an instance's whole console log on its node.
-fn boots(s: &Server, uid: &str) -> usize {
-    let log = s.dir.join("agent/instances").join(uid).join("console.log");
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.trim_end_matches('\r') == "corral-guest: boot")
-        .count()
 }
 
 /// Corral domains whose disks live under the test's directory.
@@ -254,7 +231,7 @@ fn libvirtd_killed_under_the_agent_leaves_guests_running_and_work_resumes() {
     let log_from = log_len();
     let mut agent = Agent::start_with(&s, &s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
 
-    apply(&s, "base.yaml", BASE);
+    apply(&s, "base.yaml", &base());
     apply(
         &s,
         "two.yaml",
@@ -424,7 +401,7 @@ fn agent_started_before_libvirtd_waits_for_it() {
     let _one = one_at_a_time();
     let (s, _cleanup, _guest) = guest_server();
     let (node_name, token) = node_user(&s);
-    apply(&s, "base.yaml", BASE);
+    apply(&s, "base.yaml", &base());
     let log_from = log_len();
     let _restore = RestoreLibvirtd;
     kill_libvirtd();
@@ -499,7 +476,7 @@ fn libvirtd_hung_under_the_agent_is_reported_and_work_resumes() {
     let (s, _cleanup, _guest) = guest_server();
     let (node_name, token) = node_user(&s);
     let mut agent = Agent::start_with(&s, &s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
-    apply(&s, "base.yaml", BASE);
+    apply(&s, "base.yaml", &base());
     wait_until("Node Ready", || {
         s.corral(&["get", "node", &node_name, "-o", "json"]).code == 0
             && condition(&node(&s, &node_name), "HypervisorReachable") == "True"
@@ -568,7 +545,7 @@ fn libvirtd_killed_at_seeded_moments_mid_work() {
     let (s, _cleanup, _guest) = guest_server();
     let (node_name, token) = node_user(&s);
     let mut agent = Agent::start_with(&s, &s.url, &token, &node_name, &s.dir, Path::new(AGENT_LOG));
-    apply(&s, "base.yaml", BASE);
+    apply(&s, "base.yaml", &base());
     apply(&s, "steady.yaml", &instance_yaml("steady"));
     wait_until("steady Ready", || ready(&s, "steady"));
     let steady = format!("corral-{}", uid(&s, "steady"));
@@ -729,7 +706,7 @@ fn agent_cut_off_by_the_network_goes_unknown_and_returns_without_restarting_gues
         &s.dir,
         Path::new(AGENT_LOG),
     );
-    apply(&s, "base.yaml", BASE);
+    apply(&s, "base.yaml", &base());
     apply(&s, "steady.yaml", &instance_yaml("steady"));
     wait_until("steady Ready", || ready(&s, "steady"));
     let steady_uid = uid(&s, "steady");

@@ -13,26 +13,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::guests::{
-    domid, domstate, guest_server, node_user, one_at_a_time, virsh, wait_until, wait_until_or,
+    domid, domstate, guest_project, guest_server, node_user, one_at_a_time, virsh, wait_until,
+    wait_until_or,
 };
 use common::{write, Server, BIN};
 
-const MANIFEST: &str = "apiVersion: corral/v1
-kind: Project
-metadata: {name: life}
----
-apiVersion: corral/v1
-kind: Network
-metadata: {name: lan, project: life}
-spec: {cidr: 10.71.0.0/24, mode: nat}
----
-apiVersion: corral/v1
-kind: Image
-metadata: {name: tiny, project: life}
-spec:
-  source: {path: /var/lib/corral/import/tiny.qcow2}
-  format: qcow2
----
+fn manifest() -> String {
+    guest_project("life", "10.71.0.0/24", "nat")
+        + "---
 apiVersion: corral/v1
 kind: Instance
 metadata: {name: ev, project: life}
@@ -40,7 +28,8 @@ spec:
   instanceType: m1.tiny
   image: tiny
   nics: [{network: lan}]
-";
+"
+}
 
 fn ca_hash(s: &Server) -> String {
     let pem = std::fs::read_to_string(s.ca.as_ref().expect("a TLS server")).unwrap();
@@ -134,7 +123,7 @@ fn domain_changes_by_hand_reach_the_agent_as_libvirt_events() {
     let log = s.dir.join("agent-events.log");
     let _agent = SlowScanAgent::start(&s, &token, &node, &log);
     let dir = s.scratch("life");
-    let manifest = write(&dir, "life.yaml", MANIFEST);
+    let manifest = write(&dir, "life.yaml", &manifest());
     s.corral(&["apply", "-f", manifest.to_str().unwrap()]).ok();
     let diagnose = || {
         format!(

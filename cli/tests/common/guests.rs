@@ -272,3 +272,39 @@ pub fn qemu_pid(domain: &str) -> Option<u32> {
         .any(|arg| arg.split(',').any(|p| p == format!("guest={domain}")))
         .then_some(pid)
 }
+
+/// The start of every real-guest suite's manifest: Project `project`, its
+/// Network `lan` (`cidr`, `mode`) and the test guest as Image `tiny`
+/// (imported from where [`guest_server`] puts it).
+pub fn guest_project(project: &str, cidr: &str, mode: &str) -> String {
+    format!(
+        "apiVersion: corral/v1
+kind: Project
+metadata: {{name: {project}}}
+---
+apiVersion: corral/v1
+kind: Network
+metadata: {{name: lan, project: {project}}}
+spec: {{cidr: {cidr}, mode: {mode}}}
+---
+apiVersion: corral/v1
+kind: Image
+metadata: {{name: tiny, project: {project}}}
+spec:
+  source: {{path: /var/lib/corral/import/tiny.qcow2}}
+  format: qcow2
+"
+    )
+}
+
+/// Boots of an instance's guest (by uid), counted in the whole console
+/// log on the test's local node (the API keeps only the newest 64 KiB,
+/// about two boots' worth).
+pub fn boots(s: &Server, uid: &str) -> usize {
+    let log = s.dir.join("agent/instances").join(uid).join("console.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.trim_end_matches('\r') == "corral-guest: boot")
+        .count()
+}
