@@ -6,6 +6,9 @@
 //!
 //! python3 with boto3 is required for the last test; a missing one fails it
 //! with what to install (`scripts/install-deps` installs it).
+//!
+//! Over 600 lines on purpose: every case runs on the one two-listener
+//! harness below, and each checks one of the service's promises end to end.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -24,7 +24,19 @@ use crate::etcd::EtcdServer;
 pub struct SimHost {
     pub hv: Arc<Libvirt>,
     pub token: String,
+    /// The agent last started on this host.
+    pub agent: Option<Arc<Agent>>,
     stop: Option<watch::Sender<bool>>,
+}
+
+impl SimHost {
+    /// What the agent asked of this host so far (disks, seeds, networks
+    /// with their DHCP reservations, the firewall plan, the metadata
+    /// table): `None` until the agent registered.
+    pub fn plans(&self) -> Option<corral_node_agent::host::SimPlans> {
+        let host = self.agent.as_ref()?.host()?;
+        host.as_sim().map(|sim| sim.plans())
+    }
 }
 
 pub struct Cluster {
@@ -64,18 +76,14 @@ pub fn start_sim_host(
     let mut host = SimHost {
         hv,
         token,
+        agent: None,
         stop: None,
     };
-    host.stop = Some(spawn_agent(base, node, &host, options));
+    spawn_agent(base, node, &mut host, options);
     host
 }
 
-fn spawn_agent(
-    base: &str,
-    node: &str,
-    host: &SimHost,
-    options: &AgentOptions,
-) -> watch::Sender<bool> {
+fn spawn_agent(base: &str, node: &str, host: &mut SimHost, options: &AgentOptions) {
     let mut opts = options.clone();
     opts.node = node.to_string();
     let agent = Agent::new(
@@ -84,10 +92,11 @@ fn spawn_agent(
         opts,
     );
     let (tx, rx) = watch::channel(false);
+    host.agent = Some(agent.clone());
+    host.stop = Some(tx);
     tokio::spawn(async move {
         let _ = agent.run(rx).await;
     });
-    tx
 }
 
 impl Cluster {
@@ -184,7 +193,7 @@ impl Cluster {
     }
 
     fn spawn_agent(&self, node: &str, host: &mut SimHost) {
-        host.stop = Some(spawn_agent(&self.base, node, host, &self.agent_options));
+        spawn_agent(&self.base, node, host, &self.agent_options);
     }
 
     /// Stops a host's agent (its simulated guests keep running).
@@ -203,23 +212,21 @@ impl Cluster {
         self.hosts.insert(node.to_string(), host);
     }
 
+    /// `method path` as the admin, through corral-client: the status and
+    /// the body (JSON, else its text as a string).
     pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.admin);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let code = resp.status().as_u16();
-        let value = resp.json().await.unwrap_or(serde_json::Value::Null);
-        (code, value)
+        let client =
+            corral_client::Client::with_ca(&self.base, &self.admin, None).expect("API client");
+        let (code, value) = client
+            .exchange(method, path, body.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        (code.as_u16(), value)
     }
 
     /// Applies every object of a manifest text through the API.

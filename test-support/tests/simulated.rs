@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use corral_api_types::Protocol;
 use corral_api_types::{ConditionStatus, Instance, InstancePhase, Network, Node};
 use corral_controllers::ControllerOptions;
 use corral_node_agent::hypervisor::{domain_name, DomainSpec, Hypervisor, PowerState};
@@ -14,7 +15,7 @@ use corral_test_support::{Backend, Cluster};
 use reqwest::Method;
 
 fn examples() -> String {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/examples");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -114,6 +115,12 @@ async fn examples_run_and_leave_nothing_behind(backend: Backend) {
     }
     assert_ne!(domains[0].0, domains[1].0, "spread over both hosts");
 
+    // The agent half of storage and networking ran on the simulated hosts
+    // too: each host was asked for exactly its own guests' disks, seeds,
+    // NICs, DHCP reservations, firewall allows and metadata.
+    until("host plans", 30, || async { host_plans_complete(&c).await }).await;
+    assert_host_plans(&c).await;
+
     // The key pair controller recorded the fingerprint and the EC2 id.
     until("key pair status", 30, || async {
         let k: corral_api_types::KeyPair = c.store.get("demo", "admin").await.unwrap().unwrap();
@@ -149,6 +156,132 @@ async fn examples_run_and_leave_nothing_behind(backend: Backend) {
         n.status.map(|s| s.allocations.is_empty()).unwrap_or(true)
     })
     .await;
+    // ... and the hosts were asked to undo all of it.
+    until("host plans emptied", 30, || async {
+        c.hosts.values().all(|h| {
+            h.plans().is_some_and(|p| {
+                p.instances.is_empty()
+                    && p.firewall.ports.is_empty()
+                    && p.metadata.is_empty()
+                    && p.networks.values().all(|n| n.hosts.is_empty())
+            })
+        })
+    })
+    .await;
+}
+
+/// Every Running instance's NIC is in its node's firewall plan.
+async fn host_plans_complete(c: &Cluster) -> bool {
+    let is = instances(c).await;
+    is.iter().all(|i| {
+        let node = i.status.as_ref().and_then(|s| s.node_name.clone());
+        let plans = node.and_then(|n| c.hosts.get(&n)).and_then(|h| h.plans());
+        plans.is_some_and(|p| p.ports_of(&i.metadata.uid).len() == i.spec.nics.len())
+    })
+}
+
+/// The examples' two instances as their hosts' plans hold them.
+async fn assert_host_plans(c: &Cluster) {
+    let gateway: std::net::Ipv4Addr = "10.42.0.1".parse().unwrap();
+    for i in instances(c).await {
+        let uid = &i.metadata.uid;
+        let name = &i.metadata.name;
+        let status = i.status.as_ref().unwrap();
+        let node = status.node_name.clone().unwrap();
+        let plans = c.hosts[&node].plans().expect("the agent registered");
+        let address = &status.addresses[0];
+        let ip: std::net::Ipv4Addr = address.ip.parse().unwrap();
+
+        // Root disk from the image and a seed with the key and user-data.
+        let planned = plans
+            .instances
+            .get(uid)
+            .unwrap_or_else(|| panic!("{name}: no disks on {node}"));
+        assert!(planned.root_disk.is_some(), "{name}: no root disk");
+        let seed = planned
+            .seed
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no seed"));
+        assert_eq!(&seed.hostname, name);
+        assert!(
+            seed.public_keys.iter().any(|k| k.ends_with("admin@demo")),
+            "{name}: {:?}",
+            seed.public_keys
+        );
+        let user_data = String::from_utf8_lossy(&seed.user_data);
+        assert!(
+            user_data.contains(&format!("hostname: {name}")),
+            "{user_data}"
+        );
+
+        // One NIC: its tap carries the IPAM address and MAC, the web
+        // group's three ingress rules and its open egress.
+        let ports = plans.ports_of(uid);
+        assert_eq!(ports.len(), 1, "{name}: {ports:?}");
+        let port = ports[0];
+        assert_eq!(port.tap, corral_node_agent::net::tap_name(uid, 0));
+        assert_eq!(port.ip, ip);
+        assert_eq!(port.mac, address.mac.to_ascii_lowercase());
+        let mut ingress: Vec<(Protocol, Option<i32>)> = port
+            .ingress
+            .iter()
+            .map(|a| (a.protocol, a.from_port))
+            .collect();
+        ingress.sort_by_key(|(p, f)| (format!("{p:?}"), *f));
+        assert_eq!(
+            ingress,
+            vec![
+                (Protocol::Icmp, Some(-1)),
+                (Protocol::Tcp, Some(22)),
+                (Protocol::Tcp, Some(80))
+            ],
+            "{name}: {:?}",
+            port.ingress
+        );
+        assert!(
+            port.ingress.iter().all(|a| a.peers == ["0.0.0.0/0"]),
+            "{:?}",
+            port.ingress
+        );
+        let egress = port
+            .egress
+            .as_ref()
+            .expect("the web group restricts egress");
+        assert!(
+            egress.iter().any(|a| a.protocol == Protocol::All),
+            "{egress:?}"
+        );
+
+        // The network, with this NIC's DHCP reservation.
+        let net = plans
+            .networks
+            .values()
+            .find(|n| n.uid == port.network)
+            .unwrap_or_else(|| panic!("{name}: network {} not planned", port.network));
+        assert_eq!(net.gateway, gateway);
+        assert_eq!(net.cidr.to_string(), "10.42.0.0/24");
+        assert_eq!(
+            net.hosts.get(&port.mac),
+            Some(&(ip, name.clone())),
+            "{name}: DHCP {:?}",
+            net.hosts
+        );
+
+        // The metadata service answers this guest on its gateway.
+        let md = plans
+            .metadata
+            .get(&(gateway, ip))
+            .unwrap_or_else(|| panic!("{name}: no metadata entry"));
+        assert_eq!(md.instance_id, corral_api_types::ec2::instance_id(uid));
+
+        // Only its own guests: nothing of the other node's instance.
+        for other in instances(c).await.iter().filter(|o| o.metadata.uid != *uid) {
+            if other.status.as_ref().unwrap().node_name.as_deref() != Some(node.as_str()) {
+                assert!(!plans.instances.contains_key(&other.metadata.uid));
+                assert!(plans.ports_of(&other.metadata.uid).is_empty());
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

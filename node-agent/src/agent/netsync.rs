@@ -1,23 +1,37 @@
 //! The agent's side of host networking: from the Instances bound here and
-//! the Networks, SecurityGroups and key pairs they name, the plan
-//! ([`crate::net::NetPlan`]) and the metadata table; applied before a
-//! domain is defined and every second after, so a changed rule reaches
-//! running guests within seconds.
+//! the Networks, SecurityGroups, Images and key pairs they name, the plan
+//! ([`crate::net::NetPlan`]) and the metadata table, handed to the host;
+//! applied before a domain is defined and every `host_sync` after, so a
+//! changed rule reaches running guests within seconds.
+//!
+//! Passes are coalesced: one pass covers every request made before it
+//! began. Each instance copy the informer stores makes a request, and
+//! defining its domain waits only for a pass that covers it — a burst of
+//! new guests shares one pass instead of queueing one each. A pass reads
+//! each object once (objects.rs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use corral_api_types::{Network, NetworkMode, SecurityGroup, SecurityGroupRule};
+use corral_api_types::{ec2, Instance, NetworkMode, SecurityGroupRule, DEFAULT_INSTANCE_TYPE};
+use corral_runtime::{error_chain, Shutdown};
 
-use super::*;
+use super::domain::Wait;
+use super::objects::Objects;
+use super::{stopped, Agent, AgentError};
 use crate::hypervisor::NicSource;
-use crate::metadata::{InstanceMetadata, MetadataTable};
+use crate::metadata::InstanceMetadata;
 use crate::net::{self, Allow, NetDef, NetPlan, Port};
 
 /// How often the whole ruleset is re-asserted even when the plan did not
 /// change (another tool may have inserted rules above ours).
 const REASSERT: Duration = Duration::from_secs(30);
+
+/// (gateway, guest address) → what that guest is told.
+type MetadataEntries = Vec<((Ipv4Addr, Ipv4Addr), InstanceMetadata)>;
 /// The region the metadata service reports (the EC2 façade's default).
 const REGION: &str = "corral-1";
 
@@ -27,61 +41,19 @@ pub(super) struct NetState {
     at: Option<Instant>,
     /// Networks libvirt would not run, by Network uid: why.
     failed: HashMap<String, String>,
-}
-
-/// What one sync read from the API, by project.
-#[derive(Default)]
-struct Objects {
-    networks: HashMap<(String, String), Option<Network>>,
-    groups: HashMap<(String, String), Option<SecurityGroup>>,
-}
-
-impl Objects {
-    /// `for_`: the bound instance that uses it (see `available_image`).
-    async fn network(
-        &mut self,
-        api: &ApiClient,
-        p: &str,
-        n: &str,
-        for_: &str,
-    ) -> Result<Option<Network>, AgentError> {
-        let k = (p.to_string(), n.to_string());
-        if let Some(v) = self.networks.get(&k) {
-            return Ok(v.clone());
-        }
-        let v = api
-            .get::<Network>(&format!("/v1/projects/{p}/networks/{n}?for={for_}"))
-            .await?;
-        self.networks.insert(k, v.clone());
-        Ok(v)
-    }
-
-    async fn group(
-        &mut self,
-        api: &ApiClient,
-        p: &str,
-        n: &str,
-        for_: &str,
-    ) -> Result<Option<SecurityGroup>, AgentError> {
-        let k = (p.to_string(), n.to_string());
-        if let Some(v) = self.groups.get(&k) {
-            return Ok(v.clone());
-        }
-        let v = api
-            .get::<SecurityGroup>(&format!("/v1/projects/{p}/securitygroups/{n}?for={for_}"))
-            .await?;
-        self.groups.insert(k, v.clone());
-        Ok(v)
-    }
+    /// The last request (`Agent::net_asked`) a finished pass covered.
+    covered: u64,
+    /// What the latest pass read.
+    objects: Arc<Objects>,
 }
 
 impl Agent {
-    /// The libvirt source of each of an instance's NICs (on a real host).
+    /// The libvirt source of each of an instance's NICs.
     pub(super) async fn nic_specs(
         &self,
         i: &Instance,
+        objects: &mut Objects,
     ) -> Result<Result<Vec<crate::hypervisor::NicSpec>, Wait>, AgentError> {
-        let mut objects = Objects::default();
         let mut out = Vec::new();
         let addrs = i
             .status
@@ -110,10 +82,9 @@ impl Agent {
         Ok(Ok(out))
     }
 
-    /// The plan and the metadata entries for everything bound here.
-    async fn net_plan(
-        &self,
-    ) -> Result<(NetPlan, Vec<((Ipv4Addr, Ipv4Addr), InstanceMetadata)>), AgentError> {
+    /// The plan and the metadata entries for everything bound here, and
+    /// the objects read to make them.
+    async fn net_plan(&self) -> Result<(NetPlan, MetadataEntries, Objects), AgentError> {
         let mut instances: Vec<Instance> = self
             .instances
             .lock()
@@ -207,7 +178,7 @@ impl Agent {
                 }
             }
             if let Some((local, mac, public)) = first {
-                let mut md = self.instance_metadata(i, groups_all).await?;
+                let mut md = self.instance_metadata(&mut objects, i, groups_all).await?;
                 md.local_ipv4 = local.to_string();
                 md.mac = mac;
                 md.public_ipv4 = public;
@@ -223,6 +194,7 @@ impl Agent {
                 metadata_port: self.opts.metadata_port,
             },
             metadata,
+            objects,
         ))
     }
 
@@ -243,6 +215,7 @@ impl Agent {
             (None, Some(g)) => match objects.group(&self.api, project, g, for_).await? {
                 Some(sg) => sg
                     .status
+                    .as_ref()
                     .map(|s| s.members.iter().map(|ip| format!("{ip}/32")).collect())
                     .unwrap_or_default(),
                 None => Vec::new(),
@@ -260,6 +233,7 @@ impl Agent {
     /// What the metadata service tells an instance about itself.
     async fn instance_metadata(
         &self,
+        objects: &mut Objects,
         i: &Instance,
         groups: Vec<String>,
     ) -> Result<InstanceMetadata, AgentError> {
@@ -267,33 +241,24 @@ impl Agent {
         let for_ = format!("instances/{}", i.metadata.name);
         let mut public_keys = Vec::new();
         if let Some(k) = i.spec.key_name.as_deref() {
-            if let Some(kp) = self
-                .api
-                .get::<KeyPair>(&format!("/v1/projects/{p}/keypairs/{k}?for={for_}"))
-                .await?
-            {
-                public_keys.push((k.to_string(), kp.spec.public_key));
+            if let Some(kp) = objects.keypair(&self.api, p, k, &for_).await? {
+                public_keys.push((k.to_string(), kp.spec.public_key.clone()));
             }
         }
         let mut ami_id = None;
         let (mut kernel_id, mut ramdisk_id) = (None, None);
         if let Some(name) = i.spec.image.as_deref() {
-            if let Some(img) = self
-                .api
-                .get::<Image>(&format!("/v1/projects/{p}/images/{name}?for={for_}"))
-                .await?
-            {
+            if let Some(img) = objects.image(&self.api, p, name, &for_).await? {
                 ami_id = img.status.as_ref().and_then(|s| s.ec2_id.clone());
                 for (want, slot) in [
                     (img.spec.kernel.as_deref(), &mut kernel_id),
                     (img.spec.ramdisk.as_deref(), &mut ramdisk_id),
                 ] {
                     if let Some(n) = want {
-                        *slot = self
-                            .api
-                            .get::<Image>(&format!("/v1/projects/{p}/images/{n}?for={for_}"))
+                        *slot = objects
+                            .image(&self.api, p, n, &for_)
                             .await?
-                            .and_then(|x| x.status.and_then(|s| s.ec2_id));
+                            .and_then(|x| x.status.as_ref().and_then(|s| s.ec2_id.clone()));
                     }
                 }
             }
@@ -339,18 +304,35 @@ impl Agent {
         })
     }
 
+    /// A new host networking request (see `sync_net_since`).
+    pub(super) fn net_ticket(&self) -> u64 {
+        self.net_asked.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     /// Makes the host's networks, firewall and metadata table match what is
-    /// bound here. Does nothing on simulated hosts or before the first list
-    /// of instances (an empty list must not tear down a running host).
-    pub(super) async fn sync_net(&self) -> Result<(), AgentError> {
-        if self.files.get().is_none() || !self.synced.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok(());
+    /// bound here now.
+    pub(super) async fn sync_net(&self) -> Result<Arc<Objects>, AgentError> {
+        self.sync_net_since(self.net_ticket()).await
+    }
+
+    /// Makes the host's networks, firewall and metadata table match what
+    /// was bound here when request `ticket` was made, at least, and
+    /// answers what the pass read. Does nothing before the first list of
+    /// instances (an empty list must not tear down a running host).
+    pub(super) async fn sync_net_since(&self, ticket: u64) -> Result<Arc<Objects>, AgentError> {
+        if !self.synced.load(Ordering::SeqCst) {
+            return Ok(Arc::default());
         }
         let mut state = self.net.lock().await;
+        // A pass that began after this request was made has covered it.
+        if state.covered >= ticket {
+            return Ok(state.objects.clone());
+        }
+        let covers = self.net_asked.load(Ordering::SeqCst);
         let started = Instant::now();
-        let (plan, entries) = self.net_plan().await?;
+        let (plan, entries, objects) = self.net_plan().await?;
         let planned = started.elapsed();
-        self.metadata.set(entries);
+        self.on_host().set_metadata(entries);
         // Stale networks go first: one left by an earlier agent may hold the
         // bridge address a planned one needs.
         let want: Vec<String> = plan
@@ -359,33 +341,17 @@ impl Agent {
             .filter(|n| n.managed())
             .map(|n| net::network_name(&n.uid))
             .collect();
-        let hv = self.hv.clone();
-        let removed = blocking(move || {
-            let mut removed = Vec::new();
-            for name in hv.networks()? {
-                if !want.contains(&name) {
-                    hv.remove_network(&name)?;
-                    removed.push(name);
-                }
-            }
-            Ok(removed)
-        })
-        .await?;
+        let removed = self
+            .host_libvirt_call(move |h| h.remove_networks_except(&want))
+            .await?;
         for name in removed {
             tracing::info!(network = %name, "removed a network nothing here uses");
         }
         for n in plan.networks.iter().filter(|n| n.managed()) {
-            let name = net::network_name(&n.uid);
-            let xml = n.libvirt_xml();
-            let hosts: Vec<(String, String)> = n
-                .hosts
-                .iter()
-                .map(|(mac, (ip, host))| (mac.clone(), NetDef::host_xml(mac, *ip, host)))
-                .collect();
-            let hv = self.hv.clone();
+            let def = n.clone();
             // One network that cannot run (say, its CIDR is taken on this
             // host) must not hold up the others or the firewall.
-            match blocking(move || hv.sync_network(&name, &xml, &hosts)).await {
+            match self.host_libvirt_call(move |h| h.sync_network(&def)).await {
                 Ok(()) => {
                     state.failed.remove(&n.uid);
                 }
@@ -417,25 +383,24 @@ impl Agent {
             // written (a new guest's chains: one restore, not a dozen
             // iptables runs); every REASSERT the whole state is checked.
             let previous = state.applied.clone().filter(|_| !stale);
-            let full = tokio::task::spawn_blocking(move || match previous {
-                Some(prev) => net::update_firewall(&prev, &p),
-                None => net::apply_firewall(&p).map(|()| true),
-            })
-            .await
-            .map_err(|e| AgentError::Other(e.to_string()))?
-            .map_err(|e| AgentError::Other(error_chain(&e)))?;
+            let full = self
+                .host_call(move |h| h.apply_firewall(previous.as_ref(), &p))
+                .await?;
             state.applied = Some(plan);
             if full {
                 state.at = Some(Instant::now());
             }
         }
+        let objects = Arc::new(objects);
+        state.covered = covers;
+        state.objects = objects.clone();
         tracing::debug!(
             plan_ms = planned.as_millis() as u64,
             networks_ms = (networks_done - planned).as_millis() as u64,
             firewall_ms = (started.elapsed() - networks_done).as_millis() as u64,
             "host networking synced"
         );
-        Ok(())
+        Ok(objects)
     }
 
     /// Why one of the instance's networks cannot run on this host, if so.
@@ -449,22 +414,24 @@ impl Agent {
         })
     }
 
-    /// The `AddressLeased` condition of a running instance on a real host:
-    /// each NIC served by our DHCP holds a lease for exactly its address.
+    /// The `AddressLeased` condition of a running instance: each NIC served
+    /// by our DHCP holds a lease for exactly its address.
     pub(super) async fn lease_state(&self, i: &Instance) -> Option<(bool, &'static str, String)> {
-        self.files.get()?;
         let state = self.net.lock().await;
         let plan = state.applied.as_ref()?;
         let taps: Vec<String> = (0..i.spec.nics.len())
             .map(|idx| net::tap_name(&i.metadata.uid, idx))
             .collect();
-        Some(net::lease_verdict(plan, &taps, net::leases))
+        let host = self.on_host();
+        Some(net::lease_verdict(plan, &taps, |bridge| {
+            host.leases(bridge)
+        }))
     }
 
-    /// Keeps host networking in step, every second.
+    /// Keeps host networking in step, every `host_sync`.
     pub(super) async fn net_loop(self: Arc<Self>, mut stop: Shutdown) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        // The same failure every second (say, libvirtd is away) is logged
+        let mut tick = tokio::time::interval(self.opts.host_sync);
+        // The same failure every beat (say, libvirtd is away) is logged
         // once, then at debug level until it changes or clears.
         let mut last_error = None;
         loop {
@@ -473,7 +440,7 @@ impl Agent {
                 _ = stopped(&mut stop) => return,
             }
             match self.sync_net().await {
-                Ok(()) => last_error = None,
+                Ok(_) => last_error = None,
                 Err(e) => {
                     let error = error_chain(&e);
                     if last_error.as_ref() == Some(&error) {
@@ -484,24 +451,6 @@ impl Agent {
                     last_error = Some(error);
                 }
             }
-        }
-    }
-
-    /// Serves the metadata service to guests, on a real host.
-    pub(super) async fn metadata_server(self: Arc<Self>, mut stop: Shutdown) {
-        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], self.opts.metadata_port));
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot serve instance metadata");
-                return;
-            }
-        };
-        tracing::info!(%addr, "serving instance metadata");
-        let table: MetadataTable = self.metadata.clone();
-        let done = async move { stopped(&mut stop).await };
-        if let Err(e) = crate::metadata::serve(listener, table, done).await {
-            tracing::error!(error = %e, "metadata service stopped");
         }
     }
 }

@@ -1,44 +1,29 @@
-//! A real host's files: the image cache (blobs by sha256, pulled once and
-//! verified), and one directory per instance holding its root disk (a
-//! qcow2 overlay on the cached image), its NoCloud seed and its console
-//! log.
+//! A real host's files, as [`super::RealHost`] keeps them: the image
+//! cache (blobs by sha256, pulled once and verified), one directory per
+//! instance holding its root disk (a qcow2 overlay on the cached image),
+//! its NoCloud seed and its console log, and the volume and snapshot
+//! files.
 //!
 //! ```text
 //! ROOT/images/sha256/<hex>          cached image bytes (read-only, shared)
 //! ROOT/instances/<uid>/disk.qcow2   root disk overlay
 //! ROOT/instances/<uid>/seed.iso     NoCloud seed (label cidata)
 //! ROOT/instances/<uid>/console.log  serial console (written by virtlogd)
+//! ROOT/volumes/<uid>.qcow2          a Volume
+//! ROOT/snapshots/<uid>.qcow2        a Snapshot
 //! ```
 //!
 //! QEMU runs as its own user: every directory here is 0755 and every file
 //! QEMU reads is 0644. Blocking I/O and child processes (`qemu-img`,
-//! `genisoimage`): async callers use `spawn_blocking`.
+//! `genisoimage`): async callers use `spawn_blocking`. Nothing here knows
+//! a Corral object: only uids and paths.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use corral_store::blobs::{BlobError, BlobStore};
+use corral_store::blobs::BlobStore;
 
-#[derive(Debug, thiserror::Error)]
-pub enum HostError {
-    /// The I/O error is in the message, not a `source`: printed once
-    /// however the chain is walked.
-    #[error("{path}: {error}")]
-    Io { path: String, error: std::io::Error },
-    #[error(transparent)]
-    Blob(#[from] BlobError),
-    #[error("{command} failed: {message}")]
-    Command { command: String, message: String },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HostError + '_ {
-    move |error| HostError::Io {
-        path: path.display().to_string(),
-        error,
-    }
-}
-
-pub type Result<T> = std::result::Result<T, HostError>;
+use super::{io, HostError, Result, Seed};
 
 fn make_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(io(path))?;
@@ -59,50 +44,6 @@ fn run(cmd: &mut Command) -> Result<String> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The NoCloud data of one instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seed {
-    pub instance_id: String,
-    pub hostname: String,
-    pub public_keys: Vec<String>,
-    pub user_data: Vec<u8>,
-}
-
-/// A YAML scalar: plain when that is unambiguous, else a JSON string
-/// (JSON strings are YAML).
-fn yaml_scalar(s: &str) -> String {
-    let plain = !s.is_empty()
-        && !s.contains(": ")
-        && !s.contains(" #")
-        && !s.ends_with(':')
-        && s.chars().all(|c| !c.is_control())
-        && !s.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@`".contains(c) || c.is_whitespace())
-        && !s.ends_with(char::is_whitespace);
-    if plain {
-        s.to_string()
-    } else {
-        serde_json::to_string(s).expect("a string serializes")
-    }
-}
-
-impl Seed {
-    /// NoCloud `meta-data`.
-    pub fn meta_data(&self) -> String {
-        let mut out = format!(
-            "instance-id: {}\nlocal-hostname: {}\n",
-            yaml_scalar(&self.instance_id),
-            yaml_scalar(&self.hostname)
-        );
-        if !self.public_keys.is_empty() {
-            out.push_str("public-keys:\n");
-            for k in &self.public_keys {
-                out.push_str(&format!("  - {}\n", yaml_scalar(k.trim())));
-            }
-        }
-        out
-    }
 }
 
 /// One host's files.
@@ -330,86 +271,9 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
 }
 
-/// Whether a guest has finished booting, judged from its console: a
-/// readiness line after the last kernel banner.
-pub fn guest_ready(console: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(console);
-    let boot = ["Linux version ", "corral-guest: boot"]
-        .iter()
-        .filter_map(|m| text.rfind(m))
-        .max();
-    let ready = ["corral-guest: ready", " login: "]
-        .iter()
-        .filter_map(|m| text.rfind(m))
-        .max();
-    match (boot, ready) {
-        (_, None) => false,
-        (None, Some(_)) => true,
-        (Some(b), Some(r)) => r > b,
-    }
-}
-
-/// Picks the domain type for this host: `kvm` only when the CPU has
-/// hardware virtualisation (vmx/svm) and /dev/kvm opens read-write;
-/// otherwise `qemu` (TCG), which always boots. A paravirtualised nested
-/// KVM exposes /dev/kvm on CPUs without vmx/svm and cannot boot standard
-/// guests, so /dev/kvm alone is not trusted.
-pub fn detect_virt_type() -> &'static str {
-    let cpu_ok = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|c| {
-            c.lines()
-                .filter(|l| l.starts_with("flags"))
-                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-        })
-        .unwrap_or(false);
-    let dev_ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if cpu_ok && dev_ok {
-        "kvm"
-    } else {
-        "qemu"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn meta_data_quotes_what_yaml_would_misread() {
-        let s = Seed {
-            instance_id: "i-0123456789abcdef0".into(),
-            hostname: "web-1".into(),
-            public_keys: vec![
-                "ssh-ed25519 AAAAC3Nza admin@demo".into(),
-                "ssh-rsa AAAAB3 me #1: laptop".into(),
-            ],
-            user_data: Vec::new(),
-        };
-        assert_eq!(
-            s.meta_data(),
-            "instance-id: i-0123456789abcdef0\nlocal-hostname: web-1\npublic-keys:\n  - ssh-ed25519 AAAAC3Nza admin@demo\n  - \"ssh-rsa AAAAB3 me #1: laptop\"\n"
-        );
-        let parsed: serde_json::Value = yaml_serde::from_str(&s.meta_data()).unwrap();
-        assert_eq!(parsed["public-keys"][1], "ssh-rsa AAAAB3 me #1: laptop");
-        assert_eq!(yaml_scalar("- x"), "\"- x\"");
-        assert_eq!(yaml_scalar("a\nb"), "\"a\\nb\"");
-    }
-
-    #[test]
-    fn readiness_is_judged_after_the_last_boot() {
-        assert!(!guest_ready(b""));
-        assert!(!guest_ready(b"corral-guest: boot\n"));
-        assert!(guest_ready(b"corral-guest: boot\ncorral-guest: ready\n"));
-        // Rebooted: the old ready line does not count.
-        assert!(!guest_ready(
-            b"corral-guest: boot\ncorral-guest: ready\n[0.0] Linux version 6.1\n"
-        ));
-        assert!(guest_ready(b"Linux version 6.1\n\ndebian login: "));
-    }
 
     #[test]
     fn seed_iso_and_overlay_are_real_files() {

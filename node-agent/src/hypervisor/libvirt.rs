@@ -1,16 +1,12 @@
-//! The node agent's contract with a hypervisor: one trait, one libvirt
-//! implementation for any URI. `qemu:///system` drives real KVM/QEMU
-//! guests; `test:///default` — libvirt's own in-process test driver — gives
-//! simulated hosts with the same API, for tests and scale benchmarks.
+//! [`Libvirt`]: the one [`Hypervisor`] implementation, for any libvirt
+//! URI. It owns the connection (one, shared by every call, reopened with
+//! backoff when libvirtd goes away) and maps each trait call to libvirt's.
+//! The XML it writes and parses is in xml.rs.
 //!
-//! Corral's domains are named `corral-<instance uid>`; a domain with that
-//! prefix and no Instance is an orphan the agent removes.
-//!
-//! libvirtd may restart (or be killed) under a running agent; its guests'
-//! QEMU processes keep running and the new libvirtd re-attaches to them.
-//! [`Libvirt`] notices a dead connection and reopens it, with backoff;
-//! meanwhile every call fails with [`HypervisorError::Unreachable`], which
-//! says nothing about any guest.
+//! libvirt's test driver (`test:///…`, simulated hosts) keeps no device it
+//! cannot run: domains are defined with their disks only, and disks are
+//! added and removed by redefining the domain (the driver has no
+//! persistent hot-plug). It must not decide anything about guests.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,232 +14,13 @@ use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use virt::domain::Domain;
 
-/// Prefix of every domain Corral owns.
-pub const DOMAIN_PREFIX: &str = "corral-";
-
-pub fn domain_name(uid: &str) -> String {
-    format!("{DOMAIN_PREFIX}{uid}")
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HypervisorError {
-    #[error("libvirt: {0}")]
-    Libvirt(String),
-    #[error("domain {0} not found")]
-    NoDomain(String),
-    /// The connection to the hypervisor is lost and not back yet: nothing
-    /// is known about the guests, and nothing was done to them.
-    #[error("the hypervisor is unreachable: {0}")]
-    Unreachable(String),
-}
-
-impl From<virt::error::Error> for HypervisorError {
-    fn from(e: virt::error::Error) -> Self {
-        HypervisorError::Libvirt(e.to_string())
-    }
-}
-
-pub type Result<T> = std::result::Result<T, HypervisorError>;
-
-/// What the host offers, for its Node.
-#[derive(Debug, Clone)]
-pub struct HostFacts {
-    pub hostname: String,
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    pub libvirt_version: String,
-    /// `kvm`, `qemu` (TCG) or `test`.
-    pub virt_type: String,
-}
-
-/// A guest's observable state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PowerState {
-    Running,
-    Paused,
-    /// Defined, not running.
-    Shutoff,
-    /// Not running, memory saved (managed save): resumes where it was.
-    Saved,
-    Crashed,
-    Other,
-}
-
-#[derive(Debug, Clone)]
-pub struct DomainInfo {
-    pub name: String,
-    pub state: PowerState,
-    /// libvirt's id of a running domain; a restart changes it.
-    pub id: Option<u32>,
-}
-
-/// One disk of a domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskSpec {
-    pub path: std::path::PathBuf,
-    /// `qcow2` or `raw`.
-    pub format: String,
-    /// Guest device: `vda`, `vdb`, ...
-    pub target: String,
-    pub readonly: bool,
-    /// Shown to the guest as the disk's serial (e.g. a volume id).
-    pub serial: Option<String>,
-    /// A read-only CD-ROM on the IDE bus (target `hdc`), as config drives
-    /// are attached: virtio names stay for the root disk and volumes.
-    pub cdrom: bool,
-}
-
-/// Direct kernel boot (AKI/ARI-style images).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelBoot {
-    pub kernel: std::path::PathBuf,
-    pub initrd: Option<std::path::PathBuf>,
-    pub cmdline: String,
-}
-
-/// One network interface of a domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NicSpec {
-    pub mac: String,
-    /// The libvirt network (`corral-<uid>`) or, for `bridged` Networks, the
-    /// host bridge.
-    pub source: NicSource,
-    /// The tap device on the host (see `net::tap_name`).
-    pub tap: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NicSource {
-    Network(String),
-    Bridge(String),
-}
-
-/// What a domain is built from.
-#[derive(Debug, Clone, Default)]
-pub struct DomainSpec {
-    /// The Node whose agent made it (recorded in the domain's metadata).
-    pub node: String,
-    pub uid: String,
-    pub project: String,
-    pub instance: String,
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    pub nics: Vec<NicSpec>,
-    /// In boot order: the root disk first.
-    pub disks: Vec<DiskSpec>,
-    pub kernel: Option<KernelBoot>,
-    /// Where the serial console is logged.
-    pub console_log: Option<std::path::PathBuf>,
-}
-
-pub trait Hypervisor: Send + Sync {
-    fn facts(&self) -> Result<HostFacts>;
-    /// Corral's domains only.
-    fn list(&self) -> Result<Vec<DomainInfo>>;
-    fn state(&self, name: &str) -> Result<Option<PowerState>>;
-    /// Defines the domain if it is not defined yet.
-    fn define(&self, spec: &DomainSpec) -> Result<()>;
-    fn start(&self, name: &str) -> Result<()>;
-    /// Asks the guest to power off (ACPI).
-    fn shutdown(&self, name: &str) -> Result<()>;
-    /// Pulls the plug.
-    fn destroy(&self, name: &str) -> Result<()>;
-    fn undefine(&self, name: &str) -> Result<()>;
-    fn pause(&self, name: &str) -> Result<()>;
-    fn resume(&self, name: &str) -> Result<()>;
-    /// Saves memory to disk and stops (resumed by `start`).
-    fn save(&self, name: &str) -> Result<()>;
-    /// Restarts the guest (ACPI reboot, falling back to a reset).
-    fn reboot(&self, name: &str) -> Result<()>;
-    /// Adds a disk to the definition and, when running, to the guest.
-    fn attach_disk(&self, name: &str, disk: &DiskSpec) -> Result<()>;
-    /// Removes the disk with guest device `target`.
-    fn detach_disk(&self, name: &str, target: &str) -> Result<()>;
-    /// Guest devices of the domain's disks, as defined.
-    fn disk_targets(&self, name: &str) -> Result<Vec<String>>;
-    /// The Node recorded in the domain's metadata (None: not Corral's).
-    fn node_of(&self, name: &str) -> Result<Option<String>>;
-    /// Makes the (transient) libvirt network `name` exist as `xml` says,
-    /// with exactly `hosts` as DHCP reservations (MAC, `<host>` element),
-    /// updated live so running guests keep their links.
-    fn sync_network(&self, name: &str, xml: &str, hosts: &[(String, String)]) -> Result<()>;
-    /// Corral's libvirt networks (named `corral-…`).
-    fn networks(&self) -> Result<Vec<String>>;
-    /// Destroys a libvirt network (its bridge, dnsmasq and leases go too).
-    fn remove_network(&self, name: &str) -> Result<()>;
-    /// Makes one cheap call to the hypervisor (reconnecting first if the
-    /// connection was lost): `Unreachable` while it cannot be reached.
-    fn check(&self) -> Result<()> {
-        Ok(())
-    }
-    /// Why the hypervisor could not be reached by the latest call, or
-    /// `None` if it answered. Makes no call and never waits: a heartbeat
-    /// can report it even while a call is stuck.
-    fn unreachable(&self) -> Option<String> {
-        None
-    }
-}
-
-/// The `<disk>` element for `d`.
-pub fn disk_xml(d: &DiskSpec) -> String {
-    let e = xml_escape;
-    if d.cdrom {
-        return format!(
-            "<disk type='file' device='cdrom'><driver name='qemu' type='{fmt}'/><source file='{path}'/><target dev='{dev}' bus='ide'/><readonly/></disk>",
-            fmt = e(&d.format),
-            path = e(&d.path.display().to_string()),
-            dev = e(&d.target),
-        );
-    }
-    format!(
-        "<disk type='file' device='disk'><driver name='qemu' type='{fmt}' cache='none' discard='unmap'/><source file='{path}'/><target dev='{dev}' bus='virtio'/>{ro}{serial}</disk>",
-        fmt = e(&d.format),
-        path = e(&d.path.display().to_string()),
-        dev = e(&d.target),
-        ro = if d.readonly { "<readonly/>" } else { "" },
-        serial = d
-            .serial
-            .as_deref()
-            .map(|s| format!("<serial>{}</serial>", e(s)))
-            .unwrap_or_default(),
-    )
-}
-
-/// Writes a node description for libvirt's test driver and returns its
-/// URI (`test:///DIR/NAME.xml`). Each such URI is an independent simulated
-/// host with an empty domain list; `test:///default`, by contrast, is one
-/// shared host per process.
-pub fn simulated_host(
-    dir: &std::path::Path,
-    name: &str,
-    vcpus: u32,
-    memory_mib: u64,
-) -> std::io::Result<String> {
-    let path = dir.join(format!("{name}.xml"));
-    let xml = format!(
-        "<node>\n  <cpu>\n    <mhz>2000</mhz>\n    <model>corral-sim</model>\n    <active>{vcpus}</active>\n    <nodes>1</nodes>\n    <sockets>1</sockets>\n    <cores>{vcpus}</cores>\n    <threads>1</threads>\n  </cpu>\n  <memory>{}</memory>\n</node>\n",
-        memory_mib * 1024
-    );
-    std::fs::write(&path, xml)?;
-    Ok(format!("test://{}", path.display()))
-}
-
-/// Escapes text for XML content and attribute values.
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
+use super::xml::{
+    corral_node, disk_elements, find_disk_element, host_elements, host_same, with_disk, without,
+};
+use super::{
+    disk_xml, domain_name, DiskSpec, DomainInfo, DomainSpec, HostFacts, Hypervisor,
+    HypervisorError, PowerState, Result, DOMAIN_PREFIX,
+};
 
 /// First wait before reopening a connection that failed to open again.
 const RECONNECT_MIN: Duration = Duration::from_millis(250);
@@ -276,7 +53,7 @@ pub struct Libvirt {
     /// Since when a call to libvirt has been waiting for its answer (a
     /// libvirtd that hangs instead of dying never closes the socket).
     busy_since: Mutex<Option<Instant>>,
-    virt_type: String,
+    pub(super) virt_type: String,
 }
 
 /// A libvirt call unanswered this long makes the hypervisor unreachable
@@ -365,6 +142,26 @@ impl Libvirt {
 
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// Whether this is libvirt's test driver (a simulated host).
+    pub(super) fn is_test(&self) -> bool {
+        self.virt_type == "test"
+    }
+
+    /// On the test driver, which has no persistent hot-plug: redefines the
+    /// domain with its inactive definition changed by `edit` (`None`:
+    /// nothing to change).
+    fn redefine(&self, name: &str, edit: impl Fn(&str) -> Option<String>) -> Result<()> {
+        self.with_conn(|conn| {
+            let dom = Self::lookup(conn, name)?
+                .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
+            let xml = dom.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?;
+            if let Some(changed) = edit(&xml) {
+                conn.define_domain_xml(&changed)?;
+            }
+            Ok(())
+        })
     }
 
     fn link(&self) -> MutexGuard<'_, Link> {
@@ -466,75 +263,6 @@ impl Libvirt {
                 .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
             f(&dom)
         })
-    }
-
-    pub fn domain_xml(&self, spec: &DomainSpec) -> String {
-        let e = xml_escape;
-        let real = self.virt_type != "test";
-        let mut devices = String::new();
-        let mut os = String::from("<type arch='x86_64'>hvm</type>");
-        if real {
-            match &spec.kernel {
-                Some(k) => {
-                    os.push_str(&format!(
-                        "<kernel>{}</kernel>",
-                        e(&k.kernel.display().to_string())
-                    ));
-                    if let Some(i) = &k.initrd {
-                        os.push_str(&format!("<initrd>{}</initrd>", e(&i.display().to_string())));
-                    }
-                    os.push_str(&format!("<cmdline>{}</cmdline>", e(&k.cmdline)));
-                }
-                None => os.push_str("<boot dev='hd'/>"),
-            }
-            for d in &spec.disks {
-                devices.push_str("    ");
-                devices.push_str(&disk_xml(d));
-                devices.push('\n');
-            }
-            for nic in &spec.nics {
-                let (kind, source) = match &nic.source {
-                    NicSource::Network(n) => ("network", format!("<source network='{}'/>", e(n))),
-                    NicSource::Bridge(b) => ("bridge", format!("<source bridge='{}'/>", e(b))),
-                };
-                devices.push_str(&format!(
-                    "    <interface type='{kind}'><mac address='{mac}'/>{source}<target dev='{tap}'/><model type='virtio'/></interface>\n",
-                    mac = e(&nic.mac),
-                    tap = e(&nic.tap),
-                ));
-            }
-            match &spec.console_log {
-                Some(log) => devices.push_str(&format!(
-                    "    <serial type='pty'><log file='{}' append='on'/><target port='0'/></serial>\n",
-                    e(&log.display().to_string())
-                )),
-                None => devices.push_str("    <serial type='pty'><target port='0'/></serial>\n"),
-            }
-            devices
-                .push_str("    <console type='pty'><target type='serial' port='0'/></console>\n");
-            devices.push_str("    <memballoon model='none'/>\n");
-            // No USB: nothing Corral attaches uses it, and libvirt would
-            // otherwise add a UHCI controller the guest probes at boot
-            // (Nova disables it the same way when no USB device is asked
-            // for). The bare-QEMU baseline of `corral bench boot` has none.
-            devices.push_str("    <controller type='usb' model='none'/>\n");
-        }
-        let cpu = if self.virt_type == "kvm" {
-            "  <cpu mode='host-passthrough'/>\n"
-        } else {
-            ""
-        };
-        format!(
-            "<domain type='{vt}'>\n  <name>{name}</name>\n  <uuid>{uid}</uuid>\n  <metadata>\n    <corral:instance xmlns:corral='https://corral.dev/xmlns/instance/v1'>\n      <corral:node>{node}</corral:node>\n      <corral:project>{project}</corral:project>\n      <corral:name>{instance}</corral:name>\n    </corral:instance>\n  </metadata>\n  <memory unit='MiB'>{mem}</memory>\n  <vcpu>{cpus}</vcpu>\n  <os>{os}</os>\n  <features><acpi/></features>\n{cpu}  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n  <devices>\n{devices}  </devices>\n</domain>\n",
-            vt = e(&self.virt_type),
-            name = e(&domain_name(&spec.uid)),
-            uid = e(&spec.uid),
-            node = e(&spec.node),
-            project = e(&spec.project),
-            instance = e(&spec.instance),
-            mem = spec.memory_mib,
-            cpus = spec.vcpus,
-        )
     }
 }
 
@@ -651,6 +379,15 @@ impl Hypervisor for Libvirt {
 
     fn attach_disk(&self, name: &str, disk: &DiskSpec) -> Result<()> {
         use virt::sys::{VIR_DOMAIN_AFFECT_CONFIG, VIR_DOMAIN_AFFECT_LIVE};
+        if self.is_test() {
+            let element = disk_xml(disk);
+            return self.redefine(name, |xml| {
+                find_disk_element(xml, &disk.target)
+                    .is_none()
+                    .then(|| with_disk(xml, &element))
+                    .flatten()
+            });
+        }
         self.with_domain(name, |d| {
             let live = d.is_active().unwrap_or(false);
             let flags = if live {
@@ -665,6 +402,11 @@ impl Hypervisor for Libvirt {
 
     fn detach_disk(&self, name: &str, target: &str) -> Result<()> {
         use virt::sys::{VIR_DOMAIN_AFFECT_CONFIG, VIR_DOMAIN_AFFECT_LIVE};
+        if self.is_test() {
+            return self.redefine(name, |xml| {
+                find_disk_element(xml, target).map(|disk| without(xml, &disk))
+            });
+        }
         self.with_domain(name, |d| {
             let xml = d.xml_desc(0)?;
             let Some(disk) = find_disk_element(&xml, target) else {
@@ -781,90 +523,18 @@ impl Hypervisor for Libvirt {
     }
 
     fn disk_targets(&self, name: &str) -> Result<Vec<String>> {
+        // The test driver changes only the definition (see `redefine`).
+        let flags = if self.is_test() {
+            virt::sys::VIR_DOMAIN_XML_INACTIVE
+        } else {
+            0
+        };
         self.with_domain(name, |d| {
-            let xml = d.xml_desc(0)?;
+            let xml = d.xml_desc(flags)?;
             Ok(disk_elements(&xml)
                 .into_iter()
                 .filter_map(|(t, _)| t)
                 .collect())
         })
     }
-}
-
-/// The `<host .../>` DHCP reservations in a network's XML: (MAC, element).
-fn host_elements(xml: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find("<host ") {
-        let Some(len) = rest[start..].find("/>") else {
-            break;
-        };
-        let elem = &rest[start..start + len + 2];
-        if let Some(mac) = attr(elem, "mac") {
-            out.push((mac.to_ascii_lowercase(), elem.to_string()));
-        }
-        rest = &rest[start + len + 2..];
-    }
-    out
-}
-
-/// The value of attribute `name` in one element (either quote style).
-fn attr<'a>(elem: &'a str, name: &str) -> Option<&'a str> {
-    for q in ['\'', '"'] {
-        let pat = format!(" {name}={q}");
-        if let Some(i) = elem.find(&pat) {
-            let v = &elem[i + pat.len()..];
-            return v.find(q).map(|j| &v[..j]);
-        }
-    }
-    None
-}
-
-/// Whether two `<host>` elements reserve the same thing.
-fn host_same(a: &str, b: &str) -> bool {
-    ["mac", "ip", "name"]
-        .iter()
-        .all(|k| attr(a, k).map(str::to_ascii_lowercase) == attr(b, k).map(str::to_ascii_lowercase))
-}
-
-/// The text of the first `<corral:node>` element.
-fn corral_node(xml: &str) -> Option<String> {
-    let start = xml.find("<corral:node>")? + "<corral:node>".len();
-    let len = xml[start..].find("</corral:node>")?;
-    Some(
-        xml[start..start + len]
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&amp;", "&"),
-    )
-}
-
-/// Each `<disk>...</disk>` element of a domain's XML with its target dev.
-fn disk_elements(xml: &str) -> Vec<(Option<String>, String)> {
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find("<disk ") {
-        let Some(len) = rest[start..].find("</disk>") else {
-            break;
-        };
-        let element = &rest[start..start + len + "</disk>".len()];
-        let target = element.find("<target dev=").and_then(|i| {
-            let v = &element[i + "<target dev=".len()..];
-            let q = v.chars().next()?;
-            let v = &v[1..];
-            v.find(q).map(|end| v[..end].to_string())
-        });
-        out.push((target, element.to_string()));
-        rest = &rest[start + len..];
-    }
-    out
-}
-
-fn find_disk_element(xml: &str, target: &str) -> Option<String> {
-    disk_elements(xml)
-        .into_iter()
-        .find(|(t, _)| t.as_deref() == Some(target))
-        .map(|(_, e)| e)
 }

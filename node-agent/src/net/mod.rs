@@ -1,0 +1,157 @@
+//! Host networking for the node's guests: a libvirt network (bridge,
+//! dnsmasq serving only the IPAM reservations) per Network in use on this
+//! node, and one iptables ruleset for everything Corral filters or
+//! translates: security groups, anti-spoofing, isolation, masquerade,
+//! floating addresses and the metadata redirect.
+//!
+//! Everything here is computed from a [`NetPlan`] (what should exist) and
+//! applied whole: the rules go in as one `iptables-restore --noflush`
+//! transaction per table, so a change reaches running guests within one
+//! sync and nothing that no longer belongs to a plan survives it.
+//!
+//! Where the rules live, and why:
+//! - Filtering is in the `mangle` table's FORWARD and INPUT hooks, which run
+//!   before `filter`: libvirt and other tools add ACCEPT rules to `filter`,
+//!   and a DROP in `mangle` is final whatever they do. Bridged guest-to-guest
+//!   frames reach those hooks through br_netfilter (`bridge-nf-call-iptables`).
+//! - Traffic the host itself sends to a guest (its own connections, and
+//!   floating addresses reached from the host) is filtered in `filter`
+//!   OUTPUT, after the `nat` OUTPUT hook has translated it.
+//! - Networks are libvirt `open` networks: libvirt adds no firewall rules of
+//!   its own, so the only rules are these. `filter` FORWARD accepts what
+//!   `mangle` let through, for hosts whose FORWARD policy is DROP.
+//!
+//! Nothing here writes Corral objects; the agent reports.
+//!
+//! What lives where: the names of devices and libvirt networks
+//! (names.rs), a Network as a libvirt network with its DHCP reservations
+//! (libvirt_net.rs), the ruleset a plan makes (firewall.rs) and how it is
+//! written into the host's iptables (iptables.rs), and DHCP leases
+//! (leases.rs). The plan's types are here.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use corral_api_types::net::Ipv4Cidr;
+use corral_api_types::{NetworkMode, Protocol};
+
+mod firewall;
+mod iptables;
+mod leases;
+mod libvirt_net;
+mod names;
+
+pub use firewall::TableRules;
+pub use iptables::{apply_firewall, restore_script, update_firewall, update_script, FirewallError};
+pub use leases::{lease_verdict, leases, parse_leases, Lease};
+pub use names::{
+    bridge_name, network_name, tap_name, BRIDGE_PREFIX, CHAIN_PREFIX, NETWORK_PREFIX, TAP_PREFIX,
+};
+
+/// Where guests find the metadata service.
+pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// One Network as this node runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDef {
+    /// The Network's uid.
+    pub uid: String,
+    /// `project/name`, for messages.
+    pub display: String,
+    pub cidr: Ipv4Cidr,
+    pub gateway: Ipv4Addr,
+    pub mode: NetworkMode,
+    pub dhcp: bool,
+    pub dns_servers: Vec<String>,
+    /// The existing host bridge (`bridged` mode).
+    pub host_bridge: Option<String>,
+    /// DHCP reservations: MAC -> (IP, hostname).
+    pub hosts: BTreeMap<String, (Ipv4Addr, String)>,
+}
+
+impl NetDef {
+    /// Whether Corral runs a libvirt network for it (all but `bridged`).
+    pub fn managed(&self) -> bool {
+        self.mode != NetworkMode::Bridged
+    }
+
+    pub fn bridge(&self) -> String {
+        match &self.host_bridge {
+            Some(b) if !self.managed() => b.clone(),
+            _ => bridge_name(&self.uid),
+        }
+    }
+}
+
+/// One allow rule, resolved to concrete source (ingress) or destination
+/// (egress) blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow {
+    pub protocol: Protocol,
+    /// TCP/UDP port range, or ICMP type (from) and code (to); `None` = all.
+    pub from_port: Option<i32>,
+    pub to_port: Option<i32>,
+    /// CIDR blocks (source groups already expanded to their members' /32s).
+    pub peers: Vec<String>,
+}
+
+/// One instance NIC on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    /// `project/instance/nic`, for comments.
+    pub display: String,
+    pub tap: String,
+    /// The Network's uid (it must be in the plan).
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub ingress: Vec<Allow>,
+    /// `None`: no group of this NIC restricts egress.
+    pub egress: Option<Vec<Allow>>,
+    pub floating_ip: Option<Ipv4Addr>,
+}
+
+/// Everything this node's host networking should be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetPlan {
+    pub networks: Vec<NetDef>,
+    pub ports: Vec<Port>,
+    /// Where the agent's metadata service listens (on every gateway).
+    pub metadata_port: u16,
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! A network and a NIC the unit tests of this module share.
+    use super::*;
+
+    pub fn net(mode: NetworkMode) -> NetDef {
+        NetDef {
+            uid: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
+            display: "p/lan".into(),
+            cidr: "10.42.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 42, 0, 1),
+            mode,
+            dhcp: true,
+            dns_servers: vec![],
+            host_bridge: None,
+            hosts: BTreeMap::from([(
+                "52:54:00:00:00:01".to_string(),
+                (Ipv4Addr::new(10, 42, 0, 5), "web'<1>".to_string()),
+            )]),
+        }
+    }
+
+    pub fn port(ingress: Vec<Allow>, egress: Option<Vec<Allow>>) -> Port {
+        Port {
+            display: "p/web/0".into(),
+            tap: "crtabcdef01230".into(),
+            network: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
+            ip: Ipv4Addr::new(10, 42, 0, 5),
+            mac: "52:54:00:00:00:01".into(),
+            ingress,
+            egress,
+            floating_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+        }
+    }
+}
