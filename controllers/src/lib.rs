@@ -171,9 +171,9 @@ impl ControllerManager {
             sched = sched.watches(c.nodes.clone(), move |change| {
                 trigger.pending_after(change, &instances)
             });
-            // A deleted instance frees its node's capacity.
-            let s = scheduler.clone();
-            sched = sched.watches(c.instances.clone(), move |change| s.woken_by(change));
+            // A deleted instance frees its node's capacity: the
+            // scheduler's book-keeping wakes the waiting ones.
+            scheduler.wake_on(sched.queue());
             let instances = c.instances.clone();
             sched = sched.watches(c.instance_types.clone(), move |_| {
                 scheduler::pending_instances(&instances)

@@ -23,7 +23,7 @@ use corral_api_types::{
     TaintEffect, Volume,
 };
 use corral_runtime::status::{set_condition, update_cached, update_with_retry, EventRecorder};
-use corral_runtime::{Action, Cache, Change, ObjectRef, ReconcileError, Reconciler};
+use corral_runtime::{Action, Cache, Change, ObjectRef, ReconcileError, Reconciler, WorkQueue};
 use corral_store::ResourceStore;
 
 use crate::resources::{request_of, Request};
@@ -76,6 +76,9 @@ pub struct Scheduler {
     /// Instances that fit nowhere at their last try: what freed capacity
     /// may now place (Kubernetes' unschedulable queue).
     waiting: Mutex<HashSet<ObjectRef>>,
+    /// The scheduler's work queue, where freed capacity wakes the waiting
+    /// instances ([`Scheduler::wake_on`]).
+    wake: std::sync::OnceLock<Arc<WorkQueue<ObjectRef>>>,
     events: EventRecorder,
 }
 
@@ -151,6 +154,7 @@ impl Scheduler {
             policy,
             book: Mutex::new(Book::default()),
             waiting: Mutex::new(HashSet::new()),
+            wake: std::sync::OnceLock::new(),
         });
         let mut changes = instances.subscribe();
         instances.wait_ready().await;
@@ -168,18 +172,27 @@ impl Scheduler {
         scheduler
     }
 
-    /// The waiting instances, when `change` frees capacity on a node: a
-    /// bound instance is gone.
-    pub fn woken_by(&self, change: &Change<Instance>) -> Vec<ObjectRef> {
-        match change {
-            Change::Deleted(i) if i.status.as_ref().is_some_and(|s| s.node_name.is_some()) => self
-                .waiting
-                .lock()
-                .expect("waiting")
-                .iter()
-                .cloned()
-                .collect(),
-            _ => Vec::new(),
+    /// Where freed capacity wakes the waiting instances: the scheduler
+    /// controller's queue. A bound instance's deletion is seen by the
+    /// book-keeping task, which frees its capacity in the book first and
+    /// only then wakes them — a wake that could overtake the book (a
+    /// second subscriber of the same cache) found the node still full,
+    /// wrote an unchanged refusal and so was never woken again.
+    pub fn wake_on(&self, queue: Arc<WorkQueue<ObjectRef>>) {
+        let _ = self.wake.set(queue);
+    }
+
+    fn wake_waiting(&self) {
+        let Some(queue) = self.wake.get() else { return };
+        let waiting: Vec<ObjectRef> = self
+            .waiting
+            .lock()
+            .expect("waiting")
+            .iter()
+            .cloned()
+            .collect();
+        for key in waiting {
+            queue.add(key);
         }
     }
 
@@ -198,7 +211,13 @@ impl Scheduler {
         let key = ObjectRef::of(obj.as_ref());
         let mut book = self.book.lock().expect("book");
         match change {
-            Change::Deleted(_) => book.unbind(&key),
+            Change::Deleted(i) => {
+                book.unbind(&key);
+                drop(book);
+                if i.status.as_ref().is_some_and(|s| s.node_name.is_some()) {
+                    self.wake_waiting();
+                }
+            }
             Change::Added(i) | Change::Applied(i) => {
                 if let Some(node) = i.status.as_ref().and_then(|s| s.node_name.as_deref()) {
                     if let Ok(req) = request_of(i, &self.types) {
