@@ -261,6 +261,17 @@ pub(crate) mod continue_token {
     }
 }
 
+/// `InvalidArgument` for an update that names no revision it read: every
+/// backend's update is a compare-and-swap.
+pub(crate) fn check_update_revision(key: &str, expected_revision: i64) -> Result<()> {
+    if expected_revision <= 0 {
+        return Err(StoreError::InvalidArgument(format!(
+            "update of {key} needs the revision it read, got {expected_revision}"
+        )));
+    }
+    Ok(())
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();

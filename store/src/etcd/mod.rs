@@ -6,20 +6,25 @@
 //! - list pages all read at the first page's revision.
 //! - watches resume after a dropped connection from the last delivered
 //!   revision + 1 (etcd-client does not), and end with `Expired` when etcd
-//!   says the revision was compacted.
+//!   says the revision was compacted ([`watch`]).
+//!
+//! This module holds the connection, the mapping of etcd's errors and
+//! key-values onto the contract's, and the reads and writes; it must not
+//! keep state of its own beyond the client (several servers share etcd).
+
+mod watch;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp,
+    TxnOpResponse,
 };
-use tokio::sync::mpsc;
 
 use crate::contract::{
-    continue_token, prefix_end, KeyValue, ListOptions, ListPage, Result, Store, StoreError,
-    UpdateOutcome, WatchEvent, WatchStream,
+    check_update_revision, continue_token, prefix_end, KeyValue, ListOptions, ListPage, Result,
+    Store, StoreError, UpdateOutcome, WatchStream,
 };
 
 /// Store on an etcd cluster.
@@ -83,15 +88,38 @@ fn map_err(e: etcd_client::Error, requested: i64) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+fn utf8_key(key: &[u8]) -> Result<String> {
+    String::from_utf8(key.to_vec())
+        .map_err(|e| StoreError::Backend(format!("non UTF-8 key: {e}").into()))
+}
+
 fn convert_kv(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
-    let key = String::from_utf8(kv.key().to_vec())
-        .map_err(|e| StoreError::Backend(format!("non UTF-8 key: {e}").into()))?;
+    let key = utf8_key(kv.key())?;
     Ok(KeyValue {
         key,
         value: kv.value().to_vec(),
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
     })
+}
+
+/// Why a write whose revision precondition failed was refused, from the
+/// key's current state: `NotFound` when it is gone, `Conflict` otherwise.
+fn missing_or_conflict(
+    key: &str,
+    expected: i64,
+    current: Option<&etcd_client::KeyValue>,
+) -> StoreError {
+    match current {
+        None => StoreError::NotFound {
+            key: key.to_string(),
+        },
+        Some(current) => StoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            current: current.mod_revision(),
+        },
+    }
 }
 
 fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64> {
@@ -147,11 +175,7 @@ impl Store for EtcdStore {
         value: Vec<u8>,
         expected_revision: i64,
     ) -> Result<UpdateOutcome> {
-        if expected_revision <= 0 {
-            return Err(StoreError::InvalidArgument(format!(
-                "update of {key} needs the revision it read, got {expected_revision}"
-            )));
-        }
+        check_update_revision(key, expected_revision)?;
         let mut kv = self.client.kv_client();
         let write = Txn::new()
             .when([Compare::mod_revision(
@@ -169,18 +193,10 @@ impl Store for EtcdStore {
             // the revision, so nothing written meanwhile is lost.
             let current = kv.get(key, None).await.map_err(|e| map_err(e, 0))?;
             match current.kvs().first() {
-                None => {
-                    return Err(StoreError::NotFound {
-                        key: key.to_string(),
-                    })
-                }
                 Some(c) if c.mod_revision() != expected_revision => {
-                    return Err(StoreError::Conflict {
-                        key: key.to_string(),
-                        expected: expected_revision,
-                        current: c.mod_revision(),
-                    })
+                    return Err(missing_or_conflict(key, expected_revision, Some(c)))
                 }
+                None => return Err(missing_or_conflict(key, expected_revision, None)),
                 Some(c) if c.value() == value.as_slice() => {
                     return Ok(UpdateOutcome {
                         revision: expected_revision,
@@ -221,16 +237,11 @@ impl Store for EtcdStore {
             });
         }
         match inner.op_responses().into_iter().next() {
-            Some(TxnOpResponse::Get(get)) => match get.kvs().first() {
-                None => Err(StoreError::NotFound {
-                    key: key.to_string(),
-                }),
-                Some(current) => Err(StoreError::Conflict {
-                    key: key.to_string(),
-                    expected: expected_revision,
-                    current: current.mod_revision(),
-                }),
-            },
+            Some(TxnOpResponse::Get(get)) => Err(missing_or_conflict(
+                key,
+                expected_revision,
+                get.kvs().first(),
+            )),
             _ => Err(StoreError::Backend("etcd txn without get response".into())),
         }
     }
@@ -258,16 +269,11 @@ impl Store for EtcdStore {
                     key: key.to_string(),
                 }),
             },
-            (false, Some(TxnOpResponse::Get(get))) => match get.kvs().first() {
-                None => Err(StoreError::NotFound {
-                    key: key.to_string(),
-                }),
-                Some(current) => Err(StoreError::Conflict {
-                    key: key.to_string(),
-                    expected: expected_revision.unwrap_or(0),
-                    current: current.mod_revision(),
-                }),
-            },
+            (false, Some(TxnOpResponse::Get(get))) => Err(missing_or_conflict(
+                key,
+                expected_revision.unwrap_or(0),
+                get.kvs().first(),
+            )),
             _ => Err(StoreError::Backend(
                 "unexpected etcd delete response".into(),
             )),
@@ -424,38 +430,6 @@ impl EtcdStore {
         })
     }
 
-    async fn watch_from(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
-        // etcd acknowledges a watch from a compacted revision and only
-        // later cancels it; a read at that revision fails at once, so a
-        // caller learns about it here, as with the embedded backend.
-        if after_revision > 0 {
-            let mut kv = self.client.kv_client();
-            kv.get(
-                prefix,
-                Some(
-                    GetOptions::new()
-                        .with_range(prefix_end(prefix))
-                        .with_count_only()
-                        .with_revision(after_revision),
-                ),
-            )
-            .await
-            .map_err(|e| map_err(e, after_revision + 1))?;
-        }
-        let (tx, stream) = WatchStream::channel(1024);
-        let mut watcher = EtcdWatcher {
-            client: self.client.clone(),
-            prefix: prefix.to_string(),
-            last_revision: after_revision,
-            tx,
-        };
-        // Establish the first watch before returning, so that a caller who
-        // writes right after `watch()` returns cannot race the registration.
-        let first = watcher.open().await?;
-        tokio::spawn(async move { watcher.run(first).await });
-        Ok(stream)
-    }
-
     async fn revision_now(&self) -> Result<i64> {
         let mut kv = self.client.kv_client();
         // A count-only read of one key gives the header revision cheaply.
@@ -490,176 +464,6 @@ impl EtcdStore {
         kv.compact(revision, None)
             .await
             .map_err(|e| map_err(e, revision))?;
-        Ok(())
-    }
-}
-
-struct EtcdWatcher {
-    client: Client,
-    prefix: String,
-    /// Revision of the last event delivered (or the starting point).
-    last_revision: i64,
-    tx: mpsc::Sender<Result<WatchEvent>>,
-}
-
-enum WatchEnd {
-    /// The consumer went away.
-    Closed,
-    /// The connection broke: reopen from `last_revision + 1`.
-    Broken,
-}
-
-impl EtcdWatcher {
-    async fn open(&mut self) -> Result<etcd_client::WatchStream> {
-        let options = WatchOptions::new()
-            .with_range(prefix_end(&self.prefix))
-            .with_start_revision(self.last_revision + 1)
-            .with_prev_key();
-        let mut client = self.client.watch_client();
-        let mut stream = client
-            .watch(self.prefix.clone(), Some(options))
-            .await
-            .map_err(|e| map_err(e, self.last_revision + 1))?;
-        // Wait for the "created" ack (or an immediate compaction cancel).
-        match stream.message().await {
-            Ok(Some(resp)) if resp.canceled() => {
-                Err(self.expired_or_backend(resp.compact_revision(), resp.cancel_reason()))
-            }
-            Ok(Some(resp)) => {
-                // The ack carries no events in etcd 3.4, but be safe.
-                if self.forward(&resp).await.is_err() {
-                    return Err(StoreError::Backend("watch consumer closed".into()));
-                }
-                Ok(stream)
-            }
-            Ok(None) => Err(StoreError::Unavailable(
-                "etcd closed the watch stream".into(),
-            )),
-            Err(e) => Err(map_err(e, self.last_revision + 1)),
-        }
-    }
-
-    fn expired_or_backend(&self, compact_revision: i64, reason: &str) -> StoreError {
-        if compact_revision > 0 {
-            StoreError::Expired {
-                requested: self.last_revision + 1,
-                compacted: compact_revision,
-            }
-        } else {
-            StoreError::Backend(format!("etcd cancelled the watch: {reason}").into())
-        }
-    }
-
-    async fn run(mut self, first: etcd_client::WatchStream) {
-        let mut stream = Some(first);
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let current = match stream.take() {
-                Some(s) => s,
-                None => match self.open().await {
-                    Ok(s) => {
-                        tracing::info!(prefix = %self.prefix, from = self.last_revision + 1, "etcd watch resumed");
-                        delay = Duration::from_millis(50);
-                        s
-                    }
-                    Err(StoreError::Unavailable(e)) => {
-                        tracing::debug!(error = %e, "etcd watch reconnect failed; retrying");
-                        if self.wait_or_closed(delay).await {
-                            return;
-                        }
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                        continue;
-                    }
-                    Err(StoreError::Backend(e)) if self.tx.is_closed() => {
-                        let _ = e;
-                        return;
-                    }
-                    Err(e @ StoreError::Expired { .. }) => {
-                        let _ = self.tx.send(Err(e)).await;
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "etcd watch reopen failed; retrying");
-                        if self.wait_or_closed(delay).await {
-                            return;
-                        }
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                        continue;
-                    }
-                },
-            };
-            match self.pump(current).await {
-                WatchEnd::Closed => return,
-                WatchEnd::Broken => {
-                    if self.wait_or_closed(delay).await {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Sleeps `delay`; true if the consumer went away meanwhile.
-    async fn wait_or_closed(&self, delay: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => self.tx.is_closed(),
-            _ = self.tx.closed() => true,
-        }
-    }
-
-    async fn pump(&mut self, mut stream: etcd_client::WatchStream) -> WatchEnd {
-        loop {
-            let message = tokio::select! {
-                m = stream.message() => m,
-                _ = self.tx.closed() => return WatchEnd::Closed,
-            };
-            match message {
-                Ok(Some(resp)) => {
-                    if resp.canceled() {
-                        let err =
-                            self.expired_or_backend(resp.compact_revision(), resp.cancel_reason());
-                        if matches!(err, StoreError::Expired { .. }) {
-                            let _ = self.tx.send(Err(err)).await;
-                            return WatchEnd::Closed;
-                        }
-                        tracing::warn!(error = %err, "etcd watch cancelled; reopening");
-                        return WatchEnd::Broken;
-                    }
-                    if self.forward(&resp).await.is_err() {
-                        return WatchEnd::Closed;
-                    }
-                }
-                Ok(None) => return WatchEnd::Broken,
-                Err(e) => {
-                    tracing::debug!(error = %e, prefix = %self.prefix, "etcd watch broke");
-                    return WatchEnd::Broken;
-                }
-            }
-        }
-    }
-
-    async fn forward(&mut self, resp: &etcd_client::WatchResponse) -> Result<(), ()> {
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            let revision = kv.mod_revision();
-            let converted = match event.event_type() {
-                EventType::Put => convert_kv(kv).map(|kv| WatchEvent::Put {
-                    kv,
-                    prev: event.prev_kv().and_then(|p| convert_kv(p).ok()),
-                }),
-                EventType::Delete => String::from_utf8(kv.key().to_vec())
-                    .map_err(|e| StoreError::Backend(format!("non UTF-8 key: {e}").into()))
-                    .map(|key| WatchEvent::Delete {
-                        key,
-                        revision,
-                        prev: event.prev_kv().and_then(|p| convert_kv(p).ok()),
-                    }),
-            };
-            if self.tx.send(converted).await.is_err() {
-                return Err(());
-            }
-            self.last_revision = revision;
-        }
         Ok(())
     }
 }
