@@ -23,9 +23,15 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/users", get(list_users).post(create))
         .route("/v1/users/{user}", get(get_user).delete(delete_user))
-        .route("/v1/users/{user}/tokens", get(list_tokens).post(new_token))
+        .route(
+            "/v1/users/{user}/tokens",
+            get(list_held::<ApiToken>).post(new_token),
+        )
         .route("/v1/users/{user}/tokens/{id}", delete(revoke_token))
-        .route("/v1/users/{user}/accesskeys", get(list_keys).post(new_key))
+        .route(
+            "/v1/users/{user}/accesskeys",
+            get(list_held::<AccessKey>).post(new_key),
+        )
         .route("/v1/users/{user}/accesskeys/{id}", delete(revoke_key))
         .route("/v1/users/{user}/credentials", post(credentials))
 }
@@ -82,8 +88,7 @@ async fn check_self_service(
         ))
     };
     if tokens > 0 {
-        let all = all::<ApiToken>(&state.store).await?;
-        let held = all.iter().filter(|t| t.spec.user == user).count();
+        let held = held_by::<ApiToken>(&state.store, user).await?.len();
         let limit = if admin {
             TOKENS_PER_USER
         } else {
@@ -92,8 +97,7 @@ async fn check_self_service(
         over("API tokens", held, tokens, limit, "tokens")?;
     }
     if keys > 0 {
-        let all = all::<AccessKey>(&state.store).await?;
-        let held = all.iter().filter(|k| k.spec.user == user).count();
+        let held = held_by::<AccessKey>(&state.store, user).await?.len();
         let limit = if admin {
             ACCESS_KEYS_PER_USER
         } else {
@@ -133,6 +137,54 @@ fn user_view(u: &User) -> Value {
 
 async fn all<K: Resource>(store: &ResourceStore) -> Result<Vec<K>, StoreError> {
     Ok(store.list::<K>(None, ListOptions::default()).await?.items)
+}
+
+/// A credential issued to one user: an API token or an EC2 access key.
+trait Credential: Resource {
+    fn user(&self) -> &str;
+    /// How a list of the user's credentials shows it (never its secret).
+    fn view(&self) -> Value;
+}
+
+impl Credential for ApiToken {
+    fn user(&self) -> &str {
+        &self.spec.user
+    }
+
+    fn view(&self) -> Value {
+        json!({
+            // The hash's first 12 hex digits identify a token for revocation.
+            "id": &self.metadata.name[..12],
+            "description": self.spec.description,
+            "creationTimestamp": self.metadata.creation_timestamp,
+        })
+    }
+}
+
+impl Credential for AccessKey {
+    fn user(&self) -> &str {
+        &self.spec.user
+    }
+
+    fn view(&self) -> Value {
+        json!({
+            "accessKeyId": self.metadata.name.to_ascii_uppercase(),
+            "status": if self.spec.disabled { "Inactive" } else { "Active" },
+            "creationTimestamp": self.metadata.creation_timestamp,
+        })
+    }
+}
+
+/// The credentials of kind `K` that `user` holds.
+async fn held_by<K: Credential>(store: &ResourceStore, user: &str) -> Result<Vec<K>, StoreError> {
+    let mut held = all::<K>(store).await?;
+    held.retain(|c| c.user() == user);
+    Ok(held)
+}
+
+/// `201 Created` with `body`.
+fn created(body: impl serde::Serialize) -> Response {
+    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 async fn create(
@@ -200,7 +252,7 @@ async fn create(
         },
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(issued)).into_response())
+    Ok(created(issued))
 }
 
 async fn list_users(
@@ -220,9 +272,7 @@ async fn get_user(
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&state, &headers).await?;
-    require_admin_or_self(&p, &user)?;
-    let u = find_user(&state.store, &user).await?;
+    let (_, u) = managed_user(&state, &headers, &user).await?;
     Ok(Json(user_view(&u)))
 }
 
@@ -231,6 +281,33 @@ async fn find_user(store: &ResourceStore, user: &str) -> Result<User, ApiError> 
         .get::<User>("", user)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("user {user:?} not found")))
+}
+
+/// The caller and `user`, when the caller may manage `user` and it exists.
+async fn managed_user(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: &str,
+) -> Result<(Principal, User), ApiError> {
+    let p = principal(state, headers).await?;
+    require_admin_or_self(&p, user)?;
+    let u = find_user(&state.store, user).await?;
+    Ok((p, u))
+}
+
+/// `user`, once the caller may issue it `tokens` API tokens and `keys`
+/// access keys; the guard keeps others from issuing until it is dropped.
+async fn may_issue<'s>(
+    state: &'s AppState,
+    headers: &HeaderMap,
+    user: &str,
+    tokens: usize,
+    keys: usize,
+) -> Result<(User, tokio::sync::MutexGuard<'s, ()>), ApiError> {
+    let (p, u) = managed_user(state, headers, user).await?;
+    let issuing = state.issuing.lock().await;
+    check_self_service(state, &p, user, tokens, keys).await?;
+    Ok((u, issuing))
 }
 
 async fn delete_user(
@@ -245,50 +322,38 @@ async fn delete_user(
     }
     find_user(&state.store, &user).await?;
     // Credentials first: a half-deleted user must not keep working.
-    for t in all::<ApiToken>(&state.store).await? {
-        if t.spec.user == user {
-            state
-                .store
-                .delete::<ApiToken>("", &t.metadata.name, None)
-                .await?;
-            state.auth.revoked(&t.metadata.name);
-        }
+    for t in held_by::<ApiToken>(&state.store, &user).await? {
+        state
+            .store
+            .delete::<ApiToken>("", &t.metadata.name, None)
+            .await?;
+        state.auth.revoked(&t.metadata.name);
     }
-    for k in all::<AccessKey>(&state.store).await? {
-        if k.spec.user == user {
-            state
-                .store
-                .delete::<AccessKey>("", &k.metadata.name, None)
-                .await?;
-        }
+    for k in held_by::<AccessKey>(&state.store, &user).await? {
+        state
+            .store
+            .delete::<AccessKey>("", &k.metadata.name, None)
+            .await?;
     }
     let deleted: User = state.store.delete("", &user, None).await?;
     state.auth.revoked(&user);
     Ok(Json(user_view(&deleted)))
 }
 
-async fn list_tokens(
+/// `GET /v1/users/{user}/tokens` and `.../accesskeys`: the user's
+/// credentials of kind `K`.
+async fn list_held<K: Credential>(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = principal(&state, &headers).await?;
-    require_admin_or_self(&p, &user)?;
-    find_user(&state.store, &user).await?;
-    let tokens: Vec<Value> = all::<ApiToken>(&state.store)
+    managed_user(&state, &headers, &user).await?;
+    let items: Vec<Value> = held_by::<K>(&state.store, &user)
         .await?
         .iter()
-        .filter(|t| t.spec.user == user)
-        .map(|t| {
-            json!({
-                // The hash's first 12 hex digits identify a token for revocation.
-                "id": &t.metadata.name[..12],
-                "description": t.spec.description,
-                "creationTimestamp": t.metadata.creation_timestamp,
-            })
-        })
+        .map(K::view)
         .collect();
-    Ok(Json(json!({"items": tokens})))
+    Ok(Json(json!({ "items": items })))
 }
 
 async fn new_token(
@@ -296,17 +361,9 @@ async fn new_token(
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
-    let p = principal(&state, &headers).await?;
-    require_admin_or_self(&p, &user)?;
-    find_user(&state.store, &user).await?;
-    let _issuing = state.issuing.lock().await;
-    check_self_service(&state, &p, &user, 1, 0).await?;
+    let (_, _issuing) = may_issue(&state, &headers, &user, 1, 0).await?;
     let token = issue_token(&state.store, &user, "issued by API").await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"user": user, "token": token})),
-    )
-        .into_response())
+    Ok(created(json!({"user": user, "token": token})))
 }
 
 async fn revoke_token(
@@ -316,10 +373,10 @@ async fn revoke_token(
 ) -> Result<Json<Value>, ApiError> {
     let p = principal(&state, &headers).await?;
     require_admin_or_self(&p, &user)?;
-    let matching: Vec<ApiToken> = all::<ApiToken>(&state.store)
+    let matching: Vec<ApiToken> = held_by::<ApiToken>(&state.store, &user)
         .await?
         .into_iter()
-        .filter(|t| t.spec.user == user && id.len() >= 8 && t.metadata.name.starts_with(&id))
+        .filter(|t| id.len() >= 8 && t.metadata.name.starts_with(&id))
         .collect();
     match matching.as_slice() {
         [t] => {
@@ -339,45 +396,16 @@ async fn revoke_token(
     }
 }
 
-async fn list_keys(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let p = principal(&state, &headers).await?;
-    require_admin_or_self(&p, &user)?;
-    find_user(&state.store, &user).await?;
-    let keys: Vec<Value> = all::<AccessKey>(&state.store)
-        .await?
-        .iter()
-        .filter(|k| k.spec.user == user)
-        .map(|k| {
-            json!({
-                "accessKeyId": k.metadata.name.to_ascii_uppercase(),
-                "status": if k.spec.disabled { "Inactive" } else { "Active" },
-                "creationTimestamp": k.metadata.creation_timestamp,
-            })
-        })
-        .collect();
-    Ok(Json(json!({"items": keys})))
-}
-
 async fn new_key(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
-    let p = principal(&state, &headers).await?;
-    require_admin_or_self(&p, &user)?;
-    find_user(&state.store, &user).await?;
-    let _issuing = state.issuing.lock().await;
-    check_self_service(&state, &p, &user, 0, 1).await?;
+    let (_, _issuing) = may_issue(&state, &headers, &user, 0, 1).await?;
     let (id, secret) = issue_access_key(&state.store, &user).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"user": user, "accessKeyId": id, "secretAccessKey": secret})),
-    )
-        .into_response())
+    Ok(created(
+        json!({"user": user, "accessKeyId": id, "secretAccessKey": secret}),
+    ))
 }
 
 async fn revoke_key(
@@ -406,11 +434,7 @@ async fn credentials(
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
-    let p = principal(&state, &headers).await?;
-    require_admin_or_self(&p, &user)?;
-    let u = find_user(&state.store, &user).await?;
-    let _issuing = state.issuing.lock().await;
-    check_self_service(&state, &p, &user, 1, 1).await?;
+    let (u, _issuing) = may_issue(&state, &headers, &user, 1, 1).await?;
     let token = issue_token(&state.store, &user, "corral credentials").await?;
     let (access_key_id, secret_access_key) = issue_access_key(&state.store, &user).await?;
     let issued = IssuedCredentials {
@@ -421,7 +445,7 @@ async fn credentials(
         access_key_id,
         secret_access_key,
     };
-    Ok((StatusCode::CREATED, Json(issued)).into_response())
+    Ok(created(issued))
 }
 
 /// What a first start created.

@@ -1,254 +1,22 @@
 //! [`Client`]: one `reqwest::Client` with the server's base URL and a
-//! bearer token, JSON in and out, Kubernetes-style `Status` error bodies
-//! turned into a typed [`ApiStatus`], list paging and NDJSON watch
-//! streams.
+//! bearer token, JSON in and out, list paging, and the opening of watch
+//! streams ([`crate::WatchStream`]). What a failed request says is
+//! [`crate::status`]'s.
+//!
+//! It must not know any kind's rules: paths and bodies are the caller's.
 
-use std::fmt;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
+use corral_api_types::wire::List;
+
+use crate::status::{root_cause, tls_problem, transport, ClientError};
+use crate::stream::{WatchStream, WATCH_HEARTBEAT_SECONDS};
+
 /// Page size the CLI asks for when listing.
 pub const PAGE_SIZE: usize = 500;
-
-use corral_api_types::wire::{List, Status as StatusBody, WatchLine};
-pub use corral_api_types::wire::{StatusCause as Cause, StatusDetails};
-
-/// A non-2xx answer of the API, from its `Status` body.
-#[derive(Debug, Clone)]
-pub struct ApiStatus {
-    /// The HTTP status code.
-    pub code: u16,
-    /// `NotFound`, `Invalid`, `Forbidden`, ...
-    pub reason: String,
-    pub message: String,
-    pub details: Option<StatusDetails>,
-}
-
-impl ApiStatus {
-    /// Builds the error from an answer's status and body; a body that is not
-    /// a `Status` object becomes the message as it is.
-    pub fn from_body(status: StatusCode, body: &[u8]) -> ApiStatus {
-        let canonical = status
-            .canonical_reason()
-            .unwrap_or("Error")
-            .replace(' ', "");
-        match serde_json::from_slice::<StatusBody>(body) {
-            Ok(b) if !b.message.is_empty() || !b.reason.is_empty() => ApiStatus {
-                code: if b.code == 0 { status.as_u16() } else { b.code },
-                reason: if b.reason.is_empty() {
-                    canonical
-                } else {
-                    b.reason
-                },
-                message: b.message,
-                details: b.details,
-            },
-            _ => {
-                let text = String::from_utf8_lossy(body).trim().to_string();
-                ApiStatus {
-                    code: status.as_u16(),
-                    message: if text.is_empty() {
-                        format!("the server answered {status}")
-                    } else {
-                        format!("the server answered {status}: {text}")
-                    },
-                    reason: canonical,
-                    details: None,
-                }
-            }
-        }
-    }
-
-    /// The field problems of a 422 answer (empty otherwise).
-    pub fn causes(&self) -> &[Cause] {
-        self.details
-            .as_ref()
-            .map(|d| d.causes.as_slice())
-            .unwrap_or_default()
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        self.code == 404
-    }
-
-    /// 410: the resourceVersion was compacted; relist.
-    pub fn is_expired(&self) -> bool {
-        self.code == 410 || self.reason == "Expired"
-    }
-}
-
-impl fmt::Display for ApiStatus {
-    /// `Instance "web" is invalid:` followed by one indented line per field
-    /// problem for 422 answers; the server's message otherwise.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.details {
-            Some(d) if !d.causes.is_empty() => {
-                let what = match (d.kind.as_str(), d.name.as_str()) {
-                    ("", "") => "the object".to_string(),
-                    (kind, "") => kind.to_string(),
-                    ("", name) => format!("{name:?}"),
-                    (kind, name) => format!("{kind} {name:?}"),
-                };
-                write!(f, "{what} is invalid:")?;
-                for c in &d.causes {
-                    if c.field.is_empty() {
-                        write!(f, "\n  {}", c.message)?;
-                    } else {
-                        write!(f, "\n  {}: {}", c.field, c.message)?;
-                    }
-                }
-                Ok(())
-            }
-            _ => f.write_str(&self.message),
-        }
-    }
-}
-
-/// Why a request failed.
-#[derive(Debug)]
-pub enum ClientError {
-    /// The server answered with an error status (boxed: it is the big
-    /// one, and errors travel by value).
-    Api(Box<ApiStatus>),
-    /// Nothing listens at the server's address.
-    Unreachable { url: String },
-    /// The TLS handshake failed: most often a certificate this client
-    /// does not trust (wrong CA) or a plain-HTTP server.
-    Tls { url: String, reason: String },
-    /// Any other transport problem.
-    Transport(String),
-    /// The client could not be set up (a bad URL or CA).
-    Config(String),
-    /// The answer was not the JSON we expected.
-    Decode(String),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Api(s) => s.fmt(f),
-            ClientError::Unreachable { url } => write!(
-                f,
-                "cannot reach the Corral API at {url} (is `corral up` running?)"
-            ),
-            ClientError::Tls { url, reason } => write!(
-                f,
-                "TLS with the Corral API at {url} failed, nothing was sent: {reason} \
-                 (the client trusts the CA in caFile of its config, or CORRAL_CA_FILE; \
-                 `corral up` writes its CA beside the config)"
-            ),
-            ClientError::Transport(m) => write!(f, "talking to the Corral API: {m}"),
-            ClientError::Config(m) => f.write_str(m),
-            ClientError::Decode(m) => write!(f, "unexpected answer from the Corral API: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-impl ClientError {
-    /// The API status, when the server answered with an error.
-    pub fn status(&self) -> Option<&ApiStatus> {
-        match self {
-            ClientError::Api(s) => Some(&**s),
-            _ => None,
-        }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        self.status().is_some_and(ApiStatus::is_not_found)
-    }
-
-    /// The HTTP status code, when the server answered with an error.
-    pub fn code(&self) -> Option<u16> {
-        self.status().map(|s| s.code)
-    }
-}
-
-/// The innermost cause of a reqwest error, for messages.
-/// The rustls error under a failed request, if TLS is what failed.
-fn tls_problem(e: &reqwest::Error) -> Option<String> {
-    // The connector nests it in io::Errors, whose source() skips the
-    // error they wrap: look inside them too.
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(r) = err.downcast_ref::<rustls::Error>() {
-            return Some(r.to_string());
-        }
-        cur = match err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => err.source(),
-        };
-    }
-    None
-}
-
-fn root_cause(e: &reqwest::Error) -> String {
-    let mut source: &dyn std::error::Error = e;
-    while let Some(s) = source.source() {
-        source = s;
-    }
-    source.to_string()
-}
-
-/// One event of a watch stream.
-#[derive(Debug, Clone)]
-pub struct WatchEvent {
-    /// `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` or `ERROR`.
-    pub kind: String,
-    pub object: Value,
-}
-
-impl WatchEvent {
-    /// The object's `metadata.resourceVersion`.
-    pub fn resource_version(&self) -> Option<&str> {
-        self.object
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-    }
-}
-
-/// An open watch: newline-delimited JSON events.
-pub struct WatchStream {
-    response: reqwest::Response,
-    buffer: Vec<u8>,
-    /// Longest silence tolerated before the stream is taken for dead.
-    idle_timeout: Duration,
-}
-
-impl WatchStream {
-    /// The next event; `Ok(None)` when the server ended the stream.
-    pub async fn next(&mut self) -> Result<Option<WatchEvent>, ClientError> {
-        loop {
-            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=pos).collect();
-                let line = &line[..line.len() - 1];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let raw: WatchLine = serde_json::from_slice(line)
-                    .map_err(|e| ClientError::Decode(format!("watch event: {e}")))?;
-                return Ok(Some(WatchEvent {
-                    kind: raw.kind,
-                    object: raw.object,
-                }));
-            }
-            let chunk = tokio::time::timeout(self.idle_timeout, self.response.chunk())
-                .await
-                .map_err(|_| ClientError::Transport("the watch stream went silent".to_string()))?
-                .map_err(|e| ClientError::Transport(root_cause(&e)))?;
-            match chunk {
-                Some(bytes) => self.buffer.extend_from_slice(&bytes),
-                None => return Ok(None),
-            }
-        }
-    }
-}
 
 /// A list's items, and the revision to watch from after them.
 pub struct ListResult {
@@ -265,10 +33,6 @@ pub struct Client {
     /// How long one request may take (not streams, downloads or uploads).
     timeout: Duration,
 }
-
-/// Heartbeat asked of watch streams; a stream silent for three of them is
-/// considered dead.
-pub const WATCH_HEARTBEAT_SECONDS: u64 = 5;
 
 impl Client {
     /// A client of the server at `server` (`https://host:port`) that
@@ -343,15 +107,16 @@ impl Client {
         self.base.as_str().trim_end_matches('/').to_string()
     }
 
-    async fn send(
+    /// Sends a request with the token, asking for JSON. Whatever the
+    /// server answers is returned; only no answer is an error.
+    async fn dispatch(
         &self,
         method: Method,
+        url: Url,
         path: &str,
-        query: &[(&str, &str)],
         body: Option<&Value>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, ClientError> {
-        let url = self.url(path, query);
         let mut req = self
             .http
             .request(method, url)
@@ -363,18 +128,26 @@ impl Client {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let response = req
-            .send()
-            .await
-            .map_err(|e| self.transport_error(path, &e))?;
+        req.send().await.map_err(|e| self.transport_error(path, &e))
+    }
+
+    /// Sends a request; a non-2xx answer is an error.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = self.url(path, query);
+        let response = self.dispatch(method, url, path, body, timeout).await?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
         let body = response.bytes().await.unwrap_or_default();
-        Err(ClientError::Api(Box::new(ApiStatus::from_body(
-            status, &body,
-        ))))
+        Err(ClientError::answered(status, &body))
     }
 
     /// A GET answered with raw bytes.
@@ -386,11 +159,7 @@ impl Client {
         let response = self
             .send(Method::GET, path, query, None, Some(self.timeout))
             .await?;
-        Ok(response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(root_cause(&e)))?
-            .to_vec())
+        Ok(response.bytes().await.map_err(transport)?.to_vec())
     }
 
     /// A PUT of raw bytes (streamed; no timeout), answered with JSON.
@@ -414,9 +183,7 @@ impl Client {
         let status = response.status();
         let bytes = response.bytes().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(ClientError::Api(Box::new(ApiStatus::from_body(
-                status, &bytes,
-            ))));
+            return Err(ClientError::answered(status, &bytes));
         }
         Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
@@ -432,10 +199,7 @@ impl Client {
         let response = self
             .send(method, path, query, body, Some(self.timeout))
             .await?;
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(root_cause(&e)))?;
+        let bytes = response.bytes().await.map_err(transport)?;
         if bytes.is_empty() {
             return Ok(Value::Null);
         }
@@ -460,24 +224,11 @@ impl Client {
         };
         let mut url = self.url(path, &[]);
         url.set_query(query);
-        let mut req = self
-            .http
-            .request(method, url)
-            .bearer_auth(&self.token)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .timeout(self.timeout);
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let response = req
-            .send()
-            .await
-            .map_err(|e| self.transport_error(path, &e))?;
+        let response = self
+            .dispatch(method, url, path, body, Some(self.timeout))
+            .await?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(root_cause(&e)))?;
+        let bytes = response.bytes().await.map_err(transport)?;
         let value = if bytes.is_empty() {
             Value::Null
         } else {
@@ -603,41 +354,13 @@ impl Client {
         q.push(("watch", "true"));
         q.push(("heartbeatSeconds", &heartbeat));
         let response = self.send(Method::GET, path, &q, None, None).await?;
-        Ok(WatchStream {
-            response,
-            buffer: Vec::new(),
-            idle_timeout: Duration::from_secs(WATCH_HEARTBEAT_SECONDS * 3),
-        })
+        Ok(WatchStream::new(response))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn invalid_status_renders_one_cause_per_line() {
-        let body = br#"{"kind":"Status","status":"Failure","code":422,"reason":"Invalid","message":"Instance \"web\" is invalid: a; b","details":{"kind":"Instance","name":"web","causes":[{"field":"spec.nics[0].network","message":"must be a DNS label"},{"field":"spec.cpus","message":"too many"}]}}"#;
-        let s = ApiStatus::from_body(StatusCode::UNPROCESSABLE_ENTITY, body);
-        assert_eq!(s.code, 422);
-        assert_eq!(s.reason, "Invalid");
-        assert_eq!(
-            s.to_string(),
-            "Instance \"web\" is invalid:\n  spec.nics[0].network: must be a DNS label\n  spec.cpus: too many"
-        );
-    }
-
-    #[test]
-    fn other_statuses_render_their_message() {
-        let body = br#"{"kind":"Status","code":404,"reason":"NotFound","message":"instances \"x\" not found"}"#;
-        let s = ApiStatus::from_body(StatusCode::NOT_FOUND, body);
-        assert!(s.is_not_found());
-        assert_eq!(s.to_string(), "instances \"x\" not found");
-        let s = ApiStatus::from_body(StatusCode::BAD_GATEWAY, b"upstream down");
-        assert_eq!(s.code, 502);
-        assert_eq!(s.reason, "BadGateway");
-        assert!(s.to_string().contains("upstream down"));
-    }
 
     #[test]
     fn urls_keep_the_base_path_and_encode_queries() {

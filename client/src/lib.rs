@@ -10,10 +10,11 @@
 //! speaks the wire format of docs/API.md only.
 
 mod client;
+mod status;
+mod stream;
 mod watcher;
 
-pub use client::{
-    ApiStatus, Cause, Client, ClientError, ListResult, StatusDetails, WatchEvent, WatchStream,
-    PAGE_SIZE, WATCH_HEARTBEAT_SECONDS,
-};
+pub use client::{Client, ListResult, PAGE_SIZE};
+pub use status::{ApiStatus, Cause, ClientError, StatusDetails};
+pub use stream::{WatchEvent, WatchStream, WATCH_HEARTBEAT_SECONDS};
 pub use watcher::{Watcher, WatcherEvent};

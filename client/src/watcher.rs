@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::client::{Client, ClientError, WatchStream};
+use crate::{Client, ClientError, WatchStream};
 
 /// What a watcher reports.
 #[derive(Debug, Clone)]

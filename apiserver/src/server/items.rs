@@ -30,8 +30,7 @@ pub(super) async fn cluster_collection(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
-    let plural = plural.map(|Path(p)| p).unwrap_or_else(|| "projects".into());
-    let kind = state.kind(&plural)?;
+    let kind = state.kind(&cluster_plural(plural))?;
     // Project kinds listed here span every project.
     list_or_watch(&state, &p, kind, None, &q).await
 }
@@ -43,9 +42,7 @@ pub(super) async fn project_create(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let p = principal(&state, &headers).await?;
-    let kind = state.kind(&plural)?;
-    check_scope(kind.info(), Scope::Project)?;
+    let (p, kind) = scoped_kind(&state, &headers, &plural, Scope::Project).await?;
     p.authorize(Verb::Create, kind.info(), Some(&project))?;
     let body = body_of(&headers, &body)?;
     require_project(&state, &project).await?;
@@ -60,10 +57,7 @@ pub(super) async fn cluster_create(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let p = principal(&state, &headers).await?;
-    let plural = plural.map(|Path(p)| p).unwrap_or_else(|| "projects".into());
-    let kind = state.kind(&plural)?;
-    check_scope(kind.info(), Scope::Cluster)?;
+    let (p, kind) = scoped_kind(&state, &headers, &cluster_plural(plural), Scope::Cluster).await?;
     p.authorize(Verb::Create, kind.info(), None)?;
     let mut body = body_of(&headers, &body)?;
     if p.role == Role::Node {
@@ -73,6 +67,24 @@ pub(super) async fn cluster_create(
     }
     let created = kind.create("", body, dry_run(&q), p.role).await?;
     Ok(created_response(created))
+}
+
+/// The plural of a cluster path; `/v1/projects` has none in the route.
+fn cluster_plural(plural: Option<Path<String>>) -> String {
+    plural.map(|Path(p)| p).unwrap_or_else(|| "projects".into())
+}
+
+/// The caller and the kind at `plural`, when that kind has `scope`.
+async fn scoped_kind<'s>(
+    state: &'s ApiState,
+    headers: &HeaderMap,
+    plural: &str,
+    scope: Scope,
+) -> Result<(Principal, &'s Arc<dyn KindApi>), ApiError> {
+    let p = principal(state, headers).await?;
+    let kind = state.kind(plural)?;
+    check_scope(kind.info(), scope)?;
+    Ok((p, kind))
 }
 
 pub(super) fn created_response(json: Vec<u8>) -> Response {
@@ -179,9 +191,7 @@ pub(super) async fn project_item_get(
     Path((project, plural, name)): Path<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let p = principal(&state, &headers).await?;
-    let kind = state.kind(&plural)?;
-    check_scope(kind.info(), Scope::Project)?;
+    let (p, kind) = scoped_kind(&state, &headers, &plural, Scope::Project).await?;
     let for_ = q.get("for").map(String::as_str);
     crate::node_refs::check(&state.store, &p, kind.info().plural, &project, &name, for_).await?;
     item_get(&state, &p, kind, Some(&project), &name).await
@@ -194,9 +204,7 @@ pub(super) async fn project_item_put(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let p = principal(&state, &headers).await?;
-    let kind = state.kind(&plural)?;
-    check_scope(kind.info(), Scope::Project)?;
+    let (p, kind) = scoped_kind(&state, &headers, &plural, Scope::Project).await?;
     item_put(&p, kind, Some(&project), &name, &headers, &body, &q).await
 }
 
@@ -206,9 +214,7 @@ pub(super) async fn project_status_put(
     Path((project, plural, name)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let p = principal(&state, &headers).await?;
-    let kind = state.kind(&plural)?;
-    check_scope(kind.info(), Scope::Project)?;
+    let (p, kind) = scoped_kind(&state, &headers, &plural, Scope::Project).await?;
     status_put(&state, &p, kind, Some(&project), &name, &headers, &body).await
 }
 
@@ -218,9 +224,7 @@ pub(super) async fn project_item_delete(
     Path((project, plural, name)): Path<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let p = principal(&state, &headers).await?;
-    let kind = state.kind(&plural)?;
-    check_scope(kind.info(), Scope::Project)?;
+    let (p, kind) = scoped_kind(&state, &headers, &plural, Scope::Project).await?;
     item_delete(&p, kind, Some(&project), &name, &q).await
 }
 
@@ -317,9 +321,7 @@ pub(super) async fn cluster_item_get(
     Path(params): Path<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let (plural, name) = plural_name(&params)?;
-    let p = principal(&state, &headers).await?;
-    let kind = state.kind(&plural)?;
-    check_scope(kind.info(), Scope::Cluster)?;
+    let (p, kind) = scoped_kind(&state, &headers, &plural, Scope::Cluster).await?;
     item_get(&state, &p, kind, None, &name).await
 }
 
@@ -331,9 +333,7 @@ pub(super) async fn cluster_item_put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (plural, name) = plural_name(&params)?;
-    let p = principal(&state, &headers).await?;
-    let kind = state.kind(&plural)?;
-    check_scope(kind.info(), Scope::Cluster)?;
+    let (p, kind) = scoped_kind(&state, &headers, &plural, Scope::Cluster).await?;
     item_put(&p, kind, None, &name, &headers, &body, &q).await
 }
 
@@ -344,9 +344,7 @@ pub(super) async fn cluster_status_put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (plural, name) = plural_name(&params)?;
-    let p = principal(&state, &headers).await?;
-    let kind = state.kind(&plural)?;
-    check_scope(kind.info(), Scope::Cluster)?;
+    let (p, kind) = scoped_kind(&state, &headers, &plural, Scope::Cluster).await?;
     status_put(&state, &p, kind, None, &name, &headers, &body).await
 }
 
@@ -357,9 +355,7 @@ pub(super) async fn cluster_item_delete(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (plural, name) = plural_name(&params)?;
-    let p = principal(&state, &headers).await?;
-    let kind = state.kind(&plural)?;
-    check_scope(kind.info(), Scope::Cluster)?;
+    let (p, kind) = scoped_kind(&state, &headers, &plural, Scope::Cluster).await?;
     item_delete(&p, kind, None, &name, &q).await
 }
 
