@@ -171,6 +171,11 @@ impl Xml {
         self.close(name)
     }
 
+    /// `<name></name>`: a set with no items.
+    pub fn empty_set(&mut self, name: &str) -> &mut Self {
+        self.open(name).close(name)
+    }
+
     /// `<tagSet>` with key/value items.
     pub fn tags<'a>(
         &mut self,

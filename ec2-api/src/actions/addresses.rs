@@ -21,10 +21,11 @@ use corral_api_types::kinds::address::{
 use corral_api_types::{Address, AddressSpec, Instance, Network, Resource};
 use corral_store::StoreError;
 
+use super::ids::{ALLOCATION, INSTANCE, NETWORK_INTERFACE};
 use super::{check_ids, Ctx};
 use crate::error::{Ec2Error, Result};
 use crate::filter::{one, Filters};
-use crate::objects::{self, list_all, new_uid, tag_specs, Tagged};
+use crate::objects::{self, new_uid, tag_specs, Tagged};
 use crate::query::clip;
 use crate::xml::Xml;
 
@@ -73,11 +74,10 @@ impl Row {
 
 /// The project's live addresses, resolved.
 async fn rows(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
-    let p = ctx.project();
-    let networks = list_all::<Network>(ctx.store, p).await?;
-    let instances = list_all::<Instance>(ctx.store, p).await?;
+    let networks = ctx.list::<Network>().await?;
+    let instances = ctx.list::<Instance>().await?;
     let mut out = Vec::new();
-    for a in list_all::<Address>(ctx.store, p).await? {
+    for a in ctx.list::<Address>().await? {
         if a.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -109,13 +109,6 @@ async fn rows(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
     Ok(out)
 }
 
-fn alloc_not_found(id: &str) -> Ec2Error {
-    Ec2Error::not_found(
-        "InvalidAllocationID.NotFound",
-        format!("The allocation ID '{}' does not exist", clip(id)),
-    )
-}
-
 fn ip_not_found(ip: &str) -> Ec2Error {
     Ec2Error::not_found(
         "InvalidAddress.NotFound",
@@ -126,16 +119,8 @@ fn ip_not_found(ip: &str) -> Ec2Error {
 /// The address named by `AllocationId` or `PublicIp` (one is required).
 fn named<'r>(ctx: &Ctx<'_>, rows: &'r [Row]) -> Result<&'r Row> {
     if let Some(id) = ctx.params.get_nonempty("AllocationId") {
-        check_ids(
-            &[id.to_string()],
-            &["eipalloc"],
-            "InvalidAllocationID.Malformed",
-            "allocation id",
-        )?;
-        return rows
-            .iter()
-            .find(|r| r.a.ec2_id() == id)
-            .ok_or_else(|| alloc_not_found(id));
+        ALLOCATION.check_one(id)?;
+        return ALLOCATION.find(rows, id, |r| r.a.ec2_id());
     }
     if let Some(ip) = ctx.params.get_nonempty("PublicIp") {
         return rows
@@ -172,7 +157,7 @@ pub async fn allocate(ctx: &Ctx<'_>) -> Result<Xml> {
         }
     }
     let tags = tag_specs(ctx.params, "elastic-ip")?;
-    let networks = list_all::<Network>(ctx.store, ctx.project()).await?;
+    let networks = ctx.list::<Network>().await?;
     let pool = pool_network(&networks)
         .ok_or_else(|| {
             Ec2Error::client(
@@ -234,24 +219,29 @@ pub async fn allocate(ctx: &Ctx<'_>) -> Result<Xml> {
     Ok(x)
 }
 
-/// Takes an IP in `pool` for the Address `name` (CAS, retried).
-async fn reserve(ctx: &Ctx<'_>, pool: &str, name: &str) -> Result<Option<String>> {
-    let owner = pool_owner(name);
+/// Changes the pool Network `pool` (its allocation table) with
+/// compare-and-swap, retried with backoff. `change` answers what to return
+/// and whether it changed the Network (only then is it written); `gone` is
+/// returned when the pool does not exist.
+async fn change_pool<T>(
+    ctx: &Ctx<'_>,
+    pool: &str,
+    gone: T,
+    mut change: impl FnMut(&mut Network) -> (T, bool),
+) -> Result<T> {
     for attempt in 0..16u32 {
         if attempt > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
         }
         let Some(mut n) = ctx.store.get::<Network>(ctx.project(), pool).await? else {
-            return Ok(None);
+            return Ok(gone);
         };
-        let Some((ip, changed)) = take_ip(&mut n, &owner) else {
-            return Ok(None);
-        };
+        let (out, changed) = change(&mut n);
         if !changed {
-            return Ok(Some(ip));
+            return Ok(out);
         }
         match ctx.store.update(&n).await {
-            Ok(_) => return Ok(Some(ip)),
+            Ok(_) => return Ok(out),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -264,36 +254,28 @@ async fn reserve(ctx: &Ctx<'_>, pool: &str, name: &str) -> Result<Option<String>
     .into())
 }
 
-/// Removes the Address `name`'s entry from `pool` (CAS, retried).
+/// Takes an IP in `pool` for the Address `name`.
+async fn reserve(ctx: &Ctx<'_>, pool: &str, name: &str) -> Result<Option<String>> {
+    let owner = pool_owner(name);
+    change_pool(ctx, pool, None, |n| match take_ip(n, &owner) {
+        Some((ip, changed)) => (Some(ip), changed),
+        None => (None, false),
+    })
+    .await
+}
+
+/// Removes the Address `name`'s entry from `pool`.
 async fn unreserve(ctx: &Ctx<'_>, pool: &str, name: &str) -> Result<()> {
     let owner = pool_owner(name);
-    for attempt in 0..16u32 {
-        if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
-        }
-        let Some(mut n) = ctx.store.get::<Network>(ctx.project(), pool).await? else {
-            return Ok(());
-        };
+    change_pool(ctx, pool, (), |n| {
         let Some(s) = n.status.as_mut() else {
-            return Ok(());
+            return ((), false);
         };
         let before = s.allocations.len();
         s.allocations.retain(|_, who| *who != owner);
-        if s.allocations.len() == before {
-            return Ok(());
-        }
-        match ctx.store.update(&n).await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(StoreError::Conflict {
-        key: format!("networks/{}/{pool}", ctx.project()),
-        expected: 0,
-        current: 0,
-    }
-    .into())
+        ((), s.allocations.len() != before)
+    })
+    .await
 }
 
 /// Deletes an Address. Once the controller holds it (finalizer) it gives
@@ -336,13 +318,7 @@ async fn release_object(ctx: &Ctx<'_>, a: &Address) -> Result<()> {
 
 pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     let ips = ctx.params.list("PublicIp")?;
-    let ids = ctx.params.list("AllocationId")?;
-    check_ids(
-        &ids,
-        &["eipalloc"],
-        "InvalidAllocationID.Malformed",
-        "allocation id",
-    )?;
+    let ids = ALLOCATION.list(ctx.params)?;
     let filters = Filters::parse(ctx.params, FILTERS, true)?;
     ctx.gate()?;
     let mut rows = rows(ctx).await?;
@@ -350,7 +326,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         .iter()
         .find(|id| !rows.iter().any(|r| r.a.ec2_id() == **id))
     {
-        return Err(alloc_not_found(missing));
+        return Err(ALLOCATION.not_found(missing));
     }
     if let Some(missing) = ips
         .iter()
@@ -409,25 +385,12 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
 async fn target(ctx: &Ctx<'_>) -> Result<(Instance, usize)> {
     let instance = ctx.params.get_nonempty("InstanceId");
     let eni = ctx.params.get_nonempty("NetworkInterfaceId");
-    let instances = list_all::<Instance>(ctx.store, ctx.project()).await?;
+    let instances = ctx.list::<Instance>().await?;
     let (i, nic) = match (instance, eni) {
         (None, None) => return Err(Ec2Error::missing("InstanceId")),
         (Some(id), eni) => {
-            check_ids(
-                &[id.to_string()],
-                &["i"],
-                "InvalidInstanceID.Malformed",
-                "instance id",
-            )?;
-            let i = instances
-                .into_iter()
-                .find(|i| instance_id(&i.metadata.uid) == id)
-                .ok_or_else(|| {
-                    Ec2Error::not_found(
-                        "InvalidInstanceID.NotFound",
-                        format!("The instance ID '{id}' does not exist"),
-                    )
-                })?;
+            INSTANCE.check_one(id)?;
+            let i = INSTANCE.find(instances, id, |i| instance_id(&i.metadata.uid))?;
             let nic = match eni {
                 None => 0,
                 Some(e) => (0..i.spec.nics.len())
@@ -442,12 +405,7 @@ async fn target(ctx: &Ctx<'_>) -> Result<(Instance, usize)> {
             (i, nic)
         }
         (None, Some(e)) => {
-            check_ids(
-                &[e.to_string()],
-                &["eni"],
-                "InvalidNetworkInterfaceID.Malformed",
-                "network interface id",
-            )?;
+            NETWORK_INTERFACE.check_one(e)?;
             instances
                 .into_iter()
                 .find_map(|i| {
@@ -455,12 +413,7 @@ async fn target(ctx: &Ctx<'_>) -> Result<(Instance, usize)> {
                         .find(|n| network_interface_id(&i.metadata.uid, *n) == e)?;
                     Some((i, n))
                 })
-                .ok_or_else(|| {
-                    Ec2Error::not_found(
-                        "InvalidNetworkInterfaceID.NotFound",
-                        format!("The networkInterface ID '{}' does not exist", clip(e)),
-                    )
-                })?
+                .ok_or_else(|| NETWORK_INTERFACE.not_found(e))?
         }
     };
     if i.metadata.deletion_timestamp.is_some() {
@@ -529,7 +482,7 @@ pub async fn associate(ctx: &Ctx<'_>) -> Result<Xml> {
 }
 
 async fn set_association(ctx: &Ctx<'_>, name: &str, to: Option<(&str, usize)>) -> Result<()> {
-    objects::update(ctx.store, ctx.project(), name, |a: &mut Address| {
+    ctx.update(name, |a: &mut Address| {
         a.spec.instance = to.map(|(i, _)| i.to_string());
         a.spec.nic = to.map(|(_, n)| n as u32);
         Ok(())

@@ -3,9 +3,8 @@
 
 use corral_api_types::Snapshot;
 
-use super::check_ids;
+use super::ids::SNAPSHOT;
 use crate::error::{Ec2Error, Result};
-use crate::objects::Tagged;
 use crate::query::{clip, Params};
 
 /// `/dev/sdb`, `/dev/xvdb`, `/dev/vdb` → `vdb`; the root names → None.
@@ -50,21 +49,7 @@ pub fn disk_requests(p: &Params, snapshots: &[Snapshot]) -> Result<Vec<DiskReque
         }
         let ebs = m.sub("Ebs");
         let snapshot = match ebs.get_nonempty("SnapshotId") {
-            Some(id) => {
-                check_ids(
-                    &[id.to_string()],
-                    &["snap"],
-                    "InvalidSnapshotID.Malformed",
-                    "snapshot id",
-                )?;
-                let s = snapshots.iter().find(|s| s.ec2_id() == id).ok_or_else(|| {
-                    Ec2Error::client(
-                        "InvalidSnapshot.NotFound",
-                        format!("The snapshot '{id}' does not exist."),
-                    )
-                })?;
-                Some(s.metadata.name.clone())
-            }
+            Some(id) => Some(SNAPSHOT.find_named(snapshots, id)?),
             None => None,
         };
         let size = ebs.int_in("VolumeSize", 1, 16384)?.map(|s| s as u32);

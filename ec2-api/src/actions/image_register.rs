@@ -25,22 +25,12 @@ use corral_api_types::{
     Architecture, Image, ImageFormat, ImageSource, ImageSpec, ImageType, Resource, Visibility,
 };
 
+use super::ids::IMAGE;
 use super::{check_ids, Ctx};
 use crate::error::{Ec2Error, Result};
-use crate::objects::{
-    self, client_token, earlier, list_all, new_uid, stamp_token, tag_specs, Tagged,
-};
+use crate::objects::{self, client_token, earlier, new_uid, stamp_token, tag_specs, Tagged};
 use crate::query::clip;
 use crate::xml::Xml;
-
-const ID_PREFIXES: &[&str] = &["ami", "aki", "ari"];
-
-fn image_not_found(id: &str) -> Ec2Error {
-    Ec2Error::not_found(
-        "InvalidAMIID.NotFound",
-        format!("The image id '[{}]' does not exist", clip(id)),
-    )
-}
 
 /// The image type a file name suggests.
 pub fn type_of_location(location: &str) -> ImageType {
@@ -81,7 +71,7 @@ fn part<'i>(images: &'i [Image], id: &str, want: ImageType, param: &str) -> Resu
     images
         .iter()
         .find(|i| i.ec2_id() == id && i.spec.image_type == want)
-        .ok_or_else(|| image_not_found(id))
+        .ok_or_else(|| IMAGE.not_found(id))
 }
 
 fn architecture(v: &str) -> Result<Architecture> {
@@ -121,7 +111,7 @@ pub async fn register(ctx: &Ctx<'_>) -> Result<Xml> {
         .transpose()?;
     let token = client_token(p)?;
     let tags = tag_specs(p, "image")?;
-    let images = list_all::<Image>(ctx.store, ctx.project()).await?;
+    let images = ctx.list::<Image>().await?;
     if let Some(found) = earlier(&images, token.as_deref(), p)? {
         let mut x = Xml::new();
         x.leaf("imageId", found[0].ec2_id());
@@ -258,18 +248,8 @@ pub async fn register(ctx: &Ctx<'_>) -> Result<Xml> {
 
 /// An image of the caller's own project, by id.
 async fn own_image(ctx: &Ctx<'_>) -> Result<Image> {
-    let id = ctx.params.required("ImageId")?.to_string();
-    check_ids(
-        std::slice::from_ref(&id),
-        ID_PREFIXES,
-        "InvalidAMIID.Malformed",
-        "image id",
-    )?;
-    list_all::<Image>(ctx.store, ctx.project())
-        .await?
-        .into_iter()
-        .find(|i| i.ec2_id() == id)
-        .ok_or_else(|| image_not_found(&id))
+    let id = IMAGE.required(ctx.params)?;
+    IMAGE.find(ctx.list::<Image>().await?, &id, |i| i.ec2_id())
 }
 
 const ATTRIBUTES: &[&str] = &[
@@ -298,7 +278,7 @@ pub async fn describe_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
     }
     let img = own_image(ctx).await?;
     ctx.gate()?;
-    let images = list_all::<Image>(ctx.store, ctx.project()).await?;
+    let images = ctx.list::<Image>().await?;
     let id_of = |name: &Option<String>| {
         name.as_ref().and_then(|n| {
             images

@@ -4,10 +4,12 @@
 
 use corral_api_types::{Image, ImagePhase, ImageType, Instance, Visibility};
 
-use super::{check_ids, ts, Ctx};
+use super::describe::{page_answer, Describe};
+use super::ids::IMAGE;
+use super::{created, Ctx};
 use crate::error::{Ec2Error, Result};
 use crate::filter::{b, one, Filters};
-use crate::objects::{self, list_all, Tagged};
+use crate::objects::{self, ec2_name, Tagged};
 use crate::page::Page;
 use crate::xml::Xml;
 
@@ -34,36 +36,31 @@ fn arch(i: &Image) -> String {
         .unwrap_or_default()
 }
 
+const FILTERS: &[&str] = &[
+    "image-id",
+    "name",
+    "state",
+    "image-type",
+    "is-public",
+    "owner-id",
+    "architecture",
+    "description",
+    "root-device-type",
+    "virtualization-type",
+    "kernel-id",
+    "ramdisk-id",
+];
+
 pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
-    let ids = ctx.params.list("ImageId")?;
-    check_ids(
-        &ids,
-        &["ami", "aki", "ari"],
-        "InvalidAMIID.Malformed",
-        "image id",
-    )?;
+    let ids = IMAGE.list(ctx.params)?;
     let owners = ctx.params.list("Owner")?;
-    let page = Page::parse(ctx.params, !ids.is_empty(), "imageIds", 5)?;
-    let filters = Filters::parse(
-        ctx.params,
-        &[
-            "image-id",
-            "name",
-            "state",
-            "image-type",
-            "is-public",
-            "owner-id",
-            "architecture",
-            "description",
-            "root-device-type",
-            "virtualization-type",
-            "kernel-id",
-            "ramdisk-id",
-        ],
-        true,
-    )?;
+    let d = Describe {
+        page: Page::parse(ctx.params, !ids.is_empty(), IMAGE.list_name, 5)?,
+        filters: Filters::parse(ctx.params, FILTERS, true)?,
+        ids,
+    };
     ctx.gate()?;
-    let mut images: Vec<Image> = list_all::<Image>(ctx.store, ctx.project()).await?;
+    let mut images: Vec<Image> = ctx.list::<Image>().await?;
     let others = ctx
         .store
         .list::<Image>(None, Default::default())
@@ -74,15 +71,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         i.metadata.project != ctx.project()
             && (i.spec.visibility == Visibility::Public || i.spec.launch_permissions.contains(&me))
     }));
-    if let Some(missing) = ids
-        .iter()
-        .find(|id| !images.iter().any(|i| i.ec2_id() == **id))
-    {
-        return Err(Ec2Error::client(
-            "InvalidAMIID.NotFound",
-            format!("The image id '[{missing}]' does not exist"),
-        ));
-    }
+    d.check_found(&IMAGE, &images, |i| i.ec2_id())?;
     let owner = |i: &Image| corral_api_types::ec2::account_id(&i.metadata.project);
     let id_of = |name: &Option<String>, project: &str, all: &[Image]| {
         name.as_ref()
@@ -93,40 +82,32 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
             .map(|i| i.ec2_id())
     };
     let all = images.clone();
-    images.retain(|i| ids.is_empty() || ids.contains(&i.ec2_id()));
     images.retain(|i| {
         owners.is_empty()
             || owners
                 .iter()
                 .any(|o| *o == owner(i) || (o == "self" && owner(i) == me))
     });
-    images.retain(|i| {
-        filters.matches(
-            |f| match f {
-                "image-id" => one(i.ec2_id()),
-                "name" => one(crate::objects::ec2_name(&i.metadata)),
-                "state" => one(state(i)),
-                "image-type" => one(kind(i)),
-                "is-public" => b(i.spec.visibility == Visibility::Public),
-                "owner-id" => one(owner(i)),
-                "architecture" => one(arch(i)),
-                "description" => i.spec.description.clone().into_iter().collect(),
-                "root-device-type" => one("instance-store"),
-                "virtualization-type" => one("hvm"),
-                "kernel-id" => id_of(&i.spec.kernel, &i.metadata.project, &all)
-                    .into_iter()
-                    .collect(),
-                _ => id_of(&i.spec.ramdisk, &i.metadata.project, &all)
-                    .into_iter()
-                    .collect(),
-            },
-            i.tags(),
-        )
-    });
-    images.sort_by_key(|i| i.ec2_id());
-    let (images, next) = page.apply(images, |i| i.ec2_id());
-    let mut x = Xml::new();
-    x.set("imagesSet", &images, |x, i| {
+    let field = |i: &Image, f: &str| match f {
+        "image-id" => one(i.ec2_id()),
+        "name" => one(ec2_name(&i.metadata)),
+        "state" => one(state(i)),
+        "image-type" => one(kind(i)),
+        "is-public" => b(i.spec.visibility == Visibility::Public),
+        "owner-id" => one(owner(i)),
+        "architecture" => one(arch(i)),
+        "description" => i.spec.description.clone().into_iter().collect(),
+        "root-device-type" => one("instance-store"),
+        "virtualization-type" => one("hvm"),
+        "kernel-id" => id_of(&i.spec.kernel, &i.metadata.project, &all)
+            .into_iter()
+            .collect(),
+        _ => id_of(&i.spec.ramdisk, &i.metadata.project, &all)
+            .into_iter()
+            .collect(),
+    };
+    let (images, next) = d.select(images, |i| i.ec2_id(), field, |i| i.tags());
+    Ok(page_answer("imagesSet", &images, next, |x, i| {
         x.leaf("imageId", i.ec2_id())
             .leaf(
                 "imageLocation",
@@ -139,10 +120,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
             )
             .leaf("imageState", state(i))
             .leaf("imageOwnerId", owner(i))
-            .opt(
-                "creationDate",
-                i.metadata.creation_timestamp.as_ref().map(ts),
-            )
+            .opt("creationDate", created(&i.metadata))
             .leaf("isPublic", i.spec.visibility == Visibility::Public)
             .leaf("architecture", arch(i))
             .leaf("imageType", kind(i))
@@ -151,35 +129,23 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
                 "ramdiskId",
                 id_of(&i.spec.ramdisk, &i.metadata.project, &all),
             )
-            .leaf("name", crate::objects::ec2_name(&i.metadata))
+            .leaf("name", ec2_name(&i.metadata))
             .opt("description", i.spec.description.as_deref())
             .leaf("rootDeviceType", "instance-store")
             .leaf("rootDeviceName", "/dev/vda")
-            .set("blockDeviceMapping", &[] as &[u8], |_, _| {})
+            .empty_set("blockDeviceMapping")
             .leaf("virtualizationType", "hvm")
             .tags("tagSet", i.tags());
-    });
-    x.opt("nextToken", next);
-    Ok(x)
+    }))
 }
 
 pub async fn deregister(ctx: &Ctx<'_>) -> Result<Xml> {
-    let id = ctx.params.required("ImageId")?.to_string();
-    check_ids(
-        std::slice::from_ref(&id),
-        &["ami", "aki", "ari"],
-        "InvalidAMIID.Malformed",
-        "image id",
-    )?;
-    let images = list_all::<Image>(ctx.store, ctx.project()).await?;
-    let img = images.iter().find(|i| i.ec2_id() == id).ok_or_else(|| {
-        Ec2Error::client(
-            "InvalidAMIID.NotFound",
-            format!("The image id '[{id}]' does not exist"),
-        )
-    })?;
+    let id = IMAGE.required(ctx.params)?;
+    let images = ctx.list::<Image>().await?;
+    let img = IMAGE.find(&images, &id, |i| i.ec2_id())?;
     let name = &img.metadata.name;
-    let in_use = list_all::<Instance>(ctx.store, ctx.project())
+    let in_use = ctx
+        .list::<Instance>()
         .await?
         .iter()
         .any(|i| i.spec.image.as_ref() == Some(name))

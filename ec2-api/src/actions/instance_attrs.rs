@@ -5,14 +5,17 @@ use base64::Engine;
 use corral_api_types::ec2::{
     instance_id, DISABLE_API_STOP_ANNOTATION, SHUTDOWN_BEHAVIOR_ANNOTATION,
 };
-use corral_api_types::{ConditionStatus, Instance, InstanceType, SecurityGroup};
+use corral_api_types::{ConditionStatus, Instance, SecurityGroup};
 
+use super::describe::{page_answer, Describe, NO_TAGS};
+use super::ids::{INSTANCE, SECURITY_GROUP};
 use super::instance_view::{block_devices, state, Lookup, RUNNING, STOPPED};
-use super::instances::visible_instances;
-use super::{check_ids, Ctx};
+use super::instance_xml::write_block_devices;
+use super::instances::{visible_instance, visible_instances};
+use super::launch::{check_instance_type, check_shutdown_behavior, decode_user_data};
+use super::{write_group_set, Ctx};
 use crate::error::{Ec2Error, Result};
 use crate::filter::{one, Filters};
-use crate::objects::{self, list_all, Tagged};
 use crate::page::Page;
 use crate::query::{clip, Params};
 use crate::xml::Xml;
@@ -35,60 +38,41 @@ fn health(i: &Instance) -> (&'static str, &'static str) {
     }
 }
 
+const STATUS_FILTERS: &[&str] = &[
+    "availability-zone",
+    "instance-state-name",
+    "instance-state-code",
+    "instance-status.status",
+    "instance-status.reachability",
+    "system-status.status",
+    "system-status.reachability",
+];
+
 pub async fn describe_status(ctx: &Ctx<'_>) -> Result<Xml> {
-    let ids = ctx.params.list("InstanceId")?;
-    check_ids(&ids, &["i"], "InvalidInstanceID.Malformed", "instance id")?;
-    let page = Page::parse(ctx.params, !ids.is_empty(), "instanceIds", 5)?;
+    let ids = INSTANCE.list(ctx.params)?;
+    let page = Page::parse(ctx.params, !ids.is_empty(), INSTANCE.list_name, 5)?;
     let all_states = ctx.params.bool("IncludeAllInstances")?.unwrap_or(false);
-    let filters = Filters::parse(
-        ctx.params,
-        &[
-            "availability-zone",
-            "instance-state-name",
-            "instance-state-code",
-            "instance-status.status",
-            "instance-status.reachability",
-            "system-status.status",
-            "system-status.reachability",
-        ],
-        false,
-    )?;
+    let filters = Filters::parse(ctx.params, STATUS_FILTERS, false)?;
+    let d = Describe { ids, page, filters };
     ctx.gate()?;
-    let all = visible_instances(ctx).await?;
-    if let Some(missing) = ids
-        .iter()
-        .find(|id| !all.iter().any(|i| instance_id(&i.metadata.uid) == **id))
-    {
-        return Err(Ec2Error::client(
-            "InvalidInstanceID.NotFound",
-            format!("The instance ID '{missing}' does not exist"),
-        ));
-    }
+    let mut all = visible_instances(ctx).await?;
+    let id_of = |i: &Instance| instance_id(&i.metadata.uid);
+    d.check_found(&INSTANCE, &all, id_of)?;
     let l = Lookup::load(ctx).await?;
-    let empty = Default::default();
-    let mut items: Vec<Instance> = all
-        .into_iter()
-        .filter(|i| ids.is_empty() || ids.contains(&instance_id(&i.metadata.uid)))
-        .filter(|i| all_states || state(i) == RUNNING)
-        .filter(|i| {
-            let (code, name) = state(i);
-            let (st, reach) = health(i);
-            filters.matches(
-                |f| match f {
-                    "availability-zone" => one(l.zone_of(i)),
-                    "instance-state-name" => one(name),
-                    "instance-state-code" => one(code.to_string()),
-                    "instance-status.status" | "system-status.status" => one(st),
-                    _ => one(reach),
-                },
-                &empty,
-            )
-        })
-        .collect();
-    items.sort_by_key(|i| instance_id(&i.metadata.uid));
-    let (items, next) = page.apply(items, |i| instance_id(&i.metadata.uid));
-    let mut x = Xml::new();
-    x.set("instanceStatusSet", &items, |x, i| {
+    all.retain(|i| all_states || state(i) == RUNNING);
+    let field = |i: &Instance, f: &str| {
+        let (code, name) = state(i);
+        let (st, reach) = health(i);
+        match f {
+            "availability-zone" => one(l.zone_of(i)),
+            "instance-state-name" => one(name),
+            "instance-state-code" => one(code.to_string()),
+            "instance-status.status" | "system-status.status" => one(st),
+            _ => one(reach),
+        }
+    };
+    let (items, next) = d.select(all, id_of, field, |_| &NO_TAGS);
+    Ok(page_answer("instanceStatusSet", &items, next, |x, i| {
         let (code, name) = state(i);
         let (st, reach) = health(i);
         let summary = |x: &mut Xml, el: &str| {
@@ -105,10 +89,8 @@ pub async fn describe_status(ctx: &Ctx<'_>) -> Result<Xml> {
             });
         summary(x, "systemStatus");
         summary(x, "instanceStatus");
-        x.set("eventsSet", &[] as &[u8], |_, _| {});
-    });
-    x.opt("nextToken", next);
-    Ok(x)
+        x.empty_set("eventsSet");
+    }))
 }
 
 fn value(x: &mut Xml, name: &str, v: impl std::fmt::Display) {
@@ -119,13 +101,7 @@ fn value(x: &mut Xml, name: &str, v: impl std::fmt::Display) {
 
 pub async fn describe_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
     let attr = ctx.params.required("Attribute")?.to_string();
-    let id = ctx.params.required("InstanceId")?.to_string();
-    check_ids(
-        std::slice::from_ref(&id),
-        &["i"],
-        "InvalidInstanceID.Malformed",
-        "instance id",
-    )?;
+    let id = INSTANCE.required(ctx.params)?;
     const KNOWN: &[&str] = &[
         "instanceType",
         "kernel",
@@ -149,16 +125,7 @@ pub async fn describe_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
             clip(&attr)
         )));
     }
-    let all = visible_instances(ctx).await?;
-    let i = all
-        .iter()
-        .find(|i| instance_id(&i.metadata.uid) == id)
-        .ok_or_else(|| {
-            Ec2Error::client(
-                "InvalidInstanceID.NotFound",
-                format!("The instance ID '{id}' does not exist"),
-            )
-        })?;
+    let i = &visible_instance(ctx, &id).await?;
     ctx.gate()?;
     let a = &i.metadata.annotations;
     let mut x = Xml::new();
@@ -199,7 +166,7 @@ pub async fn describe_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
         "ebsOptimized" => value(&mut x, "ebsOptimized", false),
         "enaSupport" => value(&mut x, "enaSupport", false),
         "productCodes" => {
-            x.set("productCodes", &[] as &[u8], |_, _| {});
+            x.empty_set("productCodes");
         }
         "kernel" | "ramdisk" | "sriovNetSupport" => {
             x.el(&attr, |_| {});
@@ -217,20 +184,11 @@ pub async fn describe_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
                         .collect()
                 })
                 .unwrap_or_default();
-            x.set("groupSet", &groups, |x, (gid, name)| {
-                x.leaf("groupId", gid).leaf("groupName", name);
-            });
+            write_group_set(&mut x, &groups);
         }
         _ => {
             let l = Lookup::load(ctx).await?;
-            let devices = block_devices(i, &l);
-            x.set("blockDeviceMapping", &devices, |x, (dev, vol, dot)| {
-                x.leaf("deviceName", dev).el("ebs", |x| {
-                    x.leaf("volumeId", vol)
-                        .leaf("status", "attached")
-                        .leaf("deleteOnTermination", dot);
-                });
-            });
+            write_block_devices(&mut x, &block_devices(i, &l), None);
         }
     }
     Ok(x)
@@ -258,36 +216,12 @@ fn parse_bool(name: &str, v: &str) -> Result<bool> {
 
 pub async fn modify_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
     let p = ctx.params;
-    let id = p.required("InstanceId")?.to_string();
-    check_ids(
-        std::slice::from_ref(&id),
-        &["i"],
-        "InvalidInstanceID.Malformed",
-        "instance id",
-    )?;
-    let i = visible_instances(ctx)
-        .await?
-        .into_iter()
-        .find(|i| instance_id(&i.metadata.uid) == id)
-        .ok_or_else(|| {
-            Ec2Error::client(
-                "InvalidInstanceID.NotFound",
-                format!("The instance ID '{id}' does not exist"),
-            )
-        })?;
+    let id = INSTANCE.required(p)?;
+    let i = visible_instance(ctx, &id).await?;
     let instance_type = attr_value(p, "InstanceType", "instanceType").map(str::to_string);
-    let user_data = match attr_value(p, "UserData", "userData") {
-        Some(b) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .map_err(|_| Ec2Error::invalid_value("Invalid BASE64 encoding of user data"))?;
-            Some(
-                String::from_utf8(bytes)
-                    .map_err(|_| Ec2Error::invalid_value("User data must be UTF-8 text"))?,
-            )
-        }
-        None => None,
-    };
+    let user_data = attr_value(p, "UserData", "userData")
+        .map(decode_user_data)
+        .transpose()?;
     let termination = attr_value(p, "DisableApiTermination", "disableApiTermination")
         .map(|v| parse_bool("DisableApiTermination", v))
         .transpose()?;
@@ -326,20 +260,10 @@ pub async fn modify_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
         )));
     }
     if let Some(t) = &instance_type {
-        if ctx.store.get::<InstanceType>("", t).await?.is_none() {
-            return Err(Ec2Error::invalid_value(format!(
-                "Invalid value '{}' for InstanceType.",
-                clip(t)
-            )));
-        }
+        check_instance_type(ctx, t).await?;
     }
     if let Some(s) = &shutdown {
-        if s != "stop" && s != "terminate" {
-            return Err(Ec2Error::invalid_value(format!(
-                "Invalid shutdown behavior: {}",
-                clip(s)
-            )));
-        }
+        check_shutdown_behavior(s)?;
     }
     if source_dest == Some(false) {
         return Err(Ec2Error::client(
@@ -355,21 +279,10 @@ pub async fn modify_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
     }
     let mut groups = Vec::new();
     if !group_ids.is_empty() {
-        check_ids(
-            &group_ids,
-            &["sg"],
-            "InvalidGroupId.Malformed",
-            "security group id",
-        )?;
-        let all = list_all::<SecurityGroup>(ctx.store, ctx.project()).await?;
+        SECURITY_GROUP.check(&group_ids)?;
+        let all = ctx.list::<SecurityGroup>().await?;
         for g in &group_ids {
-            let sg = all.iter().find(|s| s.ec2_id() == *g).ok_or_else(|| {
-                Ec2Error::client(
-                    "InvalidGroup.NotFound",
-                    format!("The security group '{g}' does not exist"),
-                )
-            })?;
-            groups.push(sg.metadata.name.clone());
+            groups.push(SECURITY_GROUP.find_named(&all, g)?);
         }
         if i.spec.nics.is_empty() {
             return Err(Ec2Error::client(
@@ -399,49 +312,44 @@ pub async fn modify_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
         dot.push((dev, d));
     }
     ctx.gate()?;
-    objects::update(
-        ctx.store,
-        ctx.project(),
-        &i.metadata.name,
-        |i: &mut Instance| {
-            if let Some(t) = &instance_type {
-                i.spec.instance_type = Some(t.clone());
-                i.spec.cpus = None;
-                i.spec.memory_mib = None;
+    ctx.update(&i.metadata.name, |i: &mut Instance| {
+        if let Some(t) = &instance_type {
+            i.spec.instance_type = Some(t.clone());
+            i.spec.cpus = None;
+            i.spec.memory_mib = None;
+        }
+        if let Some(u) = &user_data {
+            i.spec.user_data = Some(u.clone());
+        }
+        if let Some(t) = termination {
+            i.spec.disable_api_termination = t;
+        }
+        let a = &mut i.metadata.annotations;
+        if let Some(s) = stop {
+            if s {
+                a.insert(DISABLE_API_STOP_ANNOTATION.into(), "true".into());
+            } else {
+                a.remove(DISABLE_API_STOP_ANNOTATION);
             }
-            if let Some(u) = &user_data {
-                i.spec.user_data = Some(u.clone());
+        }
+        if let Some(s) = &shutdown {
+            a.insert(SHUTDOWN_BEHAVIOR_ANNOTATION.into(), s.clone());
+        }
+        if !groups.is_empty() {
+            i.spec.nics[0].security_groups = groups.clone();
+        }
+        for (dev, d) in &dot {
+            for v in i
+                .spec
+                .volumes
+                .iter_mut()
+                .filter(|v| v.device.as_deref() == Some(dev.as_str()))
+            {
+                v.delete_on_termination = *d;
             }
-            if let Some(t) = termination {
-                i.spec.disable_api_termination = t;
-            }
-            let a = &mut i.metadata.annotations;
-            if let Some(s) = stop {
-                if s {
-                    a.insert(DISABLE_API_STOP_ANNOTATION.into(), "true".into());
-                } else {
-                    a.remove(DISABLE_API_STOP_ANNOTATION);
-                }
-            }
-            if let Some(s) = &shutdown {
-                a.insert(SHUTDOWN_BEHAVIOR_ANNOTATION.into(), s.clone());
-            }
-            if !groups.is_empty() {
-                i.spec.nics[0].security_groups = groups.clone();
-            }
-            for (dev, d) in &dot {
-                for v in i
-                    .spec
-                    .volumes
-                    .iter_mut()
-                    .filter(|v| v.device.as_deref() == Some(dev.as_str()))
-                {
-                    v.delete_on_termination = *d;
-                }
-            }
-            Ok(())
-        },
-    )
+        }
+        Ok(())
+    })
     .await?;
     Ok(super::ok_return())
 }

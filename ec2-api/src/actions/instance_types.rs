@@ -4,8 +4,9 @@
 use corral_api_types::ec2::instance_id;
 use corral_api_types::InstanceType;
 
+use super::ids::INSTANCE;
 use super::instances::visible_instances;
-use super::{check_ids, Ctx};
+use super::Ctx;
 use crate::error::{Ec2Error, Result};
 use crate::filter::{b, one, Filters};
 use crate::objects::list_all;
@@ -167,18 +168,14 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
 }
 
 pub async fn describe_credits(ctx: &Ctx<'_>) -> Result<Xml> {
-    let ids = ctx.params.list("InstanceId")?;
-    check_ids(&ids, &["i"], "InvalidInstanceID.Malformed", "instance id")?;
-    let page = Page::parse(ctx.params, !ids.is_empty(), "instanceIds", 5)?;
+    let ids = INSTANCE.list(ctx.params)?;
+    let page = Page::parse(ctx.params, !ids.is_empty(), INSTANCE.list_name, 5)?;
     let filters = Filters::parse(ctx.params, &["instance-id"], false)?;
     ctx.gate()?;
     let all = visible_instances(ctx).await?;
     let mut known: Vec<String> = all.iter().map(|i| instance_id(&i.metadata.uid)).collect();
     if let Some(missing) = ids.iter().find(|id| !known.contains(id)) {
-        return Err(Ec2Error::client(
-            "InvalidInstanceID.NotFound",
-            format!("The instance ID '{missing}' does not exist"),
-        ));
+        return Err(INSTANCE.not_found(missing));
     }
     let empty = Default::default();
     known.retain(|id| ids.is_empty() || ids.contains(id));

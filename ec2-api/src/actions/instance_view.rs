@@ -1,8 +1,8 @@
 //! How an Instance looks through EC2: its state from the observed phase,
-//! its reservation, and the `<item>` DescribeInstances/RunInstances write.
+//! its reservation, the names of what it refers to ([`Lookup`]) and its
+//! values for the DescribeInstances filters. Its XML is `instance_xml`'s.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use corral_api_types::ec2::{
     instance_id, network_interface_id, reservation_id, subnet_id, CLIENT_TOKEN_ANNOTATION,
@@ -13,11 +13,9 @@ use corral_api_types::{
     Volume,
 };
 
-use super::{ts, Ctx};
-use crate::decoded::DecodedInstance;
+use super::{created, Ctx};
 use crate::error::Result;
 use crate::objects::{ec2_name, list_all, Tagged};
-use crate::xml::Xml;
 
 pub const PENDING: (i32, &str) = (0, "pending");
 pub const RUNNING: (i32, &str) = (16, "running");
@@ -146,7 +144,22 @@ impl Lookup {
             .unwrap_or_else(|| self.zone.clone())
     }
 
-    fn group_items(&self, names: &[String]) -> Vec<(String, String)> {
+    /// The (image id, architecture) of the image an instance booted.
+    pub fn image(&self, i: &Instance) -> Option<&(String, String)> {
+        i.spec.image.as_ref().and_then(|n| self.images.get(n))
+    }
+
+    /// The EC2 name of an instance's key pair.
+    pub fn key_name(&self, i: &Instance) -> Option<String> {
+        i.spec
+            .key_name
+            .as_ref()
+            .map(|k| self.keys.get(k).cloned().unwrap_or(k.clone()))
+    }
+
+    /// (group id, group name) of each of `names` (a group gone keeps its
+    /// name, with no id).
+    pub fn group_items(&self, names: &[String]) -> Vec<(String, String)> {
         names
             .iter()
             .map(|n| {
@@ -182,21 +195,8 @@ impl Lookup {
             "instance-state-name" => one(name.to_string()),
             "instance-state-code" => one(code.to_string()),
             "instance-type" => i.spec.instance_type.clone().into_iter().collect(),
-            "image-id" => i
-                .spec
-                .image
-                .as_ref()
-                .and_then(|n| self.images.get(n))
-                .map(|v| v.0.clone())
-                .into_iter()
-                .collect(),
-            "key-name" => i
-                .spec
-                .key_name
-                .as_ref()
-                .map(|k| self.keys.get(k).cloned().unwrap_or(k.clone()))
-                .into_iter()
-                .collect(),
+            "image-id" => self.image(i).map(|v| v.0.clone()).into_iter().collect(),
+            "key-name" => self.key_name(i).into_iter().collect(),
             "availability-zone" => one(self.zone_of(i)),
             "private-ip-address" | "network-interface.addresses.private-ip-address" => ips(),
             "ip-address" => i
@@ -208,13 +208,7 @@ impl Lookup {
             "subnet-id" => net0.map(|n| n.1.clone()).into_iter().collect(),
             "vpc-id" => net0.map(|n| n.0.clone()).into_iter().collect(),
             "reservation-id" => one(reservation(i)),
-            "launch-time" => i
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(ts)
-                .into_iter()
-                .collect(),
+            "launch-time" => created(&i.metadata).into_iter().collect(),
             "client-token" => i
                 .metadata
                 .annotations
@@ -238,14 +232,7 @@ impl Lookup {
             "network-interface.network-interface-id" => (0..i.spec.nics.len())
                 .map(|n| network_interface_id(&i.metadata.uid, n))
                 .collect(),
-            "architecture" => i
-                .spec
-                .image
-                .as_ref()
-                .and_then(|n| self.images.get(n))
-                .map(|v| v.1.clone())
-                .into_iter()
-                .collect(),
+            "architecture" => self.image(i).map(|v| v.1.clone()).into_iter().collect(),
             "root-device-type" => one(root_device_type(i).to_string()),
             "owner-id" => vec![],
             "launch-index" => one(launch_index(i)),
@@ -302,7 +289,7 @@ pub fn block_devices(i: &Instance, l: &Lookup) -> Vec<(String, String, bool)> {
     devices
 }
 
-fn root_device_type(i: &Instance) -> &'static str {
+pub fn root_device_type(i: &Instance) -> &'static str {
     if i.spec.boot_volume.is_some() {
         "ebs"
     } else {
@@ -310,349 +297,10 @@ fn root_device_type(i: &Instance) -> &'static str {
     }
 }
 
-fn launch_index(i: &Instance) -> String {
+pub fn launch_index(i: &Instance) -> String {
     i.metadata
         .annotations
         .get(LAUNCH_INDEX_ANNOTATION)
         .cloned()
         .unwrap_or_else(|| "0".into())
-}
-
-/// One `<item>` of an instancesSet.
-pub fn write_instance(x: &mut Xml, i: &Instance, l: &Lookup, account: &str) {
-    let (code, name) = state(i);
-    let uid = &i.metadata.uid;
-    let status = i.status.as_ref();
-    let addr0 = status.and_then(|s| s.addresses.first());
-    let nic0 = i.spec.nics.first();
-    let net0 = nic0.and_then(|n| l.networks.get(&n.network));
-    let groups = l.group_items(
-        &i.spec
-            .nics
-            .iter()
-            .flat_map(|n| n.security_groups.clone())
-            .collect::<Vec<_>>(),
-    );
-    let image = i.spec.image.as_ref().and_then(|n| l.images.get(n));
-    x.leaf("instanceId", instance_id(uid))
-        .opt("imageId", image.map(|v| &v.0))
-        .el("instanceState", |x| {
-            x.leaf("code", code).leaf("name", name);
-        })
-        .leaf("privateDnsName", "")
-        .leaf("dnsName", "")
-        .leaf("reason", "")
-        .opt(
-            "keyName",
-            i.spec
-                .key_name
-                .as_ref()
-                .map(|k| l.keys.get(k).cloned().unwrap_or(k.clone())),
-        )
-        .leaf("amiLaunchIndex", launch_index(i))
-        .set("productCodes", &[] as &[u8], |_, _| {})
-        .opt("instanceType", i.spec.instance_type.as_ref())
-        .opt(
-            "launchTime",
-            status
-                .and_then(|s| s.launch_time)
-                .or(i.metadata.creation_timestamp)
-                .as_ref()
-                .map(ts),
-        )
-        .el("placement", |x| {
-            x.leaf("availabilityZone", l.zone_of(i))
-                .leaf("groupName", "")
-                .leaf("tenancy", "default");
-        })
-        .el("monitoring", |x| {
-            x.leaf("state", "disabled");
-        })
-        .opt("subnetId", net0.map(|n| &n.1))
-        .opt("vpcId", net0.map(|n| &n.0))
-        .opt("privateIpAddress", addr0.map(|a| &a.ip))
-        .opt("ipAddress", addr0.and_then(|a| a.floating_ip.as_ref()))
-        .leaf("sourceDestCheck", true)
-        .set("groupSet", &groups, |x, (id, n)| {
-            x.leaf("groupId", id).leaf("groupName", n);
-        })
-        .opt("architecture", image.map(|v| &v.1))
-        .leaf("rootDeviceType", root_device_type(i))
-        .leaf("rootDeviceName", "/dev/vda");
-    let devices = block_devices(i, l);
-    x.set("blockDeviceMapping", &devices, |x, (dev, vol, dot)| {
-        x.leaf("deviceName", dev).el("ebs", |x| {
-            x.leaf("volumeId", vol)
-                .leaf("status", "attached")
-                .opt("attachTime", i.metadata.creation_timestamp.as_ref().map(ts))
-                .leaf("deleteOnTermination", dot);
-        });
-    })
-    .leaf("virtualizationType", "hvm")
-    .opt(
-        "clientToken",
-        i.metadata.annotations.get(CLIENT_TOKEN_ANNOTATION),
-    )
-    .tags("tagSet", i.tags());
-    let nics: Vec<corral_api_types::NicView> = i.nics().collect();
-    x.set("networkInterfaceSet", &nics, |x, v| {
-        let (nic, addr, n) = (v.spec, v.address, v.index);
-        let net = l.networks.get(&nic.network);
-        x.leaf("networkInterfaceId", network_interface_id(uid, n))
-            .opt("subnetId", net.map(|v| &v.1))
-            .opt("vpcId", net.map(|v| &v.0))
-            .leaf("description", "")
-            .leaf("ownerId", account)
-            .leaf("status", "in-use")
-            .opt("macAddress", addr.map(|a| &a.mac).or(nic.mac.as_ref()))
-            .opt(
-                "privateIpAddress",
-                addr.map(|a| &a.ip).or(nic.fixed_ip.as_ref()),
-            )
-            .leaf("sourceDestCheck", true)
-            .set(
-                "groupSet",
-                &l.group_items(&nic.security_groups),
-                |x, (id, gn)| {
-                    x.leaf("groupId", id).leaf("groupName", gn);
-                },
-            )
-            .el_opt(
-                "association",
-                addr.and_then(|a| a.floating_ip.as_ref()),
-                |x, ip| {
-                    x.leaf("publicIp", ip)
-                        .leaf("publicDnsName", "")
-                        .leaf("ipOwnerId", account);
-                },
-            )
-            .el("attachment", |x| {
-                x.leaf("deviceIndex", n)
-                    .leaf("status", "attached")
-                    .leaf("deleteOnTermination", true);
-            });
-    });
-    let vcpus = i.spec.cpus.or_else(|| {
-        i.spec
-            .instance_type
-            .as_ref()
-            .and_then(|t| l.vcpus.get(t).copied())
-    });
-    x.leaf("ebsOptimized", false).leaf("enaSupport", false);
-    if let Some(v) = vcpus {
-        x.el("cpuOptions", |x| {
-            x.leaf("coreCount", v).leaf("threadsPerCore", 1);
-        });
-    }
-    x.el("metadataOptions", |x| {
-        x.leaf("state", "applied")
-            .leaf("httpTokens", "optional")
-            .leaf("httpPutResponseHopLimit", 1)
-            .leaf("httpEndpoint", "enabled");
-    });
-}
-
-/// Writes `reservationSet`: consecutive instances of one reservation share
-/// an item. (DescribeInstances writes it from rendered instances with
-/// [`write_reservations_rendered`]; this is what that must equal.)
-#[cfg(test)]
-pub fn write_reservations<I: std::borrow::Borrow<Instance>>(
-    x: &mut Xml,
-    instances: &[I],
-    l: &Lookup,
-    account: &str,
-) {
-    let mut groups: Vec<(String, Vec<&Instance>)> = Vec::new();
-    for i in instances {
-        let i: &Instance = i.borrow();
-        let r = reservation(i);
-        match groups.last_mut() {
-            Some((last, members)) if *last == r => members.push(i),
-            _ => groups.push((r, vec![i])),
-        }
-    }
-    x.set("reservationSet", &groups, |x, (r, members)| {
-        write_reservation_body(x, r, members, l, account);
-    });
-}
-
-/// Bytes [`write_reservations_rendered`] writes, about.
-pub fn rendered_size(rendered: &[Arc<str>], account: &str) -> usize {
-    const PER_ITEM: usize = "<item></item>".len();
-    let per_reservation = 200 + account.len();
-    rendered
-        .iter()
-        .map(|r| r.len() + PER_ITEM + per_reservation)
-        .sum::<usize>()
-        + 64
-}
-
-/// Writes `reservationSet` like [`write_reservations`] from instances
-/// already rendered (`rendered[n]` is what [`write_instance`] writes for
-/// `instances[n]`).
-pub fn write_reservations_rendered(
-    x: &mut Xml,
-    instances: &[Arc<DecodedInstance>],
-    rendered: &[Arc<str>],
-    account: &str,
-) {
-    x.open("reservationSet");
-    let mut n = 0;
-    while n < instances.len() {
-        let r = &instances[n].reservation;
-        let end = n + instances[n..]
-            .iter()
-            .take_while(|i| i.reservation == *r)
-            .count();
-        x.open("item")
-            .leaf("reservationId", r)
-            .leaf("ownerId", account)
-            .set("groupSet", &[] as &[u8], |_, _| {})
-            .open("instancesSet");
-        for xml in &rendered[n..end] {
-            x.open("item").raw(xml).close("item");
-        }
-        x.close("instancesSet").close("item");
-        n = end;
-    }
-    x.close("reservationSet");
-}
-
-pub fn write_reservation_body(
-    x: &mut Xml,
-    r: &str,
-    members: &[&Instance],
-    l: &Lookup,
-    account: &str,
-) {
-    x.leaf("reservationId", r)
-        .leaf("ownerId", account)
-        .set("groupSet", &[] as &[u8], |_, _| {})
-        .set("instancesSet", members, |x, i| {
-            write_instance(x, i, l, account)
-        });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use corral_api_types::{InstanceAddress, InstanceStatus, Nic, Resource, VolumeAttachment};
-
-    fn instance(name: &str, reservation: Option<&str>, n: usize) -> Instance {
-        let mut i = Instance::new("p", name, Default::default());
-        i.metadata.uid = format!("uid-{name}");
-        i.metadata.creation_timestamp = Some(chrono::Utc::now());
-        if let Some(r) = reservation {
-            i.metadata
-                .annotations
-                .insert(RESERVATION_ANNOTATION.into(), r.into());
-            i.metadata
-                .annotations
-                .insert(LAUNCH_INDEX_ANNOTATION.into(), n.to_string());
-        }
-        i.spec.instance_type = Some("m1.tiny".into());
-        i.spec.image = Some("tiny".into());
-        i.spec.key_name = Some("k & <key>".into());
-        i.spec.nics = vec![
-            Nic {
-                network: "default".into(),
-                security_groups: vec!["web".into(), "gone".into()],
-                ..Default::default()
-            },
-            Nic {
-                network: "lan".into(),
-                fixed_ip: Some("10.0.0.9".into()),
-                ..Default::default()
-            },
-        ];
-        i.spec.volumes = vec![VolumeAttachment {
-            volume: "data".into(),
-            device: Some("vdb".into()),
-            delete_on_termination: true,
-        }];
-        i.spec
-            .tags
-            .insert("Name".into(), format!("\"{name}\" <'x'>"));
-        if n % 2 == 0 {
-            i.status = Some(InstanceStatus {
-                phase: InstancePhase::Running,
-                addresses: vec![InstanceAddress {
-                    network: "default".into(),
-                    ip: "172.31.0.5".into(),
-                    mac: "52:54:00:00:00:01".into(),
-                    floating_ip: Some("198.51.100.7".into()),
-                }],
-                ..Default::default()
-            });
-        }
-        i
-    }
-
-    /// DescribeInstances' answer from rendered fragments is byte for byte
-    /// the one written directly, reservations grouped the same way.
-    #[test]
-    fn rendered_reservations_equal_the_direct_writing() {
-        let mut l = Lookup {
-            zone: "corral-1a".into(),
-            ..Default::default()
-        };
-        l.groups
-            .insert("web".into(), ("sg-1".into(), "Web & co".into()));
-        l.networks.insert(
-            "default".into(),
-            ("vpc-1".into(), "subnet-1".into(), "172.31.0.0/16".into()),
-        );
-        l.images
-            .insert("tiny".into(), ("ami-1".into(), "x86_64".into()));
-        l.volumes.insert("data".into(), "vol-1".into());
-        l.vcpus.insert("m1.tiny".into(), 1);
-        let instances = vec![
-            instance("a", Some("r-0000000000000000a"), 0),
-            instance("b", Some("r-0000000000000000a"), 1),
-            instance("c", None, 2),
-            instance("d", Some("r-0000000000000000a"), 3),
-            instance("e", Some("r-0000000000000000e"), 4),
-        ];
-        let mut direct = Xml::new();
-        write_reservations(&mut direct, &instances, &l, "123456789012");
-        let decoded: Vec<Arc<DecodedInstance>> = instances
-            .iter()
-            .map(|i| Arc::new(DecodedInstance::new(Arc::new(i.clone()), 1)))
-            .collect();
-        let rendered: Vec<Arc<str>> = decoded
-            .iter()
-            .map(|e| {
-                e.rendered(1, |i| {
-                    let mut x = Xml::new();
-                    write_instance(&mut x, i, &l, "123456789012");
-                    x.into_string()
-                })
-            })
-            .collect();
-        let mut from_rendered = Xml::new();
-        write_reservations_rendered(&mut from_rendered, &decoded, &rendered, "123456789012");
-        let (direct, from_rendered) = (direct.into_string(), from_rendered.into_string());
-        assert_eq!(direct, from_rendered);
-        assert_eq!(direct.matches("<reservationId>").count(), 4);
-        assert!(
-            direct.contains("&quot;a&quot; &lt;&apos;x&apos;&gt;"),
-            "{direct}"
-        );
-        assert!(
-            direct.contains("<keyName>k &amp; &lt;key&gt;</keyName>"),
-            "{direct}"
-        );
-        assert!(
-            direct.contains("<groupName>Web &amp; co</groupName>"),
-            "{direct}"
-        );
-        assert!(direct.contains("<volumeId>vol-1</volumeId>"), "{direct}");
-        // Nothing at all: an empty set.
-        let mut empty = Xml::new();
-        write_reservations_rendered(&mut empty, &[], &[], "123456789012");
-        let empty = empty.into_string();
-        let mut direct = Xml::new();
-        write_reservations::<Instance>(&mut direct, &[], &l, "123456789012");
-        assert_eq!(empty, direct.into_string());
-    }
 }

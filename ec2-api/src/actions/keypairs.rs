@@ -5,10 +5,11 @@ use base64::Engine;
 use corral_api_types::ec2::resource_id;
 use corral_api_types::{parse_openssh_public_key, KeyPair, KeyPairSpec, Resource};
 
-use super::{check_ids, ts, Ctx};
+use super::ids::KEY_PAIR;
+use super::{created, Ctx};
 use crate::error::{Ec2Error, Result};
 use crate::filter::{one, Filters};
-use crate::objects::{self, ec2_name, list_all, new_uid, place_name, tag_specs, Tagged};
+use crate::objects::{self, ec2_name, new_uid, place_name, tag_specs, Tagged};
 use crate::xml::Xml;
 
 fn check_key_name(name: &str) -> Result<()> {
@@ -37,7 +38,8 @@ fn key_type(public_key: &str) -> &'static str {
 }
 
 async fn find(ctx: &Ctx<'_>, name: &str) -> Result<Option<KeyPair>> {
-    Ok(list_all::<KeyPair>(ctx.store, ctx.project())
+    Ok(ctx
+        .list::<KeyPair>()
         .await?
         .into_iter()
         .find(|k| ec2_name(&k.metadata) == name))
@@ -163,8 +165,7 @@ pub async fn import(ctx: &Ctx<'_>) -> Result<Xml> {
 
 pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     let names = ctx.params.list("KeyName")?;
-    let ids = ctx.params.list("KeyPairId")?;
-    check_ids(&ids, &["key"], "InvalidKeyPair.Malformed", "key pair id")?;
+    let ids = KEY_PAIR.list(ctx.params)?;
     let include_public = ctx.params.bool("IncludePublicKey")?.unwrap_or(false);
     let filters = Filters::parse(
         ctx.params,
@@ -172,22 +173,16 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         true,
     )?;
     ctx.gate()?;
-    let mut keys = list_all::<KeyPair>(ctx.store, ctx.project()).await?;
+    let mut keys = ctx.list::<KeyPair>().await?;
     keys.sort_by(|a, b| ec2_name(&a.metadata).cmp(ec2_name(&b.metadata)));
     for n in &names {
         if !keys.iter().any(|k| ec2_name(&k.metadata) == n) {
-            return Err(Ec2Error::client(
-                "InvalidKeyPair.NotFound",
-                format!("The key pair '{}' does not exist", crate::query::clip(n)),
-            ));
+            return Err(KEY_PAIR.not_found(n));
         }
     }
     for id in &ids {
         if !keys.iter().any(|k| k.ec2_id() == *id) {
-            return Err(Ec2Error::client(
-                "InvalidKeyPair.NotFound",
-                format!("The key pair '{id}' does not exist"),
-            ));
+            return Err(KEY_PAIR.not_found(id));
         }
     }
     let items: Vec<KeyPair> = keys
@@ -214,7 +209,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         if include_public {
             x.leaf("publicKey", &k.spec.public_key);
         }
-        x.opt("createTime", k.metadata.creation_timestamp.as_ref().map(ts));
+        x.opt("createTime", created(&k.metadata));
     });
     Ok(x)
 }
@@ -226,14 +221,9 @@ pub async fn delete(ctx: &Ctx<'_>) -> Result<Xml> {
         return Err(Ec2Error::missing("KeyName"));
     }
     if let Some(id) = id {
-        check_ids(
-            &[id.to_string()],
-            &["key"],
-            "InvalidKeyPair.Malformed",
-            "key pair id",
-        )?;
+        KEY_PAIR.check_one(id)?;
     }
-    let keys = list_all::<KeyPair>(ctx.store, ctx.project()).await?;
+    let keys = ctx.list::<KeyPair>().await?;
     let found = keys.into_iter().find(|k| {
         name.is_some_and(|n| ec2_name(&k.metadata) == n) || id.is_some_and(|i| k.ec2_id() == i)
     });

@@ -2,28 +2,35 @@
 //! writes the response body. Shared helpers live here.
 
 mod addresses;
+mod describe;
 mod disks;
+mod ids;
 mod image_register;
 mod images;
 mod instance_attrs;
+mod instance_state;
 mod instance_types;
 mod instance_view;
+mod instance_xml;
 mod instances;
 mod keypairs;
+mod launch;
+mod network_interfaces;
 mod region;
 mod security_groups;
 mod snapshots;
+mod subnets;
 mod tags;
 mod volumes;
 mod vpcs;
 
 use corral_api_types::auth::Role;
-use corral_api_types::Node;
+use corral_api_types::{Defaults, Node, ObjectMeta, Resource, Validate, ValidateUpdate};
 use corral_store::ResourceStore;
 
 use crate::auth::Caller;
 use crate::error::{Ec2Error, Result};
-use crate::objects::list_all;
+use crate::objects::{self, list_all};
 use crate::query::Params;
 use crate::server::Ec2Config;
 use crate::xml::Xml;
@@ -68,6 +75,20 @@ impl Ctx<'_> {
         )
     }
 
+    /// Every object of a kind in the caller's project.
+    pub async fn list<K: Resource>(&self) -> Result<Vec<K>> {
+        list_all::<K>(self.store, self.project()).await
+    }
+
+    /// [`objects::update`] of the object `name` of the caller's project.
+    pub async fn update<K, F>(&self, name: &str, f: F) -> Result<K>
+    where
+        K: Resource + Validate + ValidateUpdate + Defaults,
+        F: FnMut(&mut K) -> Result<()>,
+    {
+        objects::update(self.store, self.project(), name, f).await
+    }
+
     pub fn account(&self) -> String {
         corral_api_types::ec2::account_id(self.project())
     }
@@ -92,6 +113,20 @@ impl Ctx<'_> {
         }
         Ok(zones)
     }
+
+    /// The availability zone the parameter `param` names, if given: one
+    /// of [`Ctx::zones`].
+    pub async fn zone_param(&self, param: &str) -> Result<Option<String>> {
+        let zones = self.zones().await?;
+        match self.params.get_nonempty(param) {
+            Some(z) if zones.iter().any(|x| x == z) => Ok(Some(z.to_string())),
+            Some(z) => Err(Ec2Error::invalid_value(format!(
+                "Invalid availability zone: [{}]",
+                crate::query::clip(z)
+            ))),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Node label naming a node's zone when `spec.zone` is not set.
@@ -100,6 +135,18 @@ pub const ZONE_LABEL: &str = "topology.corral/zone";
 /// The time format of EC2's timestamps.
 pub fn ts(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// An object's creation time, in EC2's format.
+pub fn created(meta: &ObjectMeta) -> Option<String> {
+    meta.creation_timestamp.as_ref().map(ts)
+}
+
+/// `<groupSet>` of (group id, group name) items.
+pub fn write_group_set(x: &mut Xml, groups: &[(String, String)]) {
+    x.set("groupSet", groups, |x, (id, name)| {
+        x.leaf("groupId", id).leaf("groupName", name);
+    });
 }
 
 /// `<return>true</return>`.
@@ -169,12 +216,12 @@ actions!(ctx, action;
         "AuthorizeSecurityGroupEgress" => security_groups::change(ctx, false, true).await,
         "RevokeSecurityGroupIngress" => security_groups::change(ctx, true, false).await,
         "RevokeSecurityGroupEgress" => security_groups::change(ctx, false, false).await,
-        "RunInstances" => instances::run(ctx).await,
+        "RunInstances" => launch::run(ctx).await,
         "DescribeInstances" => instances::describe(ctx).await,
-        "TerminateInstances" => instances::terminate(ctx).await,
-        "StopInstances" => instances::stop_start(ctx, false).await,
-        "StartInstances" => instances::stop_start(ctx, true).await,
-        "RebootInstances" => instances::reboot(ctx).await,
+        "TerminateInstances" => instance_state::terminate(ctx).await,
+        "StopInstances" => instance_state::stop_start(ctx, false).await,
+        "StartInstances" => instance_state::stop_start(ctx, true).await,
+        "RebootInstances" => instance_state::reboot(ctx).await,
         "GetConsoleOutput" => instances::console_output(ctx).await,
         "DescribeInstanceStatus" => instance_attrs::describe_status(ctx).await,
         "DescribeInstanceAttribute" => instance_attrs::describe_attribute(ctx).await,
@@ -203,12 +250,12 @@ actions!(ctx, action;
         "DisassociateAddress" => addresses::disassociate(ctx).await,
         "ReleaseAddress" => addresses::release(ctx).await,
         "DescribeVpcs" => vpcs::describe_vpcs(ctx).await,
-        "DescribeSubnets" => vpcs::describe_subnets(ctx).await,
+        "DescribeSubnets" => subnets::describe_subnets(ctx).await,
         "DescribeVpcAttribute" => vpcs::describe_vpc_attribute(ctx).await,
         "CreateVpc" => vpcs::create_vpc(ctx).await,
-        "CreateSubnet" => vpcs::create_subnet(ctx).await,
+        "CreateSubnet" => subnets::create_subnet(ctx).await,
         "CreateDefaultVpc" => vpcs::create_default_vpc(ctx).await,
         "DeleteVpc" => vpcs::delete_vpc(ctx).await,
-        "DescribeNetworkInterfaces" => vpcs::describe_network_interfaces(ctx).await,
-        "DescribeRouteTables" => vpcs::describe_route_tables(ctx).await,
+        "DescribeNetworkInterfaces" => network_interfaces::describe(ctx).await,
+        "DescribeRouteTables" => subnets::describe_route_tables(ctx).await,
 );

@@ -7,10 +7,11 @@ use corral_api_types::{
     Instance, Network, Protocol, Resource, SecurityGroup, SecurityGroupRule, SecurityGroupSpec,
 };
 
-use super::{check_ids, Ctx};
+use super::ids::{SECURITY_GROUP, VPC};
+use super::Ctx;
 use crate::error::{Ec2Error, Result};
 use crate::filter::{one, Filters};
-use crate::objects::{self, ec2_name, list_all, new_uid, place_name, tag_specs, Tagged};
+use crate::objects::{self, ec2_name, new_uid, place_name, tag_specs, Tagged};
 use crate::page::Page;
 use crate::query::{clip, Params};
 use crate::xml::Xml;
@@ -19,13 +20,6 @@ use crate::xml::Xml;
 /// a Network in Corral; EC2 tools read it back).
 pub const VPC_ANNOTATION: &str = "ec2.corral/vpc-id";
 
-fn not_found(what: &str) -> Ec2Error {
-    Ec2Error::client(
-        "InvalidGroup.NotFound",
-        format!("The security group '{}' does not exist", clip(what)),
-    )
-}
-
 /// Resolves a group by id or EC2 name among `groups`.
 fn resolve<'a>(
     groups: &'a [SecurityGroup],
@@ -33,22 +27,14 @@ fn resolve<'a>(
     name: Option<&str>,
 ) -> Result<&'a SecurityGroup> {
     if let Some(id) = id {
-        check_ids(
-            &[id.to_string()],
-            &["sg"],
-            "InvalidGroupId.Malformed",
-            "security group id",
-        )?;
-        return groups
-            .iter()
-            .find(|g| g.ec2_id() == id)
-            .ok_or_else(|| not_found(id));
+        SECURITY_GROUP.check_one(id)?;
+        return SECURITY_GROUP.find(groups, id, |g| g.ec2_id());
     }
     let name = name.ok_or_else(|| Ec2Error::missing("GroupId"))?;
     groups
         .iter()
         .find(|g| ec2_name(&g.metadata) == name)
-        .ok_or_else(|| not_found(name))
+        .ok_or_else(|| SECURITY_GROUP.not_found(name))
 }
 
 pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
@@ -62,12 +48,9 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
     let tags = tag_specs(ctx.params, "security-group")?;
     let vpc = match ctx.params.get_nonempty("VpcId") {
         Some(v) => {
-            let nets = list_all::<Network>(ctx.store, ctx.project()).await?;
+            let nets = ctx.list::<Network>().await?;
             if !nets.iter().any(|n| n.ec2_id() == v) {
-                return Err(Ec2Error::client(
-                    "InvalidVpcID.NotFound",
-                    format!("The vpc ID '{}' does not exist", clip(v)),
-                ));
+                return Err(VPC.not_found(v));
             }
             Some(v.to_string())
         }
@@ -77,7 +60,7 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
             .await?
             .map(|n| n.ec2_id()),
     };
-    let groups = list_all::<SecurityGroup>(ctx.store, ctx.project()).await?;
+    let groups = ctx.list::<SecurityGroup>().await?;
     if groups.iter().any(|g| ec2_name(&g.metadata) == name) {
         return Err(Ec2Error::client(
             "InvalidGroup.Duplicate",
@@ -210,17 +193,11 @@ fn rule_values(g: &SecurityGroup, groups: &[SecurityGroup], f: &str) -> Vec<Stri
 
 pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     let names = ctx.params.list("GroupName")?;
-    let ids = ctx.params.list("GroupId")?;
-    check_ids(
-        &ids,
-        &["sg"],
-        "InvalidGroupId.Malformed",
-        "security group id",
-    )?;
+    let ids = SECURITY_GROUP.list(ctx.params)?;
     let page = Page::parse(
         ctx.params,
         !ids.is_empty() || !names.is_empty(),
-        "groupIds",
+        SECURITY_GROUP.list_name,
         5,
     )?;
     let filters = Filters::parse(
@@ -247,15 +224,15 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         true,
     )?;
     ctx.gate()?;
-    let groups = list_all::<SecurityGroup>(ctx.store, ctx.project()).await?;
+    let groups = ctx.list::<SecurityGroup>().await?;
     for id in &ids {
         if !groups.iter().any(|g| g.ec2_id() == *id) {
-            return Err(not_found(id));
+            return Err(SECURITY_GROUP.not_found(id));
         }
     }
     for n in &names {
         if !groups.iter().any(|g| ec2_name(&g.metadata) == n) {
-            return Err(not_found(n));
+            return Err(SECURITY_GROUP.not_found(n));
         }
     }
     let account = ctx.account();
@@ -301,14 +278,14 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
 }
 
 pub async fn delete(ctx: &Ctx<'_>) -> Result<Xml> {
-    let groups = list_all::<SecurityGroup>(ctx.store, ctx.project()).await?;
+    let groups = ctx.list::<SecurityGroup>().await?;
     let g = resolve(
         &groups,
         ctx.params.get_nonempty("GroupId"),
         ctx.params.get_nonempty("GroupName"),
     )?;
     let name = &g.metadata.name;
-    let instances = list_all::<Instance>(ctx.store, ctx.project()).await?;
+    let instances = ctx.list::<Instance>().await?;
     let used = instances.iter().any(|i| {
         i.metadata.deletion_timestamp.is_none()
             && i.spec.nics.iter().any(|n| n.security_groups.contains(name))
@@ -446,7 +423,7 @@ fn same_rule(a: &SecurityGroupRule, b: &SecurityGroupRule) -> bool {
 
 /// Authorize (`add`) or revoke rules, on ingress or egress.
 pub async fn change(ctx: &Ctx<'_>, ingress: bool, add: bool) -> Result<Xml> {
-    let groups = list_all::<SecurityGroup>(ctx.store, ctx.project()).await?;
+    let groups = ctx.list::<SecurityGroup>().await?;
     let name_param = if ingress {
         ctx.params.get_nonempty("GroupName")
     } else {

@@ -8,10 +8,12 @@ use corral_api_types::{
     Address, Image, Instance, KeyPair, Network, SecurityGroup, Snapshot, Volume,
 };
 
+use super::describe::{page_answer, NO_TAGS};
+use super::instances::visible_instances;
 use super::Ctx;
 use crate::error::{Ec2Error, Result};
 use crate::filter::{one, Filters};
-use crate::objects::{self, list_all, Tagged};
+use crate::objects::Tagged;
 use crate::page::Page;
 use crate::query::clip;
 use crate::xml::Xml;
@@ -48,7 +50,7 @@ async fn edit<K: Tagged>(
     not_found: &str,
     f: &(dyn Fn(&mut BTreeMap<String, String>) + Sync),
 ) -> Result<()> {
-    let objs = list_all::<K>(ctx.store, ctx.project()).await?;
+    let objs = ctx.list::<K>().await?;
     let o = objs
         .iter()
         .find(|o| key(o) == id)
@@ -56,7 +58,7 @@ async fn edit<K: Tagged>(
     if ctx.dry_run {
         return Ok(());
     }
-    objects::update(ctx.store, ctx.project(), &o.meta().name, |o: &mut K| {
+    ctx.update(&o.meta().name, |o: &mut K| {
         f(o.tags_mut());
         Ok(())
     })
@@ -140,8 +142,13 @@ pub async fn delete(ctx: &Ctx<'_>) -> Result<Xml> {
     Ok(super::ok_return())
 }
 
-fn push<K: Tagged>(
-    out: &mut Vec<(String, &'static str, String, String)>,
+/// (resource id, resource type, key, value).
+type Row = (String, &'static str, String, String);
+
+/// The rows of the tags of `objs`, of resource type `rtype` (`key` gives
+/// an object's id).
+fn push_by<K: Tagged>(
+    out: &mut Vec<Row>,
     objs: Vec<K>,
     rtype: &'static str,
     key: impl Fn(&K) -> String,
@@ -154,6 +161,11 @@ fn push<K: Tagged>(
     }
 }
 
+/// [`push_by`] for objects that are their own EC2 resource.
+fn push<K: Tagged>(out: &mut Vec<Row>, objs: Vec<K>, rtype: &'static str) {
+    push_by(out, objs, rtype, |o| o.ec2_id());
+}
+
 pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     let page = Page::parse(ctx.params, false, "", 5)?;
     let filters = Filters::parse(
@@ -162,48 +174,21 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         false,
     )?;
     ctx.gate()?;
-    let (s, p) = (ctx.store, ctx.project());
     let mut rows = Vec::new();
+    push(&mut rows, visible_instances(ctx).await?, "instance");
+    push(&mut rows, ctx.list::<Volume>().await?, "volume");
+    push(&mut rows, ctx.list::<Snapshot>().await?, "snapshot");
     push(
         &mut rows,
-        super::instances::visible_instances(ctx).await?,
-        "instance",
-        |o| o.ec2_id(),
-    );
-    push(&mut rows, list_all::<Volume>(s, p).await?, "volume", |o| {
-        o.ec2_id()
-    });
-    push(
-        &mut rows,
-        list_all::<Snapshot>(s, p).await?,
-        "snapshot",
-        |o| o.ec2_id(),
-    );
-    push(
-        &mut rows,
-        list_all::<SecurityGroup>(s, p).await?,
+        ctx.list::<SecurityGroup>().await?,
         "security-group",
-        |o| o.ec2_id(),
     );
-    push(&mut rows, list_all::<Image>(s, p).await?, "image", |o| {
-        o.ec2_id()
-    });
-    push(
-        &mut rows,
-        list_all::<Address>(s, p).await?,
-        "elastic-ip",
-        |o| o.ec2_id(),
-    );
-    push(
-        &mut rows,
-        list_all::<KeyPair>(s, p).await?,
-        "key-pair",
-        |o| o.ec2_id(),
-    );
-    let nets = list_all::<Network>(s, p).await?;
-    push(&mut rows, nets.clone(), "vpc", |o| o.ec2_id());
-    push(&mut rows, nets, "subnet", |o| subnet_id(&o.metadata.uid));
-    let empty = BTreeMap::new();
+    push(&mut rows, ctx.list::<Image>().await?, "image");
+    push(&mut rows, ctx.list::<Address>().await?, "elastic-ip");
+    push(&mut rows, ctx.list::<KeyPair>().await?, "key-pair");
+    let nets = ctx.list::<Network>().await?;
+    push(&mut rows, nets.clone(), "vpc");
+    push_by(&mut rows, nets, "subnet", |o| subnet_id(&o.metadata.uid));
     rows.retain(|(id, t, k, v)| {
         filters.matches(
             |f| match f {
@@ -212,18 +197,15 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
                 "resource-id" => one(id.clone()),
                 _ => one(*t),
             },
-            &empty,
+            &NO_TAGS,
         )
     });
     rows.sort();
     let (rows, next) = page.apply(rows, |(id, _, k, _)| format!("{id}\u{1}{k}"));
-    let mut x = Xml::new();
-    x.set("tagSet", &rows, |x, (id, t, k, v)| {
+    Ok(page_answer("tagSet", &rows, next, |x, (id, t, k, v)| {
         x.leaf("resourceId", id)
             .leaf("resourceType", t)
             .leaf("key", k)
             .leaf("value", v);
-    });
-    x.opt("nextToken", next);
-    Ok(x)
+    }))
 }

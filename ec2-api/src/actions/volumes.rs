@@ -1,20 +1,19 @@
-//! Volumes (Create/Describe/Delete/Attach/Detach) and snapshots
-//! (Create/Describe/Delete). Attachments are the Instances'
-//! `spec.volumes`; states come from the observed phases.
+//! Volumes: Create/Describe/Delete/Attach/Detach (snapshots are
+//! `snapshots`'). Attachments are the Instances' `spec.volumes`; states
+//! come from the observed phases.
 
 use corral_api_types::ec2::{instance_id, resource_id};
 use corral_api_types::{
     Instance, Resource, Snapshot, Volume, VolumeAttachment, VolumePhase, VolumeSource, VolumeSpec,
 };
 
+use super::describe::{page_answer, Describe};
+use super::ids::{INSTANCE, SNAPSHOT, VOLUME};
 use super::instances::visible_instances;
-use super::{check_ids, ts, Ctx};
+use super::{created, ts, Ctx};
 use crate::error::{Ec2Error, Result};
-use crate::filter::{b, one, Filters};
-use crate::objects::{
-    self, client_token, earlier, list_all, new_uid, stamp_token, tag_specs, Tagged,
-};
-use crate::page::Page;
+use crate::filter::{b, one};
+use crate::objects::{self, client_token, earlier, new_uid, stamp_token, tag_specs, Tagged};
 use crate::xml::Xml;
 
 fn phase(v: &Volume) -> &'static str {
@@ -61,31 +60,37 @@ pub(super) fn size(v: &Volume) -> u32 {
         .unwrap_or(0)
 }
 
-fn write_volume(x: &mut Xml, v: &Volume, instances: &[Instance], snaps: &[Snapshot], zone: &str) {
-    let att = attached(v, instances);
-    let attach_state = if phase(v) == "in-use" {
+/// The state of a volume's attachment.
+fn attach_state(v: &Volume) -> &'static str {
+    if phase(v) == "in-use" {
         "attached"
     } else {
         "attaching"
-    };
+    }
+}
+
+/// The id of the snapshot a volume was made from.
+fn snapshot_id(v: &Volume, snaps: &[Snapshot]) -> Option<String> {
+    v.spec
+        .source
+        .snapshot
+        .as_ref()
+        .and_then(|s| snaps.iter().find(|x| &x.metadata.name == s))
+        .map(|s| s.ec2_id())
+}
+
+fn write_volume(x: &mut Xml, v: &Volume, instances: &[Instance], snaps: &[Snapshot], zone: &str) {
+    let att = attached(v, instances);
+    let attach_state = attach_state(v);
     x.leaf("volumeId", v.ec2_id())
         .leaf("size", size(v))
-        .leaf(
-            "snapshotId",
-            v.spec
-                .source
-                .snapshot
-                .as_ref()
-                .and_then(|s| snaps.iter().find(|x| &x.metadata.name == s))
-                .map(|s| s.ec2_id())
-                .unwrap_or_default(),
-        )
+        .leaf("snapshotId", snapshot_id(v, snaps).unwrap_or_default())
         .leaf(
             "availabilityZone",
             v.spec.availability_zone.as_deref().unwrap_or(zone),
         )
         .leaf("status", phase(v))
-        .opt("createTime", v.metadata.creation_timestamp.as_ref().map(ts))
+        .opt("createTime", created(&v.metadata))
         .set(
             "attachmentSet",
             &att.into_iter().collect::<Vec<_>>(),
@@ -94,7 +99,7 @@ fn write_volume(x: &mut Xml, v: &Volume, instances: &[Instance], snaps: &[Snapsh
                     .leaf("instanceId", instance_id(&i.metadata.uid))
                     .leaf("device", dev)
                     .leaf("status", attach_state)
-                    .opt("attachTime", i.metadata.creation_timestamp.as_ref().map(ts))
+                    .opt("attachTime", created(&i.metadata))
                     .leaf("deleteOnTermination", dot);
             },
         )
@@ -107,53 +112,25 @@ fn write_volume(x: &mut Xml, v: &Volume, instances: &[Instance], snaps: &[Snapsh
 pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
     let p = ctx.params;
     let size = p.int_in("Size", 1, 16384)?.map(|s| s as u32);
-    let zones = ctx.zones().await?;
-    let zone = match p.get_nonempty("AvailabilityZone") {
-        Some(z) if zones.iter().any(|x| x == z) => z.to_string(),
-        Some(z) => {
-            return Err(Ec2Error::invalid_value(format!(
-                "Invalid availability zone: [{}]",
-                crate::query::clip(z)
-            )))
-        }
-        None => return Err(Ec2Error::missing("AvailabilityZone")),
-    };
+    let zone = ctx
+        .zone_param("AvailabilityZone")
+        .await?
+        .ok_or_else(|| Ec2Error::missing("AvailabilityZone"))?;
     if p.bool("Encrypted")?.unwrap_or(false) {
         return Err(Ec2Error::client(
             "UnsupportedOperation",
             "Encrypted volumes are not supported",
         ));
     }
-    let snaps = list_all::<Snapshot>(ctx.store, ctx.project()).await?;
+    let snaps = ctx.list::<Snapshot>().await?;
     let snapshot = match p.get_nonempty("SnapshotId") {
-        Some(id) => {
-            check_ids(
-                &[id.to_string()],
-                &["snap"],
-                "InvalidSnapshotID.Malformed",
-                "snapshot id",
-            )?;
-            Some(
-                snaps
-                    .iter()
-                    .find(|s| s.ec2_id() == id)
-                    .ok_or_else(|| {
-                        Ec2Error::client(
-                            "InvalidSnapshot.NotFound",
-                            format!("The snapshot '{id}' does not exist."),
-                        )
-                    })?
-                    .metadata
-                    .name
-                    .clone(),
-            )
-        }
+        Some(id) => Some(SNAPSHOT.find_named(&snaps, id)?),
         None if size.is_none() => return Err(Ec2Error::missing("Size")),
         None => None,
     };
     let tags = tag_specs(p, "volume")?;
     let token = client_token(p)?;
-    let vols = list_all::<Volume>(ctx.store, ctx.project()).await?;
+    let vols = ctx.list::<Volume>().await?;
     let instances = visible_instances(ctx).await?;
     if let Some(found) = earlier(&vols, token.as_deref(), p)? {
         let mut x = Xml::new();
@@ -181,119 +158,57 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
     Ok(x)
 }
 
+const FILTERS: &[&str] = &[
+    "volume-id",
+    "status",
+    "size",
+    "snapshot-id",
+    "availability-zone",
+    "attachment.instance-id",
+    "attachment.device",
+    "attachment.status",
+    "attachment.delete-on-termination",
+    "create-time",
+    "volume-type",
+    "encrypted",
+];
+
 pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
-    let ids = ctx.params.list("VolumeId")?;
-    check_ids(&ids, &["vol"], "InvalidVolumeID.Malformed", "volume id")?;
-    let page = Page::parse(ctx.params, !ids.is_empty(), "volumeIds", 5)?;
-    let filters = Filters::parse(
-        ctx.params,
-        &[
-            "volume-id",
-            "status",
-            "size",
-            "snapshot-id",
-            "availability-zone",
-            "attachment.instance-id",
-            "attachment.device",
-            "attachment.status",
-            "attachment.delete-on-termination",
-            "create-time",
-            "volume-type",
-            "encrypted",
-        ],
-        true,
-    )?;
-    ctx.gate()?;
-    let mut vols = list_all::<Volume>(ctx.store, ctx.project()).await?;
-    if let Some(missing) = ids
-        .iter()
-        .find(|id| !vols.iter().any(|v| v.ec2_id() == **id))
-    {
-        return Err(Ec2Error::client(
-            "InvalidVolume.NotFound",
-            format!("The volume '{missing}' does not exist."),
-        ));
-    }
+    let d = Describe::parse(ctx, &VOLUME, FILTERS)?;
+    let vols = ctx.list::<Volume>().await?;
+    d.check_found(&VOLUME, &vols, |v| v.ec2_id())?;
     let instances = visible_instances(ctx).await?;
-    let snaps = list_all::<Snapshot>(ctx.store, ctx.project()).await?;
+    let snaps = ctx.list::<Snapshot>().await?;
     let zone = ctx.zones().await?.remove(0);
-    vols.retain(|v| ids.is_empty() || ids.contains(&v.ec2_id()));
-    vols.retain(|v| {
+    let field = |v: &Volume, f: &str| {
         let att = attached(v, &instances);
-        filters.matches(
-            |f| match f {
-                "volume-id" => one(v.ec2_id()),
-                "status" => one(phase(v)),
-                "size" => one(size(v).to_string()),
-                "snapshot-id" => v
-                    .spec
-                    .source
-                    .snapshot
-                    .as_ref()
-                    .and_then(|s| snaps.iter().find(|x| &x.metadata.name == s))
-                    .map(|s| s.ec2_id())
-                    .into_iter()
-                    .collect(),
-                "availability-zone" => {
-                    one(v.spec.availability_zone.clone().unwrap_or(zone.clone()))
-                }
-                "attachment.instance-id" => {
-                    att.iter().map(|a| instance_id(&a.0.metadata.uid)).collect()
-                }
-                "attachment.device" => att.iter().map(|a| a.1.clone()).collect(),
-                "attachment.status" => att
-                    .iter()
-                    .map(|_| {
-                        if phase(v) == "in-use" {
-                            "attached"
-                        } else {
-                            "attaching"
-                        }
-                        .to_string()
-                    })
-                    .collect(),
-                "attachment.delete-on-termination" => att.iter().flat_map(|a| b(a.2)).collect(),
-                "create-time" => v
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(ts)
-                    .into_iter()
-                    .collect(),
-                "volume-type" => one("standard"),
-                _ => b(false),
-            },
-            v.tags(),
-        )
-    });
-    vols.sort_by_key(|v| v.ec2_id());
-    let (vols, next) = page.apply(vols, |v| v.ec2_id());
-    let mut x = Xml::new();
-    x.set("volumeSet", &vols, |x, v| {
+        match f {
+            "volume-id" => one(v.ec2_id()),
+            "status" => one(phase(v)),
+            "size" => one(size(v).to_string()),
+            "snapshot-id" => snapshot_id(v, &snaps).into_iter().collect(),
+            "availability-zone" => one(v.spec.availability_zone.clone().unwrap_or(zone.clone())),
+            "attachment.instance-id" => {
+                att.iter().map(|a| instance_id(&a.0.metadata.uid)).collect()
+            }
+            "attachment.device" => att.iter().map(|a| a.1.clone()).collect(),
+            "attachment.status" => att.iter().map(|_| attach_state(v).to_string()).collect(),
+            "attachment.delete-on-termination" => att.iter().flat_map(|a| b(a.2)).collect(),
+            "create-time" => created(&v.metadata).into_iter().collect(),
+            "volume-type" => one("standard"),
+            _ => b(false),
+        }
+    };
+    let (vols, next) = d.select(vols, |v| v.ec2_id(), field, |v| v.tags());
+    Ok(page_answer("volumeSet", &vols, next, |x, v| {
         write_volume(x, v, &instances, &snaps, &zone)
-    });
-    x.opt("nextToken", next);
-    Ok(x)
+    }))
 }
 
+/// The volume the required `VolumeId` names.
 pub(super) async fn volume_by_id(ctx: &Ctx<'_>) -> Result<Volume> {
-    let id = ctx.params.required("VolumeId")?.to_string();
-    check_ids(
-        std::slice::from_ref(&id),
-        &["vol"],
-        "InvalidVolumeID.Malformed",
-        "volume id",
-    )?;
-    list_all::<Volume>(ctx.store, ctx.project())
-        .await?
-        .into_iter()
-        .find(|v| v.ec2_id() == id)
-        .ok_or_else(|| {
-            Ec2Error::client(
-                "InvalidVolume.NotFound",
-                format!("The volume '{id}' does not exist."),
-            )
-        })
+    let id = VOLUME.required(ctx.params)?;
+    VOLUME.find(ctx.list::<Volume>().await?, &id, |v| v.ec2_id())
 }
 
 pub async fn delete(ctx: &Ctx<'_>) -> Result<Xml> {
@@ -326,22 +241,8 @@ pub async fn attach(ctx: &Ctx<'_>) -> Result<Xml> {
     let v = volume_by_id(ctx).await?;
     let device = ctx.params.required("Device")?.to_string();
     let instances = visible_instances(ctx).await?;
-    let iid = ctx.params.required("InstanceId")?.to_string();
-    check_ids(
-        std::slice::from_ref(&iid),
-        &["i"],
-        "InvalidInstanceID.Malformed",
-        "instance id",
-    )?;
-    let i = instances
-        .iter()
-        .find(|i| instance_id(&i.metadata.uid) == iid)
-        .ok_or_else(|| {
-            Ec2Error::client(
-                "InvalidInstanceID.NotFound",
-                format!("The instance ID '{iid}' does not exist"),
-            )
-        })?;
+    let iid = INSTANCE.required(ctx.params)?;
+    let i = INSTANCE.find(&instances, &iid, |i| instance_id(&i.metadata.uid))?;
     if i.metadata.deletion_timestamp.is_some() {
         return Err(Ec2Error::incorrect_state(format!(
             "Instance '{iid}' is not 'running'."
@@ -371,19 +272,14 @@ pub async fn attach(ctx: &Ctx<'_>) -> Result<Xml> {
     }
     ctx.gate()?;
     let name = v.metadata.name.clone();
-    objects::update(
-        ctx.store,
-        ctx.project(),
-        &i.metadata.name,
-        |i: &mut Instance| {
-            i.spec.volumes.push(VolumeAttachment {
-                volume: name.clone(),
-                device: Some(dev.clone()),
-                delete_on_termination: false,
-            });
-            Ok(())
-        },
-    )
+    ctx.update(&i.metadata.name, |i: &mut Instance| {
+        i.spec.volumes.push(VolumeAttachment {
+            volume: name.clone(),
+            device: Some(dev.clone()),
+            delete_on_termination: false,
+        });
+        Ok(())
+    })
     .await?;
     let mut x = Xml::new();
     write_attachment(&mut x, &v, i, &device, "attaching");
@@ -419,15 +315,10 @@ pub async fn detach(ctx: &Ctx<'_>) -> Result<Xml> {
     }
     ctx.gate()?;
     let name = v.metadata.name.clone();
-    objects::update(
-        ctx.store,
-        ctx.project(),
-        &i.metadata.name,
-        |i: &mut Instance| {
-            i.spec.volumes.retain(|a| a.volume != name);
-            Ok(())
-        },
-    )
+    ctx.update(&i.metadata.name, |i: &mut Instance| {
+        i.spec.volumes.retain(|a| a.volume != name);
+        Ok(())
+    })
     .await?;
     let mut x = Xml::new();
     write_attachment(&mut x, &v, i, &dev, "detaching");
