@@ -168,9 +168,17 @@ impl Lines {
     /// `who`'s newest lines, for a failure's message.
     fn tail(&self, who: &str) -> String {
         let lines = self.0.lock().unwrap();
+        // Backtrace frames say little and would push the error itself
+        // out of the tail.
+        let frame = |l: &str| {
+            let t = l.trim_start();
+            t.starts_with("at ")
+                || t.split_once(": ")
+                    .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+        };
         let mine: Vec<&String> = lines
             .iter()
-            .filter(|(w, ..)| *w == who)
+            .filter(|(w, _, l)| *w == who && !frame(l))
             .map(|x| &x.2)
             .collect();
         let from = mine.len().saturating_sub(40);
