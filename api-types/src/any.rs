@@ -1,5 +1,8 @@
 //! Handling objects whose kind is only known at run time: the kind registry
 //! ([`KINDS`], [`kind_info`]) and [`AnyObject`].
+//!
+//! Slightly over 600 lines: the kind registry and `AnyObject` are one
+//! concern (kinds known at run time) with their tests beside them.
 
 use std::fmt;
 

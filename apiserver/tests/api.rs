@@ -1,6 +1,10 @@
 //! The native API over real HTTP, against both store backends (a real etcd
 //! and the embedded file): semantics, admission, selectors, pagination,
 //! watches, auth and tenancy.
+//!
+//! Over 600 lines on purpose: every case runs on both backends through one
+//! `suite!` list at the end; the cases are independent functions, and the
+//! list is the index.
 
 mod support;
 

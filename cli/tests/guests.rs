@@ -4,6 +4,12 @@
 //! (tests/images). Needs root, libvirtd running (scripts/start-libvirt)
 //! and the guest image (tests/images/build-guest); it fails, never skips,
 //! when they are missing.
+//!
+//! Over 600 lines on purpose: its cases boot TCG guests one at a time under
+//! this binary's `one_at_a_time` lock and share its helpers; as several
+//! test binaries each would link the whole harness again, which costs build
+//! minutes on two cores and buys no parallelism (cargo runs test binaries
+//! one after another).
 
 mod common;
 

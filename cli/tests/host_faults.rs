@@ -11,6 +11,9 @@
 //! `flock /tmp/corral-host.lock cargo test -p corral-cli --test host_faults`.
 //! libvirtd is restarted and the firewall rule removed even when a test
 //! fails.
+//!
+//! Over 600 lines on purpose: as guests.rs, its cases boot guests one at
+//! a time under this binary's lock and share its helpers.
 
 mod common;
 

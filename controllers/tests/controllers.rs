@@ -1,6 +1,9 @@
 //! The controllers against a real store (embedded and etcd), with Node
 //! objects standing in for registered hosts: placement, capacity, IPAM,
 //! references, node lifecycle and deletion.
+//!
+//! Over 600 lines on purpose: each scenario runs on both backends from the
+//! list at the end, which is the suite's index.
 
 mod common;
 

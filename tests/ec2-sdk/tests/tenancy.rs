@@ -4,6 +4,9 @@
 //! Describe* never show `b`'s objects to `a`, and `b`'s objects are
 //! unchanged in the store afterwards. Adding an action is one line of
 //! `cases`.
+//!
+//! Over 600 lines on purpose: the `cases` table is the matrix, one line per
+//! action; it reads as one list.
 
 mod common;
 
