@@ -29,7 +29,7 @@
 //! "host" with it when killed (that is a host crash, not an agent crash),
 //! and nothing outside could list its domains. So:
 //! - scenario 3 runs the agent as its own process — this test binary
-//!   re-executed as `agent_host_process` — with the same `Agent` and
+//!   re-executed as `stopped_agent::agent_host_process` — with the same `Agent` and
 //!   `Libvirt` code `corral agent` runs, plus a read-only window (a tiny
 //!   HTTP answer) listing the host's domains and how often the agent
 //!   called start/destroy/define on each. SIGSTOP freezes agent and host

@@ -99,7 +99,7 @@ pub(crate) fn spawn_agent_process(dir: &Path, server: &str, token: &str, node: &
     let (out, err) = log_file(&dir.join(format!("{node}.log")));
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "agent_host_process",
+            "stopped_agent::agent_host_process",
             "--exact",
             "--nocapture",
             "--test-threads",
