@@ -216,7 +216,14 @@ impl Agent {
             PowerState::Saved => (InstancePhase::Suspended, false, "Suspended"),
             PowerState::Shutoff => (InstancePhase::Stopped, false, "Stopped"),
             PowerState::Crashed => (InstancePhase::Failed, false, "Crashed"),
-            PowerState::Other => (InstancePhase::Provisioning, false, "Transitioning"),
+            // No state libvirt can name (NOSTATE while it reconnects to its
+            // QEMUs after a restart, or a transition in flight): what the
+            // status says stays until a state is known — a running guest
+            // is not reported as Provisioning for it.
+            PowerState::Other => {
+                tracing::debug!(instance = %key, domain = name, "no known power state yet");
+                return Ok(Some(Duration::from_secs(1)));
+            }
         };
         let mut again = None;
         let lease = match observed {
