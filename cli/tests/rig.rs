@@ -14,7 +14,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use common::guests::{guest_project, guest_server_on, wait_until_or};
+use common::guests::{guest_project, guest_server_on, node_token, wait_until_or};
 use common::{write, Server, BIN};
 use serde_json::Value;
 
@@ -123,18 +123,7 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
     let mut nodes = Vec::new();
     for i in 1..=NODES {
         let node = format!("rig{}n{i}", std::process::id());
-        let created = s.corral(&[
-            "user",
-            "create",
-            &format!("node-{node}"),
-            "--role",
-            "node",
-            "--node",
-            &node,
-            "-o",
-            "json",
-        ]);
-        let token = created.json()["token"].as_str().unwrap().to_string();
+        let token = node_token(&s, &node);
         agents.push(NodeAgent::start(&s, i, &node, &token));
         nodes.push(node);
     }

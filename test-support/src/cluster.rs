@@ -44,6 +44,8 @@ pub struct Cluster {
     pub base: String,
     pub admin: String,
     pub http: reqwest::Client,
+    /// The admin's API client.
+    pub client: corral_client::Client,
     pub hosts: HashMap<String, SimHost>,
     pub agent_options: AgentOptions,
     stop: watch::Sender<bool>,
@@ -147,11 +149,13 @@ impl Cluster {
         agent_options.heartbeat = Duration::from_millis(500);
         agent_options.resync = Duration::from_secs(2);
         agent_options.stop_timeout = Duration::from_secs(5);
+        let client = corral_client::Client::with_ca(&base, &admin, None).expect("API client");
         Cluster {
             store,
             base,
             admin,
             http: reqwest::Client::new(),
+            client,
             hosts: HashMap::new(),
             agent_options,
             stop,
@@ -220,9 +224,8 @@ impl Cluster {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let client =
-            corral_client::Client::with_ca(&self.base, &self.admin, None).expect("API client");
-        let (code, value) = client
+        let (code, value) = self
+            .client
             .exchange(method, path, body.as_ref())
             .await
             .unwrap_or_else(|e| panic!("{path}: {e}"));

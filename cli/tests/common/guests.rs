@@ -235,6 +235,12 @@ pub fn node_user(s: &Server) -> (String, String) {
         std::process::id(),
         s.addr.rsplit(':').next().unwrap()
     );
+    let token = node_token(s, &node);
+    (node, token)
+}
+
+/// Creates the node user of Node `node`; answers its token.
+pub fn node_token(s: &Server, node: &str) -> String {
     let created = s.corral(&[
         "user",
         "create",
@@ -242,15 +248,14 @@ pub fn node_user(s: &Server) -> (String, String) {
         "--role",
         "node",
         "--node",
-        &node,
+        node,
     ]);
-    let token = created
+    created
         .ok()
         .lines()
         .find_map(|l| l.trim().strip_prefix("API token:"))
         .map(|t| t.trim().to_string())
-        .expect("a token for the node user");
-    (node, token)
+        .expect("a token for the node user")
 }
 
 /// A node user's token, and an agent for it.
