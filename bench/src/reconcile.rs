@@ -38,6 +38,43 @@ async fn etcd_requests(endpoint: &str) -> std::collections::HashMap<String, f64>
     out
 }
 
+/// The API server's requests by verb and kind, from its `/metrics`
+/// (empty when they cannot be read).
+async fn api_requests(base: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
+        return out;
+    };
+    let Ok(text) = resp.text().await else {
+        return out;
+    };
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("corral_api_requests_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *out.entry(format!(
+                "{} {} {}",
+                label("verb"),
+                label("kind"),
+                label("code")
+            ))
+            .or_default() += v;
+        }
+    }
+    out
+}
+
 pub struct ReconcileBenchOptions {
     pub nodes: usize,
     pub instances: usize,
@@ -254,6 +291,7 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
 
     // Watch for Running, from now.
     let etcd_before = etcd_requests(&endpoint).await;
+    let api_before = api_requests(&cluster.base).await;
     let rev = store.raw().current_revision().await?;
     let mut watch = store.watch::<Instance>(Some("bench"), rev).await?;
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -383,6 +421,20 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
         per("Put"),
         per("DeleteRange"),
     );
+    // And what was asked of the API, by verb and kind: who reads.
+    let api_after = api_requests(&cluster.base).await;
+    let mut api: Vec<(String, f64)> = api_after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - api_before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    api.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let line: Vec<String> = api
+        .iter()
+        .take(8)
+        .map(|(k, v)| format!("{k} {:.2}", v / reached.max(1) as f64))
+        .collect();
+    println!("API per instance:         {}", line.join(", "));
     let goal = options.nodes == 100 && options.instances == 5000;
     if goal {
         println!(

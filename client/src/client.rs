@@ -39,6 +39,19 @@ impl Client {
     /// trusts only `ca_pem` (the server's CA, PEM) when given, else the
     /// system's roots.
     pub fn with_ca(server: &str, token: &str, ca_pem: Option<&str>) -> Result<Client, ClientError> {
+        Client::from_address(server, token, ca_pem, None)
+    }
+
+    /// As [`Client::with_ca`], connecting from `local` when given (a
+    /// simulated node on loopback speaks from an address of its own, as
+    /// each real node does: the server bounds connections per peer
+    /// address).
+    pub fn from_address(
+        server: &str,
+        token: &str,
+        ca_pem: Option<&str>,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Client, ClientError> {
         let config = |m: String| ClientError::Config(m);
         let base = Url::parse(server)
             .map_err(|e| config(format!("invalid server URL {server:?}: {e}")))?;
@@ -49,7 +62,8 @@ impl Client {
         }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")))
+            .local_address(local);
         if let Some(pem) = ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
                 .map_err(|e| config(format!("the server's CA is not a PEM certificate: {e}")))?;

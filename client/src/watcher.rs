@@ -67,7 +67,9 @@ impl Watcher {
     /// The next event. Errors are returned (for the caller to log or give
     /// up on) and the watcher carries on from where it was at the next
     /// call, after a pause: a failed list is listed again, a failed watch
-    /// resumed.
+    /// resumed. Not cancel-safe: a call dropped while it waits (a losing
+    /// `select!` branch) drops the open watch, and the next call lists
+    /// again — select on a channel fed by a task that owns the watcher.
     pub async fn next(&mut self) -> Result<WatcherEvent, ClientError> {
         loop {
             match std::mem::replace(&mut self.state, State::Empty) {

@@ -68,6 +68,18 @@ impl ApiClient {
         })
     }
 
+    /// A plain client connecting from `local` (see
+    /// [`Client::from_address`]).
+    pub fn from_address(
+        base: &str,
+        token: &str,
+        local: std::net::IpAddr,
+    ) -> Result<ApiClient, ApiError> {
+        Ok(ApiClient {
+            client: Client::from_address(base, token, None, Some(local))?,
+        })
+    }
+
     /// `path` as `T`, or `None` when it does not exist.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ApiError> {
         let (path, query) = split(path);

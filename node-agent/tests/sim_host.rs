@@ -113,10 +113,18 @@ async fn handle(
     let segments: Vec<&str> = path.split('/').collect();
     match method {
         Method::GET if query.contains("watch=true") => {
-            let rx = api.events.subscribe();
+            // Only Instances change under the agent here: other kinds'
+            // watches see bookmarks alone.
+            let rx = (path == "/v1/instances").then(|| api.events.subscribe());
             let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+                let next = async {
+                    match rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let line = tokio::select! {
-                    got = rx.recv() => match got {
+                    got = next => match got {
                         Ok(line) => line,
                         Err(broadcast::error::RecvError::Lagged(_)) => {
                             "{\"type\":\"ERROR\",\"object\":{}}\n".to_string()
@@ -345,6 +353,10 @@ struct Running {
 }
 
 fn start_agent(base: &str) -> Running {
+    start_agent_with(base, |_| {})
+}
+
+fn start_agent_with(base: &str, tune: impl FnOnce(&mut AgentOptions)) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let uri = simulated_host(dir.path(), NODE, 64, 256 * 1024).unwrap();
     let hv = Arc::new(Libvirt::open(&uri, "test").unwrap());
@@ -353,6 +365,7 @@ fn start_agent(base: &str) -> Running {
     opts.resync = Duration::from_secs(2);
     opts.host_sync = Duration::from_millis(200);
     opts.state_dir = dir.path().join("unused");
+    tune(&mut opts);
     let agent = Agent::new(ApiClient::new(base, "token"), hv.clone(), opts);
     let (stop, rx) = watch::channel(false);
     tokio::spawn(agent.clone().run(rx));
@@ -516,6 +529,103 @@ async fn defining_many_guests_reads_each_object_once_per_pass() {
         usize::from(N)
     );
     assert_eq!(p.metadata.len(), usize::from(N));
+}
+
+/// The ports the firewall port of instance `n`'s NIC admits.
+fn ports_of(agent: &Agent, n: u8) -> Vec<Option<i32>> {
+    let Some(host) = agent.host() else {
+        return Vec::new();
+    };
+    host.as_sim()
+        .expect("a simulated host")
+        .plans()
+        .firewall
+        .ports
+        .iter()
+        .find(|p| p.display == format!("{PROJECT}/web-{n}/0"))
+        .map(|p| p.ingress.iter().map(|a| a.from_port).collect())
+        .unwrap_or_default()
+}
+
+fn reads_of(api: &FakeApi, plural: &str) -> u64 {
+    api.reads.lock().unwrap().get(plural).copied().unwrap_or(0)
+}
+
+fn group(name: &str, port: i32) -> SecurityGroup {
+    let mut sg = SecurityGroup::new(
+        PROJECT,
+        name,
+        SecurityGroupSpec {
+            ingress: vec![SecurityGroupRule {
+                protocol: Protocol::Tcp,
+                from_port: Some(port),
+                to_port: Some(port),
+                cidr: Some("0.0.0.0/0".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    sg.status = Some(SecurityGroupStatus::default());
+    sg
+}
+
+/// Passes run every `host_sync`, but one reuses what an earlier pass read
+/// until it is `object_refresh` old: an idle node reads nothing, while a
+/// group no pass has read yet is read at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_passes_read_nothing_and_new_objects_at_once() {
+    let (api, base) = start_api().await;
+    seed_objects(&api);
+    let run = start_agent_with(&base, |o| o.object_refresh = Duration::from_secs(3600));
+    let (one, _, obj) = instance(1);
+    api.put(&one, obj);
+    until("web-1 Running", 30, || {
+        phase(&api, &one).as_deref() == Some("Running")
+    })
+    .await;
+    let before = api.reads.lock().unwrap().clone();
+    // Ten passes' worth of idle (host_sync is 200 ms here).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        *api.reads.lock().unwrap(),
+        before,
+        "idle passes read objects"
+    );
+
+    let db = with_uid(group("db", 5432), "sg-2");
+    api.put(&format!("/v1/projects/{PROJECT}/securitygroups/db"), db);
+    let (two, _, mut obj) = instance(2);
+    obj["spec"]["nics"][0]["securityGroups"] = json!(["db"]);
+    api.put(&two, obj);
+    until("web-2's port with db's rule", 30, || {
+        ports_of(&run.agent, 2) == [Some(5432)]
+    })
+    .await;
+    assert_eq!(
+        reads_of(&api, "securitygroups"),
+        before["securitygroups"] + 1
+    );
+    assert_eq!(reads_of(&api, "networks"), before["networks"]);
+    assert_eq!(ports_of(&run.agent, 1), [Some(22)]);
+}
+
+/// A changed rule reaches the host's firewall once the copy a pass holds
+/// is `object_refresh` old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_rule_reaches_the_firewall_after_the_refresh() {
+    let (api, base) = start_api().await;
+    seed_objects(&api);
+    let run = start_agent_with(&base, |o| o.object_refresh = Duration::from_millis(500));
+    let (one, _, obj) = instance(1);
+    api.put(&one, obj);
+    until("web-1's port", 30, || ports_of(&run.agent, 1) == [Some(22)]).await;
+    let web = with_uid(group("web", 2222), "sg-1");
+    api.put(&format!("/v1/projects/{PROJECT}/securitygroups/web"), web);
+    until("the changed rule", 30, || {
+        ports_of(&run.agent, 1) == [Some(2222)]
+    })
+    .await;
 }
 
 /// libvirt's test driver has no persistent hot-plug: the hypervisor keeps

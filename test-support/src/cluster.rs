@@ -85,11 +85,31 @@ pub fn start_sim_host(
     host
 }
 
+/// A simulated node's API client. On a loopback server each node
+/// speaks from a loopback address of its own (127.x.y.z from its name),
+/// as real nodes have addresses of their own: a hundred nodes from
+/// 127.0.0.1 would share the server's per-peer connection bound.
+fn sim_node_client(base: &str, node: &str, token: &str) -> ApiClient {
+    let host = base
+        .split_once("://")
+        .map(|(_, rest)| rest.split([':', '/']).next().unwrap_or(""));
+    let loopback = matches!(host, Some("127.0.0.1" | "localhost"));
+    if !loopback {
+        return ApiClient::new(base, token);
+    }
+    let h = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let [a, b, c, ..] = h.to_le_bytes();
+    let local = std::net::Ipv4Addr::new(127, a.max(1), b, c.max(2));
+    ApiClient::from_address(base, token, local.into()).expect("a plain client always builds")
+}
+
 fn spawn_agent(base: &str, node: &str, host: &mut SimHost, options: &AgentOptions) {
     let mut opts = options.clone();
     opts.node = node.to_string();
     let agent = Agent::new(
-        ApiClient::new(base, &host.token),
+        sim_node_client(base, node, &host.token),
         host.hv.clone() as Arc<dyn Hypervisor>,
         opts,
     );

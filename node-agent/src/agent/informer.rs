@@ -1,8 +1,9 @@
 //! The informer: the agent's copy of the Instances bound to this node,
 //! kept by the one list → watch → relist loop, waking each instance that
 //! changes (and, after a relist, every one that came or went). Each copy
-//! is stamped, once stored, with a host networking request (see
-//! netsync.rs): defining its domain waits for a pass that saw it.
+//! that changes what host networking reads is stamped, once stored, with
+//! a host networking request (see netsync.rs): defining its domain waits
+//! for a pass that saw it (or a copy the same to networking).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,7 +39,7 @@ impl Agent {
                     map.clear();
                     for v in items {
                         if let Ok(i) = serde_json::from_value::<Instance>(v) {
-                            map.insert(ObjectRef::of(&i), i);
+                            map.insert(ObjectRef::of(&i), Arc::new(i));
                         }
                     }
                     let ticket = self.net_ticket();
@@ -56,12 +57,18 @@ impl Agent {
                     if let Ok(i) = serde_json::from_value::<Instance>(object) {
                         let key = ObjectRef::of(&i);
                         let mut map = self.instances.lock().expect("instances");
-                        map.insert(key.clone(), i);
-                        let ticket = self.net_ticket();
-                        self.arrived
-                            .lock()
-                            .expect("arrived")
-                            .insert(key.clone(), ticket);
+                        // A change host networking does not read (the
+                        // agent's own phase and conditions, mostly) asks
+                        // for no pass: the last one saw all it needs.
+                        let asks = map.get(&key).is_none_or(|old| net_inputs_differ(old, &i));
+                        map.insert(key.clone(), Arc::new(i));
+                        if asks {
+                            let ticket = self.net_ticket();
+                            self.arrived
+                                .lock()
+                                .expect("arrived")
+                                .insert(key.clone(), ticket);
+                        }
                         drop(map);
                         self.queue.add(key);
                     }
@@ -86,7 +93,7 @@ impl Agent {
     /// saw this copy (or a newer one).
     pub(super) fn cached(&self, key: &ObjectRef) -> Option<(Instance, u64)> {
         let map = self.instances.lock().expect("instances");
-        let i = map.get(key)?.clone();
+        let i = Instance::clone(map.get(key)?);
         let ticket = self.arrived.lock().expect("arrived").get(key).copied();
         drop(map);
         Some((i, ticket.unwrap_or_else(|| self.net_ticket())))
@@ -101,4 +108,26 @@ impl Agent {
             .cloned()
             .collect()
     }
+}
+
+type NetStatus<'a> = (
+    &'a Vec<corral_api_types::InstanceAddress>,
+    &'a Option<String>,
+    &'a Option<chrono::DateTime<chrono::Utc>>,
+    &'a Option<String>,
+);
+
+/// Whether two copies of an instance differ in what a host networking
+/// pass reads of it (netsync.rs: its spec, addresses, ids, launch time,
+/// node and deletion).
+fn net_inputs_differ(a: &Instance, b: &Instance) -> bool {
+    fn status(i: &Instance) -> Option<NetStatus<'_>> {
+        i.status
+            .as_ref()
+            .map(|s| (&s.addresses, &s.ec2_id, &s.launch_time, &s.node_name))
+    }
+    a.spec != b.spec
+        || a.metadata.deletion_timestamp != b.metadata.deletion_timestamp
+        || a.metadata.uid != b.metadata.uid
+        || status(a) != status(b)
 }

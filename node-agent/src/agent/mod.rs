@@ -86,10 +86,15 @@ pub struct AgentOptions {
     /// its ready line (only while some guest boots).
     pub boot_poll: Duration,
     /// How often host networking (every network, the firewall, the
-    /// metadata table) and the volume and snapshot files are brought in
-    /// line with what is bound here, besides before each domain is
-    /// defined. Each beat reads the objects the bound instances name.
+    /// metadata table) and the volume and snapshot files are checked for
+    /// work: a pass runs when something bound here changed (besides the
+    /// one before each domain is defined) or `object_refresh` after the
+    /// last; files still waiting are tried again.
     pub host_sync: Duration,
+    /// How long a pass reuses a Network, SecurityGroup, Image or KeyPair
+    /// an earlier pass read before reading it again: a change to one
+    /// reaches the host within this plus `host_sync`.
+    pub object_refresh: Duration,
 }
 
 impl AgentOptions {
@@ -111,6 +116,7 @@ impl AgentOptions {
             events_uri: None,
             boot_poll: Duration::from_millis(20),
             host_sync: Duration::from_secs(1),
+            object_refresh: Duration::from_secs(10),
         }
     }
 }
@@ -156,7 +162,8 @@ pub struct Agent {
     /// Chosen when the agent registers (or given at construction).
     host: OnceLock<Arc<dyn Host>>,
     opts: AgentOptions,
-    instances: Mutex<HashMap<ObjectRef, Instance>>,
+    /// Shared copies: a pass takes them all without copying any.
+    instances: Mutex<HashMap<ObjectRef, Arc<Instance>>>,
     types: Mutex<HashMap<String, InstanceType>>,
     queue: Arc<WorkQueue<ObjectRef>>,
     synced: AtomicBool,
@@ -283,6 +290,9 @@ impl Agent {
         f: impl FnOnce(&dyn Host) -> crate::host::Result<T> + Send + 'static,
     ) -> Result<T, AgentError> {
         let host = self.on_host().clone();
+        if !host.blocks() {
+            return f(host.as_ref()).map_err(AgentError::from);
+        }
         tokio::task::spawn_blocking(move || f(host.as_ref()))
             .await
             .map_err(|e| AgentError::Other(e.to_string()))?

@@ -1,14 +1,17 @@
 //! The agent's side of host networking: from the Instances bound here and
 //! the Networks, SecurityGroups, Images and key pairs they name, the plan
 //! ([`crate::net::NetPlan`]) and the metadata table, handed to the host;
-//! applied before a domain is defined and every `host_sync` after, so a
-//! changed rule reaches running guests within seconds.
+//! applied before a domain is defined, within a `host_sync` of any change
+//! to what is bound here, and every `object_refresh` regardless — when
+//! the objects are read again, so a changed rule or group member reaches
+//! running guests within `object_refresh` plus a beat.
 //!
 //! Passes are coalesced: one pass covers every request made before it
 //! began. Each instance copy the informer stores makes a request, and
 //! defining its domain waits only for a pass that covers it — a burst of
 //! new guests shares one pass instead of queueing one each. A pass reads
-//! each object once (objects.rs).
+//! each object once, and not at all when the pass before read it less
+//! than `object_refresh` ago (objects.rs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -43,6 +46,8 @@ pub(super) struct NetState {
     failed: HashMap<String, String>,
     /// The last request (`Agent::net_asked`) a finished pass covered.
     covered: u64,
+    /// When the last finished pass began.
+    passed: Option<Instant>,
     /// What the latest pass read.
     objects: Arc<Objects>,
 }
@@ -83,9 +88,13 @@ impl Agent {
     }
 
     /// The plan and the metadata entries for everything bound here, and
-    /// the objects read to make them.
-    async fn net_plan(&self) -> Result<(NetPlan, MetadataEntries, Objects), AgentError> {
-        let mut instances: Vec<Instance> = self
+    /// the objects read to make them (starting from `objects`: what the
+    /// pass before read, still fresh).
+    async fn net_plan(
+        &self,
+        mut objects: Objects,
+    ) -> Result<(NetPlan, MetadataEntries, Objects), AgentError> {
+        let mut instances: Vec<Arc<Instance>> = self
             .instances
             .lock()
             .expect("instances")
@@ -94,7 +103,6 @@ impl Agent {
             .cloned()
             .collect();
         instances.sort_by(|a, b| a.metadata.uid.cmp(&b.metadata.uid));
-        let mut objects = Objects::default();
         let mut networks: BTreeMap<String, NetDef> = BTreeMap::new();
         let mut ports = Vec::new();
         let mut metadata = Vec::new();
@@ -330,7 +338,8 @@ impl Agent {
         }
         let covers = self.net_asked.load(Ordering::SeqCst);
         let started = Instant::now();
-        let (plan, entries, objects) = self.net_plan().await?;
+        let earlier = state.objects.after(self.opts.object_refresh);
+        let (plan, entries, objects) = self.net_plan(earlier).await?;
         let planned = started.elapsed();
         self.on_host().set_metadata(entries);
         // Stale networks go first: one left by an earlier agent may hold the
@@ -393,6 +402,7 @@ impl Agent {
         }
         let objects = Arc::new(objects);
         state.covered = covers;
+        state.passed = Some(started);
         state.objects = objects.clone();
         tracing::debug!(
             plan_ms = planned.as_millis() as u64,
@@ -428,7 +438,20 @@ impl Agent {
         }))
     }
 
-    /// Keeps host networking in step, every `host_sync`.
+    /// Whether a beat has a pass to make: something bound here changed
+    /// since the last pass began, or the last pass is `object_refresh`
+    /// (or REASSERT) old — its objects are due to be read again and the
+    /// host checked whole.
+    async fn net_pass_due(&self) -> bool {
+        let state = self.net.lock().await;
+        let every = self.opts.object_refresh.min(REASSERT);
+        self.net_asked.load(Ordering::SeqCst) > state.covered
+            || state.passed.is_none_or(|t| t.elapsed() >= every)
+    }
+
+    /// Keeps host networking in step: every `host_sync`, a pass if one is
+    /// due (see `net_pass_due`); an idle node makes one per
+    /// `object_refresh`.
     pub(super) async fn net_loop(self: Arc<Self>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(self.opts.host_sync);
         // The same failure every beat (say, libvirtd is away) is logged
@@ -438,6 +461,9 @@ impl Agent {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stopped(&mut stop) => return,
+            }
+            if last_error.is_none() && !self.net_pass_due().await {
+                continue;
             }
             match self.sync_net().await {
                 Ok(_) => last_error = None,

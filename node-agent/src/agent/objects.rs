@@ -4,9 +4,19 @@
 //! after a pass is built from what it read, so defining an instance costs
 //! no read the pass did not already make. A node may read these only for
 //! a bound object that uses them (`?for=`), and never lists them.
+//!
+//! A pass starts from what the one before it read ([`Objects::after`]):
+//! an object read less than `AgentOptions::object_refresh` ago is used as
+//! read, an older one is read again, one no pass asks for any more is
+//! dropped, and "not found" is never kept past its pass. This is
+//! kubelet's TTL cache for the secrets its pods name: an idle node costs
+//! the API a read per named object per refresh instead of one per pass,
+//! and a change to a group's rules or members reaches the host within
+//! `object_refresh` plus one pass.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use corral_api_types::{Image, KeyPair, Network, SecurityGroup};
 use serde::de::DeserializeOwned;
@@ -14,17 +24,50 @@ use serde::de::DeserializeOwned;
 use super::AgentError;
 use crate::api::ApiClient;
 
-/// One kind's objects, by (project, name); `None`: not found.
-#[derive(Clone)]
-struct Read<T>(HashMap<(String, String), Option<Arc<T>>>);
+type Key = (String, String);
+
+/// One kind's objects, by (project, name); `None`: not found. `earlier`:
+/// what the pass before read, still fresh enough to use.
+struct Read<T> {
+    now: HashMap<Key, (Option<Arc<T>>, Instant)>,
+    earlier: HashMap<Key, (Arc<T>, Instant)>,
+}
+
+impl<T> Clone for Read<T> {
+    fn clone(&self) -> Self {
+        Read {
+            now: self.now.clone(),
+            earlier: self.earlier.clone(),
+        }
+    }
+}
 
 impl<T> Default for Read<T> {
     fn default() -> Self {
-        Read(HashMap::new())
+        Read {
+            now: HashMap::new(),
+            earlier: HashMap::new(),
+        }
     }
 }
 
 impl<T: DeserializeOwned> Read<T> {
+    /// What `self` read that is younger than `max_age`, for the next pass.
+    fn after(&self, max_age: Duration) -> Read<T> {
+        let earlier = self
+            .now
+            .iter()
+            .filter_map(|(k, (v, at))| {
+                let v = v.clone()?;
+                (at.elapsed() < max_age).then(|| (k.clone(), (v, *at)))
+            })
+            .collect();
+        Read {
+            now: HashMap::new(),
+            earlier,
+        }
+    }
+
     /// `/v1/projects/{p}/{plural}/{n}`, read once, less what `trim`
     /// takes out. `for_`: the bound object that uses it
     /// (`instances/NAME`).
@@ -37,8 +80,12 @@ impl<T: DeserializeOwned> Read<T> {
         trim: fn(&mut T),
     ) -> Result<Option<Arc<T>>, AgentError> {
         let k = (p.to_string(), n.to_string());
-        if let Some(v) = self.0.get(&k) {
+        if let Some((v, _)) = self.now.get(&k) {
             return Ok(v.clone());
+        }
+        if let Some((v, at)) = self.earlier.remove(&k) {
+            self.now.insert(k, (Some(v.clone()), at));
+            return Ok(Some(v));
         }
         let v = api
             .get::<T>(&format!("/v1/projects/{p}/{plural}/{n}?for={for_}"))
@@ -47,7 +94,7 @@ impl<T: DeserializeOwned> Read<T> {
                 trim(&mut v);
                 Arc::new(v)
             });
-        self.0.insert(k, v.clone());
+        self.now.insert(k, (v.clone(), Instant::now()));
         Ok(v)
     }
 }
@@ -62,6 +109,16 @@ pub(super) struct Objects {
 }
 
 impl Objects {
+    /// A pass's start: what `self` read less than `max_age` ago.
+    pub(super) fn after(&self, max_age: Duration) -> Objects {
+        Objects {
+            networks: self.networks.after(max_age),
+            groups: self.groups.after(max_age),
+            images: self.images.after(max_age),
+            keypairs: self.keypairs.after(max_age),
+        }
+    }
+
     pub(super) async fn network(
         &mut self,
         api: &ApiClient,

@@ -91,7 +91,12 @@ impl Agent {
         }
         // The informer's copy is tried first (no GET on the way to Ready);
         // if it is stale the write conflicts and the next try reads afresh.
-        let mut cached = self.instances.lock().expect("instances").get(key).cloned();
+        let mut cached = self
+            .instances
+            .lock()
+            .expect("instances")
+            .get(key)
+            .map(|i| Instance::clone(i));
         for _ in 0..5 {
             let (current, from_cache) = match cached.take() {
                 Some(i) => (Some(i), true),

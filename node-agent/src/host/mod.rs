@@ -107,6 +107,13 @@ pub trait Host: Any + Send + Sync {
     /// For tests: the concrete host (say, a [`SimHost`] to read its plans).
     fn as_any(&self) -> &dyn Any;
 
+    /// Whether its calls may block (files, processes, libvirt over a
+    /// socket): the agent then runs them off the async threads. A
+    /// simulated host answers from memory and is called in place.
+    fn blocks(&self) -> bool {
+        true
+    }
+
     // ---- images
 
     fn images(&self) -> ImageSupply<'_>;

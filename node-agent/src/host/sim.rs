@@ -145,6 +145,10 @@ impl super::Host for SimHost {
         self
     }
 
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn images(&self) -> ImageSupply<'_> {
         ImageSupply::Named
     }
