@@ -1,5 +1,6 @@
 //! The reconcilers that make the hosts match the store: scheduler,
-//! instance lifecycle, network IPAM, node lifecycle, key pairs, image
+//! instance lifecycle, network IPAM, overlay networks' VNIs and
+//! endpoints, node lifecycle, key pairs, image
 //! import, volumes and snapshots, floating addresses, project quota usage,
 //! garbage collection of owned objects. Each is a
 //! `corral_runtime::Reconciler`; [`ControllerManager`] wires them to shared
@@ -18,6 +19,7 @@ pub mod instance;
 pub mod ipam;
 pub mod keypair;
 pub mod node_lifecycle;
+pub mod overlay;
 pub mod quota;
 pub mod resources;
 pub mod scheduler;
@@ -275,6 +277,18 @@ impl ControllerManager {
             groups = groups.metrics(m);
         }
 
+        // One at a time: VNIs are handed out in order.
+        let mut overlays = Controller::new("overlay", c.networks.clone())
+            .concurrency(1)
+            .watches(c.instances.clone(), ipam::networks_of)
+            .watches(
+                c.nodes.clone(),
+                overlay::networks_of_node(c.networks.clone()),
+            );
+        if let Some(m) = with_metrics("overlay") {
+            overlays = overlays.metrics(m);
+        }
+
         let mut images = Controller::new("image", c.images.clone()).concurrency(2);
         if let Some(m) = with_metrics("image") {
             images = images.metrics(m);
@@ -411,6 +425,15 @@ impl ControllerManager {
                 Arc::new(security_group::SecurityGroupController::new(
                     store.clone(),
                     c.instances.clone(),
+                )),
+                stop.clone(),
+            )),
+            tokio::spawn(overlays.run(
+                Arc::new(overlay::OverlayController::new(
+                    store.clone(),
+                    c.networks.clone(),
+                    c.instances.clone(),
+                    c.nodes.clone(),
                 )),
                 stop.clone(),
             )),

@@ -34,6 +34,19 @@ pub enum NetworkMode {
     Nat,
     /// Attached to an existing host bridge; the outside network routes.
     Bridged,
+    /// One layer-2 segment across every node with a port on it (a
+    /// kernel VXLAN device per node, VNI `status.vni`); each node is the
+    /// gateway (same address and MAC everywhere), DHCP server, metadata
+    /// service and NAT for its own guests, as in `nat`.
+    Overlay,
+}
+
+impl NetworkMode {
+    /// Whether the outside is reached through the node's address
+    /// (masquerade): `nat` and `overlay`.
+    pub fn masquerades(self) -> bool {
+        matches!(self, NetworkMode::Nat | NetworkMode::Overlay)
+    }
 }
 
 /// Desired state of a network.
@@ -46,7 +59,7 @@ pub struct NetworkSpec {
     /// Gateway address inside `cidr`; the first host address when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
-    /// `isolated`, `nat` (default) or `bridged`.
+    /// `isolated`, `nat` (default), `overlay` or `bridged`.
     #[serde(default)]
     pub mode: NetworkMode,
     /// Name of the existing host bridge to attach to; required for (and only
@@ -89,6 +102,18 @@ pub struct NetworkStatus {
     /// Bridge device per node: node name -> bridge name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bridges: BTreeMap<String, String>,
+    /// `overlay` only: the VXLAN network identifier, unique in the
+    /// cluster, allocated by the overlay controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// `overlay` only, by the overlay controller: the tunnel endpoint
+    /// (`Node.status.vtep`) of each node with a port on this network.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vteps: BTreeMap<String, String>,
+    /// `overlay` only, by the overlay controller: the node of each port's
+    /// MAC address (lowercase), for the nodes' forwarding tables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
@@ -171,7 +196,7 @@ impl Validate for Network {
                 "spec.hostBridge",
                 "must be a network interface name (at most 15 characters, no '/', ':' or spaces)",
             ),
-            (NetworkMode::Isolated | NetworkMode::Nat, Some(_)) => {
+            (NetworkMode::Isolated | NetworkMode::Nat | NetworkMode::Overlay, Some(_)) => {
                 errs.push("spec.hostBridge", "only allowed when spec.mode is bridged")
             }
             _ => {}
@@ -364,6 +389,7 @@ status:
             ("isolated", NetworkMode::Isolated),
             ("nat", NetworkMode::Nat),
             ("bridged", NetworkMode::Bridged),
+            ("overlay", NetworkMode::Overlay),
         ]);
     }
 }

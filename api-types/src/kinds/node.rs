@@ -178,6 +178,11 @@ pub struct NodeStatus {
     /// Address other hosts and the server reach the agent at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The node's VXLAN tunnel endpoint: the underlay IPv4 address other
+    /// nodes send its overlay networks' traffic to (the agent's
+    /// `--vtep`). Without one the node runs overlay networks alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub observed_generation: i64,
 }

@@ -170,7 +170,7 @@ impl NetPlan {
                     mangle_fwd.push(format!("-i {br} ! -o {br} -j DROP"));
                     mangle_fwd.push(format!("-o {br} ! -i {br} -j DROP"));
                 }
-                NetworkMode::Nat => {
+                NetworkMode::Nat | NetworkMode::Overlay => {
                     nat_post.push(format!(
                         "-s {cidr} ! -d {cidr} -j MASQUERADE",
                         cidr = n.cidr
