@@ -254,6 +254,18 @@ enum Command {
         /// it as http://169.254.169.254/ (redirected to their gateway).
         #[arg(long, default_value_t = 8775)]
         metadata_port: u16,
+        /// This node's VXLAN tunnel endpoint: its underlay IPv4 address,
+        /// which other nodes send overlay networks' traffic to. Without
+        /// it, overlay networks run on this node alone.
+        #[arg(long)]
+        vtep: Option<std::net::Ipv4Addr>,
+        /// UDP port of the VXLAN tunnels (the same on every node).
+        #[arg(long, default_value_t = 4789, value_parser = clap::value_parser!(u16).range(1..))]
+        vxlan_port: u16,
+        /// MTU of overlay networks inside the tunnel: the underlay's MTU
+        /// less 50 (VXLAN over IPv4). Pushed to guests by DHCP.
+        #[arg(long, default_value_t = 1450, value_parser = clap::value_parser!(u32).range(576..=9000))]
+        overlay_mtu: u32,
         /// Seconds between full scans of the host's domains (the backstop
         /// behind libvirt's lifecycle events).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
@@ -459,6 +471,9 @@ async fn main() -> Result<()> {
             memory_mib,
             zone,
             metadata_port,
+            vtep,
+            vxlan_port,
+            overlay_mtu,
             scan_interval,
             resync_interval,
         } => {
@@ -476,6 +491,9 @@ async fn main() -> Result<()> {
             opts.memory_mib = memory_mib;
             opts.zone = zone;
             opts.metadata_port = metadata_port;
+            opts.vtep = vtep;
+            opts.vxlan_port = vxlan_port;
+            opts.overlay_mtu = overlay_mtu;
             opts.scan = std::time::Duration::from_secs(scan_interval);
             opts.resync = std::time::Duration::from_secs(resync_interval);
             opts.events_uri = (!libvirt.starts_with("test:")).then(|| libvirt.clone());

@@ -28,6 +28,8 @@ fn network() -> NetDef {
         dns_servers: vec![],
         host_bridge: None,
         hosts: BTreeMap::new(),
+        mtu: None,
+        overlay: None,
     }
 }
 

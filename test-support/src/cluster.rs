@@ -48,6 +48,8 @@ pub struct Cluster {
     pub client: corral_client::Client,
     pub hosts: HashMap<String, SimHost>,
     pub agent_options: AgentOptions,
+    /// Options of hosts added with their own (`add_host_with`).
+    host_options: HashMap<String, AgentOptions>,
     stop: watch::Sender<bool>,
     scratch: tempfile::TempDir,
     /// The etcd endpoint when the store is etcd.
@@ -178,6 +180,7 @@ impl Cluster {
             client,
             hosts: HashMap::new(),
             agent_options,
+            host_options: HashMap::new(),
             stop,
             scratch: tempfile::tempdir().expect("tempdir"),
             etcd_endpoint: etcd.as_ref().map(|e| e.endpoint()),
@@ -205,19 +208,23 @@ impl Cluster {
 
     /// Adds a simulated host with its own node user and agent.
     pub async fn add_host(&mut self, node: &str) {
+        self.add_host_with(node, |_| {}).await;
+    }
+
+    /// Adds a simulated host whose agent has options of its own (a
+    /// tunnel endpoint, say); a restarted agent keeps them.
+    pub async fn add_host_with(&mut self, node: &str, tune: impl FnOnce(&mut AgentOptions)) {
         let token = self.node_token(node).await;
-        let host = start_sim_host(
-            &self.base,
-            self.scratch.path(),
-            node,
-            token,
-            &self.agent_options,
-        );
+        let mut options = self.agent_options.clone();
+        tune(&mut options);
+        let host = start_sim_host(&self.base, self.scratch.path(), node, token, &options);
+        self.host_options.insert(node.to_string(), options);
         self.hosts.insert(node.to_string(), host);
     }
 
     fn spawn_agent(&self, node: &str, host: &mut SimHost) {
-        spawn_agent(&self.base, node, host, &self.agent_options);
+        let options = self.host_options.get(node).unwrap_or(&self.agent_options);
+        spawn_agent(&self.base, node, host, options);
     }
 
     /// Stops a host's agent (its simulated guests keep running).

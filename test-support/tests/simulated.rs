@@ -420,3 +420,99 @@ async fn power_states_and_drift() {
     hv.undefine(&domain_name(&foreign.uid)).unwrap();
     assert_eq!(all_domains(&c).len(), 2);
 }
+
+/// An overlay Network across two simulated hosts: the overlay controller
+/// gives it a VNI and records each port's node and each node's tunnel
+/// endpoint; each host's plan holds the tunnel with a flood entry for the
+/// other node and the other node's guest MAC — never its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlay_networks_span_hosts_in_their_plans() {
+    let mut c = Cluster::start(Backend::Embedded, options()).await;
+    let vtep = |n: u8| std::net::Ipv4Addr::new(192, 0, 2, n);
+    for n in 1..=2u8 {
+        c.add_host_with(&format!("sim-{n}"), |o| o.vtep = Some(vtep(n)))
+            .await;
+    }
+    let overlay = examples().replace("mode: nat", "mode: overlay");
+    assert!(overlay.contains("mode: overlay"));
+    c.apply_manifests("examples", &overlay).await;
+    until("Running", 60, || async {
+        let is = instances(&c).await;
+        is.len() == 2 && is.iter().all(|i| phase(i) == Some(InstancePhase::Running))
+    })
+    .await;
+    let is = instances(&c).await;
+    let placed: Vec<(String, String)> = is
+        .iter()
+        .map(|i| {
+            let s = i.status.as_ref().unwrap();
+            (
+                s.node_name.clone().unwrap(),
+                s.addresses[0].mac.to_ascii_lowercase(),
+            )
+        })
+        .collect();
+    assert_ne!(placed[0].0, placed[1].0, "spread over both hosts");
+
+    let net = || async {
+        c.store
+            .get::<corral_api_types::Network>("demo", "lan")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    until("the network's endpoints", 30, || async {
+        net()
+            .await
+            .status
+            .is_some_and(|s| s.ports.len() == 2 && s.vteps.len() == 2)
+    })
+    .await;
+    let lan = net().await;
+    let status = lan.status.clone().unwrap();
+    let vni = status.vni.expect("a VNI");
+    assert!(vni >= corral_controllers::overlay::VNI_FIRST, "{vni}");
+    for (node, mac) in &placed {
+        assert_eq!(&status.ports[mac], node);
+    }
+    let name = corral_node_agent::net::network_name(&lan.metadata.uid);
+    for n in 1..=2u8 {
+        let node = format!("sim-{n}");
+        let other = if n == 1 { 2 } else { 1 };
+        let (_, other_mac) = placed.iter().find(|(h, _)| *h != node).unwrap();
+        let want = corral_node_agent::net::OverlayDef {
+            vni,
+            local: vtep(n),
+            port: 4789,
+            mtu: 1450,
+            flood: [vtep(other)].into(),
+            macs: [(other_mac.clone(), vtep(other))].into(),
+        };
+        until(&format!("{node}'s tunnel"), 30, || async {
+            c.hosts[&node]
+                .plans()
+                .and_then(|p| p.networks.get(&name).and_then(|d| d.overlay.clone()))
+                == Some(want.clone())
+        })
+        .await;
+    }
+
+    // A second overlay network gets another VNI.
+    c.apply_manifests(
+        "second",
+        "apiVersion: corral/v1\nkind: Network\nmetadata: {name: lan2, project: demo}\nspec: {cidr: 10.43.0.0/24, mode: overlay}\n",
+    )
+    .await;
+    until("lan2's VNI", 30, || async {
+        let n2 = c
+            .store
+            .get::<corral_api_types::Network>("demo", "lan2")
+            .await
+            .unwrap()
+            .unwrap();
+        n2.status
+            .and_then(|s| s.vni)
+            .is_some_and(|v| v != vni && v >= 4096)
+    })
+    .await;
+}

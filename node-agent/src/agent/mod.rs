@@ -95,6 +95,13 @@ pub struct AgentOptions {
     /// an earlier pass read before reading it again: a change to one
     /// reaches the host within this plus `host_sync`.
     pub object_refresh: Duration,
+    /// This node's VXLAN tunnel endpoint (its underlay address), reported
+    /// as `Node.status.vtep`. `None`: overlay networks stay on this node.
+    pub vtep: Option<std::net::Ipv4Addr>,
+    /// UDP port of the VXLAN tunnels.
+    pub vxlan_port: u16,
+    /// MTU inside the tunnel (underlay MTU less 50).
+    pub overlay_mtu: u32,
 }
 
 impl AgentOptions {
@@ -117,6 +124,9 @@ impl AgentOptions {
             boot_poll: Duration::from_millis(20),
             host_sync: Duration::from_secs(1),
             object_refresh: Duration::from_secs(10),
+            vtep: None,
+            vxlan_port: 4789,
+            overlay_mtu: 1450,
         }
     }
 }
@@ -135,11 +145,13 @@ pub enum AgentError {
 
 impl From<HostError> for AgentError {
     /// A libvirt network's failure is the hypervisor's (libvirtd away is
-    /// then logged as such); the firewall's is told in one line.
+    /// then logged as such); the firewall's and a tunnel's are told in one
+    /// line.
     fn from(e: HostError) -> AgentError {
         match e {
             HostError::Hypervisor(e) => AgentError::Hypervisor(e),
             HostError::Firewall(e) => AgentError::Other(error_chain(&e)),
+            HostError::Overlay(e) => AgentError::Other(error_chain(&e)),
             other => AgentError::Host(other),
         }
     }

@@ -19,7 +19,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_api_types::{ec2, Instance, NetworkMode, SecurityGroupRule, DEFAULT_INSTANCE_TYPE};
+use corral_api_types::{
+    ec2, Instance, Network, NetworkMode, SecurityGroupRule, DEFAULT_INSTANCE_TYPE,
+};
 use corral_runtime::{error_chain, Shutdown};
 
 use super::domain::Wait;
@@ -27,7 +29,7 @@ use super::objects::Objects;
 use super::{stopped, Agent, AgentError};
 use crate::hypervisor::NicSource;
 use crate::metadata::InstanceMetadata;
-use crate::net::{self, Allow, NetDef, NetPlan, Port};
+use crate::net::{self, Allow, NetDef, NetPlan, OverlayDef, Port};
 
 /// How often the whole ruleset is re-asserted even when the plan did not
 /// change (another tool may have inserted rules above ours).
@@ -140,6 +142,8 @@ impl Agent {
                         dns_servers: n.spec.dns_servers.clone(),
                         host_bridge: n.spec.host_bridge.clone(),
                         hosts: BTreeMap::new(),
+                        mtu: (n.spec.mode == NetworkMode::Overlay).then_some(self.opts.overlay_mtu),
+                        overlay: self.overlay_of(&n),
                     });
                 def.hosts
                     .insert(a.mac.to_ascii_lowercase(), (ip, i.metadata.name.clone()));
@@ -204,6 +208,40 @@ impl Agent {
             metadata,
             objects,
         ))
+    }
+
+    /// An overlay Network's tunnel here: its VNI, and the forwarding
+    /// table from where its ports are (`status.ports`, `status.vteps`),
+    /// less this node's own. `None` until it has a VNI, on other modes,
+    /// and when this node has no tunnel endpoint.
+    fn overlay_of(&self, n: &Network) -> Option<OverlayDef> {
+        if n.spec.mode != NetworkMode::Overlay {
+            return None;
+        }
+        let local = self.opts.vtep?;
+        let s = n.status.as_ref()?;
+        let vni = s.vni?;
+        let me = self.opts.node.as_str();
+        let vtep = |node: &str| -> Option<Ipv4Addr> {
+            if node == me {
+                return None;
+            }
+            s.vteps.get(node)?.parse().ok().filter(|a| *a != local)
+        };
+        let flood = s.vteps.keys().filter_map(|node| vtep(node)).collect();
+        let macs = s
+            .ports
+            .iter()
+            .filter_map(|(mac, node)| Some((mac.to_ascii_lowercase(), vtep(node)?)))
+            .collect();
+        Some(OverlayDef {
+            vni,
+            local,
+            port: self.opts.vxlan_port,
+            mtu: self.opts.overlay_mtu,
+            flood,
+            macs,
+        })
     }
 
     async fn allow(
@@ -385,6 +423,12 @@ impl Agent {
             .failed
             .retain(|uid, _| plan.networks.iter().any(|n| &n.uid == uid));
         let networks_done = started.elapsed();
+        let overlays: Vec<NetDef> = plan
+            .networks
+            .iter()
+            .filter(|n| n.managed() && !state.failed.contains_key(&n.uid))
+            .cloned()
+            .collect();
         let stale = state.at.is_none_or(|t| t.elapsed() > REASSERT);
         if state.applied.as_ref() != Some(&plan) || stale {
             let p = plan.clone();
@@ -400,6 +444,9 @@ impl Agent {
                 state.at = Some(Instant::now());
             }
         }
+        // Tunnels last (their bridges exist now): a failure fails the
+        // pass, retried at the next beat, after the firewall went in.
+        self.host_call(move |h| h.sync_overlays(&overlays)).await?;
         let objects = Arc::new(objects);
         state.covered = covers;
         state.passed = Some(started);

@@ -59,7 +59,9 @@ impl Agent {
             hostname: facts.hostname.clone(),
             virt_type: Some(facts.virt_type.clone()),
         };
+        let vtep = self.opts.vtep.map(|a| a.to_string());
         self.update_node_status(move |status| {
+            status.vtep = vtep.clone();
             status.capacity = resources.clone();
             status.allocatable = allocatable.clone();
             status.hypervisor = Some(hypervisor.clone());

@@ -128,8 +128,15 @@ impl Objects {
     ) -> Result<Option<Arc<Network>>, AgentError> {
         // Kept after the pass (the next domain is built from it): without
         // its allocation table, which the agent never reads and which
-        // holds an entry per address in use.
-        let trim = |n: &mut Network| n.status = None;
+        // holds an entry per address in use; an overlay's VNI and
+        // endpoints stay.
+        let trim = |n: &mut Network| {
+            if let Some(s) = n.status.as_mut() {
+                s.allocations.clear();
+                s.bridges.clear();
+                s.conditions.clear();
+            }
+        };
         self.networks.get(api, "networks", (p, n), for_, trim).await
     }
 

@@ -65,6 +65,9 @@ pub enum HostError {
     Hypervisor(#[from] HypervisorError),
     #[error(transparent)]
     Firewall(#[from] FirewallError),
+    /// An overlay network's tunnel, forwarding table or guard.
+    #[error(transparent)]
+    Overlay(#[from] crate::net::VxlanError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HostError + '_ {
@@ -192,6 +195,12 @@ pub trait Host: Any + Send + Sync {
     /// with exactly its DHCP reservations, without disturbing running
     /// guests.
     fn sync_network(&self, net: &NetDef) -> Result<()>;
+
+    /// Makes the VXLAN tunnel of each of `networks` that has one
+    /// (`NetDef::overlay`, its bridge already up) and its forwarding
+    /// table match, removes tunnels none of them has, and keeps DHCP and
+    /// the distributed gateway's ARP off every tunnel.
+    fn sync_overlays(&self, networks: &[NetDef]) -> Result<()>;
 
     /// Makes the firewall hold `plan`'s rules. `applied` is what this agent
     /// made it hold last (`None`: unknown, apply everything). Answers

@@ -175,6 +175,43 @@ impl super::Host for RealHost {
         Ok(())
     }
 
+    fn sync_overlays(&self, networks: &[NetDef]) -> Result<()> {
+        let sh = net::Shell::host();
+        let mut tunnels = Vec::new();
+        for n in networks {
+            let Some(o) = &n.overlay else { continue };
+            let tunnel = net::Overlay {
+                device: net::vxlan_name(&n.uid),
+                bridge: n.bridge(),
+                vni: o.vni,
+                local: o.local,
+                port: o.port,
+                underlay: None,
+                mtu: o.mtu,
+                gateway: n.gateway,
+            };
+            net::ensure_overlay(&sh, &tunnel)?;
+            let fdb = net::Fdb {
+                flood: o.flood.clone(),
+                macs: o.macs.clone(),
+            };
+            net::sync_fdb(&sh, &tunnel.device, &fdb)?;
+            tunnels.push(tunnel);
+        }
+        let keep: Vec<String> = tunnels.iter().map(|t| t.device.clone()).collect();
+        // Each removal is logged where it is made.
+        net::remove_overlays_except(&sh, &keep)?;
+        match net::guard_tunnel(&sh, &tunnels) {
+            // A host without ebtables has no guard to take down.
+            Err(net::VxlanError::Spawn { source, .. })
+                if tunnels.is_empty() && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
+            r => Ok(r?),
+        }
+    }
+
     fn apply_firewall(&self, applied: Option<&NetPlan>, plan: &NetPlan) -> Result<bool> {
         Ok(match applied {
             Some(prev) => net::update_firewall(prev, plan)?,

@@ -298,6 +298,12 @@ impl super::Host for SimHost {
         Ok(())
     }
 
+    fn sync_overlays(&self, _networks: &[NetDef]) -> Result<()> {
+        // Nothing more to hold: each network's tunnel and forwarding
+        // table are its `NetDef::overlay`, recorded by `sync_network`.
+        Ok(())
+    }
+
     fn apply_firewall(&self, applied: Option<&NetPlan>, plan: &NetPlan) -> Result<bool> {
         let mut plans = self.lock();
         if plans.firewall != *plan {

@@ -11,7 +11,25 @@ use corral_api_types::NetworkMode;
 use super::{network_name, NetDef, METADATA_IP};
 use crate::hypervisor::xml_escape;
 
+/// The MAC of an overlay network's gateway, the same on every node: a
+/// locally administered unicast address from the network's uid.
+pub fn gateway_mac(network_uid: &str) -> String {
+    let h = network_uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let b = h.to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4]
+    )
+}
+
 impl NetDef {
+    /// An overlay network's MTU (its tunnel's, else the default).
+    pub fn overlay_mtu(&self) -> u32 {
+        self.mtu.unwrap_or(1450)
+    }
+
     /// The libvirt network definition (transient: created, never defined).
     pub fn libvirt_xml(&self) -> String {
         let e = xml_escape;
@@ -25,6 +43,15 @@ impl NetDef {
             "  <bridge name='{}' stp='off' delay='0'/>",
             e(&self.bridge())
         );
+        if self.mode == NetworkMode::Overlay {
+            // The distributed gateway: the same address and MAC on every
+            // node, so a guest's ARP entry for it holds wherever it runs
+            // and the tunnel never carries it (vxlan.rs guards that). The
+            // MTU leaves room for the VXLAN header, on the bridge and
+            // every tap libvirt plugs into it.
+            let _ = writeln!(x, "  <mac address='{}'/>", gateway_mac(&self.uid));
+            let _ = writeln!(x, "  <mtu size='{}'/>", self.overlay_mtu());
+        }
         let _ = writeln!(
             x,
             "  <ip address='{}' netmask='{}'>",
@@ -69,6 +96,14 @@ impl NetDef {
                     x,
                     "    <dnsmasq:option value='dhcp-option=6,{}'/>",
                     dns.join(",")
+                );
+            }
+            if self.mode == NetworkMode::Overlay {
+                // Option 26: the guest's interface MTU, inside the tunnel.
+                let _ = writeln!(
+                    x,
+                    "    <dnsmasq:option value='dhcp-option-force=26,{}'/>",
+                    self.overlay_mtu()
                 );
             }
             if self.mode == NetworkMode::Isolated {

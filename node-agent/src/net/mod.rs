@@ -26,8 +26,9 @@
 //! What lives where: the names of devices and libvirt networks
 //! (names.rs), a Network as a libvirt network with its DHCP reservations
 //! (libvirt_net.rs), the ruleset a plan makes (firewall.rs) and how it is
-//! written into the host's iptables (iptables.rs), and DHCP leases
-//! (leases.rs). The plan's types are here.
+//! written into the host's iptables (iptables.rs), DHCP leases
+//! (leases.rs), and an overlay network's VXLAN tunnel, forwarding table
+//! and tunnel guard (vxlan/). The plan's types are here.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -40,12 +41,18 @@ mod iptables;
 mod leases;
 mod libvirt_net;
 mod names;
+mod vxlan;
 
 pub use firewall::TableRules;
 pub use iptables::{apply_firewall, restore_script, update_firewall, update_script, FirewallError};
 pub use leases::{lease_verdict, leases, parse_leases, Lease};
+pub use libvirt_net::gateway_mac;
 pub use names::{
     bridge_name, network_name, tap_name, BRIDGE_PREFIX, CHAIN_PREFIX, NETWORK_PREFIX, TAP_PREFIX,
+};
+pub use vxlan::{
+    ensure_overlay, guard_tunnel, remove_overlays_except, sync_fdb, vxlan_name, Fdb, FdbChange,
+    Overlay, Shell, VxlanError, GUARD_CHAIN, VXLAN_PORT, VXLAN_PREFIX,
 };
 
 /// Where guests find the metadata service.
@@ -67,6 +74,29 @@ pub struct NetDef {
     pub host_bridge: Option<String>,
     /// DHCP reservations: MAC -> (IP, hostname).
     pub hosts: BTreeMap<String, (Ipv4Addr, String)>,
+    /// `overlay` mode: the MTU inside the tunnel (set from the agent's
+    /// options even before the tunnel exists, so the network is never
+    /// redefined when it comes).
+    pub mtu: Option<u32>,
+    /// `overlay` mode: the tunnel (once the Network has its VNI and this
+    /// node a tunnel endpoint).
+    pub overlay: Option<OverlayDef>,
+}
+
+/// An overlay Network's tunnel on this node and its forwarding table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayDef {
+    pub vni: u32,
+    /// This node's tunnel endpoint.
+    pub local: Ipv4Addr,
+    pub port: u16,
+    /// MTU of the bridge, the tunnel and the guests' NICs.
+    pub mtu: u32,
+    /// The other nodes with ports on the network (broadcast and unknown
+    /// destinations go to each).
+    pub flood: std::collections::BTreeSet<Ipv4Addr>,
+    /// Each remote port's MAC (lowercase) → its node's tunnel endpoint.
+    pub macs: BTreeMap<String, Ipv4Addr>,
 }
 
 impl NetDef {
@@ -139,6 +169,8 @@ pub(crate) mod fixtures {
                 "52:54:00:00:00:01".to_string(),
                 (Ipv4Addr::new(10, 42, 0, 5), "web'<1>".to_string()),
             )]),
+            mtu: None,
+            overlay: None,
         }
     }
 
