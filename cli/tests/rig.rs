@@ -1,13 +1,13 @@
 //! The two-node rig (scripts/rig, issue 19's fixture): two nodes as
 //! network namespaces, each with its own libvirtd, virtlogd and `corral
-//! agent`, reaching `corral up` over the underlay bridge. Real TCG guests
-//! boot on both; each node's taps, bridges and domains exist in that node
-//! and nowhere else; `scripts/rig down` leaves no namespace, link,
-//! process or file behind, also when the test fails (the rig is torn down
-//! from `Drop`).
-//!
-//! What this does not show yet: traffic between the nodes' guests (the
-//! overlay of issue 19).
+//! agent` (its tunnel endpoint the node's underlay address), reaching
+//! `corral up` over the underlay bridge. Real TCG guests boot on both, on
+//! one overlay Network: each is answered by its own node's DHCP and pings
+//! the other through the VXLAN tunnel, admitted by a security group whose
+//! rule names the group itself (members on the other node). Each node's
+//! taps, bridges, tunnels and domains exist in that node and nowhere
+//! else; `scripts/rig down` leaves no namespace, link, process or file
+//! behind, also when the test fails (the rig is torn down from `Drop`).
 
 mod common;
 
@@ -67,6 +67,8 @@ impl NodeAgent {
             .args(["exec", &i.to_string(), BIN, "agent", "--server"])
             .arg(format!("https://{RIG_HOST}:{port}"))
             .args(["--token", token, "--node", node, "--virt-type", "qemu"])
+            .arg("--vtep")
+            .arg(vtep(i))
             .arg("--libvirt")
             .arg(rig(&["libvirt", &i.to_string()]))
             .arg("--agent-dir")
@@ -87,6 +89,27 @@ impl Drop for NodeAgent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Node `i`'s underlay address (scripts/rig's numbering).
+fn vtep(i: usize) -> String {
+    format!("192.168.240.{}", 10 + i)
+}
+
+/// Guest `name` at `ip`, pinging `peer` from user-data until it answers.
+fn pinging_guest(name: &str, ip: &str, peer: &str) -> String {
+    format!(
+        "---\napiVersion: corral/v1\nkind: Instance\nmetadata: {{name: {name}, project: rig}}\n\
+         spec:\n  instanceType: m1.tiny\n  image: tiny\n\
+         \x20 nics: [{{network: lan, fixedIp: {ip}, securityGroups: [mesh]}}]\n\
+         \x20 userData: |\n\
+         \x20   #!/bin/sh\n\
+         \x20   for n in $(seq 1 150); do\n\
+         \x20     if ping -c 1 -W 1 {peer} >/dev/null 2>&1; then echo \"ping {peer} ok\"; exit 0; fi\n\
+         \x20     sleep 1\n\
+         \x20   done\n\
+         \x20   echo \"ping {peer} fail\"\n"
+    )
 }
 
 fn links_in(netns: Option<&str>) -> String {
@@ -155,13 +178,13 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
         diagnose,
     );
 
-    let mut manifest = guest_project("rig", "10.73.0.0/24", "nat");
-    for name in ["a", "b"] {
-        manifest += &format!(
-            "---\napiVersion: corral/v1\nkind: Instance\nmetadata: {{name: {name}, project: rig}}\n\
-             spec:\n  instanceType: m1.tiny\n  image: tiny\n  nics: [{{network: lan}}]\n"
-        );
-    }
+    let mut manifest = guest_project("rig", "10.73.0.0/24", "overlay");
+    // Members admit each other's pings, wherever they run.
+    manifest +=
+        "---\napiVersion: corral/v1\nkind: SecurityGroup\nmetadata: {name: mesh, project: rig}\n\
+                 spec:\n  ingress:\n    - {protocol: icmp, sourceGroup: mesh}\n";
+    manifest += &pinging_guest("a", "10.73.0.10", "10.73.0.11");
+    manifest += &pinging_guest("b", "10.73.0.11", "10.73.0.10");
     let file = write(&s.scratch("rig"), "rig.yaml", &manifest);
     s.corral(&["apply", "-f", file.to_str().unwrap()]).ok();
     s.corral(&[
@@ -200,6 +223,39 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
     }
     assert_ne!(placed[0].1, placed[1].1, "spread over both nodes");
 
+    // Each reached the other over the tunnel (user-data runs before Ready).
+    for (name, peer) in [("a", "10.73.0.11"), ("b", "10.73.0.10")] {
+        let console = s.corral(&["console", name, "-p", "rig"]).stdout;
+        assert!(
+            console.contains(&format!("corral-guest: user-data-out ping {peer} ok")),
+            "{name} did not reach {peer}:\n{console}\n{}",
+            diagnose()
+        );
+    }
+    // The Network got a VNI and knows both nodes' tunnel endpoints and
+    // where each port is.
+    let lan = s
+        .corral(&["get", "network", "lan", "-p", "rig", "-o", "json"])
+        .json();
+    assert!(
+        lan["status"]["vni"].as_u64().is_some_and(|v| v >= 4096),
+        "{lan}"
+    );
+    for (idx, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            lan["status"]["vteps"][node],
+            vtep(idx + 1).as_str(),
+            "{lan}"
+        );
+    }
+    assert_eq!(
+        lan["status"]["ports"].as_object().map(|p| p.len()),
+        Some(2),
+        "{lan}"
+    );
+    let lan_uid = lan["metadata"]["uid"].as_str().unwrap().to_string();
+    let tunnel = corral_node_agent::net::vxlan_name(&lan_uid);
+
     // Each node's libvirtd runs exactly its own guest, and the guest's
     // tap lives in that node's namespace, not on this host.
     let host_links = links_in(None);
@@ -223,6 +279,18 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
             !host_links.contains(&tap),
             "{name}'s tap {tap} on the host:\n{host_links}"
         );
+        // The tunnel is the node's; the tap carries the overlay's MTU.
+        assert!(
+            node_links.contains(&tunnel),
+            "no {tunnel} in n{i}:\n{node_links}"
+        );
+        assert!(!host_links.contains(&tunnel), "{tunnel} on the host");
+        let tap_link = Command::new("ip")
+            .args(["-n", &format!("corral-n{i}"), "link", "show", &tap])
+            .output()
+            .unwrap();
+        let tap_link = String::from_utf8_lossy(&tap_link.stdout);
+        assert!(tap_link.contains("mtu 1450"), "{tap_link}");
     }
 
     for name in ["a", "b"] {
