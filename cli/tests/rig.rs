@@ -144,11 +144,13 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
     let (s, _cleanup, _guest) = guest_server_on("0.0.0.0");
     let mut agents = Vec::new();
     let mut nodes = Vec::new();
+    let mut tokens = Vec::new();
     for i in 1..=NODES {
         let node = format!("rig{}n{i}", std::process::id());
         let token = node_token(&s, &node);
         agents.push(NodeAgent::start(&s, i, &node, &token));
         nodes.push(node);
+        tokens.push(token);
     }
     let diagnose = || {
         let mut d = s.corral(&["get", "nodes"]).stdout;
@@ -292,6 +294,62 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
         let tap_link = String::from_utf8_lossy(&tap_link.stdout);
         assert!(tap_link.contains("mtu 1450"), "{tap_link}");
     }
+
+    // Node 1 restarted with its tunnel lost: the agent, started again,
+    // rebuilds the tunnel and its forwarding table, and restarts no guest.
+    let (_, _, uid_on_1) = placed.iter().find(|p| p.1 == nodes[0]).unwrap();
+    let (peer_name, _, _) = placed.iter().find(|p| p.1 == nodes[1]).unwrap();
+    let peer_mac = instance(&s, peer_name)["status"]["addresses"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    let domid = || {
+        let out = Command::new("virsh")
+            .arg("-c")
+            .arg(self::rig(&["libvirt", "1"]))
+            .args(["domid", &format!("corral-{uid_on_1}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let fdb = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                "corral-n1",
+                "bridge",
+                "fdb",
+                "show",
+                "dev",
+                &tunnel,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = domid();
+    assert!(
+        !before.is_empty() && before != "-",
+        "a running domain on n1: {before:?}"
+    );
+    drop(agents.remove(0));
+    let gone = Command::new("ip")
+        .args(["-n", "corral-n1", "link", "del", &tunnel])
+        .status()
+        .unwrap();
+    assert!(gone.success());
+    agents.insert(0, NodeAgent::start(&s, 1, &nodes[0], &tokens[0]));
+    wait_until_or(
+        "n1's tunnel and forwarding table rebuilt",
+        || {
+            let table = fdb();
+            table.contains(&format!("{peer_mac} dst {}", vtep(2)))
+                && table.contains(&format!("00:00:00:00:00:00 dst {}", vtep(2)))
+        },
+        || format!("fdb:\n{}\n{}", fdb(), diagnose()),
+    );
+    assert_eq!(domid(), before, "the guest on n1 was restarted");
 
     for name in ["a", "b"] {
         s.corral(&["delete", "instance", name, "-p", "rig"]).ok();
