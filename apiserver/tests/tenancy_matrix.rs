@@ -663,6 +663,21 @@ async fn a_node_touches_only_its_own(api: Api) {
             FORBIDDEN,
         ),
         (
+            "list one network for another node's instance",
+            Method::GET,
+            "/v1/projects/b/networks?fieldSelector=metadata.name=lan&for=instances/web".into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
+            "watch one network for another node's instance",
+            Method::GET,
+            "/v1/projects/b/networks?watch=true&fieldSelector=metadata.name=lan&for=instances/web"
+                .into(),
+            None,
+            NOT_FOUND,
+        ),
+        (
             "list security groups",
             Method::GET,
             "/v1/projects/b/securitygroups".into(),
@@ -772,6 +787,34 @@ async fn a_node_touches_only_its_own(api: Api) {
         ("networks/nonexistent", StatusCode::FORBIDDEN),
     ] {
         let full = format!("/v1/projects/b/{path}?for=instances/web");
+        let (code, body) = api.call(&n1, Method::GET, &full, None).await;
+        assert_eq!(code, want, "{full}: {body}");
+    }
+    // One network at a time, for its instance, as a list (and so a
+    // watch): exactly that object; a wider selector, or a network the
+    // instance does not use, is refused.
+    let one = "/v1/projects/b/networks?fieldSelector=metadata.name=lan&for=instances/web";
+    let (code, body) = api.call(&n1, Method::GET, one, None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let items = body["items"].as_array().expect("a list");
+    assert_eq!(items.len(), 1, "{body}");
+    assert_eq!(items[0]["metadata"]["name"], "lan");
+    for (path, want) in [
+        (
+            "networks?fieldSelector=metadata.name=unused&for=instances/web",
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "networks?fieldSelector=metadata.name=lan,metadata.name!=x&for=instances/web",
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "networks?fieldSelector=metadata.name=lan",
+            StatusCode::FORBIDDEN,
+        ),
+        ("networks?for=instances/web", StatusCode::FORBIDDEN),
+    ] {
+        let full = format!("/v1/projects/b/{path}");
         let (code, body) = api.call(&n1, Method::GET, &full, None).await;
         assert_eq!(code, want, "{full}: {body}");
     }

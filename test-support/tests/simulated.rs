@@ -424,14 +424,20 @@ async fn power_states_and_drift() {
 /// An overlay Network across two simulated hosts: the overlay controller
 /// gives it a VNI and records each port's node and each node's tunnel
 /// endpoint; each host's plan holds the tunnel with a flood entry for the
-/// other node and the other node's guest MAC — never its own.
+/// other node and the other node's guest MAC — never its own — learnt
+/// through the agent's watch of the Network (no re-read by age here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlay_networks_span_hosts_in_their_plans() {
     let mut c = Cluster::start(Backend::Embedded, options()).await;
     let vtep = |n: u8| std::net::Ipv4Addr::new(192, 0, 2, n);
     for n in 1..=2u8 {
-        c.add_host_with(&format!("sim-{n}"), |o| o.vtep = Some(vtep(n)))
-            .await;
+        c.add_host_with(&format!("sim-{n}"), |o| {
+            o.vtep = Some(vtep(n));
+            // No re-read by age: only the watch of the Network can bring
+            // the other node's port.
+            o.object_refresh = Duration::from_secs(3600);
+        })
+        .await;
     }
     let overlay = examples().replace("mode: nat", "mode: overlay");
     assert!(overlay.contains("mode: overlay"));
@@ -496,6 +502,43 @@ async fn overlay_networks_span_hosts_in_their_plans() {
         })
         .await;
     }
+
+    // A guest placed later on one node reaches the other node's table
+    // through its watch of the Network (its cached copy never ages out).
+    let pinned = placed[1].0.clone();
+    let mut node: Node = c.store.get("", &pinned).await.unwrap().unwrap();
+    node.metadata.labels.insert("pin".into(), "here".into());
+    c.store.update(&node).await.unwrap();
+    c.apply_manifests(
+        "third",
+        "apiVersion: corral/v1\nkind: Instance\nmetadata: {name: web-3, project: demo}\n\
+         spec:\n  instanceType: m1.tiny\n  image: tiny\n  nodeSelector: {pin: here}\n  nics: [{network: lan}]\n",
+    )
+    .await;
+    until("web-3 Running", 60, || async {
+        instances(&c)
+            .await
+            .iter()
+            .any(|i| i.metadata.name == "web-3" && phase(i) == Some(InstancePhase::Running))
+    })
+    .await;
+    let web3 = instances(&c)
+        .await
+        .into_iter()
+        .find(|i| i.metadata.name == "web-3")
+        .unwrap();
+    let mac3 = web3.status.as_ref().unwrap().addresses[0]
+        .mac
+        .to_ascii_lowercase();
+    let watcher = if pinned == "sim-1" { "sim-2" } else { "sim-1" };
+    let pinned_vtep = if pinned == "sim-1" { vtep(1) } else { vtep(2) };
+    until(&format!("{watcher} to learn web-3's MAC"), 30, || async {
+        c.hosts[watcher]
+            .plans()
+            .and_then(|p| p.networks.get(&name).and_then(|d| d.overlay.clone()))
+            .is_some_and(|o| o.macs.get(&mac3) == Some(&pinned_vtep))
+    })
+    .await;
 
     // A second overlay network gets another VNI.
     c.apply_manifests(

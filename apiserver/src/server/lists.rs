@@ -11,8 +11,32 @@ pub(super) async fn list_or_watch(
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let info = kind.info();
-    p.authorize(Verb::List, info, project)?;
     let mut params = ListParams::from_query(query)?;
+    if p.role == Role::Node && crate::node_refs::REFERENCED_KINDS.contains(&info.plural) {
+        // A node lists or watches what its bound objects use one object
+        // at a time, narrowed to its name and checked as a read of it
+        // would be (kubelet's watch of the secrets its pods name).
+        let name = one_name(&params).ok_or_else(|| {
+            ApiError::forbidden(format!(
+                "node {:?} lists {} only one at a time: add \
+                 fieldSelector=metadata.name=NAME and ?for=instances/NAME",
+                p.node, info.plural
+            ))
+        })?;
+        let for_ = query.get("for").map(String::as_str);
+        crate::node_refs::check(
+            &state.store,
+            p,
+            info.plural,
+            project.unwrap_or(""),
+            &name,
+            for_,
+        )
+        .await?;
+        params.names = vec![name];
+    } else {
+        p.authorize(Verb::List, info, project)?;
+    }
     if let Some(node) = p.node_filter(info) {
         params.restrict_to_node(node);
     }
@@ -47,6 +71,14 @@ pub(super) async fn list_or_watch(
     }
     body.extend_from_slice(b"]}");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The one name a field selector asks for (`metadata.name=NAME`, alone).
+fn one_name(params: &ListParams) -> Option<String> {
+    match params.fields.requirements.as_slice() {
+        [r] if r.path == "metadata.name" && r.equal && !r.value.is_empty() => Some(r.value.clone()),
+        _ => None,
+    }
 }
 
 /// Whose watches count together: a node agent's node, else the user.

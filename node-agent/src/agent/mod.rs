@@ -25,6 +25,7 @@
 //!   domain; domain.rs builds the domain it defines, images.rs finds the
 //!   images, status.rs writes its status;
 //! - netsync.rs (with objects.rs): host networking and the metadata table;
+//!   netwatch.rs: watches of the overlay Networks in use;
 //! - storage.rs: volume and snapshot files; orphans.rs: what nothing owns.
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ mod domain;
 mod images;
 mod informer;
 mod netsync;
+mod netwatch;
 mod node;
 mod objects;
 mod orphans;
@@ -189,7 +191,7 @@ pub struct Agent {
     /// Host networking last applied.
     net: tokio::sync::Mutex<netsync::NetState>,
     /// Host networking passes asked for (see `sync_net`).
-    net_asked: AtomicU64,
+    net_asked: Arc<AtomicU64>,
     /// The request each instance's cached copy made (see informer.rs).
     /// Locked inside `instances`.
     arrived: Mutex<HashMap<ObjectRef, u64>>,
@@ -274,7 +276,7 @@ impl Agent {
             consoles: Mutex::new(HashMap::new()),
             boot_marks: Mutex::new(HashMap::new()),
             net: tokio::sync::Mutex::new(Default::default()),
-            net_asked: AtomicU64::new(0),
+            net_asked: Arc::new(AtomicU64::new(0)),
             arrived: Mutex::new(HashMap::new()),
             booting: Mutex::new(HashMap::new()),
             boot_started: tokio::sync::Notify::new(),

@@ -25,6 +25,7 @@ use corral_api_types::{
 use corral_runtime::{error_chain, Shutdown};
 
 use super::domain::Wait;
+use super::netwatch::{NetKey, NetWatches};
 use super::objects::Objects;
 use super::{stopped, Agent, AgentError};
 use crate::hypervisor::NicSource;
@@ -34,6 +35,9 @@ use crate::net::{self, Allow, NetDef, NetPlan, OverlayDef, Port};
 /// How often the whole ruleset is re-asserted even when the plan did not
 /// change (another tool may have inserted rules above ours).
 const REASSERT: Duration = Duration::from_secs(30);
+
+/// The overlay Networks a pass saw, with the instances here naming each.
+type OverlaysUsed = BTreeMap<NetKey, Vec<String>>;
 
 /// (gateway, guest address) → what that guest is told.
 type MetadataEntries = Vec<((Ipv4Addr, Ipv4Addr), InstanceMetadata)>;
@@ -52,6 +56,8 @@ pub(super) struct NetState {
     passed: Option<Instant>,
     /// What the latest pass read.
     objects: Arc<Objects>,
+    /// Watches of the overlay Networks in use.
+    watches: NetWatches,
 }
 
 impl Agent {
@@ -95,7 +101,7 @@ impl Agent {
     async fn net_plan(
         &self,
         mut objects: Objects,
-    ) -> Result<(NetPlan, MetadataEntries, Objects), AgentError> {
+    ) -> Result<(NetPlan, MetadataEntries, Objects, OverlaysUsed), AgentError> {
         let mut instances: Vec<Arc<Instance>> = self
             .instances
             .lock()
@@ -106,6 +112,7 @@ impl Agent {
             .collect();
         instances.sort_by(|a, b| a.metadata.uid.cmp(&b.metadata.uid));
         let mut networks: BTreeMap<String, NetDef> = BTreeMap::new();
+        let mut overlays = OverlaysUsed::new();
         let mut ports = Vec::new();
         let mut metadata = Vec::new();
         for i in &instances {
@@ -130,6 +137,12 @@ impl Agent {
                 let Some((cidr, gw)) = n.spec.gateway() else {
                     continue;
                 };
+                if n.spec.mode == NetworkMode::Overlay {
+                    overlays
+                        .entry((p.to_string(), a.network.clone()))
+                        .or_default()
+                        .push(i.metadata.name.clone());
+                }
                 let def = networks
                     .entry(n.metadata.uid.clone())
                     .or_insert_with(|| NetDef {
@@ -207,6 +220,7 @@ impl Agent {
             },
             metadata,
             objects,
+            overlays,
         ))
     }
 
@@ -376,8 +390,19 @@ impl Agent {
         }
         let covers = self.net_asked.load(Ordering::SeqCst);
         let started = Instant::now();
-        let earlier = state.objects.after(self.opts.object_refresh);
-        let (plan, entries, objects) = self.net_plan(earlier).await?;
+        let mut earlier = state.objects.after(self.opts.object_refresh);
+        let pushed: Vec<_> = state
+            .watches
+            .pushed
+            .lock()
+            .expect("pushed")
+            .drain()
+            .collect();
+        for ((p, n), net) in pushed {
+            earlier.put_network(&p, &n, net);
+        }
+        let (plan, entries, objects, overlays) = self.net_plan(earlier).await?;
+        state.watches.follow(&self.api, &self.net_asked, &overlays);
         let planned = started.elapsed();
         self.on_host().set_metadata(entries);
         // Stale networks go first: one left by an earlier agent may hold the

@@ -108,7 +108,26 @@ pub(super) struct Objects {
     keypairs: Read<KeyPair>,
 }
 
+/// A Network as the agent keeps it (the next domain is built from it):
+/// without its allocation table, which the agent never reads and which
+/// holds an entry per address in use; an overlay's VNI and endpoints
+/// stay.
+pub(super) fn trim_network(n: &mut Network) {
+    if let Some(s) = n.status.as_mut() {
+        s.allocations.clear();
+        s.bridges.clear();
+        s.conditions.clear();
+    }
+}
+
 impl Objects {
+    /// Uses `n` as network `(p, name)`, read now (a watch brought it).
+    pub(super) fn put_network(&mut self, p: &str, name: &str, n: Arc<Network>) {
+        let k = (p.to_string(), name.to_string());
+        self.networks.now.remove(&k);
+        self.networks.earlier.insert(k, (n, Instant::now()));
+    }
+
     /// A pass's start: what `self` read less than `max_age` ago.
     pub(super) fn after(&self, max_age: Duration) -> Objects {
         Objects {
@@ -126,18 +145,9 @@ impl Objects {
         n: &str,
         for_: &str,
     ) -> Result<Option<Arc<Network>>, AgentError> {
-        // Kept after the pass (the next domain is built from it): without
-        // its allocation table, which the agent never reads and which
-        // holds an entry per address in use; an overlay's VNI and
-        // endpoints stay.
-        let trim = |n: &mut Network| {
-            if let Some(s) = n.status.as_mut() {
-                s.allocations.clear();
-                s.bridges.clear();
-                s.conditions.clear();
-            }
-        };
-        self.networks.get(api, "networks", (p, n), for_, trim).await
+        self.networks
+            .get(api, "networks", (p, n), for_, trim_network)
+            .await
     }
 
     pub(super) async fn group(
