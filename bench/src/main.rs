@@ -9,6 +9,7 @@ mod api;
 mod boot;
 mod ec2;
 mod figures;
+mod net;
 mod reconcile;
 mod soak;
 mod store;
@@ -63,6 +64,17 @@ enum BenchCommand {
         /// memory is measured alone).
         #[arg(long)]
         agents_in_process: bool,
+    },
+    /// Overlay forwarding tables on simulated nodes: the time from an
+    /// instance Running to every other node's tunnel knowing its MAC.
+    Net {
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        #[arg(long, default_value_t = 200)]
+        instances: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
     /// The simulated hosts of `bench reconcile` when they run in a process
     /// of their own: one agent per `NODE TOKEN` line of the file, until
@@ -198,6 +210,18 @@ async fn main() -> Result<()> {
                 clients,
                 timeout: std::time::Duration::from_secs(timeout),
                 agents_in_process,
+            })
+            .await
+        }
+        BenchCommand::Net {
+            nodes,
+            instances,
+            timeout,
+        } => {
+            net::net(net::NetBenchOptions {
+                nodes,
+                instances,
+                timeout: std::time::Duration::from_secs(timeout),
             })
             .await
         }

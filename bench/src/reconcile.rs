@@ -84,7 +84,7 @@ pub struct ReconcileBenchOptions {
 }
 
 /// The agents' settings on simulated hosts, in either process.
-fn sim_agent_options() -> corral_node_agent::AgentOptions {
+pub(crate) fn sim_agent_options() -> corral_node_agent::AgentOptions {
     let mut o = corral_node_agent::AgentOptions::new("template");
     o.heartbeat = Duration::from_secs(5);
     o.resync = Duration::from_secs(120);

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use corral_api_types::{Instance, Network, NetworkMode, Node};
@@ -22,6 +23,10 @@ use corral_store::ResourceStore;
 pub const VNI_FIRST: u32 = 4096;
 /// VNIs are 24 bits.
 pub const VNI_LAST: u32 = (1 << 24) - 1;
+/// Ports and endpoints of one Network are written at most this often:
+/// every node with a port on it receives the whole Network at each write,
+/// so a burst of placements is batched into a few writes.
+pub const BATCH: Duration = Duration::from_millis(250);
 
 pub struct OverlayController {
     store: ResourceStore,
@@ -31,6 +36,8 @@ pub struct OverlayController {
     /// VNIs this controller gave, by Network uid: the cache may not show
     /// its own last write yet when the next network is reconciled.
     given: Mutex<HashMap<String, u32>>,
+    /// When each Network's endpoints were last written, by uid.
+    written: Mutex<HashMap<String, Instant>>,
 }
 
 impl OverlayController {
@@ -46,6 +53,7 @@ impl OverlayController {
             instances,
             nodes,
             given: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -174,6 +182,14 @@ impl Reconciler<Network> for OverlayController {
         if status.vni == Some(vni) && status.ports == ports && status.vteps == vteps {
             return Ok(Action::AwaitChange);
         }
+        if status.vni.is_some() {
+            let last = self.written.lock().expect("written").get(&uid).copied();
+            if let Some(wait) = last.and_then(|t| BATCH.checked_sub(t.elapsed())) {
+                // Written moments ago: this change goes with the next
+                // write, with whatever else arrives meanwhile.
+                return Ok(Action::Requeue(wait));
+            }
+        }
         update_with_retry::<Network, _>(&self.store, &key.project, &key.name, |n| {
             if n.metadata.uid != uid {
                 return false;
@@ -186,6 +202,10 @@ impl Reconciler<Network> for OverlayController {
             changed
         })
         .await?;
+        self.written
+            .lock()
+            .expect("written")
+            .insert(uid, Instant::now());
         Ok(Action::AwaitChange)
     }
 }

@@ -37,6 +37,12 @@ impl SimHost {
         let host = self.agent.as_ref()?.host()?;
         host.as_sim().map(|sim| sim.plans())
     }
+
+    /// Where this host's tunnel of `network` (libvirt name) sends `mac`.
+    pub fn overlay_mac(&self, network: &str, mac: &str) -> Option<std::net::Ipv4Addr> {
+        let host = self.agent.as_ref()?.host()?;
+        host.as_sim()?.overlay_mac(network, mac)
+    }
 }
 
 pub struct Cluster {

@@ -192,6 +192,9 @@ pub struct Agent {
     net: tokio::sync::Mutex<netsync::NetState>,
     /// Host networking passes asked for (see `sync_net`).
     net_asked: Arc<AtomicU64>,
+    /// Wakes the networking loop before its beat (a watched overlay
+    /// changed).
+    net_wake: Arc<tokio::sync::Notify>,
     /// The request each instance's cached copy made (see informer.rs).
     /// Locked inside `instances`.
     arrived: Mutex<HashMap<ObjectRef, u64>>,
@@ -277,6 +280,7 @@ impl Agent {
             boot_marks: Mutex::new(HashMap::new()),
             net: tokio::sync::Mutex::new(Default::default()),
             net_asked: Arc::new(AtomicU64::new(0)),
+            net_wake: Arc::new(tokio::sync::Notify::new()),
             arrived: Mutex::new(HashMap::new()),
             booting: Mutex::new(HashMap::new()),
             boot_started: tokio::sync::Notify::new(),

@@ -402,7 +402,9 @@ impl Agent {
             earlier.put_network(&p, &n, net);
         }
         let (plan, entries, objects, overlays) = self.net_plan(earlier).await?;
-        state.watches.follow(&self.api, &self.net_asked, &overlays);
+        state
+            .watches
+            .follow(&self.api, &self.net_asked, &self.net_wake, &overlays);
         let planned = started.elapsed();
         self.on_host().set_metadata(entries);
         // Stale networks go first: one left by an earlier agent may hold the
@@ -532,6 +534,7 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.net_wake.notified() => {}
                 _ = stopped(&mut stop) => return,
             }
             if last_error.is_none() && !self.net_pass_due().await {

@@ -6,7 +6,8 @@
 //! copy within moments, where `object_refresh` alone would take seconds.
 //!
 //! A changed copy is handed to the next networking pass (which uses it
-//! instead of its cached one) and asks for a pass. The set of watches is
+//! instead of its cached one), asks for a pass and wakes the networking
+//! loop at once. The set of watches is
 //! brought in line by each pass: started for overlays now used, stopped
 //! for those no longer used, restarted when the instance a watch was
 //! authorized for no longer names its Network.
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use corral_api_types::Network;
 use corral_client::WatcherEvent;
 use corral_runtime::error_chain;
+use tokio::sync::Notify;
 
 use crate::api::{ApiClient, ApiError};
 
@@ -54,6 +56,7 @@ impl NetWatches {
         &mut self,
         api: &ApiClient,
         asked: &Arc<AtomicU64>,
+        wake: &Arc<Notify>,
         used: &BTreeMap<NetKey, Vec<String>>,
     ) {
         self.watches
@@ -75,6 +78,7 @@ impl NetWatches {
                 instance.clone(),
                 self.pushed.clone(),
                 asked.clone(),
+                wake.clone(),
             ));
             self.watches.insert(
                 key.clone(),
@@ -95,6 +99,7 @@ async fn watch(
     instance: String,
     pushed: Pushed,
     asked: Arc<AtomicU64>,
+    wake: Arc<Notify>,
 ) {
     let path = format!(
         "/v1/projects/{project}/networks?fieldSelector=metadata.name={name}&for=instances/{instance}"
@@ -120,5 +125,6 @@ async fn watch(
             .expect("pushed")
             .insert((project.clone(), name.clone()), Arc::new(n));
         asked.fetch_add(1, Ordering::SeqCst);
+        wake.notify_one();
     }
 }

@@ -116,6 +116,15 @@ impl SimHost {
         self.lock().clone()
     }
 
+    /// Where network `network`'s (libvirt name) forwarding table sends
+    /// `mac` (lowercase), if it has an entry for it: a lookup, not a copy
+    /// of the plans (benchmarks poll it).
+    pub fn overlay_mac(&self, network: &str, mac: &str) -> Option<Ipv4Addr> {
+        let plans = self.lock();
+        let overlay = plans.networks.get(network)?.overlay.as_ref()?;
+        overlay.macs.get(mac).copied()
+    }
+
     /// Deletes instance `uid`'s root disk behind the agent's back, as an
     /// operator might on a real host (the agent reports the drift).
     pub fn delete_root_disk(&self, uid: &str) {
