@@ -20,7 +20,7 @@ use corral_controllers::ControllerOptions;
 use corral_store::ObjectEvent;
 use corral_test_support::{Backend, Cluster};
 
-use crate::figures::percentile;
+use crate::figures::{header, measure, percentile};
 
 pub struct NetBenchOptions {
     pub nodes: usize,
@@ -32,6 +32,9 @@ pub struct NetBenchOptions {
 fn vtep(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 255, (n / 250) as u8, (n % 250 + 1) as u8)
 }
+
+/// API clients creating the burst.
+const CLIENTS: usize = 8;
 
 /// Guests placed one at a time after the burst.
 const STEADY: usize = 20;
@@ -121,32 +124,30 @@ pub async fn net(o: NetBenchOptions) -> Result<()> {
     }
 
     let t0 = Instant::now();
-    let clients = 8;
-    let mut creators = Vec::new();
-    for c in 0..clients {
-        let (http, base, token) = (
-            cluster.http.clone(),
-            cluster.base.clone(),
-            cluster.admin.clone(),
-        );
-        let count = o.instances;
-        creators.push(tokio::spawn(async move {
-            for i in (c..count).step_by(clients) {
-                let body = serde_json::json!({"metadata": {"name": format!("vm-{i}")}, "spec": {"instanceType": "m1.tiny", "image": "tiny", "nics": [{"network": "ovl"}]}});
-                let resp = http
-                    .post(format!("{base}/v1/projects/bench/instances"))
-                    .bearer_auth(&token)
-                    .json(&body)
-                    .send()
-                    .await?;
-                anyhow::ensure!(resp.status().as_u16() == 201, "create: {}", resp.status());
-            }
+    let (http, base, token) = (
+        cluster.http.clone(),
+        cluster.base.clone(),
+        cluster.admin.clone(),
+    );
+    // `measure` gives each client the same count: round up to it.
+    let total = o.instances.div_ceil(CLIENTS) * CLIENTS;
+    let creates = measure("API create", CLIENTS, total, move |t, i| {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        async move {
+            let body = serde_json::json!({"metadata": {"name": format!("vm-{t}-{i}")}, "spec": {"instanceType": "m1.tiny", "image": "tiny", "nics": [{"network": "ovl"}]}});
+            let resp = http
+                .post(format!("{base}/v1/projects/bench/instances"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status().as_u16() == 201, "create: {}", resp.status());
             Ok(())
-        }));
-    }
-    for c in creators {
-        c.await??;
-    }
+        }
+    })
+    .await?;
+    println!("{}", header());
+    println!("{}", creates.row());
 
     // Poll the hosts' tunnels until every Running port is known to every
     // other node with a Running port.
@@ -171,7 +172,7 @@ pub async fn net(o: NetBenchOptions) -> Result<()> {
     };
     let mut learnt: HashMap<String, Duration> = HashMap::new();
     let deadline = Instant::now() + o.timeout;
-    while learnt.len() < o.instances && Instant::now() < deadline {
+    while learnt.len() < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
         poll(&mut learnt);
     }
@@ -215,12 +216,8 @@ pub async fn net(o: NetBenchOptions) -> Result<()> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "burst: ports learnt by every other node: {burst} / {}{} in {:.1} s",
-        o.instances,
-        if burst < o.instances {
-            " (TIMED OUT)"
-        } else {
-            ""
-        },
+        total,
+        if burst < total { " (TIMED OUT)" } else { "" },
         elapsed.as_secs_f64()
     );
     println!(

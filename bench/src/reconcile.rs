@@ -10,69 +10,61 @@ use corral_store::EtcdStore;
 
 use crate::figures::*;
 
-/// etcd's handled gRPC requests by method, from its `/metrics` (empty
-/// when they cannot be read).
-async fn etcd_requests(endpoint: &str) -> std::collections::HashMap<String, f64> {
+/// The samples of counter `metric` in the Prometheus page at `url`,
+/// summed by the values of `labels` (joined by spaces); empty when the
+/// page cannot be read.
+async fn counters(
+    url: &str,
+    metric: &str,
+    labels: &[&str],
+) -> std::collections::HashMap<String, f64> {
     let mut out = std::collections::HashMap::new();
-    let Ok(resp) = reqwest::get(format!("{endpoint}/metrics")).await else {
+    let Ok(resp) = reqwest::get(url).await else {
         return out;
     };
     let Ok(text) = resp.text().await else {
         return out;
     };
+    let prefix = format!("{metric}{{");
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("grpc_server_handled_total{") else {
+        let Some(rest) = line.strip_prefix(&prefix) else {
             continue;
         };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
+        let Some((have, value)) = rest.rsplit_once("} ") else {
             continue;
         };
-        let method = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("grpc_method=\""))
-            .map(|m| m.trim_end_matches('"'));
-        if let (Some(m), Ok(v)) = (method, value.trim().parse::<f64>()) {
-            *out.entry(m.to_string()).or_default() += v;
+        let label = |name: &str| {
+            have.split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"'))
+                .unwrap_or_default()
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            let key: Vec<&str> = labels.iter().map(|l| label(l)).collect();
+            *out.entry(key.join(" ")).or_default() += v;
         }
     }
     out
 }
 
-/// The API server's requests by verb and kind, from its `/metrics`
-/// (empty when they cannot be read).
+/// etcd's handled gRPC requests by method.
+async fn etcd_requests(endpoint: &str) -> std::collections::HashMap<String, f64> {
+    counters(
+        &format!("{endpoint}/metrics"),
+        "grpc_server_handled_total",
+        &["grpc_method"],
+    )
+    .await
+}
+
+/// The API server's requests by verb, kind and status code.
 async fn api_requests(base: &str) -> std::collections::HashMap<String, f64> {
-    let mut out = std::collections::HashMap::new();
-    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
-        return out;
-    };
-    let Ok(text) = resp.text().await else {
-        return out;
-    };
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("corral_api_requests_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        if let Ok(v) = value.trim().parse::<f64>() {
-            *out.entry(format!(
-                "{} {} {}",
-                label("verb"),
-                label("kind"),
-                label("code")
-            ))
-            .or_default() += v;
-        }
-    }
-    out
+    counters(
+        &format!("{base}/metrics"),
+        "corral_api_requests_total",
+        &["verb", "kind", "code"],
+    )
+    .await
 }
 
 pub struct ReconcileBenchOptions {

@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use super::command::{self, CommandError, Failure};
 use super::{NetPlan, TableRules, CHAIN_PREFIX};
 
 /// Why the host's firewall could not be set.
@@ -21,34 +22,17 @@ pub enum FirewallError {
     Failed { cmd: String, stderr: String },
 }
 
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-    let spawn = |source| FirewallError::Spawn {
-        cmd: cmd.to_string(),
-        source,
-    };
-    let mut child = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn)?;
-    if let Some(input) = stdin {
-        if let Some(mut s) = child.stdin.take() {
-            s.write_all(input.as_bytes()).map_err(spawn)?;
+impl From<CommandError> for FirewallError {
+    fn from(e: CommandError) -> FirewallError {
+        match e.failure {
+            Failure::Spawn(source) => FirewallError::Spawn { cmd: e.cmd, source },
+            Failure::Exit(stderr) => FirewallError::Failed { cmd: e.cmd, stderr },
         }
     }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().map_err(spawn)?;
-    if !out.status.success() {
-        return Err(FirewallError::Failed {
-            cmd: format!("{cmd} {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
+    Ok(command::run(None, cmd, args, stdin)?)
 }
 
 /// Corral's chains that exist in `table` now.

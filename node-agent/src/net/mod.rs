@@ -27,8 +27,9 @@
 //! (names.rs), a Network as a libvirt network with its DHCP reservations
 //! (libvirt_net.rs), the ruleset a plan makes (firewall.rs) and how it is
 //! written into the host's iptables (iptables.rs), DHCP leases
-//! (leases.rs), and an overlay network's VXLAN tunnel, forwarding table
-//! and tunnel guard (vxlan/). The plan's types are here.
+//! (leases.rs), how the tools run as child processes (command.rs), and
+//! an overlay network's VXLAN tunnel, forwarding table and tunnel guard
+//! (vxlan/). The plan's types are here.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -36,6 +37,7 @@ use std::net::Ipv4Addr;
 use corral_api_types::net::Ipv4Cidr;
 use corral_api_types::{NetworkMode, Protocol};
 
+mod command;
 mod firewall;
 mod iptables;
 mod leases;

@@ -6,17 +6,17 @@
 //! ([`remove_overlays_except`]) and the ebtables guard that keeps DHCP and
 //! the distributed gateway's ARP on their own node ([`guard_tunnel`]).
 //!
-//! Runs `ip`, `bridge`, `ebtables` and `ebtables-restore` as child
-//! processes (never through a shell), on the host or inside a network
-//! namespace ([`Shell`]); blocking. Device names come from names.rs.
+//! Runs `ip`, `bridge`, `ebtables` and `ebtables-restore` through
+//! command.rs, on the host or inside a network namespace ([`Shell`]);
+//! blocking. Device names come from names.rs.
 //!
-//! What lives where: the commands' runner ([`Shell`]), the errors, the
+//! What lives where: where the commands run ([`Shell`]), the errors, the
 //! checks of names and MACs and the device itself ([`Overlay`],
 //! [`ensure_overlay`], [`remove_overlays_except`]) here; the forwarding
 //! database (fdb.rs); the ebtables guard (guard.rs).
 
+use super::command::{self, CommandError, Failure};
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 use serde::Deserialize;
 
@@ -64,6 +64,15 @@ pub enum VxlanError {
     BadVni { vni: u32 },
 }
 
+impl From<CommandError> for VxlanError {
+    fn from(e: CommandError) -> VxlanError {
+        match e.failure {
+            Failure::Spawn(source) => VxlanError::Spawn { cmd: e.cmd, source },
+            Failure::Exit(stderr) => VxlanError::Failed { cmd: e.cmd, stderr },
+        }
+    }
+}
+
 /// Where the commands run: on the host, or inside a named network
 /// namespace (`ip netns exec NAME ...`: tests and multi-node rigs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,58 +100,13 @@ impl Shell {
 
     /// The command line that runs `prog args...`, for messages.
     fn describe(&self, prog: &str, args: &[&str]) -> String {
-        let mut words: Vec<&str> = Vec::new();
-        if let Some(ns) = &self.netns {
-            words.extend(["ip", "netns", "exec", ns.as_str()]);
-        }
-        words.push(prog);
-        words.extend(args);
-        words.join(" ")
+        command::describe(self.netns.as_deref(), prog, args)
     }
 
     /// Runs `prog args...` (with `stdin` fed to it), answering its stdout;
     /// a non-zero exit is an error carrying its stderr.
     fn run(&self, prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String, VxlanError> {
-        use std::io::Write as _;
-        let mut cmd = match &self.netns {
-            None => Command::new(prog),
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns.as_str(), prog]);
-                c
-            }
-        };
-        cmd.args(args);
-        let line = || self.describe(prog, args);
-        let spawn = |source| VxlanError::Spawn {
-            cmd: line(),
-            source,
-        };
-        let mut child = cmd
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn)?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input.as_bytes()).map_err(spawn)?;
-        }
-        let out = child.wait_with_output().map_err(spawn)?;
-        if !out.status.success() {
-            let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            if stderr.is_empty() {
-                stderr = out.status.to_string();
-            }
-            return Err(VxlanError::Failed {
-                cmd: line(),
-                stderr,
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(command::run(self.netns.as_deref(), prog, args, stdin)?)
     }
 
     /// Runs a command that prints a JSON array (`ip -j`, `bridge -j`).
