@@ -34,6 +34,7 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -52,8 +53,45 @@ use corral_store::{ResourceStore, StoreError};
 /// than the gap between a charge and its write.
 pub const CHARGE_TTL: Duration = Duration::from_secs(60);
 
-/// CAS attempts on the Project before giving up with the conflict.
+/// CAS attempts on the Project before giving up with the conflict. In
+/// one process, charges and releases of a project take turns (see
+/// [`project_turn`]), so the conflicts left are other processes' writes
+/// and the quota controller's: each lost attempt backs off a little
+/// longer.
 const ATTEMPTS: usize = 64;
+
+/// Project name -> the turn its charges and releases take in this
+/// process. Without it, 32 concurrent creates in one project all read the
+/// same revision, one CAS wins and 31 retry, again and again: under a
+/// burst a create could lose every attempt and be refused with a conflict
+/// on a Project its client never wrote (seen in the kill -9 chaos suite).
+/// In turn, every write is one read and one winning CAS.
+static TURNS: std::sync::OnceLock<
+    std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+> = std::sync::OnceLock::new();
+
+/// Waits for `project`'s turn in this process. Entries nobody holds are
+/// dropped as new ones are made, so the map stays as small as the number
+/// of projects being written at once.
+async fn project_turn(project: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    let turn = {
+        let mut turns = TURNS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        turns.retain(|name, t| name == project || Arc::strong_count(t) > 1);
+        turns.entry(project.to_string()).or_default().clone()
+    };
+    turn.lock_owned().await
+}
+
+/// The pause after the `attempt`th lost CAS: short, growing, jittered so
+/// that writers in different processes do not keep colliding.
+async fn back_off(attempt: usize) {
+    let step = (attempt as u64).min(20);
+    let jitter = u64::from(Utc::now().timestamp_subsec_nanos()) % (step + 1);
+    tokio::time::sleep(Duration::from_millis(step + jitter)).await;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuotaError {
@@ -209,6 +247,7 @@ pub async fn charge_from<K: Resource>(
         return Ok(None);
     }
     let object = object_name::<K>(&meta.name);
+    let _turn = project_turn(&meta.project).await;
     let mut last = None;
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
@@ -268,7 +307,7 @@ pub async fn charge_from<K: Resource>(
             }
             Err(e @ StoreError::Conflict { .. }) => {
                 last = Some(e);
-                tokio::task::yield_now().await;
+                back_off(attempt).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -325,7 +364,11 @@ pub async fn confirm(store: &ResourceStore, charge: &Charge) {
 }
 
 async fn release(store: &ResourceStore, charge: &Charge, give_back: bool) {
-    for _ in 0..ATTEMPTS {
+    let _turn = project_turn(&charge.project).await;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            back_off(attempt).await;
+        }
         let mut project = match store.get::<Project>("", &charge.project).await {
             Ok(Some(p)) => p,
             Ok(None) => return,
@@ -414,7 +457,8 @@ pub async fn settle(store: &ResourceStore, project: &str) -> Result<Option<Durat
         }
         let no_types = BTreeMap::new();
         let known_types = types.as_ref().unwrap_or(&no_types);
-        for i in instances {
+        // A terminated instance's record (kept for EC2) holds nothing.
+        for i in instances.into_iter().filter(|i| !i.is_terminated()) {
             let itype = match (i.spec.cpus, i.spec.memory_mib) {
                 (Some(_), Some(_)) => None,
                 _ => known_types.get(
