@@ -4,6 +4,7 @@
 //!  Pending ─scheduler→ Scheduled ─agent→ Provisioning → Running ⇄ Stopped/Paused/Suspended
 //!     │                                                   │
 //!     └────────────── delete ─────────→ Terminating ──agent destroyed domain──→ (gone)
+//!                                                         └─ another finalizer keeps the record → Terminated
 //! ```
 //!
 //! - Puts the `corral/instance` finalizer on every live Instance, so the
@@ -29,7 +30,7 @@ use corral_runtime::status::{
 use corral_runtime::{Action, Cache, ObjectRef, ReconcileError, Reconciler};
 use corral_store::ResourceStore;
 
-pub const FINALIZER: &str = "corral/instance";
+pub const FINALIZER: &str = Instance::FINALIZER;
 pub const CONDITION_REFERENCES: &str = "ReferencesResolved";
 
 /// Caches of everything an Instance may name.
@@ -113,6 +114,38 @@ impl InstanceController {
     }
 }
 
+impl InstanceController {
+    /// Lets a deleted instance whose domain is gone go. When another
+    /// finalizer keeps its record (EC2 shows terminated instances for an
+    /// hour), the record says Terminated in the same write, and from then
+    /// on it holds no capacity, address or quota ([`Instance::is_terminated`]).
+    async fn release(&self, instance: &Instance) -> Result<(), ReconcileError> {
+        let (p, n) = (&instance.metadata.project, &instance.metadata.name);
+        if instance.metadata.finalizers.iter().any(|f| f != FINALIZER) {
+            let kept = update_with_retry::<Instance, _>(&self.store, p, n, |i| {
+                if !i.metadata.finalizers.iter().any(|f| f != FINALIZER)
+                    || !i.metadata.finalizers.iter().any(|f| f == FINALIZER)
+                {
+                    return false;
+                }
+                i.metadata.finalizers.retain(|f| f != FINALIZER);
+                let s = i.status.get_or_insert_with(InstanceStatus::default);
+                s.phase = InstancePhase::Terminated;
+                // Its addresses are IPAM's to hand out again.
+                s.addresses.clear();
+                s.message = Some("terminated: the domain is gone; only this record remains".into());
+                true
+            })
+            .await?;
+            if kept.is_none_or(|i| i.is_terminated()) {
+                return Ok(());
+            }
+        }
+        remove_finalizer(&self.store, instance, FINALIZER).await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Reconciler<Instance> for InstanceController {
     async fn reconcile(
@@ -128,7 +161,7 @@ impl Reconciler<Instance> for InstanceController {
                 return Ok(Action::AwaitChange);
             }
             if self.cleaned_up(&instance) {
-                remove_finalizer(&self.store, instance.as_ref(), FINALIZER).await?;
+                self.release(&instance).await?;
                 return Ok(Action::AwaitChange);
             }
             let node = instance

@@ -81,7 +81,8 @@ fn plan(network: &Network, instances: &[Arc<Instance>]) -> Result<Plan, String> 
 
     // Who should hold an address on this network.
     let mut wanted: BTreeMap<String, (String, usize, Option<Ipv4Addr>)> = BTreeMap::new();
-    for i in instances {
+    // A terminated instance's record (kept for EC2) gives its addresses back.
+    for i in instances.iter().filter(|i| !i.is_terminated()) {
         for (idx, nic) in i.spec.nics.iter().enumerate() {
             if nic.network == network.metadata.name {
                 let fixed = nic.fixed_ip.as_deref().and_then(parse_ipv4);

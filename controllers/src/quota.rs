@@ -50,8 +50,13 @@ pub fn project_of<K: Resource>(change: &Change<K>) -> Vec<ObjectRef> {
     vec![ObjectRef::new("", m.project.clone())]
 }
 
-/// Mapper for [`Instance`] changes.
+/// Mapper for [`Instance`] changes: also a terminated instance whose
+/// record stays, as it no longer counts.
 pub fn project_of_instance(change: &Change<Instance>) -> Vec<ObjectRef> {
+    let i = change.object();
+    if matches!(change, Change::Applied(_)) && i.is_terminated() {
+        return vec![ObjectRef::new("", i.metadata.project.clone())];
+    }
     project_of(change)
 }
 

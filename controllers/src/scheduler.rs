@@ -53,12 +53,15 @@ impl Book {
         self.bound.insert(key, (node.to_string(), request));
     }
 
-    fn unbind(&mut self, key: &ObjectRef) {
-        if let Some((node, request)) = self.bound.remove(key) {
-            if let Some(u) = self.usage.get_mut(&node) {
-                u.sub(request);
-            }
+    /// Frees what `key` held; whether it held anything.
+    fn unbind(&mut self, key: &ObjectRef) -> bool {
+        let Some((node, request)) = self.bound.remove(key) else {
+            return false;
+        };
+        if let Some(u) = self.usage.get_mut(&node) {
+            u.sub(request);
         }
+        true
     }
 
     fn used(&self, node: &str) -> Request {
@@ -210,20 +213,21 @@ impl Scheduler {
         let obj = change.object();
         let key = ObjectRef::of(obj.as_ref());
         let mut book = self.book.lock().expect("book");
-        match change {
-            Change::Deleted(i) => {
-                book.unbind(&key);
-                drop(book);
-                if i.status.as_ref().is_some_and(|s| s.node_name.is_some()) {
-                    self.wake_waiting();
-                }
+        // A terminated instance whose record stays (EC2 shows it for an
+        // hour) holds nothing: its capacity is free at once.
+        let deleted = matches!(change, Change::Deleted(_));
+        if deleted || obj.is_terminated() {
+            let freed = book.unbind(&key);
+            drop(book);
+            let was_bound = obj.status.as_ref().is_some_and(|s| s.node_name.is_some());
+            if freed || (deleted && was_bound) {
+                self.wake_waiting();
             }
-            Change::Added(i) | Change::Applied(i) => {
-                if let Some(node) = i.status.as_ref().and_then(|s| s.node_name.as_deref()) {
-                    if let Ok(req) = request_of(i, &self.types) {
-                        book.bind(key, node, req);
-                    }
-                }
+            return;
+        }
+        if let Some(node) = obj.status.as_ref().and_then(|s| s.node_name.as_deref()) {
+            if let Ok(req) = request_of(obj, &self.types) {
+                book.bind(key, node, req);
             }
         }
     }
@@ -293,7 +297,7 @@ impl Scheduler {
             return Err(Reject::Unschedulable);
         }
         if let Some(zone) = &instance.spec.availability_zone {
-            if node.spec.zone.as_deref() != Some(zone.as_str()) {
+            if node.zone() != zone {
                 return Err(Reject::Zone);
             }
         }
@@ -524,7 +528,7 @@ impl SchedulingView {
             deleting: node.metadata.deletion_timestamp.is_some(),
             ready: node_ready(node),
             unschedulable: node.spec.unschedulable,
-            zone: node.spec.zone.clone(),
+            zone: Some(node.zone().to_string()),
             labels: node.metadata.labels.clone(),
             taints: node.spec.taints.clone(),
             allocatable: allocatable(node),

@@ -47,6 +47,21 @@ impl Instance {
     pub const CONDITION_READY: &'static str = "Ready";
     /// Condition type: what runs differs from the spec and is being corrected.
     pub const CONDITION_DRIFTED: &'static str = "Drifted";
+    /// The instance controller's finalizer: held from creation until the
+    /// node has destroyed the domain.
+    pub const FINALIZER: &'static str = "corral/instance";
+
+    /// Deleted, with its domain gone: it holds no node capacity, no
+    /// address and no quota any more, even while another finalizer (EC2's
+    /// visibility of terminated instances) keeps its record.
+    pub fn is_terminated(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+            && !self
+                .metadata
+                .finalizers
+                .iter()
+                .any(|f| f == Self::FINALIZER)
+    }
 
     /// The NICs, each with its position and the address observed for it:
     /// `spec.nics[i]` and `status.addresses[i]` are one NIC, and this is
@@ -117,8 +132,11 @@ pub enum InstancePhase {
     Stopped,
     Paused,
     Suspended,
-    /// Being deleted.
+    /// Being deleted: the node is destroying the domain.
     Terminating,
+    /// Deleted and its domain gone; only the record remains (EC2 shows a
+    /// terminated instance for an hour). It holds nothing.
+    Terminated,
     /// Cannot run; see `message` and conditions.
     Failed,
     /// The node stopped reporting; the instance's real state is unknown.

@@ -25,6 +25,27 @@ crate::resource!(
 impl Node {
     /// Condition type: the agent is heartbeating and the host is usable.
     pub const CONDITION_READY: &'static str = "Ready";
+    /// Label naming a node's zone when `spec.zone` is not set.
+    pub const ZONE_LABEL: &'static str = "topology.corral/zone";
+    /// The zone of a node that names none: every cluster has at least this
+    /// one (EC2's region `corral-1`, zone `a`).
+    pub const DEFAULT_ZONE: &'static str = "corral-1a";
+
+    /// The availability zone this node is in: `spec.zone`, else the
+    /// [`Node::ZONE_LABEL`] label, else [`Node::DEFAULT_ZONE`]. The one
+    /// rule the scheduler and the EC2 façade's zone list both follow.
+    pub fn zone(&self) -> &str {
+        self.spec
+            .zone
+            .as_deref()
+            .or_else(|| {
+                self.metadata
+                    .labels
+                    .get(Self::ZONE_LABEL)
+                    .map(String::as_str)
+            })
+            .unwrap_or(Self::DEFAULT_ZONE)
+    }
 }
 
 /// What a taint does to instances that do not tolerate it.

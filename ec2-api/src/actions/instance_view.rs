@@ -9,8 +9,8 @@ use corral_api_types::ec2::{
     LAUNCH_INDEX_ANNOTATION, RESERVATION_ANNOTATION, TERMINATED_FINALIZER,
 };
 use corral_api_types::{
-    Image, Instance, InstancePhase, InstanceType, KeyPair, Network, PowerState, SecurityGroup,
-    Volume,
+    Image, Instance, InstancePhase, InstanceType, KeyPair, Network, Node, PowerState,
+    SecurityGroup, Volume,
 };
 
 use super::{created, Ctx};
@@ -67,6 +67,7 @@ pub fn state(i: &Instance) -> (i32, &'static str) {
             }
         }
         Some(InstancePhase::Terminating) => SHUTTING_DOWN,
+        Some(InstancePhase::Terminated) => TERMINATED,
         Some(InstancePhase::Failed) => STOPPED,
         Some(InstancePhase::Unknown) => {
             if want_running {
@@ -98,16 +99,26 @@ pub struct Lookup {
     pub keys: HashMap<String, String>,
     pub volumes: HashMap<String, String>,
     pub vcpus: HashMap<String, u32>,
+    /// Node name -> its zone ([`Node::zone`]).
+    pub node_zones: HashMap<String, String>,
+    /// The zone of an instance on no node yet that asked for none.
     pub zone: String,
 }
 
 impl Lookup {
     pub async fn load(ctx: &Ctx<'_>) -> Result<Lookup> {
         let p = ctx.project();
-        let mut l = Lookup {
-            zone: ctx.zones().await?.into_iter().next().unwrap_or_default(),
-            ..Default::default()
-        };
+        let mut l = Lookup::default();
+        for n in list_all::<Node>(ctx.store, "").await? {
+            let zone = n.zone().to_string();
+            l.node_zones.insert(n.metadata.name, zone);
+        }
+        l.zone = l
+            .node_zones
+            .values()
+            .min()
+            .cloned()
+            .unwrap_or_else(|| Node::DEFAULT_ZONE.to_string());
         for g in list_all::<SecurityGroup>(ctx.store, p).await? {
             let v = (g.ec2_id(), ec2_name(&g.metadata).to_string());
             l.groups.insert(g.metadata.name, v);
@@ -137,10 +148,13 @@ impl Lookup {
         Ok(l)
     }
 
+    /// The zone an instance asked for, else the one its node is in.
     pub fn zone_of(&self, i: &Instance) -> String {
+        let node = i.status.as_ref().and_then(|s| s.node_name.as_ref());
         i.spec
             .availability_zone
             .clone()
+            .or_else(|| node.and_then(|n| self.node_zones.get(n)).cloned())
             .unwrap_or_else(|| self.zone.clone())
     }
 

@@ -93,23 +93,19 @@ impl Ctx<'_> {
         corral_api_types::ec2::account_id(self.project())
     }
 
-    /// The availability zones: the zones of the Nodes, or one zone
-    /// `<region>a` while no node names one.
+    /// The availability zones: exactly the zones the Nodes are in (a node
+    /// naming none is in [`Node::DEFAULT_ZONE`], as the scheduler says),
+    /// or that default zone alone while there is no node.
     pub async fn zones(&self) -> Result<Vec<String>> {
         let mut zones: Vec<String> = list_all::<Node>(self.store, "")
             .await?
-            .into_iter()
-            .filter_map(|n| {
-                n.spec
-                    .zone
-                    .clone()
-                    .or_else(|| n.metadata.labels.get(ZONE_LABEL).cloned())
-            })
+            .iter()
+            .map(|n| n.zone().to_string())
             .collect();
         zones.sort();
         zones.dedup();
         if zones.is_empty() {
-            zones.push(format!("{}a", self.config.region));
+            zones.push(Node::DEFAULT_ZONE.to_string());
         }
         Ok(zones)
     }
@@ -128,9 +124,6 @@ impl Ctx<'_> {
         }
     }
 }
-
-/// Node label naming a node's zone when `spec.zone` is not set.
-pub const ZONE_LABEL: &str = "topology.corral/zone";
 
 /// The time format of EC2's timestamps.
 pub fn ts(t: &chrono::DateTime<chrono::Utc>) -> String {

@@ -147,6 +147,10 @@ impl Agent {
                 Err(e) => return Err(e.into()),
             }
         }
+        // Its record already says Terminated: nothing more to report.
+        if i.is_terminated() {
+            return Ok(None);
+        }
         let r = Report::unprovisioned(
             InstancePhase::Terminating,
             "Destroyed",

@@ -330,7 +330,7 @@ impl Agent {
             .opts
             .zone
             .clone()
-            .unwrap_or_else(|| format!("{REGION}a"));
+            .unwrap_or_else(|| corral_api_types::Node::DEFAULT_ZONE.to_string());
         Ok(InstanceMetadata {
             instance_id: i
                 .status
