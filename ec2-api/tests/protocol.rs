@@ -222,9 +222,16 @@ async fn authentication_failures_change_nothing() {
         .list::<corral_api_types::SecurityGroup>(Some("demo"), Default::default())
         .await
         .unwrap();
+    // The one group is the default VPC's, made by the DescribeSecurityGroups
+    // that succeeded.
     assert!(
-        groups.items.is_empty(),
-        "nothing may be written by failed requests"
+        groups.items.iter().all(|g| g.metadata.name == "default"),
+        "nothing may be written by failed requests: {:?}",
+        groups
+            .items
+            .iter()
+            .map(|g| &g.metadata.name)
+            .collect::<Vec<_>>()
     );
     let (status, text) = post(
         &s,

@@ -195,7 +195,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
     } else {
         vec![]
     };
-    let launch = Launch {
+    let mut launch = Launch {
         params: p,
         project: project.clone(),
         token,
@@ -215,10 +215,19 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
         disable_stop: p.bool("DisableApiStop")?.unwrap_or(false),
     };
     ctx.gate()?;
-    let network = match subnet {
+    let network = match subnet.and_then(|s| networks.into_iter().find(|n| n.metadata.name == s)) {
         Some(n) => n,
-        None => default_network(ctx).await?.metadata.name,
+        None => default_network(ctx).await?,
     };
+    if let Some(ip) = &launch.fixed_ip {
+        check_private_ip(&network, ip)?;
+    }
+    // No group named: the VPC's default group, as in EC2.
+    if launch.security_groups.is_empty() {
+        let g = super::security_groups::default_group(ctx, &network).await?;
+        launch.security_groups.push(g.metadata.name);
+    }
+    let network = network.metadata.name;
 
     let first_uid = new_uid(&project, Instance::KIND, launch.token.as_deref(), 0);
     let reservation = reservation_id(&first_uid);
@@ -256,6 +265,34 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
     }
     tracing::info!(project, count = created.len(), reservation, "RunInstances");
     respond_reservation(ctx, created).await
+}
+
+/// `PrivateIpAddress` must be a usable address of the subnet (not its
+/// network, broadcast or gateway address), as AWS checks before it
+/// launches anything.
+fn check_private_ip(network: &Network, ip: &str) -> Result<()> {
+    let Some(addr) = corral_api_types::net::parse_ipv4(ip) else {
+        return Err(Ec2Error::invalid_value(format!(
+            "Invalid value '{}' for PrivateIpAddress: not an IPv4 address",
+            clip(ip)
+        )));
+    };
+    let Some((cidr, gateway)) = network.spec.gateway() else {
+        return Ok(());
+    };
+    if !cidr.is_host(addr) {
+        return Err(Ec2Error::invalid_value(format!(
+            "Address {addr} does not fall within the subnet's address range ({})",
+            network.spec.cidr
+        )));
+    }
+    if addr == gateway {
+        return Err(Ec2Error::client(
+            "InvalidIPAddress.InUse",
+            format!("Address {addr} is in use (the subnet's gateway)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Why one instance of a launch could not be made (its volumes are

@@ -2,12 +2,13 @@
 //! ingress and egress, from the classic flat parameters (as
 //! euca-authorize sends them) or `IpPermissions.N`.
 
-use corral_api_types::ec2::{derive_id, resource_id};
+use corral_api_types::ec2::{derive_id, resource_id, NAME_ANNOTATION};
 use corral_api_types::{
     Instance, Network, Protocol, Resource, SecurityGroup, SecurityGroupRule, SecurityGroupSpec,
 };
 
 use super::ids::{SECURITY_GROUP, VPC};
+use super::vpcs::is_default;
 use super::Ctx;
 use crate::error::{Ec2Error, Result};
 use crate::filter::{one, Filters};
@@ -20,11 +21,116 @@ use crate::xml::Xml;
 /// a Network in Corral; EC2 tools read it back).
 pub const VPC_ANNOTATION: &str = "ec2.corral/vpc-id";
 
-/// Resolves a group by id or EC2 name among `groups`.
+/// Marks the group EC2 made for a VPC: named `default`, not deletable.
+pub const DEFAULT_GROUP_ANNOTATION: &str = "ec2.corral/default-group";
+
+/// The VPC id a group belongs to, if any.
+fn vpc_of(g: &SecurityGroup) -> Option<&str> {
+    g.metadata
+        .annotations
+        .get(VPC_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether `g` is the default group of the VPC `vpc` (the default VPC's
+/// also when it predates the VPC annotation).
+fn is_default_of(g: &SecurityGroup, vpc: &Network) -> bool {
+    ec2_name(&g.metadata) == DEFAULT_GROUP
+        && match vpc_of(g) {
+            Some(v) => v == vpc.ec2_id(),
+            None => is_default(vpc),
+        }
+}
+
+/// The name of every VPC's default group.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// The default security group of `vpc`, made when missing: members may
+/// reach each other on every protocol, everything may go out (EC2's
+/// default group). Idempotent under concurrent callers: the group's uid
+/// (and so its name) is derived from the VPC's, so two creates collide.
+pub async fn default_group(ctx: &Ctx<'_>, vpc: &Network) -> Result<SecurityGroup> {
+    let find = |groups: Vec<SecurityGroup>| groups.into_iter().find(|g| is_default_of(g, vpc));
+    if let Some(g) = find(ctx.list::<SecurityGroup>().await?) {
+        return Ok(g);
+    }
+    let token = format!("default-group/{}", vpc.metadata.uid);
+    let uid = new_uid(ctx.project(), SecurityGroup::KIND, Some(&token), 0);
+    let id = resource_id(SecurityGroup::KIND, &uid).unwrap_or_default();
+    // The default VPC's group is `default` in the native API too; other
+    // VPCs' are named by id (names are unique per project there, per VPC
+    // in EC2).
+    let name = if is_default(vpc) {
+        DEFAULT_GROUP
+    } else {
+        id.as_str()
+    };
+    let mut g = SecurityGroup::new(
+        ctx.project(),
+        name,
+        SecurityGroupSpec {
+            description: format!("default VPC security group of {}", vpc.ec2_id()),
+            ingress: vec![SecurityGroupRule {
+                protocol: Protocol::All,
+                source_group: Some(name.to_string()),
+                ..Default::default()
+            }],
+            egress: vec![SecurityGroupRule {
+                protocol: Protocol::All,
+                cidr: Some("0.0.0.0/0".into()),
+                ..Default::default()
+            }],
+            tags: Default::default(),
+        },
+    );
+    g.metadata.uid = uid;
+    let a = &mut g.metadata.annotations;
+    a.insert(VPC_ANNOTATION.into(), vpc.ec2_id());
+    a.insert(DEFAULT_GROUP_ANNOTATION.into(), "true".into());
+    if name != DEFAULT_GROUP {
+        a.insert(NAME_ANNOTATION.into(), DEFAULT_GROUP.into());
+    }
+    match objects::create(ctx.store, g).await {
+        Ok(g) => Ok(g),
+        // Made meanwhile by a concurrent request (or a group of that name
+        // is in the way: say so).
+        Err(e) => find(ctx.list::<SecurityGroup>().await?).ok_or(e),
+    }
+}
+
+/// The project's default VPC and its default group, made when missing,
+/// for the calls where EC2 users expect them to exist already. A failure
+/// (a quota reached) is logged, not answered: the call goes on without.
+pub async fn ensure_defaults(ctx: &Ctx<'_>) {
+    if ctx.dry_run {
+        return;
+    }
+    let made = async {
+        let vpc = super::vpcs::default_network(ctx).await?;
+        default_group(ctx, &vpc).await
+    };
+    if let Err(e) = made.await {
+        tracing::warn!(project = %ctx.project(), error = %e.message, "making the default VPC and group");
+    }
+}
+
+/// The id of the project's default VPC, if it exists.
+async fn default_vpc_id(ctx: &Ctx<'_>) -> Result<Option<String>> {
+    Ok(ctx
+        .store
+        .get::<Network>(ctx.project(), super::vpcs::DEFAULT_NETWORK)
+        .await?
+        .map(|n| n.ec2_id()))
+}
+
+/// Resolves a group by id or EC2 name among `groups`. A name means a
+/// group of the default VPC `default_vpc` (or of none), as in EC2, where
+/// group names are unique per VPC.
 fn resolve<'a>(
     groups: &'a [SecurityGroup],
     id: Option<&str>,
     name: Option<&str>,
+    default_vpc: Option<&str>,
 ) -> Result<&'a SecurityGroup> {
     if let Some(id) = id {
         SECURITY_GROUP.check_one(id)?;
@@ -33,7 +139,9 @@ fn resolve<'a>(
     let name = name.ok_or_else(|| Ec2Error::missing("GroupId"))?;
     groups
         .iter()
-        .find(|g| ec2_name(&g.metadata) == name)
+        .find(|g| {
+            ec2_name(&g.metadata) == name && (vpc_of(g).is_none() || vpc_of(g) == default_vpc)
+        })
         .ok_or_else(|| SECURITY_GROUP.not_found(name))
 }
 
@@ -46,28 +154,52 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
         ));
     }
     let tags = tag_specs(ctx.params, "security-group")?;
-    let vpc = match ctx.params.get_nonempty("VpcId") {
+    let given = match ctx.params.get_nonempty("VpcId") {
         Some(v) => {
             let nets = ctx.list::<Network>().await?;
-            if !nets.iter().any(|n| n.ec2_id() == v) {
+            let Some(n) = nets.into_iter().find(|n| n.ec2_id() == v) else {
                 return Err(VPC.not_found(v));
-            }
-            Some(v.to_string())
+            };
+            Some(n)
         }
-        None => ctx
-            .store
-            .get::<Network>(ctx.project(), "default")
-            .await?
-            .map(|n| n.ec2_id()),
+        None => None,
+    };
+    // Names are unique per VPC: `default` is taken in every one.
+    let default_vpc = default_vpc_id(ctx).await?;
+    let in_vpc = |g: &SecurityGroup| match &given {
+        Some(n) => vpc_of(g) == Some(n.ec2_id().as_str()),
+        None => vpc_of(g).is_none() || vpc_of(g) == default_vpc.as_deref(),
     };
     let groups = ctx.list::<SecurityGroup>().await?;
-    if groups.iter().any(|g| ec2_name(&g.metadata) == name) {
+    if name == DEFAULT_GROUP
+        || groups
+            .iter()
+            .any(|g| ec2_name(&g.metadata) == name && in_vpc(g))
+    {
         return Err(Ec2Error::client(
             "InvalidGroup.Duplicate",
-            format!("The security group '{}' already exists", clip(&name)),
+            format!(
+                "The security group '{}' already exists for VPC '{}'",
+                clip(&name),
+                given
+                    .as_ref()
+                    .map(|n| n.ec2_id())
+                    .or(default_vpc.clone())
+                    .unwrap_or_default()
+            ),
         ));
     }
     ctx.gate()?;
+    // Without a VpcId, the default VPC (made when missing, with its group).
+    let vpc = match given {
+        Some(n) => n,
+        None => {
+            let n = super::vpcs::default_network(ctx).await?;
+            default_group(ctx, &n).await?;
+            n
+        }
+    };
+    let vpc = Some(vpc.ec2_id());
     let uid = new_uid(ctx.project(), SecurityGroup::KIND, None, 0);
     let id = resource_id(SecurityGroup::KIND, &uid).unwrap_or_default();
     let spec = SecurityGroupSpec {
@@ -84,6 +216,13 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
     let mut g = SecurityGroup::new(ctx.project(), "", spec);
     g.metadata.uid = uid;
     place_name(&mut g.metadata, &name, &id);
+    // Another VPC's group holds the plain name: this one goes by its id.
+    if groups.iter().any(|o| o.metadata.name == g.metadata.name) {
+        g.metadata.name = id.clone();
+        g.metadata
+            .annotations
+            .insert(NAME_ANNOTATION.into(), name.clone());
+    }
     if let Some(v) = vpc {
         g.metadata.annotations.insert(VPC_ANNOTATION.into(), v);
     }
@@ -224,14 +363,20 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         true,
     )?;
     ctx.gate()?;
+    ensure_defaults(ctx).await;
     let groups = ctx.list::<SecurityGroup>().await?;
+    let default_vpc = default_vpc_id(ctx).await?;
+    // A name means a group of the default VPC, as in EC2.
+    let named = |g: &SecurityGroup, n: &str| {
+        ec2_name(&g.metadata) == n && (vpc_of(g).is_none() || vpc_of(g) == default_vpc.as_deref())
+    };
     for id in &ids {
         if !groups.iter().any(|g| g.ec2_id() == *id) {
             return Err(SECURITY_GROUP.not_found(id));
         }
     }
     for n in &names {
-        if !groups.iter().any(|g| ec2_name(&g.metadata) == n) {
+        if !groups.iter().any(|g| named(g, n)) {
             return Err(SECURITY_GROUP.not_found(n));
         }
     }
@@ -239,7 +384,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     let mut items: Vec<&SecurityGroup> = groups
         .iter()
         .filter(|g| ids.is_empty() || ids.contains(&g.ec2_id()))
-        .filter(|g| names.is_empty() || names.iter().any(|n| n == ec2_name(&g.metadata)))
+        .filter(|g| names.is_empty() || names.iter().any(|n| named(g, n)))
         .filter(|g| {
             filters.matches(
                 |f| match f {
@@ -279,11 +424,25 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
 
 pub async fn delete(ctx: &Ctx<'_>) -> Result<Xml> {
     let groups = ctx.list::<SecurityGroup>().await?;
+    let default_vpc = default_vpc_id(ctx).await?;
     let g = resolve(
         &groups,
         ctx.params.get_nonempty("GroupId"),
         ctx.params.get_nonempty("GroupName"),
+        default_vpc.as_deref(),
     )?;
+    if g.metadata
+        .annotations
+        .contains_key(DEFAULT_GROUP_ANNOTATION)
+    {
+        return Err(Ec2Error::client(
+            "CannotDelete",
+            format!(
+                "the specified group: \"{}\" name: \"{DEFAULT_GROUP}\" cannot be deleted by a user",
+                g.ec2_id()
+            ),
+        ));
+    }
     let name = &g.metadata.name;
     let instances = ctx.list::<Instance>().await?;
     let used = instances.iter().any(|i| {
@@ -340,9 +499,17 @@ fn proto_ports(p: &Params) -> Result<(Protocol, Option<i32>, Option<i32>)> {
 }
 
 /// The rules a request names (flat parameters or IpPermissions.N).
-fn requested_rules(p: &Params, groups: &[SecurityGroup]) -> Result<Vec<SecurityGroupRule>> {
+fn requested_rules(
+    p: &Params,
+    groups: &[SecurityGroup],
+    default_vpc: Option<&str>,
+    revoking: bool,
+) -> Result<Vec<SecurityGroupRule>> {
     let source = |id: Option<&str>, name: Option<&str>| -> Result<String> {
-        Ok(resolve(groups, id, name)?.metadata.name.clone())
+        Ok(resolve(groups, id, name, default_vpc)?
+            .metadata
+            .name
+            .clone())
     };
     let mut out = Vec::new();
     let perms = p.structs("IpPermissions")?;
@@ -376,9 +543,29 @@ fn requested_rules(p: &Params, groups: &[SecurityGroup]) -> Result<Vec<SecurityG
         return Ok(out);
     }
     for perm in perms {
-        if !perm.sub("Ipv6Ranges").is_empty() || !perm.sub("PrefixListIds").is_empty() {
+        let v6 = perm.structs("Ipv6Ranges")?;
+        if let Some(r) = v6.first() {
+            let cidr = r.required("CidrIpv6")?;
+            // No group holds an IPv6 rule: revoking one (terraform drops
+            // the default `::/0` egress of every group it makes) finds
+            // none, as AWS answers for a VPC without IPv6.
+            if revoking {
+                return Err(Ec2Error::client(
+                    "InvalidPermission.NotFound",
+                    format!(
+                        "The specified rule does not exist in this security group (peer {})",
+                        clip(cidr)
+                    ),
+                ));
+            }
+            return Err(Ec2Error::invalid_value(format!(
+                "Invalid value '{}' for IpPermissions.N.Ipv6Ranges: Corral's VPCs carry IPv4 only (no IPv6 CIDR block), so IPv6 rules would never match",
+                clip(cidr)
+            )));
+        }
+        if !perm.sub("PrefixListIds").is_empty() {
             return Err(Ec2Error::invalid_value(
-                "IPv6 ranges and prefix lists are not supported",
+                "IpPermissions.N.PrefixListIds: prefix lists are not supported",
             ));
         }
         let (protocol, from_port, to_port) = proto_ports(&perm)?;
@@ -423,14 +610,22 @@ fn same_rule(a: &SecurityGroupRule, b: &SecurityGroupRule) -> bool {
 
 /// Authorize (`add`) or revoke rules, on ingress or egress.
 pub async fn change(ctx: &Ctx<'_>, ingress: bool, add: bool) -> Result<Xml> {
+    // `euca-authorize default …`: the group exists before anyone made it.
+    ensure_defaults(ctx).await;
     let groups = ctx.list::<SecurityGroup>().await?;
     let name_param = if ingress {
         ctx.params.get_nonempty("GroupName")
     } else {
         None
     };
-    let g = resolve(&groups, ctx.params.get_nonempty("GroupId"), name_param)?;
-    let rules = requested_rules(ctx.params, &groups)?;
+    let default_vpc = default_vpc_id(ctx).await?;
+    let g = resolve(
+        &groups,
+        ctx.params.get_nonempty("GroupId"),
+        name_param,
+        default_vpc.as_deref(),
+    )?;
+    let rules = requested_rules(ctx.params, &groups, default_vpc.as_deref(), !add)?;
     let current = if ingress {
         &g.spec.ingress
     } else {

@@ -24,7 +24,9 @@ const SUBNET_FILTERS: &[&str] = &[
     "cidr-block",
     "cidr",
     "availability-zone",
+    "availabilityZone",
     "default-for-az",
+    "defaultForAz",
     "state",
     "owner-id",
 ];
@@ -35,6 +37,8 @@ fn sid(n: &Network) -> String {
 
 pub async fn describe_subnets(ctx: &Ctx<'_>) -> Result<Xml> {
     let d = Describe::parse(ctx, &SUBNET, SUBNET_FILTERS)?;
+    // The default VPC's subnet exists before anyone asks for it.
+    super::security_groups::ensure_defaults(ctx).await;
     let mut nets = ctx.list::<Network>().await?;
     nets.retain(has_subnet);
     d.check_found(&SUBNET, &nets, sid)?;
@@ -44,8 +48,8 @@ pub async fn describe_subnets(ctx: &Ctx<'_>) -> Result<Xml> {
         "subnet-id" => one(sid(n)),
         "vpc-id" => one(n.ec2_id()),
         "cidr-block" | "cidr" => one(n.spec.cidr.clone()),
-        "availability-zone" => one(zone.clone()),
-        "default-for-az" => b(is_default(n)),
+        "availability-zone" | "availabilityZone" => one(zone.clone()),
+        "default-for-az" | "defaultForAz" => b(is_default(n)),
         "state" => one("available"),
         _ => one(account.clone()),
     };

@@ -18,7 +18,7 @@
 //! creates the Network `default` (172.31.0.0/16) when it is missing.
 
 use corral_api_types::ec2::resource_id;
-use corral_api_types::{Instance, Network, NetworkSpec, Resource};
+use corral_api_types::{Instance, Network, NetworkSpec, Resource, SecurityGroup};
 
 use super::describe::{page_answer, Describe};
 use super::ids::VPC;
@@ -104,27 +104,43 @@ fn write_vpc(x: &mut Xml, n: &Network, account: &str) {
         .tags("tagSet", n.tags());
 }
 
+/// DescribeVpcs' filters, as the EC2 API reference lists them, plus
+/// `isDefault`: the name terraform's `data "aws_vpc" { default = true }`
+/// sends (AWS takes it too).
 const VPC_FILTERS: &[&str] = &[
     "vpc-id",
     "cidr",
     "cidr-block-association.cidr-block",
+    "cidr-block-association.association-id",
+    "cidr-block-association.state",
     "is-default",
+    "isDefault",
     "state",
     "owner-id",
     "dhcp-options-id",
+    "instance-tenancy",
 ];
 
 pub async fn describe_vpcs(ctx: &Ctx<'_>) -> Result<Xml> {
     let d = Describe::parse(ctx, &VPC, VPC_FILTERS)?;
+    // The default VPC exists before anyone asks for it.
+    super::security_groups::ensure_defaults(ctx).await;
     let nets = ctx.list::<Network>().await?;
     d.check_found(&VPC, &nets, |n| n.ec2_id())?;
     let account = ctx.account();
     let field = |n: &Network, f: &str| match f {
         "vpc-id" => one(n.ec2_id()),
         "cidr" | "cidr-block-association.cidr-block" => one(vpc_cidr(n)),
-        "is-default" => b(is_default(n)),
+        "is-default" | "isDefault" => b(is_default(n)),
         "state" => one("available"),
+        "cidr-block-association.state" => one("associated"),
+        "cidr-block-association.association-id" => one(corral_api_types::ec2::derive_id(
+            "vpc-cidr-assoc",
+            "VpcCidr",
+            &n.metadata.uid,
+        )),
         "owner-id" => one(account.clone()),
+        // dhcp-options-id, instance-tenancy
         _ => one("default"),
     };
     let (nets, next) = d.select(nets, |n| n.ec2_id(), field, |n| n.tags());
@@ -186,13 +202,38 @@ async fn create_network(
             .insert(SUBNET_PENDING_ANNOTATION.into(), "true".into());
     }
     let n = objects::create(ctx.store, n).await?;
+    // Every VPC comes with its default security group.
+    super::security_groups::default_group(ctx, &n).await?;
     let mut x = Xml::new();
     x.el("vpc", |x| write_vpc(x, &n, &ctx.account()));
     Ok(x)
 }
 
+/// VPC sizes AWS allows: a /16 to a /28.
+fn check_vpc_cidr(cidr: &str) -> Result<()> {
+    let prefix = cidr
+        .parse::<corral_api_types::net::Ipv4Cidr>()
+        .ok()
+        .map(|c| c.prefix());
+    match prefix {
+        Some(16..=28) => Ok(()),
+        Some(_) => Err(Ec2Error::client(
+            "InvalidVpc.Range",
+            format!(
+                "The CIDR '{}' is invalid: a VPC's block must be between /16 and /28.",
+                clip(cidr)
+            ),
+        )),
+        None => Err(Ec2Error::invalid_value(format!(
+            "Value ({}) for parameter cidrBlock is invalid. This is not a valid CIDR block.",
+            clip(cidr)
+        ))),
+    }
+}
+
 pub async fn create_vpc(ctx: &Ctx<'_>) -> Result<Xml> {
     let cidr = ctx.params.required("CidrBlock")?.to_string();
+    check_vpc_cidr(&cidr)?;
     create_network(ctx, None, &cidr, false).await
 }
 
@@ -227,7 +268,37 @@ pub async fn delete_vpc(ctx: &Ctx<'_>) -> Result<Xml> {
             ),
         ));
     }
+    // Its own groups must go first; its default group goes with it.
+    let groups: Vec<SecurityGroup> = ctx
+        .list::<SecurityGroup>()
+        .await?
+        .into_iter()
+        .filter(|g| {
+            g.metadata
+                .annotations
+                .get(super::security_groups::VPC_ANNOTATION)
+                == Some(&n.ec2_id())
+        })
+        .collect();
+    let is_default_group = |g: &SecurityGroup| {
+        g.metadata
+            .annotations
+            .contains_key(super::security_groups::DEFAULT_GROUP_ANNOTATION)
+    };
+    if let Some(g) = groups.iter().find(|g| !is_default_group(g)) {
+        return Err(Ec2Error::client(
+            "DependencyViolation",
+            format!(
+                "The vpc '{}' has dependencies and cannot be deleted: security group {}.",
+                n.ec2_id(),
+                g.ec2_id()
+            ),
+        ));
+    }
     ctx.gate()?;
     objects::delete(ctx.store, &n).await?;
+    for g in groups.iter().filter(|g| is_default_group(g)) {
+        objects::delete(ctx.store, g).await?;
+    }
     Ok(super::ok_return())
 }

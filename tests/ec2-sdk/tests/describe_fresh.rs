@@ -89,7 +89,9 @@ async fn describe_instances_shows_every_change_its_xml_depends_on() {
     // The security group goes (behind the façade's back): no id for it.
     let group = objects::<SecurityGroup>(&s.store, "default")
         .await
-        .remove(0);
+        .into_iter()
+        .find(|g| g.metadata.name != "default")
+        .unwrap();
     s.store
         .delete::<SecurityGroup>("default", &group.metadata.name, None)
         .await

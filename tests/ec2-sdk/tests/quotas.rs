@@ -207,7 +207,11 @@ async fn count_quotas_and_rule_limits_get_the_aws_codes() {
     corral_registry::quota::settle(&s.store, "default")
         .await
         .unwrap();
+    // The default VPC's group counts too (as on AWS): made by the first
+    // look at the groups.
+    ec2.describe_security_groups().send().await.unwrap();
     let have = objects::<SecurityGroup>(&s.store, "default").await.len();
+    assert_eq!(have, 1, "the default group");
     let mut made = Vec::new();
     for n in have..2 {
         made.push(create_group(&ec2, &format!("g{n}"), "d", None).await);

@@ -204,13 +204,14 @@ async fn tenancy() {
         .unwrap()
         .reservations()
         .is_empty());
-    assert!(b
-        .describe_security_groups()
-        .send()
-        .await
-        .unwrap()
+    // Only b's own default group: none of a's.
+    let b_groups = b.describe_security_groups().send().await.unwrap();
+    let names: Vec<_> = b_groups
         .security_groups()
-        .is_empty());
+        .iter()
+        .map(|g| g.group_name().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["default"]);
     assert!(b
         .describe_key_pairs()
         .send()

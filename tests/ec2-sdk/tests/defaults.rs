@@ -1,0 +1,217 @@
+//! What every EC2 user assumes exists, through aws-sdk-ec2: the default
+//! VPC (terraform's `data "aws_vpc" { default = true }`), its `default`
+//! security group (euca-authorize default …), a default group per VPC,
+//! group names unique per VPC, the IPv6 egress revoke terraform makes on
+//! every group, and the VPC and PrivateIpAddress checks AWS does.
+
+mod common;
+
+use aws_sdk_ec2::types::{IpPermission, Ipv6Range};
+use common::{code, create_group, create_vpc, filter, launch, objects, permission, start_seeded};
+use corral_api_types::{Instance, SecurityGroup};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_vpc_and_group_exist_and_behave_as_on_aws() {
+    let (s, ec2, image) = start_seeded().await;
+
+    // A fresh project: the default VPC is there before anything ran.
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(filter("isDefault", &["true"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(vpcs.vpcs().len(), 1, "{vpcs:?}");
+    let default_vpc = vpcs.vpcs()[0].vpc_id().unwrap().to_string();
+    assert_eq!(vpcs.vpcs()[0].is_default(), Some(true));
+
+    // …and so is its group: members reach each other, all may go out.
+    let groups = ec2
+        .describe_security_groups()
+        .group_names("default")
+        .send()
+        .await
+        .unwrap();
+    let g = &groups.security_groups()[0];
+    let default_id = g.group_id().unwrap().to_string();
+    assert_eq!(g.vpc_id(), Some(default_vpc.as_str()));
+    let ingress = &g.ip_permissions()[0];
+    assert_eq!(ingress.ip_protocol(), Some("-1"));
+    assert_eq!(
+        ingress.user_id_group_pairs()[0].group_id(),
+        Some(default_id.as_str())
+    );
+    let egress = &g.ip_permissions_egress()[0];
+    assert_eq!(egress.ip_ranges()[0].cidr_ip(), Some("0.0.0.0/0"));
+
+    // The classic first step of every euca2ools tutorial.
+    ec2.authorize_security_group_ingress()
+        .group_name("default")
+        .ip_protocol("tcp")
+        .from_port(22)
+        .to_port(22)
+        .cidr_ip("0.0.0.0/0")
+        .send()
+        .await
+        .unwrap();
+    let stored: SecurityGroup = s.store.get("default", "default").await.unwrap().unwrap();
+    assert!(stored
+        .spec
+        .ingress
+        .iter()
+        .any(|r| r.from_port == Some(22) && r.cidr.as_deref() == Some("0.0.0.0/0")));
+
+    // Not deletable; its name is taken.
+    assert_eq!(
+        code(
+            ec2.delete_security_group()
+                .group_id(&default_id)
+                .send()
+                .await
+        ),
+        "CannotDelete"
+    );
+    assert_eq!(
+        code(
+            ec2.create_security_group()
+                .group_name("default")
+                .description("mine")
+                .send()
+                .await
+        ),
+        "InvalidGroup.Duplicate"
+    );
+
+    // RunInstances naming no group gets the default one.
+    let run = launch(&ec2, &image).send().await.unwrap();
+    let i = &run.instances()[0];
+    assert_eq!(i.security_groups()[0].group_id(), Some(default_id.as_str()));
+    let stored = objects::<Instance>(&s.store, "default").await.remove(0);
+    assert_eq!(stored.spec.nics[0].security_groups, ["default"]);
+
+    // PrivateIpAddress outside the subnet is refused, not left waiting.
+    assert_eq!(
+        code(
+            launch(&ec2, &image)
+                .private_ip_address("10.9.9.9")
+                .send()
+                .await
+        ),
+        "InvalidParameterValue"
+    );
+    assert_eq!(objects::<Instance>(&s.store, "default").await.len(), 1);
+
+    // terraform revokes the IPv6 default egress of every group it makes:
+    // there is none, and AWS says so with this code.
+    let v6 = IpPermission::builder()
+        .ip_protocol("-1")
+        .from_port(0)
+        .to_port(0)
+        .ipv6_ranges(Ipv6Range::builder().cidr_ipv6("::/0").build())
+        .build();
+    assert_eq!(
+        code(
+            ec2.revoke_security_group_egress()
+                .group_id(&default_id)
+                .ip_permissions(v6.clone())
+                .send()
+                .await
+        ),
+        "InvalidPermission.NotFound"
+    );
+    // Authorizing one is refused (no VPC carries IPv6), not dropped.
+    assert_eq!(
+        code(
+            ec2.authorize_security_group_egress()
+                .group_id(&default_id)
+                .ip_permissions(v6)
+                .send()
+                .await
+        ),
+        "InvalidParameterValue"
+    );
+    // The IPv4 default egress revoke works.
+    ec2.revoke_security_group_egress()
+        .group_id(&default_id)
+        .ip_permissions(permission("-1", 0, 0, "0.0.0.0/0"))
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_vpc_has_its_default_group_and_names_are_per_vpc() {
+    let (_s, ec2, _) = start_seeded().await;
+    assert_eq!(
+        code(ec2.create_vpc().cidr_block("10.0.0.0/8").send().await),
+        "InvalidVpc.Range"
+    );
+    assert_eq!(
+        code(ec2.create_vpc().cidr_block("10.0.0.0/29").send().await),
+        "InvalidVpc.Range"
+    );
+    let vpc = create_vpc(&ec2, "10.1.0.0/16").await;
+    let in_vpc = ec2
+        .describe_security_groups()
+        .filters(filter("vpc-id", &[&vpc]))
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<_> = in_vpc
+        .security_groups()
+        .iter()
+        .map(|g| g.group_name().unwrap())
+        .collect();
+    assert_eq!(names, ["default"]);
+    let vpc_default = in_vpc.security_groups()[0].group_id().unwrap().to_string();
+
+    // `web` in the default VPC and in this one: two groups.
+    let web_default = create_group(&ec2, "web", "d", None).await;
+    let web_vpc = create_group(&ec2, "web", "d", Some(&vpc)).await;
+    assert_ne!(web_default, web_vpc);
+    assert_eq!(
+        code(
+            ec2.create_security_group()
+                .group_name("web")
+                .description("d")
+                .vpc_id(&vpc)
+                .send()
+                .await
+        ),
+        "InvalidGroup.Duplicate"
+    );
+    // A name means the default VPC's group.
+    let by_name = ec2
+        .describe_security_groups()
+        .group_names("web")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_name.security_groups().len(), 1);
+    assert_eq!(
+        by_name.security_groups()[0].group_id(),
+        Some(web_default.as_str())
+    );
+
+    // The VPC goes only once its own groups are gone; its default group
+    // goes with it.
+    assert_eq!(
+        code(ec2.delete_vpc().vpc_id(&vpc).send().await),
+        "DependencyViolation"
+    );
+    ec2.delete_security_group()
+        .group_id(&web_vpc)
+        .send()
+        .await
+        .unwrap();
+    ec2.delete_vpc().vpc_id(&vpc).send().await.unwrap();
+    assert_eq!(
+        code(
+            ec2.describe_security_groups()
+                .group_ids(&vpc_default)
+                .send()
+                .await
+        ),
+        "InvalidGroup.NotFound"
+    );
+}
