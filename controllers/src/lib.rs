@@ -249,6 +249,11 @@ impl ControllerManager {
                     v.spec.source.snapshot.as_deref()
                 }),
             )
+            // A snapshot asked of a volume on no node yet places it.
+            .watches(c.snapshots.clone(), |ch: &Change<Snapshot>| {
+                let s = ch.object();
+                vec![ObjectRef::new(&s.metadata.project, &s.spec.volume)]
+            })
             .watches(
                 c.volumes.clone(),
                 volume::referring(c.volumes.clone(), |v: &Volume| {

@@ -5,7 +5,9 @@
 //! node (`status.nodeName`) when it must be: a clone of a snapshot or of a
 //! volume goes where its source is; any other volume goes where the first
 //! instance using it is scheduled (the scheduler in turn keeps instances
-//! with the volumes they use). The node's agent creates, copies and
+//! with the volumes they use), or, when a snapshot of it is asked for
+//! before any instance used it, to the ready node (in its zone) with the
+//! most disk. The node's agent creates, copies and
 //! deletes the files and records `status.location`; this controller owns
 //! `nodeName`, `attachedTo` and `phase`.
 //!
@@ -150,9 +152,47 @@ impl VolumeController {
                 .get(&ObjectRef::new(project, src))
                 .and_then(|s| s.status.as_ref().and_then(|st| st.node_name.clone()));
         }
-        users
+        let of_users = users
             .iter()
-            .find_map(|(i, _)| i.status.as_ref().and_then(|s| s.node_name.clone()))
+            .find_map(|(i, _)| i.status.as_ref().and_then(|s| s.node_name.clone()));
+        if of_users.is_some() {
+            return of_users;
+        }
+        // A snapshot of a volume no instance has used yet: the volume
+        // must exist somewhere to be copied, so it goes to a node now.
+        let snapped =
+            self.snapshots.list_project(project).iter().any(|s| {
+                s.spec.volume == v.metadata.name && s.metadata.deletion_timestamp.is_none()
+            });
+        if snapped {
+            return self.roomiest_node(v.spec.availability_zone.as_deref());
+        }
+        None
+    }
+
+    /// A ready, schedulable node (in `zone` when given) with the most
+    /// allocatable disk; ties go to the first by name.
+    fn roomiest_node(&self, zone: Option<&str>) -> Option<String> {
+        let mut nodes: Vec<Arc<Node>> = self
+            .nodes
+            .list()
+            .into_iter()
+            .filter(|n| {
+                crate::scheduler::node_ready(n)
+                    && !n.spec.unschedulable
+                    && n.metadata.deletion_timestamp.is_none()
+                    && zone.is_none_or(|z| n.zone() == z)
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        nodes
+            .iter()
+            .max_by_key(|n| {
+                let disk = n.status.as_ref().map_or(0, |s| s.allocatable.disk_gib);
+                // max_by_key keeps the last maximum: reverse the name order.
+                (disk, std::cmp::Reverse(n.metadata.name.clone()))
+            })
+            .map(|n| n.metadata.name.clone())
     }
 
     fn node_exists(&self, node: &str) -> bool {

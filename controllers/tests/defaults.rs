@@ -5,7 +5,9 @@
 //!   gone: its node capacity, its address and its quota are free at once,
 //!   and its record says Terminated;
 //! - a node that names no zone is in the default zone, so an instance
-//!   asking for that zone (terraform and most scripts pass one) is placed.
+//!   asking for that zone (terraform and most scripts pass one) is placed;
+//! - a snapshot of a volume no instance has used yet does not wait
+//!   forever: the volume goes to a node, which makes its file.
 
 mod common;
 
@@ -235,6 +237,69 @@ async fn zoneless_nodes_are_in_the_default_zone(env: Env) {
         node_of(&get(s, "in-zone-b").await) == Some("b1")
     })
     .await;
+}
+
+async fn a_snapshot_places_a_volume_never_attached(env: Env) {
+    use corral_api_types::{Snapshot, SnapshotSpec, Volume, VolumeSpec};
+    let s = &env.store;
+    one_slot_node_in(s, "a1", Some("corral-1b")).await;
+    one_slot_node(s).await;
+    let vol = |name: &str| {
+        Volume::new(
+            "p",
+            name,
+            VolumeSpec {
+                size_gib: Some(1),
+                availability_zone: Some(Node::DEFAULT_ZONE.into()),
+                ..Default::default()
+            },
+        )
+    };
+    s.create(&vol("data")).await.unwrap();
+    s.create(&vol("idle")).await.unwrap();
+    let vol_node = |name: &'static str| async move {
+        s.get::<Volume>("p", name)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .and_then(|st| st.node_name)
+    };
+    s.create(&Snapshot::new(
+        "p",
+        "snap",
+        SnapshotSpec {
+            volume: "data".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    // To the node of its zone, not the other one.
+    until("the snapshotted volume placed", 20, || async {
+        vol_node("data").await.as_deref() == Some("small")
+    })
+    .await;
+    assert_eq!(vol_node("idle").await, None, "no snapshot: no node yet");
+    // The node's agent makes the file; the snapshot follows the volume.
+    mutate::<Volume>(s, "p", "data", |v| {
+        v.status.as_mut().unwrap().location = Some("/var/lib/corral/volumes/x.qcow2".into())
+    })
+    .await;
+    until("the snapshot bound to the volume's node", 20, || async {
+        s.get::<Snapshot>("p", "snap")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .is_some_and(|st| st.node_name.as_deref() == Some("small") && st.message.is_none())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_places_a_volume_never_attached_embedded() {
+    a_snapshot_places_a_volume_never_attached(embedded().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
