@@ -7,8 +7,9 @@ use super::ids::SNAPSHOT;
 use crate::error::{Ec2Error, Result};
 use crate::query::{clip, Params};
 
-/// `/dev/sdb`, `/dev/xvdb`, `/dev/vdb` → `vdb`; the root names → None.
-fn data_device(name: &str) -> Result<Option<String>> {
+/// `/dev/sdb`, `/dev/xvdb`, `/dev/vdb` (or without `/dev/`) → `vdb`; the
+/// root names → None.
+pub(super) fn data_device(name: &str) -> Result<Option<String>> {
     let base = name.strip_prefix("/dev/").unwrap_or(name);
     if matches!(base, "sda" | "sda1" | "vda" | "xvda" | "vda1" | "xvda1") {
         return Ok(None);
@@ -29,7 +30,11 @@ fn data_device(name: &str) -> Result<Option<String>> {
 
 /// A volume a block device mapping asks for: (device or root, source, size, deleteOnTermination).
 pub struct DiskRequest {
+    /// The guest device (`vdb`); None for the root disk.
     pub device: Option<String>,
+    /// The `DeviceName` as given (`/dev/sdb`): the name EC2 shows (see
+    /// `volumes::attachment_annotation`), for launch to record.
+    pub name: String,
     pub snapshot: Option<String>,
     pub size: Option<u32>,
     pub delete_on_termination: bool,
@@ -48,6 +53,15 @@ pub fn disk_requests(p: &Params, snapshots: &[Snapshot]) -> Result<Vec<DiskReque
             ));
         }
         let ebs = m.sub("Ebs");
+        if ebs.bool("Encrypted")?.unwrap_or(false) || ebs.get_nonempty("KmsKeyId").is_some() {
+            return Err(Ec2Error::client(
+                "UnsupportedOperation",
+                format!(
+                    "BlockDeviceMapping ({}): encrypted volumes (Ebs.Encrypted, Ebs.KmsKeyId) are not supported",
+                    clip(name)
+                ),
+            ));
+        }
         let snapshot = match ebs.get_nonempty("SnapshotId") {
             Some(id) => Some(SNAPSHOT.find_named(snapshots, id)?),
             None => None,
@@ -58,6 +72,7 @@ pub fn disk_requests(p: &Params, snapshots: &[Snapshot]) -> Result<Vec<DiskReque
         }
         out.push(DiskRequest {
             device: data_device(name)?,
+            name: name.to_string(),
             snapshot,
             size,
             delete_on_termination: ebs.bool("DeleteOnTermination")?.unwrap_or(true),

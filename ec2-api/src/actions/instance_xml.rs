@@ -2,13 +2,15 @@
 //! write for an instance (its NICs and disks too), and the reservations
 //! that group them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use corral_api_types::ec2::{instance_id, network_interface_id, CLIENT_TOKEN_ANNOTATION};
 use corral_api_types::{Instance, NicView};
 
-use super::instance_view::{block_devices, launch_index, root_device_type, state, Lookup};
-use super::{created, ts, write_group_set};
+use super::instance_view::{launch_index, root_device_type, state, Lookup};
+use super::volumes::ec2_attachment;
+use super::{ts, write_group_set};
 use crate::decoded::DecodedInstance;
 use crate::objects::Tagged;
 use crate::xml::Xml;
@@ -45,19 +47,72 @@ pub fn write_nic_association(x: &mut Xml, nic: &NicView, account: &str) {
 }
 
 /// `<blockDeviceMapping>` of an instance's disks ([`block_devices`]),
-/// with the time they were attached when it is given.
+/// with the time they were attached when it is given. (Names the guest
+/// devices: [`write_instance_block_devices`] names them as EC2 does.)
 pub fn write_block_devices(
     x: &mut Xml,
     devices: &[(String, String, bool)],
     attach_time: Option<&str>,
 ) {
     x.set("blockDeviceMapping", devices, |x, (dev, vol, dot)| {
-        x.leaf("deviceName", dev).el("ebs", |x| {
-            x.leaf("volumeId", vol)
-                .leaf("status", "attached")
-                .opt("attachTime", attach_time)
-                .leaf("deleteOnTermination", dot);
+        write_block_device(x, dev, vol, *dot, attach_time);
+    });
+}
+
+fn write_block_device(x: &mut Xml, dev: &str, vol: &str, dot: bool, attach_time: Option<&str>) {
+    x.leaf("deviceName", dev).el("ebs", |x| {
+        x.leaf("volumeId", vol)
+            .leaf("status", "attached")
+            .opt("attachTime", attach_time)
+            .leaf("deleteOnTermination", dot);
+    });
+}
+
+/// One disk of an instance as EC2 shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ec2BlockDevice {
+    /// The device name the user gave (`/dev/sdf`), else the guest's
+    /// (`/dev/vdf`); the boot disk is `/dev/vda`.
+    pub device: String,
+    pub volume_id: String,
+    pub delete_on_termination: bool,
+    /// When it was attached: recorded by AttachVolume, else the
+    /// instance's creation.
+    pub attach_time: Option<String>,
+}
+
+/// An instance's EBS-style disks, boot disk first, named as EC2 names
+/// them (the device name given to AttachVolume, which the guest does not
+/// see: see `volumes::ec2_attachment`).
+pub fn ec2_block_devices(i: &Instance, l: &Lookup) -> Vec<Ec2BlockDevice> {
+    let created = i.metadata.creation_timestamp;
+    let mut out = Vec::new();
+    if let Some(b) = &i.spec.boot_volume {
+        out.push(Ec2BlockDevice {
+            device: "/dev/vda".into(),
+            volume_id: l.volumes.get(b).cloned().unwrap_or_default(),
+            delete_on_termination: false,
+            attach_time: created.as_ref().map(ts),
         });
+    }
+    for a in &i.spec.volumes {
+        let (device, time) = ec2_attachment(i, a);
+        out.push(Ec2BlockDevice {
+            device,
+            volume_id: l.volumes.get(&a.volume).cloned().unwrap_or_default(),
+            delete_on_termination: a.delete_on_termination,
+            attach_time: time.or(created).as_ref().map(ts),
+        });
+    }
+    out
+}
+
+/// `<blockDeviceMapping>` of an instance ([`ec2_block_devices`]), with
+/// attach times when `with_time` (DescribeInstanceAttribute has none).
+pub fn write_instance_block_devices(x: &mut Xml, i: &Instance, l: &Lookup, with_time: bool) {
+    x.set("blockDeviceMapping", &ec2_block_devices(i, l), |x, d| {
+        let time = d.attach_time.as_deref().filter(|_| with_time);
+        write_block_device(x, &d.device, &d.volume_id, d.delete_on_termination, time);
     });
 }
 
@@ -112,7 +167,7 @@ pub fn write_instance(x: &mut Xml, i: &Instance, l: &Lookup, account: &str) {
     x.opt("architecture", image.map(|v| &v.1))
         .leaf("rootDeviceType", root_device_type(i))
         .leaf("rootDeviceName", "/dev/vda");
-    write_block_devices(x, &block_devices(i, l), created(&i.metadata).as_deref());
+    write_instance_block_devices(x, i, l, true);
     x.leaf("virtualizationType", "hvm")
         .opt(
             "clientToken",
@@ -156,8 +211,9 @@ pub fn write_instance(x: &mut Xml, i: &Instance, l: &Lookup, account: &str) {
     });
 }
 
-/// Writes `reservationSet`: consecutive instances of one reservation share
-/// an item. (DescribeInstances writes it from rendered instances with
+/// Writes `reservationSet`: all the instances of one reservation share an
+/// item, reservations in the order of their first instance.
+/// (DescribeInstances writes it from rendered instances with
 /// [`write_reservations_rendered`]; this is what that must equal.)
 #[cfg(test)]
 pub fn write_reservations<I: std::borrow::Borrow<Instance>>(
@@ -166,18 +222,40 @@ pub fn write_reservations<I: std::borrow::Borrow<Instance>>(
     l: &Lookup,
     account: &str,
 ) {
-    let mut groups: Vec<(String, Vec<&Instance>)> = Vec::new();
-    for i in instances {
-        let i: &Instance = i.borrow();
-        let r = super::instance_view::reservation(i);
-        match groups.last_mut() {
-            Some((last, members)) if *last == r => members.push(i),
-            _ => groups.push((r, vec![i])),
-        }
-    }
+    let reservations: Vec<String> = instances
+        .iter()
+        .map(|i| super::instance_view::reservation(i.borrow()))
+        .collect();
+    let groups: Vec<(&str, Vec<&Instance>)> =
+        by_reservation(reservations.iter().map(String::as_str))
+            .into_iter()
+            .map(|(r, members)| (r, members.iter().map(|&n| instances[n].borrow()).collect()))
+            .collect();
     x.set("reservationSet", &groups, |x, (r, members)| {
         write_reservation_body(x, r, members, l, account);
     });
+}
+
+/// The positions of `reservations` grouped by reservation: each
+/// reservation once, in the order of its first appearance, with the
+/// positions of all its members in their order. (A page of
+/// DescribeInstances is sorted by instance id, which interleaves the
+/// instances of different launches.)
+pub fn by_reservation<'a>(
+    reservations: impl Iterator<Item = &'a str>,
+) -> Vec<(&'a str, Vec<usize>)> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (n, r) in reservations.enumerate() {
+        match index.get(r) {
+            Some(&g) => groups[g].1.push(n),
+            None => {
+                index.insert(r, groups.len());
+                groups.push((r, vec![n]));
+            }
+        }
+    }
+    groups
 }
 
 /// Bytes [`write_reservations_rendered`] writes, about.
@@ -191,7 +269,8 @@ pub fn rendered_size(rendered: &[Arc<str>], account: &str) -> usize {
         + 64
 }
 
-/// Writes `reservationSet` like [`write_reservations`] from instances
+/// Writes `reservationSet` like [`write_reservations`] (one item per
+/// reservation, whatever the order of `instances`) from instances
 /// already rendered (`rendered[n]` is what [`write_instance`] writes for
 /// `instances[n]`).
 pub fn write_reservations_rendered(
@@ -201,23 +280,17 @@ pub fn write_reservations_rendered(
     account: &str,
 ) {
     x.open("reservationSet");
-    let mut n = 0;
-    while n < instances.len() {
-        let r = &instances[n].reservation;
-        let end = n + instances[n..]
-            .iter()
-            .take_while(|i| i.reservation == *r)
-            .count();
+    let groups = by_reservation(instances.iter().map(|i| i.reservation.as_str()));
+    for (r, members) in groups {
         x.open("item")
             .leaf("reservationId", r)
             .leaf("ownerId", account)
             .empty_set("groupSet")
             .open("instancesSet");
-        for xml in &rendered[n..end] {
-            x.open("item").raw(xml).close("item");
+        for n in members {
+            x.open("item").raw(&rendered[n]).close("item");
         }
         x.close("instancesSet").close("item");
-        n = end;
     }
     x.close("reservationSet");
 }
@@ -340,7 +413,28 @@ mod tests {
         write_reservations_rendered(&mut from_rendered, &decoded, &rendered, "123456789012");
         let (direct, from_rendered) = (direct.into_string(), from_rendered.into_string());
         assert_eq!(direct, from_rendered);
-        assert_eq!(direct.matches("<reservationId>").count(), 4);
+        // a, b and d share r-…a although c (its own reservation) sits
+        // between them: three reservations, r-…a first with its three.
+        assert_eq!(direct.matches("<reservationId>").count(), 3);
+        let first = direct
+            .split("<reservationId>")
+            .nth(1)
+            .expect("a first reservation");
+        assert!(first.starts_with("r-0000000000000000a<"), "{first}");
+        let ids: Vec<String> = ["a", "b", "d"]
+            .iter()
+            .map(|n| instance_id(&format!("uid-{n}")))
+            .collect();
+        let at: Vec<usize> = ids
+            .iter()
+            .map(|id| first.find(id.as_str()).unwrap())
+            .collect();
+        assert!(at[0] < at[1] && at[1] < at[2], "{first}");
+        assert!(!first.contains(&instance_id("uid-c")), "{first}");
+        assert_eq!(
+            by_reservation(["r1", "r2", "r1", "r3", "r2"].into_iter()),
+            [("r1", vec![0, 2]), ("r2", vec![1, 4]), ("r3", vec![3])]
+        );
         assert!(
             direct.contains("&quot;a&quot; &lt;&apos;x&apos;&gt;"),
             "{direct}"

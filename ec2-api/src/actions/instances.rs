@@ -23,6 +23,7 @@ use super::Ctx;
 use crate::decoded::DecodedInstance;
 use crate::error::{Ec2Error, Result};
 use crate::objects::Tagged;
+use crate::query::{clip, Params};
 use crate::xml::Xml;
 
 /// `InvalidInstanceID.NotFound` for the ids of `ids`.
@@ -148,10 +149,40 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     Ok(x)
 }
 
+/// The one instance id of an action that takes one (`action`): the
+/// `InstanceId` of today's API, or the list form `InstanceId.1` that old
+/// clients send (boto 2's `build_list_params`, euca2ools), checked. Both
+/// forms naming the same id is one id; more than one id is an error.
+pub fn one_instance_id(p: &Params, action: &str) -> Result<String> {
+    let listed = INSTANCE.list(p)?;
+    let single = p.get_nonempty(INSTANCE.param);
+    if let Some(id) = single {
+        INSTANCE.check_one(id)?;
+        if listed.iter().any(|l| l != id) {
+            return Err(Ec2Error::invalid_combination(format!(
+                "{action} takes one instance ID: InstanceId ({}) and InstanceId.N ({}) name different instances",
+                clip(id),
+                clip(&listed.join(", "))
+            )));
+        }
+        return Ok(id.to_string());
+    }
+    match listed.as_slice() {
+        [] => Err(Ec2Error::missing(INSTANCE.param)),
+        [id] => Ok(id.clone()),
+        [first, rest @ ..] if rest.iter().all(|r| r == first) => Ok(first.clone()),
+        several => Err(Ec2Error::invalid_value(format!(
+            "{action} takes one instance ID, but InstanceId.N names {}: {}",
+            several.len(),
+            clip(&several.join(", "))
+        ))),
+    }
+}
+
 /// GetConsoleOutput: the newest serial console bytes (64 KiB at most, as
 /// EC2 returns), base64-encoded.
 pub async fn console_output(ctx: &Ctx<'_>) -> Result<Xml> {
-    let id = INSTANCE.required(ctx.params)?;
+    let id = one_instance_id(ctx.params, "GetConsoleOutput")?;
     ctx.params.bool("Latest")?;
     let i = visible_instance(ctx, &id).await?;
     ctx.gate()?;
@@ -172,4 +203,61 @@ pub async fn console_output(ctx: &Ctx<'_>) -> Result<Xml> {
         );
     }
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(q: &str) -> Params {
+        Params::parse(q.as_bytes())
+    }
+
+    const A: &str = "i-0123456789abcdef0";
+    const B: &str = "i-0123456789abcdef1";
+
+    #[test]
+    fn one_instance_id_takes_either_form() {
+        let one = |q: &str| one_instance_id(&p(q), "GetConsoleOutput");
+        assert_eq!(one(&format!("InstanceId={A}")).unwrap(), A);
+        // boto 2 / euca2ools: the list form.
+        assert_eq!(one(&format!("InstanceId.1={A}")).unwrap(), A);
+        assert_eq!(one(&format!("InstanceId={A}&InstanceId.1={A}")).unwrap(), A);
+        assert_eq!(one(&format!("InstanceId=&InstanceId.1={A}")).unwrap(), A);
+        for (q, code, says) in [
+            ("", "MissingParameter", "InstanceId".to_string()),
+            ("InstanceId=", "MissingParameter", "InstanceId".to_string()),
+            (
+                &format!("InstanceId.1={A}&InstanceId.2={B}"),
+                "InvalidParameterValue",
+                format!(
+                    "GetConsoleOutput takes one instance ID, but InstanceId.N names 2: {A}, {B}"
+                ),
+            ),
+            (
+                &format!("InstanceId={A}&InstanceId.1={B}"),
+                "InvalidParameterCombination",
+                format!("InstanceId ({A}) and InstanceId.N ({B})"),
+            ),
+            (
+                "InstanceId.1=vol-1",
+                "InvalidInstanceID.Malformed",
+                "vol-1".to_string(),
+            ),
+            (
+                "InstanceId=x",
+                "InvalidInstanceID.Malformed",
+                "x".to_string(),
+            ),
+            (
+                "InstanceId.0=i-1",
+                "InvalidParameterValue",
+                "InstanceId.0".to_string(),
+            ),
+        ] {
+            let e = one(q).unwrap_err();
+            assert_eq!(e.code, code, "{q}: {}", e.message);
+            assert!(e.message.contains(&says), "{q}: {}", e.message);
+        }
+    }
 }

@@ -88,7 +88,12 @@ struct Launch<'p> {
 }
 
 pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
-    let p = ctx.params;
+    // terraform names its subnet and groups in NetworkInterface.1; the one
+    // form that means SubnetId/SecurityGroupId.N is read as those, and any
+    // parameter launch does not honour is refused, never dropped.
+    let flat = super::launch_checks::flatten_network_interface(ctx.params)?;
+    let p = flat.as_ref().unwrap_or(ctx.params);
+    super::launch_checks::refuse_unsupported(p)?;
     let project = ctx.project().to_string();
     let image_id = IMAGE.required(p)?;
     let min = p
@@ -224,7 +229,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
     }
     // No group named: the VPC's default group, as in EC2.
     if launch.security_groups.is_empty() {
-        let g = super::security_groups::default_group(ctx, &network).await?;
+        let g = super::default_groups::default_group(ctx, &network).await?;
         launch.security_groups.push(g.metadata.name);
     }
     let network = network.metadata.name;
@@ -331,6 +336,7 @@ impl Launch<'_> {
             ..Default::default()
         };
         let mut made_volumes = Vec::new();
+        let mut names = Vec::new();
         for (d, disk) in self.disks.iter().enumerate() {
             let v = match self.volume(ctx, n, d, disk).await {
                 Ok(v) => v,
@@ -345,16 +351,26 @@ impl Launch<'_> {
                     spec.image = None;
                     spec.boot_volume = Some(v.metadata.name.clone());
                 }
-                Some(dev) => spec.volumes.push(VolumeAttachment {
-                    volume: v.metadata.name.clone(),
-                    device: Some(dev.clone()),
-                    delete_on_termination: disk.delete_on_termination,
-                }),
+                Some(dev) => {
+                    // EC2 shows the device name the mapping gave.
+                    names.push(super::volumes::attachment_annotation(
+                        dev,
+                        &v.metadata.name,
+                        &disk.name,
+                        None,
+                    ));
+                    spec.volumes.push(VolumeAttachment {
+                        volume: v.metadata.name.clone(),
+                        device: Some(dev.clone()),
+                        delete_on_termination: disk.delete_on_termination,
+                    })
+                }
             }
         }
         let mut inst = Instance::new(&self.project, &instance_id(&uid), spec);
         inst.metadata.uid = uid;
         let a = &mut inst.metadata.annotations;
+        a.extend(names);
         a.insert(RESERVATION_ANNOTATION.into(), reservation.to_string());
         a.insert(LAUNCH_INDEX_ANNOTATION.into(), n.to_string());
         if self.disable_stop {

@@ -2,6 +2,7 @@
 //! writes the response body. Shared helpers live here.
 
 mod addresses;
+mod default_groups;
 mod describe;
 mod disks;
 mod ids;
@@ -15,6 +16,7 @@ mod instance_xml;
 mod instances;
 mod keypairs;
 mod launch;
+mod launch_checks;
 mod network_interfaces;
 mod region;
 mod security_groups;

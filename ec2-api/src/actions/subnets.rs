@@ -38,7 +38,7 @@ fn sid(n: &Network) -> String {
 pub async fn describe_subnets(ctx: &Ctx<'_>) -> Result<Xml> {
     let d = Describe::parse(ctx, &SUBNET, SUBNET_FILTERS)?;
     // The default VPC's subnet exists before anyone asks for it.
-    super::security_groups::ensure_defaults(ctx).await;
+    super::default_groups::ensure_defaults(ctx).await;
     let mut nets = ctx.list::<Network>().await?;
     nets.retain(has_subnet);
     d.check_found(&SUBNET, &nets, sid)?;

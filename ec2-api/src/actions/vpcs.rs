@@ -124,7 +124,7 @@ const VPC_FILTERS: &[&str] = &[
 pub async fn describe_vpcs(ctx: &Ctx<'_>) -> Result<Xml> {
     let d = Describe::parse(ctx, &VPC, VPC_FILTERS)?;
     // The default VPC exists before anyone asks for it.
-    super::security_groups::ensure_defaults(ctx).await;
+    super::default_groups::ensure_defaults(ctx).await;
     let nets = ctx.list::<Network>().await?;
     d.check_found(&VPC, &nets, |n| n.ec2_id())?;
     let account = ctx.account();
@@ -203,7 +203,7 @@ async fn create_network(
     }
     let n = objects::create(ctx.store, n).await?;
     // Every VPC comes with its default security group.
-    super::security_groups::default_group(ctx, &n).await?;
+    super::default_groups::default_group(ctx, &n).await?;
     let mut x = Xml::new();
     x.el("vpc", |x| write_vpc(x, &n, &ctx.account()));
     Ok(x)
@@ -283,7 +283,7 @@ pub async fn delete_vpc(ctx: &Ctx<'_>) -> Result<Xml> {
     let is_default_group = |g: &SecurityGroup| {
         g.metadata
             .annotations
-            .contains_key(super::security_groups::DEFAULT_GROUP_ANNOTATION)
+            .contains_key(super::default_groups::DEFAULT_GROUP_ANNOTATION)
     };
     if let Some(g) = groups.iter().find(|g| !is_default_group(g)) {
         return Err(Ec2Error::client(

@@ -215,3 +215,83 @@ async fn every_vpc_has_its_default_group_and_names_are_per_vpc() {
         "InvalidGroup.NotFound"
     );
 }
+
+/// RunInstances refuses what it would not do, naming it, and launches
+/// nothing; what terraform sends on every plain aws_instance passes, and
+/// its NetworkInterface.1 form of a subnet lands in that subnet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_instances_refuses_what_it_would_drop() {
+    use aws_sdk_ec2::types::{
+        HibernationOptionsRequest, HttpTokensState, IamInstanceProfileSpecification,
+        InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification,
+        LaunchTemplateSpecification, Placement, RunInstancesMonitoringEnabled,
+    };
+    let (s, ec2, image) = start_seeded().await;
+    let refused = [
+        launch(&ec2, &image).metadata_options(
+            InstanceMetadataOptionsRequest::builder()
+                .http_tokens(HttpTokensState::Required)
+                .build(),
+        ),
+        launch(&ec2, &image).iam_instance_profile(
+            IamInstanceProfileSpecification::builder()
+                .name("web")
+                .build(),
+        ),
+        launch(&ec2, &image).launch_template(
+            LaunchTemplateSpecification::builder()
+                .launch_template_id("lt-0123456789abcdef0")
+                .build(),
+        ),
+        launch(&ec2, &image).network_interfaces(
+            InstanceNetworkInterfaceSpecification::builder()
+                .device_index(0)
+                .network_interface_id("eni-0123456789abcdef0")
+                .build(),
+        ),
+    ];
+    for r in refused {
+        let err = r.send().await.unwrap_err();
+        let meta = aws_sdk_ec2::error::ProvideErrorMetadata::meta(&err);
+        assert_eq!(meta.code(), Some("UnsupportedOperation"), "{meta:?}");
+    }
+    assert!(objects::<Instance>(&s.store, "default").await.is_empty());
+
+    // terraform's defaults ask for nothing different.
+    launch(&ec2, &image)
+        .ebs_optimized(false)
+        .monitoring(
+            RunInstancesMonitoringEnabled::builder()
+                .enabled(false)
+                .build(),
+        )
+        .hibernation_options(
+            HibernationOptionsRequest::builder()
+                .configured(false)
+                .build(),
+        )
+        .placement(Placement::builder().availability_zone("").build())
+        .disable_api_termination(false)
+        .send()
+        .await
+        .unwrap();
+
+    // The subnet and groups named in NetworkInterface.1, as terraform does.
+    let vpc = create_vpc(&ec2, "10.7.0.0/16").await;
+    let subnet = common::create_subnet(&ec2, &vpc, "10.7.0.0/24").await;
+    let sg = create_group(&ec2, "in-vpc", "d", Some(&vpc)).await;
+    let run = launch(&ec2, &image)
+        .network_interfaces(
+            InstanceNetworkInterfaceSpecification::builder()
+                .device_index(0)
+                .subnet_id(subnet.subnet_id().unwrap())
+                .groups(&sg)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let i = &run.instances()[0];
+    assert_eq!(i.subnet_id(), subnet.subnet_id());
+    assert_eq!(i.security_groups()[0].group_id(), Some(sg.as_str()));
+}
