@@ -9,8 +9,8 @@ use corral_api_types::{ConditionStatus, Instance, SecurityGroup};
 
 use super::describe::{page_answer, Describe, NO_TAGS};
 use super::ids::{INSTANCE, SECURITY_GROUP};
-use super::instance_view::{block_devices, state, Lookup, RUNNING, STOPPED};
-use super::instance_xml::write_block_devices;
+use super::instance_view::{state, Lookup, RUNNING, STOPPED};
+use super::instance_xml::write_instance_block_devices;
 use super::instances::{visible_instance, visible_instances};
 use super::launch::{check_instance_type, check_shutdown_behavior, decode_user_data};
 use super::{write_group_set, Ctx};
@@ -188,7 +188,8 @@ pub async fn describe_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
         }
         _ => {
             let l = Lookup::load(ctx).await?;
-            write_block_devices(&mut x, &block_devices(i, &l), None);
+            // The device names the user gave (AttachVolume, mappings).
+            write_instance_block_devices(&mut x, i, &l, false);
         }
     }
     Ok(x)
@@ -293,20 +294,19 @@ pub async fn modify_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
     }
     let mut dot = Vec::new();
     for m in &bdm {
-        let dev = m
-            .required("DeviceName")?
-            .trim_start_matches("/dev/")
-            .to_string();
+        let name = m.required("DeviceName")?;
+        // `/dev/sdf`, `xvdf` or `vdf`: the guest's device the name means.
+        let dev = super::disks::data_device(name)?.unwrap_or_default();
         let d = m.sub("Ebs").bool("DeleteOnTermination")?.unwrap_or(true);
         if !i
             .spec
             .volumes
             .iter()
-            .any(|v| v.device.as_deref() == Some(dev.as_str()))
+            .any(|v| !dev.is_empty() && v.device.as_deref() == Some(dev.as_str()))
         {
             return Err(Ec2Error::invalid_value(format!(
-                "The device '{}' is not attached",
-                clip(&dev)
+                "The device '{}' is not attached (the root device's DeleteOnTermination cannot be changed)",
+                clip(name)
             )));
         }
         dot.push((dev, d));

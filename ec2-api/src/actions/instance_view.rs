@@ -282,27 +282,6 @@ pub const INSTANCE_FILTERS: &[&str] = &[
     "launch-index",
 ];
 
-/// (device name, volume id, deleteOnTermination) of each EBS-style disk.
-pub fn block_devices(i: &Instance, l: &Lookup) -> Vec<(String, String, bool)> {
-    let mut devices: Vec<(String, String, bool)> = Vec::new();
-    if let Some(b) = &i.spec.boot_volume {
-        devices.push((
-            "/dev/vda".into(),
-            l.volumes.get(b).cloned().unwrap_or_default(),
-            false,
-        ));
-    }
-    for v in &i.spec.volumes {
-        let dev = format!("/dev/{}", v.device.clone().unwrap_or_default());
-        devices.push((
-            dev,
-            l.volumes.get(&v.volume).cloned().unwrap_or_default(),
-            v.delete_on_termination,
-        ));
-    }
-    devices
-}
-
 pub fn root_device_type(i: &Instance) -> &'static str {
     if i.spec.boot_volume.is_some() {
         "ebs"

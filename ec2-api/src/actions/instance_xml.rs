@@ -46,19 +46,6 @@ pub fn write_nic_association(x: &mut Xml, nic: &NicView, account: &str) {
     );
 }
 
-/// `<blockDeviceMapping>` of an instance's disks ([`block_devices`]),
-/// with the time they were attached when it is given. (Names the guest
-/// devices: [`write_instance_block_devices`] names them as EC2 does.)
-pub fn write_block_devices(
-    x: &mut Xml,
-    devices: &[(String, String, bool)],
-    attach_time: Option<&str>,
-) {
-    x.set("blockDeviceMapping", devices, |x, (dev, vol, dot)| {
-        write_block_device(x, dev, vol, *dot, attach_time);
-    });
-}
-
 fn write_block_device(x: &mut Xml, dev: &str, vol: &str, dot: bool, attach_time: Option<&str>) {
     x.leaf("deviceName", dev).el("ebs", |x| {
         x.leaf("volumeId", vol)

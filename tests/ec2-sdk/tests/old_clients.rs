@@ -245,6 +245,35 @@ async fn volume_device_names_round_trip() {
     assert_eq!(m.device_name(), Some("/dev/sdf"));
     assert!(millis(m.ebs().unwrap().attach_time()) >= created);
 
+    // DescribeInstanceAttribute says the same, and ModifyInstanceAttribute
+    // takes the name it showed.
+    let attr = ec2
+        .describe_instance_attribute()
+        .instance_id(&instance)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::BlockDeviceMapping)
+        .send()
+        .await
+        .unwrap();
+    assert!(attr
+        .block_device_mappings()
+        .iter()
+        .any(|m| m.device_name() == Some("/dev/sdf")));
+    ec2.modify_instance_attribute()
+        .instance_id(&instance)
+        .block_device_mappings(
+            aws_sdk_ec2::types::InstanceBlockDeviceMappingSpecification::builder()
+                .device_name("/dev/sdf")
+                .ebs(
+                    aws_sdk_ec2::types::EbsInstanceBlockDeviceSpecification::builder()
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
     // /dev/xvdf is the same guest device: taken.
     let other = new_volume().await;
     assert_eq!(
