@@ -408,6 +408,7 @@ async fn main() -> Result<()> {
                     tls,
                     secrets_key_file: secrets_key_file
                         .unwrap_or_else(|| data_dir.join("secrets.keys")),
+                    address_pool: Some(up::UP_ADDRESS_POOL.to_string()),
                     agent: (!no_agent).then(|| cluster::LocalAgent {
                         node: node.unwrap_or_else(cluster::default_node_name),
                         libvirt,
@@ -454,6 +455,7 @@ async fn main() -> Result<()> {
                     tls,
                     secrets_key_file,
                     agent: None,
+                    address_pool: None,
                 },
             )
             .await

@@ -34,6 +34,50 @@ pub struct ServeOptions {
     pub tls: Option<corral_tls::ServerIdentity>,
     /// The key file sealing EC2 secrets in the store (made on first start).
     pub secrets_key_file: PathBuf,
+    /// The CIDR of the operator's address pool made on first start when
+    /// there is none (`corral up`; a cluster's operator makes its own).
+    pub address_pool: Option<String>,
+}
+
+/// `corral up`'s operator address pool: devstack's public floating range.
+pub const UP_ADDRESS_POOL: &str = "172.24.4.0/24";
+
+/// Makes the operator's pool project and, when it holds no pool yet, the
+/// pool `public` of `cidr`, so AllocateAddress works out of the box.
+async fn seed_address_pool(store: &ResourceStore, cidr: &str) -> Result<()> {
+    use corral_api_types::kinds::address::{DEFAULT_POOL_NETWORK, POOL_PROJECT};
+    use corral_api_types::{Network, NetworkSpec, Project, ProjectSpec, Resource};
+    use corral_store::StoreError;
+    let project = Project::new(
+        "",
+        POOL_PROJECT,
+        ProjectSpec {
+            description: Some("the operator's floating address pools".into()),
+            ..Default::default()
+        },
+    );
+    match store.create(&project).await {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let pools = store
+        .list::<Network>(Some(POOL_PROJECT), Default::default())
+        .await?;
+    if !pools.items.is_empty() {
+        return Ok(());
+    }
+    let pool = Network::new(
+        POOL_PROJECT,
+        DEFAULT_POOL_NETWORK,
+        NetworkSpec {
+            cidr: cidr.to_string(),
+            ..Default::default()
+        },
+    );
+    match store.create(&pool).await {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens the embedded store under `data_dir`.
@@ -109,6 +153,11 @@ pub async fn serve(raw: Arc<dyn Store>, options: ServeOptions) -> Result<()> {
     let boot = corral_apiserver::bootstrap(&store, ADMIN)
         .await
         .context("seeding the store")?;
+    if let Some(cidr) = &options.address_pool {
+        seed_address_pool(&store, cidr)
+            .await
+            .context("making the operator's address pool")?;
+    }
     let sealed = corral_apiserver::rotate::seal_in_clear(&store)
         .await
         .context("sealing EC2 secrets stored in clear")?;

@@ -323,6 +323,30 @@ fn aws_cli_runs_stops_starts_and_terminates_through_corral_up() {
     );
     // The apply-made instance is untouched.
     assert_eq!(state_of(&s, &rc, &web_id), "running");
+    // Only the terminated record remains: it holds nothing, and the native
+    // CLI says so.
+    let record = s
+        .corral(&["get", "instance", &id, "-p", "awscli", "-o", "json"])
+        .json();
+    assert_eq!(record["status"]["phase"], "Terminated", "{record}");
+
+    // What every EC2 user assumes is there: the default group and elastic
+    // IPs from the pool `corral up` made.
+    let groups = json(&aws_rc(
+        &s,
+        &rc,
+        &["describe-security-groups", "--group-names", "default"],
+    ));
+    assert_eq!(
+        groups["SecurityGroups"][0]["GroupName"], "default",
+        "{groups}"
+    );
+    let eip = json(&aws_rc(&s, &rc, &["allocate-address"]));
+    let public = eip["PublicIp"].as_str().unwrap_or_default();
+    assert!(public.starts_with("172.24.4."), "{eip}");
+    let alloc = eip["AllocationId"].as_str().unwrap_or_default().to_string();
+    let released = aws_rc(&s, &rc, &["release-address", "--allocation-id", &alloc]);
+    assert_eq!(released.code, 0, "{released:#?}");
 
     // A well-formed id that does not exist: NotFound, as tools expect.
     let out = aws_rc(

@@ -1,7 +1,8 @@
 //! The address controller: floating (elastic) IPs.
 //!
 //! An `Address` takes one IP from its pool Network (`spec.network`, same
-//! project) and, while `spec.instance` names an Instance, maps it onto that
+//! project, or `spec.pool`, an operator's pool in project `corral-pools`
+//! that every project shares) and, while `spec.instance` names an Instance, maps it onto that
 //! instance's NIC (`spec.nic`, the first when absent):
 //!
 //! ```text
@@ -34,7 +35,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use corral_api_types::ec2::resource_id;
 use corral_api_types::kinds::address::{
-    address_association_id, is_pool_owner, pool_owner, take_ip,
+    address_association_id, is_pool_owner, pool_owner, take_ip, POOL_PROJECT,
 };
 use corral_api_types::{
     Address, AddressStatus, ConditionStatus, Instance, InstanceStatus, Network, Resource,
@@ -88,14 +89,19 @@ pub fn addresses_naming(
     name: &str,
     by_instance: bool,
 ) -> Vec<ObjectRef> {
-    addresses
-        .list_project(project)
+    // An operator pool's Addresses are in every project.
+    let candidates = if !by_instance && project == POOL_PROJECT {
+        addresses.list()
+    } else {
+        addresses.list_project(project)
+    };
+    candidates
         .iter()
         .filter(|a| {
             if by_instance {
                 a.spec.instance.as_deref() == Some(name)
             } else {
-                a.spec.network == name
+                a.pool_key() == (project, name)
             }
         })
         .map(|a| ObjectRef::of(a.as_ref()))
@@ -139,16 +145,17 @@ impl AddressController {
         &self,
         a: &Address,
     ) -> Result<Result<String, (&'static str, String)>, StoreError> {
-        let me = owner(&a.metadata.name);
-        let key = ObjectRef::new(&a.metadata.project, &a.spec.network);
-        if self.networks.get(&key).is_none() {
-            return Ok(Err((
+        let me = a.pool_owner();
+        let (project, pool) = a.pool_key();
+        let key = ObjectRef::new(project, pool);
+        let missing = || {
+            Err((
                 "NetworkNotFound",
-                format!(
-                    "pool network {:?} not found in project {:?}",
-                    a.spec.network, a.metadata.project
-                ),
-            )));
+                format!("pool network {pool:?} not found in project {project:?}"),
+            ))
+        };
+        if self.networks.get(&key).is_none() {
+            return Ok(missing());
         }
         let mut outcome: Result<String, (&'static str, String)> =
             Err(("NetworkNotFound", String::new()));
@@ -173,21 +180,16 @@ impl AddressController {
             )
             .await?;
         if written.is_none() {
-            return Ok(Err((
-                "NetworkNotFound",
-                format!(
-                    "pool network {:?} not found in project {:?}",
-                    a.spec.network, a.metadata.project
-                ),
-            )));
+            return Ok(missing());
         }
         Ok(outcome)
     }
 
     /// Gives this Address's IP back to its pool.
     async fn release(&self, a: &Address) -> Result<(), StoreError> {
-        let me = owner(&a.metadata.name);
-        update_with_retry::<Network, _>(&self.store, &a.metadata.project, &a.spec.network, |n| {
+        let me = a.pool_owner();
+        let (project, pool) = a.pool_key();
+        update_with_retry::<Network, _>(&self.store, project, pool, |n| {
             let Some(s) = n.status.as_mut() else {
                 return false;
             };
@@ -351,6 +353,7 @@ impl Reconciler<Address> for AddressController {
         let now = Utc::now();
         let ec2_id = resource_id(Address::KIND, &a.metadata.uid);
         let uid = a.metadata.uid.clone();
+        let pool_name = a.pool_key().1.to_string();
         update_with_retry::<Address, _>(&self.store, &key.project, &key.name, |x| {
             let s = x.status.get_or_insert_with(AddressStatus::default);
             let before = s.clone();
@@ -362,7 +365,7 @@ impl Reconciler<Address> for AddressController {
                     CONDITION_ALLOCATED,
                     ConditionStatus::True,
                     "Allocated",
-                    &format!("{ip} from network {:?}", x.spec.network),
+                    &format!("{ip} from network {pool_name:?}"),
                     generation,
                     now,
                 ),

@@ -278,6 +278,67 @@ async fn never_twice_and_exhaustion(env: Env) {
     assert_eq!(owners.len(), 5, "{owners:?}");
 }
 
+/// The operator's pool (a Network in `corral-pools`) serves every
+/// project: two projects' Addresses take distinct IPs from it under
+/// project-qualified owners, and a deleted one gives its IP back.
+async fn operator_pool_serves_every_project(env: Env) {
+    use corral_api_types::kinds::address::POOL_PROJECT;
+    let s = &env.store;
+    s.create(&Network::new(
+        POOL_PROJECT,
+        "public",
+        NetworkSpec {
+            cidr: "172.24.4.0/29".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    for project in ["p", "q"] {
+        s.create(&Address::new(
+            project,
+            "eip",
+            AddressSpec {
+                pool: Some("public".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    let ip = |project: &'static str| async move {
+        let a: Address = s.get(project, "eip").await.unwrap().unwrap();
+        a.status.and_then(|st| st.ip)
+    };
+    until("both allocated", 20, || async {
+        ip("p").await.is_some() && ip("q").await.is_some()
+    })
+    .await;
+    assert_ne!(ip("p").await, ip("q").await);
+    let owners = || async {
+        let n: Network = s.get(POOL_PROJECT, "public").await.unwrap().unwrap();
+        n.status.unwrap_or_default().allocations
+    };
+    let table = owners().await;
+    assert_eq!(
+        table.get(&ip("p").await.unwrap()).map(String::as_str),
+        Some("Address/p/eip")
+    );
+    assert_eq!(
+        table.get(&ip("q").await.unwrap()).map(String::as_str),
+        Some("Address/q/eip")
+    );
+    mutate::<Address>(s, "q", "eip", |a| {
+        a.metadata.deletion_timestamp = Some(Utc::now())
+    })
+    .await;
+    until("q's IP given back, p's kept", 20, || async {
+        let t = owners().await;
+        t.len() == 1 && t.values().all(|w| w == "Address/p/eip")
+    })
+    .await;
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -288,6 +349,10 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn never_twice_and_exhaustion() {
                 super::never_twice_and_exhaustion(super::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn operator_pool_serves_every_project() {
+                super::operator_pool_serves_every_project(super::$backend().await).await;
             }
         }
     };

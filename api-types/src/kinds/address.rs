@@ -26,8 +26,16 @@ crate::resource!(
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddressSpec {
-    /// Name of the Network the address is allocated from (the pool).
+    /// Name of a Network of this project the address is allocated from
+    /// (the pool). Exactly one of `network` and `pool`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub network: String,
+    /// Name of an operator's address pool: a Network in project
+    /// [`POOL_PROJECT`], shared by every project (Nova's floating-IP
+    /// pools, Neutron's external networks). Exactly one of `network` and
+    /// `pool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// Name of the Instance to associate with; unassociated when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
@@ -56,6 +64,31 @@ pub struct AddressStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub observed_generation: i64,
+}
+
+/// The project holding the operator's address pools (Networks any
+/// project's Address may take a floating IP from with `spec.pool`). Only
+/// admins write there; no tenant sees it.
+pub const POOL_PROJECT: &str = "corral-pools";
+
+impl Address {
+    /// Where its pool Network is: (project, name).
+    pub fn pool_key(&self) -> (&str, &str) {
+        match &self.spec.pool {
+            Some(p) => (POOL_PROJECT, p),
+            None => (&self.metadata.project, &self.spec.network),
+        }
+    }
+
+    /// Its owner string in the pool's allocation table: `Address/<name>`
+    /// in its own project's pool, `Address/<project>/<name>` in an
+    /// operator's pool, which every project shares.
+    pub fn pool_owner(&self) -> String {
+        match &self.spec.pool {
+            Some(_) => pool_owner(&format!("{}/{}", self.metadata.project, self.metadata.name)),
+            None => pool_owner(&self.metadata.name),
+        }
+    }
 }
 
 /// Label that marks a project's Network as its pool of floating IPs (the
@@ -139,7 +172,12 @@ impl Validate for Address {
     fn validate(&self) -> FieldErrors {
         let mut errs = header(self, NameRule::DnsLabel);
         let spec = &self.spec;
-        check_ref(&mut errs, "spec.network", &spec.network);
+        match (&spec.pool, spec.network.is_empty()) {
+            (Some(p), true) => check_ref(&mut errs, "spec.pool", p),
+            (None, false) => check_ref(&mut errs, "spec.network", &spec.network),
+            (Some(_), false) => errs.push("spec.pool", "give spec.network or spec.pool, not both"),
+            (None, true) => errs.push("spec.network", "required (or spec.pool)"),
+        }
         check_opt_ref(&mut errs, "spec.instance", spec.instance.as_ref());
         if spec.nic.is_some() && spec.instance.is_none() {
             errs.push("spec.nic", "requires spec.instance");
@@ -154,7 +192,7 @@ impl crate::HostRefs for Address {}
 impl Defaults for Address {}
 
 // The pool is fixed; the association may change.
-impl_validate_update!(Address, "spec.network" => network);
+impl_validate_update!(Address, "spec.network" => network, "spec.pool" => pool);
 
 #[cfg(test)]
 mod tests {
@@ -222,10 +260,28 @@ status: {ip: 192.0.2.5, ec2Id: eipalloc-0123456789abcdef0, associationId: eipass
         a.spec.nic = Some(1);
         assert_errors(
             &a.validate(),
-            &["spec.network: required", "spec.nic: requires spec.instance"],
+            &[
+                "spec.network: required (or spec.pool)",
+                "spec.nic: requires spec.instance",
+            ],
         );
         a.spec.network = "pub".into();
         a.spec.instance = Some("Web".into());
         assert_errors(&a.validate(), &[&format!("spec.instance: {DNS_LABEL_MSG}")]);
+        a.spec.instance = None;
+        a.spec.nic = None;
+        a.spec.pool = Some("public".into());
+        assert_errors(
+            &a.validate(),
+            &["spec.pool: give spec.network or spec.pool, not both"],
+        );
+        a.spec.network.clear();
+        assert_valid(&a);
+        assert_eq!(a.pool_key(), (POOL_PROJECT, "public"));
+        assert_eq!(a.pool_owner(), "Address/demo/ip");
+        a.spec.pool = None;
+        a.spec.network = "pub".into();
+        assert_eq!(a.pool_key(), ("demo", "pub"));
+        assert_eq!(a.pool_owner(), "Address/ip");
     }
 }

@@ -3,7 +3,10 @@
 //! An EC2 address is an `Address` object named by its `eipalloc-` id. Its
 //! pool is the project's Network labelled `corral.dev/address-pool=true`
 //! (the first by name), else the Network named `public`
-//! (`corral_api_types::kinds::address::pool_network`). AllocateAddress
+//! (`corral_api_types::kinds::address::pool_network`); a project with
+//! neither takes from the operator's pool, chosen by the same rule among
+//! the Networks of project `corral-pools` (`spec.pool`), which every
+//! project shares — `corral up` makes one. AllocateAddress
 //! takes the IP in the pool's allocation table itself — with
 //! compare-and-swap, under the owner `Address/<name>` the address
 //! controller uses — so the answer carries the public IP at once; the
@@ -16,7 +19,7 @@
 
 use corral_api_types::ec2::{instance_id, network_interface_id};
 use corral_api_types::kinds::address::{
-    address_association_id, held_ip, pool_network, pool_owner, take_ip,
+    address_association_id, held_ip, pool_network, take_ip, POOL_PROJECT,
 };
 use corral_api_types::{Address, AddressSpec, Instance, Network, Resource};
 use corral_store::StoreError;
@@ -74,7 +77,8 @@ impl Row {
 
 /// The project's live addresses, resolved.
 async fn rows(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
-    let networks = ctx.list::<Network>().await?;
+    let mut networks = ctx.list::<Network>().await?;
+    networks.extend(operator_pools(ctx).await?);
     let instances = ctx.list::<Instance>().await?;
     let mut out = Vec::new();
     for a in ctx.list::<Address>().await? {
@@ -82,10 +86,11 @@ async fn rows(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
             continue;
         }
         let ip = a.status.as_ref().and_then(|s| s.ip.clone()).or_else(|| {
+            let (project, pool) = a.pool_key();
             networks
                 .iter()
-                .find(|n| n.metadata.name == a.spec.network)
-                .and_then(|n| held_ip(n, &pool_owner(&a.metadata.name)))
+                .find(|n| n.metadata.project == project && n.metadata.name == pool)
+                .and_then(|n| held_ip(n, &a.pool_owner()))
         });
         let assoc = a.spec.instance.as_ref().and_then(|name| {
             let i = instances
@@ -157,19 +162,26 @@ pub async fn allocate(ctx: &Ctx<'_>) -> Result<Xml> {
         }
     }
     let tags = tag_specs(ctx.params, "elastic-ip")?;
+    // The project's own pool when it has one, else the operator's.
     let networks = ctx.list::<Network>().await?;
-    let pool = pool_network(&networks)
-        .ok_or_else(|| {
-            Ec2Error::client(
-                "InsufficientAddressCapacity",
-                "There are no elastic IP addresses in this project: create a Network named \
-                 \"public\" (or label one corral.dev/address-pool=true) whose CIDR holds the \
-                 public addresses",
-            )
-        })?
-        .metadata
-        .name
-        .clone();
+    let (network, operator) = match pool_network(&networks) {
+        Some(n) => (n.metadata.name.clone(), None),
+        None => {
+            let pools = operator_pools(ctx).await?;
+            match pool_network(&pools) {
+                Some(n) => (String::new(), Some(n.metadata.name.clone())),
+                None => {
+                    return Err(Ec2Error::client(
+                        "InsufficientAddressCapacity",
+                        "There are no elastic IP addresses: the operator has no address pool \
+                         (a Network named \"public\", or labelled corral.dev/address-pool=true, \
+                         in project corral-pools) and this project has none of its own",
+                    ))
+                }
+            }
+        }
+    };
+    let pool = operator.clone().unwrap_or_else(|| network.clone());
     ctx.gate()?;
     let uid = new_uid(ctx.project(), Address::KIND, None, 0);
     let id = corral_api_types::ec2::resource_id(Address::KIND, &uid).unwrap_or_default();
@@ -177,7 +189,8 @@ pub async fn allocate(ctx: &Ctx<'_>) -> Result<Xml> {
         ctx.project(),
         &id,
         AddressSpec {
-            network: pool.clone(),
+            network,
+            pool: operator,
             tags,
             ..Default::default()
         },
@@ -187,7 +200,7 @@ pub async fn allocate(ctx: &Ctx<'_>) -> Result<Xml> {
         .annotations
         .insert(DOMAIN_ANNOTATION.into(), domain.into());
     let a = objects::create(ctx.store, a).await?;
-    let reserved = match reserve(ctx, &pool, &id).await {
+    let reserved = match reserve(ctx, &a).await {
         Ok(r) => r,
         Err(e) => {
             // Leave no address without an IP behind (a retry makes a new one).
@@ -219,21 +232,27 @@ pub async fn allocate(ctx: &Ctx<'_>) -> Result<Xml> {
     Ok(x)
 }
 
-/// Changes the pool Network `pool` (its allocation table) with
+/// The operator's address pools (Networks in project `corral-pools`).
+async fn operator_pools(ctx: &Ctx<'_>) -> Result<Vec<Network>> {
+    crate::objects::list_all::<Network>(ctx.store, POOL_PROJECT).await
+}
+
+/// Changes the pool Network of `a` (its allocation table) with
 /// compare-and-swap, retried with backoff. `change` answers what to return
 /// and whether it changed the Network (only then is it written); `gone` is
 /// returned when the pool does not exist.
 async fn change_pool<T>(
     ctx: &Ctx<'_>,
-    pool: &str,
+    a: &Address,
     gone: T,
     mut change: impl FnMut(&mut Network) -> (T, bool),
 ) -> Result<T> {
+    let (project, pool) = a.pool_key();
     for attempt in 0..16u32 {
         if attempt > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
         }
-        let Some(mut n) = ctx.store.get::<Network>(ctx.project(), pool).await? else {
+        let Some(mut n) = ctx.store.get::<Network>(project, pool).await? else {
             return Ok(gone);
         };
         let (out, changed) = change(&mut n);
@@ -247,27 +266,27 @@ async fn change_pool<T>(
         }
     }
     Err(StoreError::Conflict {
-        key: format!("networks/{}/{pool}", ctx.project()),
+        key: format!("networks/{project}/{pool}"),
         expected: 0,
         current: 0,
     }
     .into())
 }
 
-/// Takes an IP in `pool` for the Address `name`.
-async fn reserve(ctx: &Ctx<'_>, pool: &str, name: &str) -> Result<Option<String>> {
-    let owner = pool_owner(name);
-    change_pool(ctx, pool, None, |n| match take_ip(n, &owner) {
+/// Takes an IP in its pool for the Address `a`.
+async fn reserve(ctx: &Ctx<'_>, a: &Address) -> Result<Option<String>> {
+    let owner = a.pool_owner();
+    change_pool(ctx, a, None, |n| match take_ip(n, &owner) {
         Some((ip, changed)) => (Some(ip), changed),
         None => (None, false),
     })
     .await
 }
 
-/// Removes the Address `name`'s entry from `pool`.
-async fn unreserve(ctx: &Ctx<'_>, pool: &str, name: &str) -> Result<()> {
-    let owner = pool_owner(name);
-    change_pool(ctx, pool, (), |n| {
+/// Removes the Address `a`'s entry from its pool.
+async fn unreserve(ctx: &Ctx<'_>, a: &Address) -> Result<()> {
+    let owner = a.pool_owner();
+    change_pool(ctx, a, (), |n| {
         let Some(s) = n.status.as_mut() else {
             return ((), false);
         };
@@ -301,7 +320,7 @@ async fn release_object(ctx: &Ctx<'_>, a: &Address) -> Result<()> {
                 Err(e) => return Err(e.into()),
             }
         }
-        unreserve(ctx, &current.spec.network, &name).await?;
+        unreserve(ctx, &current).await?;
         let rv = current.metadata.resource_version.clone();
         match ctx.store.delete::<Address>(p, &name, Some(&rv)).await {
             Ok(_) | Err(StoreError::NotFound { .. }) => return Ok(()),

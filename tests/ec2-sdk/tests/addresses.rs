@@ -410,3 +410,46 @@ async fn labelled_pool_wins_and_tenancy() {
         "InvalidAllocationID.NotFound"
     );
 }
+
+/// A project with no pool of its own takes from the operator's (a Network
+/// in `corral-pools`, which `corral up` makes): the IP comes from it, and
+/// ReleaseAddress gives it back there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_pool_serves_projects_without_one() {
+    use corral_api_types::kinds::address::POOL_PROJECT;
+    let s = start().await;
+    let _stop = controllers(&s).await;
+    seed_project(&s.store, "default").await;
+    let ec2 = client(&s, &s.admin);
+    create_network(&s.store, POOL_PROJECT, "public", "172.24.4.0/29").await;
+
+    let a = ec2.allocate_address().send().await.unwrap();
+    let ip = a.public_ip().unwrap().to_string();
+    assert!(ip.starts_with("172.24.4."), "{ip}");
+    let id = a.allocation_id().unwrap().to_string();
+    let pool: Network = s.store.get(POOL_PROJECT, "public").await.unwrap().unwrap();
+    assert_eq!(
+        pool.status
+            .unwrap()
+            .allocations
+            .get(&ip)
+            .map(String::as_str),
+        Some(format!("Address/default/{id}").as_str())
+    );
+    let listed = ec2.describe_addresses().send().await.unwrap();
+    assert_eq!(listed.addresses()[0].public_ip(), Some(ip.as_str()));
+
+    ec2.release_address()
+        .allocation_id(&id)
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        let n: Network = s.store.get(POOL_PROJECT, "public").await.unwrap().unwrap();
+        if n.status.is_none_or(|st| st.allocations.is_empty()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the operator's pool never got {ip} back");
+}
