@@ -147,8 +147,12 @@ impl Agent {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Its record already says Terminated: nothing more to report.
-        if i.is_terminated() {
+        // Its record already says Terminated (the instance controller let
+        // it go; EC2 keeps the record): nothing more to report.
+        if i.status
+            .as_ref()
+            .is_some_and(|s| s.phase == InstancePhase::Terminated)
+        {
             return Ok(None);
         }
         let r = Report::unprovisioned(
