@@ -114,6 +114,15 @@ impl Agent {
                 }
                 return Ok(());
             }
+            // The instance controller's last word on a deleted instance
+            // whose record EC2 keeps: a report raced by it (read before,
+            // written after) must not turn it back to Terminating.
+            if i.status
+                .as_ref()
+                .is_some_and(|s| s.phase == InstancePhase::Terminated)
+            {
+                return Ok(());
+            }
             let before = i.status.clone();
             let generation = i.metadata.generation;
             let now = Utc::now();
