@@ -32,6 +32,12 @@ async fn default_vpc_id(ctx: &Ctx<'_>) -> Result<Option<String>> {
         .map(|n| n.ec2_id()))
 }
 
+/// Whether `g` is in the default VPC `default_vpc` (or in none): where a
+/// group name without a VPC points, as in EC2.
+fn in_default_vpc(g: &SecurityGroup, default_vpc: Option<&str>) -> bool {
+    vpc_of(g).is_none() || vpc_of(g) == default_vpc
+}
+
 /// Resolves a group by id or EC2 name among `groups`. A name means a
 /// group of the default VPC `default_vpc` (or of none), as in EC2, where
 /// group names are unique per VPC.
@@ -48,9 +54,7 @@ fn resolve<'a>(
     let name = name.ok_or_else(|| Ec2Error::missing("GroupId"))?;
     groups
         .iter()
-        .find(|g| {
-            ec2_name(&g.metadata) == name && (vpc_of(g).is_none() || vpc_of(g) == default_vpc)
-        })
+        .find(|g| ec2_name(&g.metadata) == name && in_default_vpc(g, default_vpc))
         .ok_or_else(|| SECURITY_GROUP.not_found(name))
 }
 
@@ -77,7 +81,7 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
     let default_vpc = default_vpc_id(ctx).await?;
     let in_vpc = |g: &SecurityGroup| match &given {
         Some(n) => vpc_of(g) == Some(n.ec2_id().as_str()),
-        None => vpc_of(g).is_none() || vpc_of(g) == default_vpc.as_deref(),
+        None => in_default_vpc(g, default_vpc.as_deref()),
     };
     let groups = ctx.list::<SecurityGroup>().await?;
     if name == DEFAULT_GROUP
@@ -277,7 +281,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     let default_vpc = default_vpc_id(ctx).await?;
     // A name means a group of the default VPC, as in EC2.
     let named = |g: &SecurityGroup, n: &str| {
-        ec2_name(&g.metadata) == n && (vpc_of(g).is_none() || vpc_of(g) == default_vpc.as_deref())
+        ec2_name(&g.metadata) == n && in_default_vpc(g, default_vpc.as_deref())
     };
     for id in &ids {
         if !groups.iter().any(|g| g.ec2_id() == *id) {

@@ -147,14 +147,6 @@ impl Agent {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Its record already says Terminated (the instance controller let
-        // it go; EC2 keeps the record): nothing more to report.
-        if i.status
-            .as_ref()
-            .is_some_and(|s| s.phase == InstancePhase::Terminated)
-        {
-            return Ok(None);
-        }
         let r = Report::unprovisioned(
             InstancePhase::Terminating,
             "Destroyed",
