@@ -1,8 +1,10 @@
 //! The agent's incremental firewall update (`update_firewall`, one
-//! `iptables-restore` per changed table) leaves the host's iptables exactly
-//! as the full apply (`apply_firewall`) would, on the real iptables of this
-//! host (root): guests arriving, groups changing, guests leaving, and the
-//! last one going. Runs as root, like the agent; CI runs tests as root.
+//! `iptables-restore` or `ip6tables-restore` per changed table) leaves the
+//! host's iptables and ip6tables exactly as the full apply
+//! (`apply_firewall`) would, on the real iptables of this host (root):
+//! guests arriving, groups changing, guests leaving, and the last one
+//! going. Runs as root, like the agent; CI runs tests as root. (The IPv6
+//! rules' effect on traffic is firewall_ipv6.rs's, in namespaces.)
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -10,7 +12,20 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use corral_api_types::{NetworkMode, Protocol};
-use corral_node_agent::net::{apply_firewall, update_firewall, Allow, NetDef, NetPlan, Port};
+use corral_node_agent::net::{
+    apply_firewall as apply_on, update_firewall as update_on, Allow, NetDef, NetPlan, Port, Shell,
+};
+
+fn apply_firewall(plan: &NetPlan) -> Result<(), corral_node_agent::net::FirewallError> {
+    apply_on(&Shell::host(), plan)
+}
+
+fn update_firewall(
+    applied: &NetPlan,
+    plan: &NetPlan,
+) -> Result<bool, corral_node_agent::net::FirewallError> {
+    update_on(&Shell::host(), applied, plan)
+}
 
 /// The host's iptables are one shared state: one test at a time.
 static IPTABLES: Mutex<()> = Mutex::new(());
@@ -40,12 +55,20 @@ fn port(n: u8, ssh_from: &str, floating: bool) -> Port {
         network: NET_UID.into(),
         ip: Ipv4Addr::new(10, 251, 7, 10 + n),
         mac: format!("52:54:00:fe:00:{n:02x}"),
-        ingress: vec![Allow {
-            protocol: Protocol::Tcp,
-            from_port: Some(22),
-            to_port: Some(22),
-            peers: vec![ssh_from.into()],
-        }],
+        ingress: vec![
+            Allow {
+                protocol: Protocol::Tcp,
+                from_port: Some(22),
+                to_port: Some(22),
+                peers: vec![ssh_from.into()],
+            },
+            Allow {
+                protocol: Protocol::Number(58),
+                from_port: None,
+                to_port: None,
+                peers: vec![format!("2001:db8:{n}::/48")],
+            },
+        ],
         egress: None,
         floating_ip: floating.then(|| Ipv4Addr::new(192, 0, 2, 100 + n)),
     }
@@ -63,24 +86,30 @@ fn plan(ports: Vec<Port>) -> NetPlan {
     }
 }
 
-/// Corral's part of every table: its chains, their rules and the jumps to
-/// them, as `iptables-save` prints them (counters dropped).
+/// Corral's part of every table of both families: its chains, their
+/// rules and the jumps to them, as `iptables-save` and `ip6tables-save`
+/// print them (counters dropped).
 fn corral_state() -> String {
     let mut out = String::new();
-    for table in ["mangle", "filter", "nat"] {
-        let save = Command::new("iptables-save")
-            .args(["-t", table])
-            .output()
-            .expect("iptables-save runs");
-        assert!(save.status.success(), "iptables-save -t {table} failed");
-        let text = String::from_utf8(save.stdout).unwrap();
-        for line in text.lines() {
-            if line.contains("CORRAL") {
-                let line = match line.split_once(" [") {
-                    Some((head, _)) if line.starts_with(':') => head,
-                    _ => line,
-                };
-                out.push_str(&format!("{table}: {line}\n"));
+    for (save, tables) in [
+        ("iptables-save", &["mangle", "filter", "nat"][..]),
+        ("ip6tables-save", &["mangle", "filter"][..]),
+    ] {
+        for table in tables {
+            let dump = Command::new(save)
+                .args(["-t", table])
+                .output()
+                .unwrap_or_else(|e| panic!("{save} runs: {e}"));
+            assert!(dump.status.success(), "{save} -t {table} failed");
+            let text = String::from_utf8(dump.stdout).unwrap();
+            for line in text.lines() {
+                if line.contains("CORRAL") {
+                    let line = match line.split_once(" [") {
+                        Some((head, _)) if line.starts_with(':') => head,
+                        _ => line,
+                    };
+                    out.push_str(&format!("{save} {table}: {line}\n"));
+                }
             }
         }
     }
@@ -131,6 +160,12 @@ fn incremental_updates_match_the_full_apply() {
             assert!(
                 full.contains("-j CORRAL"),
                 "{what}: no jump to Corral's chains\n{full}"
+            );
+            assert!(
+                full.contains("ip6tables-save mangle: -A FORWARD -j CORRAL-FORWARD")
+                    && full.contains("-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j RETURN")
+                    && full.contains(" -s 2001:db8:"),
+                "{what}: no IPv6 ruleset\n{full}"
             );
         }
         applied = next;

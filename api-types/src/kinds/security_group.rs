@@ -1,5 +1,7 @@
 //! SecurityGroup: allow-lists of traffic applied to instance interfaces.
 //! Traffic not allowed by some rule is dropped; no default rules are added.
+//! A rule's peers are an IPv4 or IPv6 CIDR block, or another group's
+//! members (IPv4: Corral gives guests IPv4 addresses only).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -9,7 +11,7 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::is_zero_i64;
-use crate::net::{CidrError, Ipv4Cidr};
+use crate::net::{CidrError, IpCidr, IpCidrError};
 use crate::validate::{
     check_description, check_opt_ref, check_range, check_tags, header, impl_validate_update, index,
     join, NameRule,
@@ -27,7 +29,7 @@ crate::resource!(
 
 /// IP protocol of a rule. Written as `tcp`, `udp`, `icmp`, `all` (or `-1`),
 /// or a protocol number `0`-`255` (`6`, `17` and `1` read as tcp, udp and
-/// icmp).
+/// icmp; `icmpv6` reads as `58`, as EC2 does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Protocol {
     #[default]
@@ -48,6 +50,7 @@ impl Protocol {
             "udp" => Some(Protocol::Udp),
             "icmp" => Some(Protocol::Icmp),
             "all" | "-1" => Some(Protocol::All),
+            "icmpv6" => Some(Protocol::Number(58)),
             n if !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()) => {
                 n.parse::<u8>().ok().map(Protocol::from_number)
             }
@@ -92,7 +95,7 @@ impl Serialize for Protocol {
 impl<'de> Deserialize<'de> for Protocol {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        const EXPECTED: &str = "tcp, udp, icmp, all or a protocol number 0-255";
+        const EXPECTED: &str = "tcp, udp, icmp, icmpv6, all or a protocol number 0-255";
         impl serde::de::Visitor<'_> for V {
             type Value = Protocol;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -132,9 +135,9 @@ impl JsonSchema for Protocol {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "IP protocol: tcp, udp, icmp, all (or -1), or a protocol number 0-255.",
+            "description": "IP protocol: tcp, udp, icmp, icmpv6 (58), all (or -1), or a protocol number 0-255.",
             "anyOf": [
-                { "type": "string", "enum": ["tcp", "udp", "icmp", "all", "-1"] },
+                { "type": "string", "enum": ["tcp", "udp", "icmp", "icmpv6", "all", "-1"] },
                 { "type": "string", "pattern": "^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$" },
                 { "type": "integer", "minimum": -1, "maximum": 255 }
             ]
@@ -154,11 +157,13 @@ pub struct SecurityGroupRule {
     /// Last port (tcp/udp, required) or ICMP code (-1 for any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_port: Option<i32>,
-    /// Peer addresses, an IPv4 CIDR block (`0.0.0.0/0` for anywhere).
-    /// Exactly one of `cidr` and `sourceGroup`.
+    /// Peer addresses, an IPv4 or an IPv6 CIDR block (`0.0.0.0/0` or
+    /// `::/0` for anywhere), host bits zero; kept as written. Exactly one
+    /// of `cidr` and `sourceGroup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
-    /// Name of a SecurityGroup whose members are the peers.
+    /// Name of a SecurityGroup whose members are the peers (their IPv4
+    /// addresses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_group: Option<String>,
     /// Free text, at most 255 characters.
@@ -213,10 +218,15 @@ fn check_rule(errs: &mut FieldErrors, p: &str, r: &SecurityGroupRule) {
         _ => {}
     }
     if let Some(c) = &r.cidr {
-        match c.parse::<Ipv4Cidr>() {
+        match c.parse::<IpCidr>() {
             Ok(_) => {}
-            Err(e @ CidrError::HostBits(_)) => errs.push(join(p, "cidr"), e.to_string()),
-            Err(_) => errs.push(join(p, "cidr"), "must be an IPv4 CIDR block like 0.0.0.0/0"),
+            Err(e @ (IpCidrError::V4(CidrError::HostBits(_)) | IpCidrError::V6(_))) => {
+                errs.push(join(p, "cidr"), e.to_string())
+            }
+            Err(IpCidrError::V4(_)) => errs.push(
+                join(p, "cidr"),
+                "must be an IPv4 or IPv6 CIDR block like 0.0.0.0/0 or ::/0",
+            ),
         }
     }
     check_opt_ref(errs, &join(p, "sourceGroup"), r.source_group.as_ref());
@@ -352,11 +362,12 @@ status: {ec2Id: sg-0123456789abcdef0}
                 .unwrap_err()
                 .to_string();
             assert!(
-                e.contains("expected tcp, udp, icmp, all or a protocol number 0-255"),
+                e.contains("expected tcp, udp, icmp, icmpv6, all or a protocol number 0-255"),
                 "{e}"
             );
         }
         assert_eq!(Protocol::parse("UDP"), Some(Protocol::Udp));
+        assert_eq!(Protocol::parse("icmpv6"), Some(Protocol::Number(58)));
     }
 
     #[test]
@@ -379,7 +390,48 @@ status: {ec2Id: sg-0123456789abcdef0}
                 "spec.ingress[1].sourceGroup: must not be set together with cidr",
                 &format!("spec.ingress[1].sourceGroup: {DNS_LABEL_MSG}"),
                 "spec.egress[0].cidr: host bits must be zero (did you mean 10.0.0.0/8?)",
-                "spec.egress[1].cidr: must be an IPv4 CIDR block like 0.0.0.0/0",
+                "spec.egress[1].cidr: must be an IPv4 or IPv6 CIDR block like 0.0.0.0/0 or ::/0",
+            ],
+        );
+    }
+
+    #[test]
+    fn ipv6_peers() {
+        let sg: SecurityGroup = round_trip_kind(
+            r#"
+metadata: {name: web, project: demo}
+spec:
+  ingress:
+    - {protocol: tcp, fromPort: 22, toPort: 22, cidr: "2001:DB8::/32", description: ssh}
+    - {protocol: icmpv6, cidr: "fe80::/10"}
+  egress:
+    - {protocol: all, cidr: "::/0"}
+    - {protocol: all, cidr: 0.0.0.0/0}
+"#,
+        );
+        assert_valid(&sg);
+        // Kept as written: EC2 answers what it was given.
+        assert_eq!(sg.spec.ingress[0].cidr.as_deref(), Some("2001:DB8::/32"));
+        assert_eq!(sg.spec.ingress[1].protocol, Protocol::Number(58));
+
+        let mut bad = SecurityGroup::new("demo", "web", SecurityGroupSpec::default());
+        let with = |c: &str| SecurityGroupRule {
+            cidr: Some(c.into()),
+            ..rule(Protocol::All, None, None)
+        };
+        bad.spec.ingress = vec![
+            with("2001:db8::1/64"),
+            with("::/129"),
+            with("2001:db8:::/32"),
+            with("fe80::%eth0/64"),
+        ];
+        assert_errors(
+            &bad.validate(),
+            &[
+                "spec.ingress[0].cidr: host bits must be zero (did you mean 2001:db8::/64?)",
+                "spec.ingress[1].cidr: prefix length must be between 0 and 128",
+                "spec.ingress[2].cidr: must be an IPv6 CIDR block like 2001:db8::/32",
+                "spec.ingress[3].cidr: must be an IPv6 CIDR block like 2001:db8::/32",
             ],
         );
     }

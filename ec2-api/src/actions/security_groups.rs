@@ -1,8 +1,15 @@
 //! Security groups: Create/Describe/Delete and Authorize/Revoke for
 //! ingress and egress, from the classic flat parameters (as
 //! euca-authorize sends them) or `IpPermissions.N`.
+//!
+//! A rule's `cidr` holds either family: EC2's `IpRanges.M.CidrIp` and
+//! `Ipv6Ranges.M.CidrIpv6` both land there, kept as written, and are told
+//! apart again on the way out by [`spelled_ipv6`] (the rule api-types'
+//! `IpCidr` parses by). A new VPC group's default egress is IPv4 only, as
+//! in an AWS VPC without an IPv6 block (Corral's VPCs have none).
 
 use corral_api_types::ec2::{derive_id, resource_id, NAME_ANNOTATION};
+use corral_api_types::net::{spelled_ipv6, IpCidr};
 use corral_api_types::{
     Instance, Network, Protocol, Resource, SecurityGroup, SecurityGroupRule, SecurityGroupSpec,
 };
@@ -189,7 +196,7 @@ fn write_permissions(
     x.set(name, &perms, |x, p| {
         let first = p[0];
         x.leaf("ipProtocol", proto_out(first.protocol));
-        if !matches!(first.protocol, Protocol::All | Protocol::Number(_)) {
+        if has_ports(first.protocol) {
             x.leaf("fromPort", first.from_port.unwrap_or(-1))
                 .leaf("toPort", first.to_port.unwrap_or(-1));
         }
@@ -203,14 +210,35 @@ fn write_permissions(
                 .leaf("groupName", g.map(|g| ec2_name(&g.metadata)).unwrap_or(src))
                 .opt("description", r.description.as_deref());
         });
-        let cidrs: Vec<&&SecurityGroupRule> = p.iter().filter(|r| r.cidr.is_some()).collect();
-        x.set("ipRanges", &cidrs, |x, r| {
-            x.leaf("cidrIp", r.cidr.as_deref().unwrap_or_default())
-                .opt("description", r.description.as_deref());
-        });
-        x.set("ipv6Ranges", &[] as &[u8], |_, _| {});
+        for (set, leaf, ipv6) in [
+            ("ipRanges", "cidrIp", false),
+            ("ipv6Ranges", "cidrIpv6", true),
+        ] {
+            let ranges: Vec<(&str, Option<&str>)> = p
+                .iter()
+                .filter_map(|r| Some((cidr_of(r, ipv6)?, r.description.as_deref())))
+                .collect();
+            x.set(set, &ranges, |x, (cidr, description)| {
+                x.leaf(leaf, *cidr).opt("description", *description);
+            });
+        }
         x.set("prefixListIds", &[] as &[u8], |_, _| {});
     });
+}
+
+/// Whether EC2 shows the protocol's `fromPort` and `toPort`: tcp, udp,
+/// icmp, and icmpv6 (always -1 here: Corral's ICMPv6 rules cover every
+/// type, see [`proto_ports`]).
+fn has_ports(p: Protocol) -> bool {
+    !matches!(p, Protocol::All | Protocol::Number(_)) || p == ICMPV6
+}
+
+const ICMPV6: Protocol = Protocol::Number(58);
+
+/// The rule's CIDR block if it is of the family asked for (EC2's
+/// `IpRanges` or, `ipv6`, `Ipv6Ranges`).
+fn cidr_of(r: &SecurityGroupRule, ipv6: bool) -> Option<&str> {
+    r.cidr.as_deref().filter(|c| spelled_ipv6(c) == ipv6)
 }
 
 fn rule_values(g: &SecurityGroup, groups: &[SecurityGroup], f: &str) -> Vec<String> {
@@ -221,7 +249,8 @@ fn rule_values(g: &SecurityGroup, groups: &[SecurityGroup], f: &str) -> Vec<Stri
     rules
         .iter()
         .filter_map(|r| match field {
-            "ip-permission.cidr" => r.cidr.clone(),
+            "ip-permission.cidr" => cidr_of(r, false).map(str::to_string),
+            "ip-permission.ipv6-cidr" => cidr_of(r, true).map(str::to_string),
             "ip-permission.from-port" => r.from_port.map(|p| p.to_string()),
             "ip-permission.to-port" => r.to_port.map(|p| p.to_string()),
             "ip-permission.protocol" => Some(proto_out(r.protocol)),
@@ -261,12 +290,14 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
             "owner-id",
             "vpc-id",
             "ip-permission.cidr",
+            "ip-permission.ipv6-cidr",
             "ip-permission.from-port",
             "ip-permission.group-id",
             "ip-permission.group-name",
             "ip-permission.protocol",
             "ip-permission.to-port",
             "egress.ip-permission.cidr",
+            "egress.ip-permission.ipv6-cidr",
             "egress.ip-permission.from-port",
             "egress.ip-permission.group-id",
             "egress.ip-permission.group-name",
@@ -407,6 +438,17 @@ fn proto_ports(p: &Params) -> Result<(Protocol, Option<i32>, Option<i32>)> {
             (proto, Some(f), Some(t))
         }
         Protocol::Icmp => (proto, Some(from.unwrap_or(-1)), Some(to.unwrap_or(-1))),
+        // EC2 matches ICMPv6 types and codes; Corral's rules (and the
+        // node's ip6tables) take the protocol whole, so a narrower rule is
+        // refused rather than widened.
+        ICMPV6 if from.is_some_and(|f| f != -1) || to.is_some_and(|t| t != -1) => {
+            return Err(Ec2Error::invalid_value(format!(
+                "Invalid value 'FromPort={}, ToPort={}' for IP protocol 58 (icmpv6): \
+                 Corral's ICMPv6 rules take every type and code; use -1 for both",
+                from.unwrap_or(-1),
+                to.unwrap_or(-1)
+            )));
+        }
         _ => (proto, None, None),
     })
 }
@@ -416,7 +458,6 @@ fn requested_rules(
     p: &Params,
     groups: &[SecurityGroup],
     default_vpc: Option<&str>,
-    revoking: bool,
 ) -> Result<Vec<SecurityGroupRule>> {
     let source = |id: Option<&str>, name: Option<&str>| -> Result<String> {
         Ok(resolve(groups, id, name, default_vpc)?
@@ -440,7 +481,7 @@ fn requested_rules(
         };
         if let Some(c) = p.get_nonempty("CidrIp") {
             out.push(SecurityGroupRule {
-                cidr: Some(c.to_string()),
+                cidr: Some(ipv4_range("CidrIp", c)?),
                 ..base.clone()
             });
         }
@@ -456,26 +497,6 @@ fn requested_rules(
         return Ok(out);
     }
     for perm in perms {
-        let v6 = perm.structs("Ipv6Ranges")?;
-        if let Some(r) = v6.first() {
-            let cidr = r.required("CidrIpv6")?;
-            // No group holds an IPv6 rule: revoking one (terraform drops
-            // the default `::/0` egress of every group it makes) finds
-            // none, as AWS answers for a VPC without IPv6.
-            if revoking {
-                return Err(Ec2Error::client(
-                    "InvalidPermission.NotFound",
-                    format!(
-                        "The specified rule does not exist in this security group (peer {})",
-                        clip(cidr)
-                    ),
-                ));
-            }
-            return Err(Ec2Error::invalid_value(format!(
-                "Invalid value '{}' for IpPermissions.N.Ipv6Ranges: Corral's VPCs carry IPv4 only (no IPv6 CIDR block), so IPv6 rules would never match",
-                clip(cidr)
-            )));
-        }
         if !perm.sub("PrefixListIds").is_empty() {
             return Err(Ec2Error::invalid_value(
                 "IpPermissions.N.PrefixListIds: prefix lists are not supported",
@@ -491,7 +512,25 @@ fn requested_rules(
         let before = out.len();
         for r in perm.structs("IpRanges")? {
             out.push(SecurityGroupRule {
-                cidr: Some(r.required("CidrIp")?.to_string()),
+                cidr: Some(ipv4_range(
+                    "IpPermissions.N.IpRanges.M.CidrIp",
+                    r.required("CidrIp")?,
+                )?),
+                description: r.get_nonempty("Description").map(str::to_string),
+                ..base.clone()
+            });
+        }
+        for r in perm.structs("Ipv6Ranges")? {
+            let cidr = r.required("CidrIpv6")?;
+            if !spelled_ipv6(cidr) {
+                return Err(Ec2Error::invalid_value(format!(
+                    "Invalid value '{}' for IpPermissions.N.Ipv6Ranges.M.CidrIpv6: \
+                     not an IPv6 CIDR block (IPv4 blocks go in IpRanges)",
+                    clip(cidr)
+                )));
+            }
+            out.push(SecurityGroupRule {
+                cidr: Some(cidr.to_string()),
                 description: r.get_nonempty("Description").map(str::to_string),
                 ..base.clone()
             });
@@ -513,11 +552,38 @@ fn requested_rules(
     Ok(out)
 }
 
+/// An `IpRanges` block as given; an IPv6 one belongs in `Ipv6Ranges`.
+fn ipv4_range(field: &str, cidr: &str) -> Result<String> {
+    if spelled_ipv6(cidr) {
+        return Err(Ec2Error::invalid_value(format!(
+            "Invalid value '{}' for {field}: an IPv6 CIDR block goes in \
+             IpPermissions.N.Ipv6Ranges.M.CidrIpv6",
+            clip(cidr)
+        )));
+    }
+    Ok(cidr.to_string())
+}
+
+/// Whether two rules' blocks are the same network (`2001:DB8::/32` is
+/// `2001:db8::/32`), however written.
+fn same_cidr(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            a == b
+                || matches!(
+                    (a.parse::<IpCidr>(), b.parse::<IpCidr>()),
+                    (Ok(x), Ok(y)) if x == y
+                )
+        }
+        (a, b) => a == b,
+    }
+}
+
 fn same_rule(a: &SecurityGroupRule, b: &SecurityGroupRule) -> bool {
     a.protocol == b.protocol
         && a.from_port == b.from_port
         && a.to_port == b.to_port
-        && a.cidr == b.cidr
+        && same_cidr(a.cidr.as_deref(), b.cidr.as_deref())
         && a.source_group == b.source_group
 }
 
@@ -538,7 +604,7 @@ pub async fn change(ctx: &Ctx<'_>, ingress: bool, add: bool) -> Result<Xml> {
         name_param,
         default_vpc.as_deref(),
     )?;
-    let rules = requested_rules(ctx.params, &groups, default_vpc.as_deref(), !add)?;
+    let rules = requested_rules(ctx.params, &groups, default_vpc.as_deref())?;
     let current = if ingress {
         &g.spec.ingress
     } else {
@@ -630,7 +696,8 @@ pub async fn change(ctx: &Ctx<'_>, ingress: bool, add: bool) -> Result<Xml> {
                 .leaf("ipProtocol", proto_out(r.protocol))
                 .leaf("fromPort", r.from_port.unwrap_or(-1))
                 .leaf("toPort", r.to_port.unwrap_or(-1))
-                .opt("cidrIpv4", r.cidr.as_deref())
+                .opt("cidrIpv4", cidr_of(r, false))
+                .opt("cidrIpv6", cidr_of(r, true))
                 .opt("description", r.description.as_deref());
         });
     }

@@ -1,7 +1,7 @@
 //! [`RealHost`]: a hypervisor host as the agent finds it. Its files
 //! ([`HostFiles`] under the state directory), its libvirt networks
 //! (through the hypervisor, which owns the libvirt connection), its
-//! iptables, its dnsmasq leases and the metadata listener.
+//! iptables and ip6tables, its dnsmasq leases and the metadata listener.
 //!
 //! It only carries out what the agent asks; it must not read the API or
 //! decide what should exist.
@@ -212,10 +212,12 @@ impl super::Host for RealHost {
         }
     }
 
+    /// Both families, iptables and ip6tables, every time: one lifecycle.
     fn apply_firewall(&self, applied: Option<&NetPlan>, plan: &NetPlan) -> Result<bool> {
+        let sh = net::Shell::host();
         Ok(match applied {
-            Some(prev) => net::update_firewall(prev, plan)?,
-            None => net::apply_firewall(plan).map(|()| true)?,
+            Some(prev) => net::update_firewall(&sh, prev, plan)?,
+            None => net::apply_firewall(&sh, plan).map(|()| true)?,
         })
     }
 

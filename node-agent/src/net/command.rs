@@ -1,10 +1,37 @@
 //! Running the host's networking tools (`ip`, `bridge`, `iptables-*`,
-//! `ebtables-*`) as child processes, never through a shell: on the host,
-//! or inside a named network namespace (`ip netns exec NAME ...`). Each
-//! caller words the failure in its own error type.
+//! `ip6tables-*`, `ebtables-*`) as child processes, never through a
+//! shell: on the host, or inside a named network namespace (`ip netns
+//! exec NAME ...`), as a [`Shell`] says. Each caller words the failure in
+//! its own error type.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
+
+/// Where the commands run: on the host, or inside a named network
+/// namespace (`ip netns exec NAME ...`: tests and multi-node rigs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shell {
+    netns: Option<String>,
+}
+
+impl Shell {
+    /// Commands run directly, in the agent's own network namespace.
+    pub fn host() -> Self {
+        Shell { netns: None }
+    }
+
+    /// Commands run as `ip netns exec NAME <cmd> ...`.
+    pub fn in_netns(name: &str) -> Self {
+        Shell {
+            netns: Some(name.to_string()),
+        }
+    }
+
+    /// The namespace commands run in (`None`: the host's).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+}
 
 /// Why a command did not answer.
 #[derive(Debug)]

@@ -1,17 +1,38 @@
 //! The iptables ruleset a [`NetPlan`] makes: per table, Corral's chains
 //! and the jumps into them from the built-in chains (see the module doc
-//! of `net` for where each rule lives and why). Pure: iptables.rs writes
-//! it into the host.
+//! of `net` for where each rule lives and why). Its IPv6 counterpart, for
+//! ip6tables, is firewall6.rs. Pure: iptables.rs writes them into the
+//! host.
 
 use std::fmt::Write as _;
 
+use corral_api_types::net::spelled_ipv6;
 use corral_api_types::{NetworkMode, Protocol};
 
 use super::{Allow, NetDef, NetPlan, METADATA_IP, TAP_PREFIX};
 
+/// The packet filter a ruleset is for: iptables (IPv4) or ip6tables
+/// (IPv6). A plan makes one ruleset of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    /// Whether a rule's peer block is of this family ([`spelled_ipv6`],
+    /// api-types' rule). Source groups expand to IPv4 /32s.
+    pub(super) fn holds(self, peer: &str) -> bool {
+        spelled_ipv6(peer) == (self == Family::Ipv6)
+    }
+}
+
 /// The iptables-restore input for one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableRules {
+    pub family: Family,
     pub table: &'static str,
     /// Corral chains and their rules, in order.
     pub chains: Vec<(String, Vec<String>)>,
@@ -19,13 +40,16 @@ pub struct TableRules {
     pub hooks: Vec<(&'static str, String)>,
 }
 
-fn chain_key(tap: &str) -> String {
+pub(super) fn chain_key(tap: &str) -> String {
     tap.trim_start_matches(TAP_PREFIX).to_string()
 }
 
-fn allow_match(a: &Allow, dir_flag: &str, peer: &str) -> String {
+/// The match of one allow rule for one peer block, or `None` where it
+/// can match nothing: an `icmp` rule (ICMP for IPv4, protocol 1) meets
+/// no IPv6 packet, as in EC2; ICMPv6 is protocol 58 (`icmpv6`).
+fn allow_match(a: &Allow, family: Family, dir_flag: &str, peer: &str) -> Option<String> {
     let mut m = String::new();
-    if peer != "0.0.0.0/0" {
+    if peer != "0.0.0.0/0" && peer != "::/0" {
         let _ = write!(m, "{dir_flag} {peer} ");
     }
     match a.protocol {
@@ -44,6 +68,7 @@ fn allow_match(a: &Allow, dir_flag: &str, peer: &str) -> String {
                 _ => {}
             }
         }
+        Protocol::Icmp if family == Family::Ipv6 => return None,
         Protocol::Icmp => {
             m.push_str("-p icmp ");
             match (a.from_port, a.to_port) {
@@ -60,24 +85,35 @@ fn allow_match(a: &Allow, dir_flag: &str, peer: &str) -> String {
             let _ = write!(m, "-p {n} ");
         }
     }
-    m
+    Some(m)
 }
 
-fn allow_rules(out: &mut Vec<String>, allows: &[Allow], dir_flag: &str) {
+/// One RETURN per allow rule and peer block of `family`.
+pub(super) fn allow_rules(out: &mut Vec<String>, allows: &[Allow], family: Family, dir_flag: &str) {
     for a in allows {
-        for peer in &a.peers {
-            out.push(format!("{}-j RETURN", allow_match(a, dir_flag, peer)));
+        for peer in a.peers.iter().filter(|p| family.holds(p)) {
+            if let Some(m) = allow_match(a, family, dir_flag, peer) {
+                out.push(format!("{m}-j RETURN"));
+            }
         }
     }
 }
 
 impl NetPlan {
-    fn network(&self, uid: &str) -> Option<&NetDef> {
+    pub(super) fn network(&self, uid: &str) -> Option<&NetDef> {
         self.networks.iter().find(|n| n.uid == uid)
     }
 
-    /// The complete ruleset, per table. Empty when there is nothing to
-    /// filter or translate.
+    /// The complete ruleset of `family`, per table.
+    pub fn ruleset(&self, family: Family) -> Vec<TableRules> {
+        match family {
+            Family::Ipv4 => self.rules(),
+            Family::Ipv6 => self.rules_v6(),
+        }
+    }
+
+    /// The complete IPv4 ruleset, per table. Empty when there is nothing
+    /// to filter or translate.
     pub fn rules(&self) -> Vec<TableRules> {
         let mut mangle_fwd = Vec::new();
         let mut mangle_in = Vec::new();
@@ -124,14 +160,14 @@ impl NetPlan {
                 "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN".to_string(),
                 "-p udp -m udp --sport 67 --dport 68 -j RETURN".to_string(),
             ];
-            allow_rules(&mut ingress, &p.ingress, "-s");
+            allow_rules(&mut ingress, &p.ingress, Family::Ipv4, "-s");
             ingress.push("-j DROP".into());
             let mut egress =
                 vec!["-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN".to_string()];
             match &p.egress {
                 None => egress.push("-j RETURN".into()),
                 Some(allows) => {
-                    allow_rules(&mut egress, allows, "-d");
+                    allow_rules(&mut egress, allows, Family::Ipv4, "-d");
                     egress.push("-j DROP".into());
                 }
             }
@@ -231,6 +267,7 @@ impl NetPlan {
             return out;
         }
         out.push(TableRules {
+            family: Family::Ipv4,
             table: "mangle",
             chains: mangle_chains,
             hooks: vec![
@@ -239,6 +276,7 @@ impl NetPlan {
             ],
         });
         out.push(TableRules {
+            family: Family::Ipv4,
             table: "filter",
             chains: filter_chains,
             hooks: vec![
@@ -247,6 +285,7 @@ impl NetPlan {
             ],
         });
         out.push(TableRules {
+            family: Family::Ipv4,
             table: "nat",
             chains: vec![
                 ("CORRAL-PREROUTING".into(), nat_pre),
@@ -297,7 +336,14 @@ mod tests {
                         protocol: Protocol::Icmp,
                         from_port: Some(-1),
                         to_port: Some(-1),
-                        peers: vec!["0.0.0.0/0".into()],
+                        peers: vec!["0.0.0.0/0".into(), "::/0".into()],
+                    },
+                    // IPv6 blocks are ip6tables' (firewall6.rs).
+                    Allow {
+                        protocol: Protocol::All,
+                        from_port: None,
+                        to_port: None,
+                        peers: vec!["2001:db8::/32".into()],
                     },
                 ],
                 None,

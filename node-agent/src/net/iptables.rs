@@ -1,13 +1,18 @@
-//! Writing a plan's ruleset into the host's iptables: whole
-//! (`apply_firewall`, idempotent, also removing what no plan has) or as
-//! the difference from what this agent wrote last (`update_firewall`, one
-//! `iptables-restore` per changed table). Runs iptables as a child
-//! process; blocking.
+//! Writing a plan's rulesets into the host's iptables (IPv4) and
+//! ip6tables (IPv6), one lifecycle for both: whole (`apply_firewall`,
+//! idempotent, also removing what no plan has) or as the difference from
+//! what this agent wrote last (`update_firewall`, one `iptables-restore`
+//! or `ip6tables-restore` per changed table). A host that cannot filter
+//! IPv6 is an error once there is anything to filter: bridged guests
+//! would otherwise reach each other over IPv6 past their groups. Runs the
+//! tools as child processes, on the host or in a network namespace
+//! ([`Shell`]); blocking.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
-use super::command::{self, CommandError, Failure};
-use super::{NetPlan, TableRules, CHAIN_PREFIX};
+use super::command::{self, CommandError, Failure, Shell};
+use super::{Family, NetPlan, TableRules, CHAIN_PREFIX};
 
 /// Why the host's firewall could not be set.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +25,12 @@ pub enum FirewallError {
     },
     #[error("{cmd} failed: {stderr}")]
     Failed { cmd: String, stderr: String },
+    /// ip6tables is missing or the kernel will not run it: the IPv4 rules
+    /// may be in, but guests' IPv6 would pass their groups unfiltered.
+    #[error(
+        "this host cannot filter IPv6 (ip6tables): security groups cannot hold guests' IPv6 traffic"
+    )]
+    NoIpv6(#[source] Box<FirewallError>),
 }
 
 impl From<CommandError> for FirewallError {
@@ -31,13 +42,54 @@ impl From<CommandError> for FirewallError {
     }
 }
 
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
-    Ok(command::run(None, cmd, args, stdin)?)
+fn run(sh: &Shell, cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
+    Ok(command::run(sh.netns(), cmd, args, stdin)?)
+}
+
+// The tools and tables of each family.
+impl Family {
+    fn tool(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "iptables",
+            Family::Ipv6 => "ip6tables",
+        }
+    }
+
+    fn save(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "iptables-save",
+            Family::Ipv6 => "ip6tables-save",
+        }
+    }
+
+    fn restore(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "iptables-restore",
+            Family::Ipv6 => "ip6tables-restore",
+        }
+    }
+
+    /// The tables Corral writes (IPv6 translates nothing: no `nat`).
+    fn tables(self) -> &'static [&'static str] {
+        match self {
+            Family::Ipv4 => &["mangle", "filter", "nat"],
+            Family::Ipv6 => &["mangle", "filter"],
+        }
+    }
+
+    /// The br_netfilter switch that sends bridged frames of this family
+    /// through its tables.
+    fn bridge_knob(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "bridge-nf-call-iptables",
+            Family::Ipv6 => "bridge-nf-call-ip6tables",
+        }
+    }
 }
 
 /// Corral's chains that exist in `table` now.
-fn existing_chains(table: &str) -> Result<Vec<String>, FirewallError> {
-    let dump = run("iptables-save", &["-t", table], None)?;
+fn existing_chains(sh: &Shell, family: Family, table: &str) -> Result<Vec<String>, FirewallError> {
+    let dump = run(sh, family.save(), &["-t", table], None)?;
     Ok(dump
         .lines()
         .filter_map(|l| l.strip_prefix(':'))
@@ -88,9 +140,10 @@ fn write_chains(s: &mut String, rules: Option<&TableRules>, existing: &[String])
 }
 
 /// Jump rules from built-in chains, first in line.
-fn ensure_hooks(table: &str, hooks: &[(&'static str, String)]) -> Result<(), FirewallError> {
-    for (builtin, chain) in hooks {
-        let listing = run("iptables", &["-w", "-t", table, "-S", builtin], None)?;
+fn ensure_hooks(sh: &Shell, r: &TableRules) -> Result<(), FirewallError> {
+    let (tool, table) = (r.family.tool(), r.table);
+    for (builtin, chain) in &r.hooks {
+        let listing = run(sh, tool, &["-w", "-t", table, "-S", builtin], None)?;
         let jump = format!("-A {builtin} -j {chain}");
         let rules: Vec<&str> = listing.lines().filter(|l| l.starts_with("-A ")).collect();
         if rules.first() == Some(&jump.as_str())
@@ -100,14 +153,16 @@ fn ensure_hooks(table: &str, hooks: &[(&'static str, String)]) -> Result<(), Fir
         }
         // Not first (someone inserted above us) or duplicated: redo.
         while run(
-            "iptables",
+            sh,
+            tool,
             &["-w", "-t", table, "-D", builtin, "-j", chain],
             None,
         )
         .is_ok()
         {}
         run(
-            "iptables",
+            sh,
+            tool,
             &["-w", "-t", table, "-I", builtin, "1", "-j", chain],
             None,
         )?;
@@ -115,8 +170,9 @@ fn ensure_hooks(table: &str, hooks: &[(&'static str, String)]) -> Result<(), Fir
     Ok(())
 }
 
-fn remove_hooks(table: &str) -> Result<(), FirewallError> {
-    let listing = run("iptables", &["-w", "-t", table, "-S"], None)?;
+fn remove_hooks(sh: &Shell, family: Family, table: &str) -> Result<(), FirewallError> {
+    let tool = family.tool();
+    let listing = run(sh, tool, &["-w", "-t", table, "-S"], None)?;
     for l in listing.lines() {
         let Some(rest) = l.strip_prefix("-A ") else {
             continue;
@@ -129,7 +185,8 @@ fn remove_hooks(table: &str) -> Result<(), FirewallError> {
         };
         if !builtin.starts_with(CHAIN_PREFIX) && target.starts_with(CHAIN_PREFIX) {
             run(
-                "iptables",
+                sh,
+                tool,
                 &["-w", "-t", table, "-D", builtin, "-j", target],
                 None,
             )?;
@@ -138,79 +195,127 @@ fn remove_hooks(table: &str) -> Result<(), FirewallError> {
     Ok(())
 }
 
-/// Bridged guest-to-guest traffic passes iptables only with br_netfilter
-/// on (`bridge-nf-call-iptables`); without it security groups between
-/// guests of one network would not hold, so this is an error.
-fn ensure_bridge_netfilter() -> Result<(), FirewallError> {
-    let knob = std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
-    if !knob.exists() {
-        // A module on most distributions; built in on some kernels.
-        let _ = run("modprobe", &["br_netfilter"], None);
+/// Bridged guest-to-guest traffic passes iptables and ip6tables only with
+/// br_netfilter on (`bridge-nf-call-iptables`, `bridge-nf-call-ip6tables`);
+/// without it security groups between guests of one network would not
+/// hold, so this is an error.
+fn ensure_bridge_netfilter(sh: &Shell) -> Result<(), FirewallError> {
+    let refused = |what: String| FirewallError::Failed {
+        cmd: "enabling br_netfilter".into(),
+        stderr: format!("{what}: security groups cannot filter bridged traffic"),
+    };
+    let knobs = Family::ALL.map(|f| f.bridge_knob());
+    if sh.netns().is_some() {
+        // /proc/sys/net is the reader's namespace's: set it from inside.
+        let mut args = vec!["-q".to_string(), "-w".to_string()];
+        args.extend(knobs.iter().map(|k| format!("net.bridge.{k}=1")));
+        args.push("net.ipv4.ip_forward=1".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        return match run(sh, "sysctl", &args, None) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(refused(e.to_string())),
+        };
     }
-    let ok = std::fs::read_to_string(knob).is_ok_and(|v| v.trim() == "1")
-        || std::fs::write(knob, "1").is_ok();
-    if !ok {
-        return Err(FirewallError::Failed {
-            cmd: "enabling br_netfilter".into(),
-            stderr: format!(
-                "{} is missing or read-only: security groups cannot filter bridged traffic",
+    let dir = Path::new("/proc/sys/net/bridge");
+    if !dir.join(knobs[0]).exists() {
+        // A module on most distributions; built in on some kernels.
+        let _ = run(sh, "modprobe", &["br_netfilter"], None);
+    }
+    for knob in knobs.map(|k| dir.join(k)) {
+        let ok = std::fs::read_to_string(&knob).is_ok_and(|v| v.trim() == "1")
+            || std::fs::write(&knob, "1").is_ok();
+        if !ok {
+            return Err(refused(format!(
+                "{} is missing or read-only",
                 knob.display()
-            ),
-        });
+            )));
+        }
     }
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
     Ok(())
 }
 
-/// Makes the host's iptables hold exactly `plan`'s rules. Idempotent; an
-/// empty plan removes every Corral chain and jump.
-pub fn apply_firewall(plan: &NetPlan) -> Result<(), FirewallError> {
-    let rules = plan.rules();
-    if !rules.is_empty() {
-        ensure_bridge_netfilter()?;
+/// Whether `e` says the tool itself is not installed.
+fn tool_missing(e: &FirewallError) -> bool {
+    matches!(e, FirewallError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Makes the host's iptables and ip6tables hold exactly `plan`'s rules.
+/// Idempotent; an empty plan removes every Corral chain and jump.
+pub fn apply_firewall(sh: &Shell, plan: &NetPlan) -> Result<(), FirewallError> {
+    let rulesets = Family::ALL.map(|f| (f, plan.ruleset(f)));
+    if rulesets.iter().any(|(_, r)| !r.is_empty()) {
+        ensure_bridge_netfilter(sh)?;
     }
-    for table in ["mangle", "filter", "nat"] {
+    for (family, rules) in &rulesets {
+        apply_family(sh, *family, rules)?;
+    }
+    Ok(())
+}
+
+fn apply_family(sh: &Shell, family: Family, rules: &[TableRules]) -> Result<(), FirewallError> {
+    for &table in family.tables() {
         let want = rules.iter().find(|r| r.table == table);
-        let existing = existing_chains(table)?;
+        let existing = match existing_chains(sh, family, table) {
+            Ok(chains) => chains,
+            // A host without the tool holds none of Corral's chains: with
+            // nothing to filter, nothing to do.
+            Err(e) if rules.is_empty() && tool_missing(&e) => return Ok(()),
+            // The first contact with ip6tables: its failure is the host's
+            // lack of IPv6 filtering, not a rule's fault.
+            Err(e) if family == Family::Ipv6 => return Err(FirewallError::NoIpv6(Box::new(e))),
+            Err(e) => return Err(e),
+        };
         if want.is_none() {
             if existing.is_empty() {
                 continue;
             }
-            remove_hooks(table)?;
+            remove_hooks(sh, family, table)?;
         }
         let script = restore_script(table, want, &existing);
-        run("iptables-restore", &["-w", "--noflush"], Some(&script))?;
+        run(sh, family.restore(), &["-w", "--noflush"], Some(&script))?;
         if let Some(r) = want {
-            ensure_hooks(table, &r.hooks)?;
+            ensure_hooks(sh, r)?;
         }
     }
     Ok(())
 }
 
-/// Moves the host's iptables from `applied` (what this agent made it hold
-/// last, and found intact when it last reasserted it) to `plan`, with one
-/// `iptables-restore` per table whose Corral rules changed: the chains,
-/// and the jumps from built-in chains deleted or inserted in the same
-/// transaction. Nothing is read back: the periodic full [`apply_firewall`]
-/// repairs what someone else changed meanwhile. If a restore fails (a
-/// chain or jump removed by hand, say), it does the full apply instead.
-/// Returns whether it had to.
-pub fn update_firewall(applied: &NetPlan, plan: &NetPlan) -> Result<bool, FirewallError> {
-    let before = applied.rules();
-    let after = plan.rules();
-    if after.iter().any(|r| !r.chains.is_empty()) && !before.iter().any(|r| !r.chains.is_empty()) {
-        ensure_bridge_netfilter()?;
+/// Moves the host's iptables and ip6tables from `applied` (what this
+/// agent made them hold last, and found intact when it last reasserted
+/// them) to `plan`, with one `iptables-restore` (`ip6tables-restore`)
+/// per table whose Corral rules changed: the chains, and the jumps from
+/// built-in chains deleted or inserted in the same transaction. Nothing
+/// is read back: the periodic full [`apply_firewall`] repairs what
+/// someone else changed meanwhile. If a restore fails (a chain or jump
+/// removed by hand, say), it does the full apply instead. Returns
+/// whether it had to.
+pub fn update_firewall(
+    sh: &Shell,
+    applied: &NetPlan,
+    plan: &NetPlan,
+) -> Result<bool, FirewallError> {
+    let changes = Family::ALL.map(|f| (f, applied.ruleset(f), plan.ruleset(f)));
+    let has_chains = |rs: &[TableRules]| rs.iter().any(|r| !r.chains.is_empty());
+    if changes
+        .iter()
+        .any(|(_, before, after)| has_chains(after) && !has_chains(before))
+    {
+        ensure_bridge_netfilter(sh)?;
     }
-    for table in ["mangle", "filter", "nat"] {
-        let old = before.iter().find(|r| r.table == table);
-        let new = after.iter().find(|r| r.table == table);
-        let Some(script) = update_script(table, old, new) else {
-            continue;
-        };
-        if let Err(e) = run("iptables-restore", &["-w", "--noflush"], Some(&script)) {
-            tracing::warn!(table, error = %e, "incremental firewall update failed; reapplying in full");
-            apply_firewall(plan)?;
-            return Ok(true);
+    for (family, before, after) in &changes {
+        let family = *family;
+        for &table in family.tables() {
+            let old = before.iter().find(|r| r.table == table);
+            let new = after.iter().find(|r| r.table == table);
+            let Some(script) = update_script(table, old, new) else {
+                continue;
+            };
+            if let Err(e) = run(sh, family.restore(), &["-w", "--noflush"], Some(&script)) {
+                tracing::warn!(table, tool = family.tool(), error = %e, "incremental firewall update failed; reapplying in full");
+                apply_firewall(sh, plan)?;
+                return Ok(true);
+            }
         }
     }
     Ok(false)
@@ -274,5 +379,26 @@ mod tests {
         assert!(s.contains(":CORRAL-FORWARD - [0:0]\n"), "{s}");
         assert!(s.contains("-X CORRAL-I-old\n"), "{s}");
         assert!(!s.contains("-X CORRAL-FORWARD"), "{s}");
+    }
+
+    #[test]
+    fn a_host_that_cannot_run_ip6tables_says_so() {
+        // A namespace that does not exist stands for a host whose
+        // ip6tables cannot answer: with IPv6 rules to write, that is an
+        // error naming IPv6, with the tool's own failure as its source.
+        let sh = Shell::in_netns("corral-test-no-such-netns");
+        let plan = NetPlan {
+            networks: vec![net(NetworkMode::Nat)],
+            ports: vec![],
+            metadata_port: 8775,
+        };
+        let e = apply_family(&sh, Family::Ipv6, &plan.rules_v6()).unwrap_err();
+        assert!(matches!(e, FirewallError::NoIpv6(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "this host cannot filter IPv6 (ip6tables): security groups cannot hold guests' IPv6 traffic"
+        );
+        let source = std::error::Error::source(&e).unwrap().to_string();
+        assert!(source.contains("ip6tables-save -t mangle"), "{source}");
     }
 }

@@ -2,18 +2,21 @@
 //! dnsmasq serving only the IPAM reservations) per Network in use on this
 //! node, and one iptables ruleset for everything Corral filters or
 //! translates: security groups, anti-spoofing, isolation, masquerade,
-//! floating addresses and the metadata redirect.
+//! floating addresses and the metadata redirect; and its ip6tables
+//! counterpart, security groups and isolation for guests' IPv6.
 //!
 //! Everything here is computed from a [`NetPlan`] (what should exist) and
 //! applied whole: the rules go in as one `iptables-restore --noflush`
-//! transaction per table, so a change reaches running guests within one
-//! sync and nothing that no longer belongs to a plan survives it.
+//! (`ip6tables-restore`) transaction per table, so a change reaches
+//! running guests within one sync and nothing that no longer belongs to a
+//! plan survives it.
 //!
 //! Where the rules live, and why:
 //! - Filtering is in the `mangle` table's FORWARD and INPUT hooks, which run
 //!   before `filter`: libvirt and other tools add ACCEPT rules to `filter`,
 //!   and a DROP in `mangle` is final whatever they do. Bridged guest-to-guest
-//!   frames reach those hooks through br_netfilter (`bridge-nf-call-iptables`).
+//!   frames reach those hooks through br_netfilter (`bridge-nf-call-iptables`,
+//!   and `bridge-nf-call-ip6tables` for IPv6).
 //! - Traffic the host itself sends to a guest (its own connections, and
 //!   floating addresses reached from the host) is filtered in `filter`
 //!   OUTPUT, after the `nat` OUTPUT hook has translated it.
@@ -25,8 +28,9 @@
 //!
 //! What lives where: the names of devices and libvirt networks
 //! (names.rs), a Network as a libvirt network with its DHCP reservations
-//! (libvirt_net.rs), the ruleset a plan makes (firewall.rs) and how it is
-//! written into the host's iptables (iptables.rs), DHCP leases
+//! (libvirt_net.rs), the rulesets a plan makes (firewall.rs, IPv4;
+//! firewall6.rs, IPv6) and how they are written into the host's iptables
+//! and ip6tables (iptables.rs), DHCP leases
 //! (leases.rs), how the tools run as child processes (command.rs), and
 //! an overlay network's VXLAN tunnel, forwarding table and tunnel guard
 //! (vxlan/). The plan's types are here.
@@ -39,13 +43,15 @@ use corral_api_types::{NetworkMode, Protocol};
 
 mod command;
 mod firewall;
+mod firewall6;
 mod iptables;
 mod leases;
 mod libvirt_net;
 mod names;
 mod vxlan;
 
-pub use firewall::TableRules;
+pub use command::Shell;
+pub use firewall::{Family, TableRules};
 pub use iptables::{apply_firewall, restore_script, update_firewall, update_script, FirewallError};
 pub use leases::{lease_verdict, leases, parse_leases, Lease};
 pub use libvirt_net::gateway_mac;
@@ -54,7 +60,7 @@ pub use names::{
 };
 pub use vxlan::{
     ensure_overlay, guard_tunnel, remove_overlays_except, sync_fdb, vxlan_name, Fdb, FdbChange,
-    Overlay, Shell, VxlanError, GUARD_CHAIN, VXLAN_PORT, VXLAN_PREFIX,
+    Overlay, VxlanError, GUARD_CHAIN, VXLAN_PORT, VXLAN_PREFIX,
 };
 
 /// Where guests find the metadata service.
@@ -116,14 +122,15 @@ impl NetDef {
 }
 
 /// One allow rule, resolved to concrete source (ingress) or destination
-/// (egress) blocks.
+/// (egress) blocks, of either family: each goes to its own ruleset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allow {
     pub protocol: Protocol,
     /// TCP/UDP port range, or ICMP type (from) and code (to); `None` = all.
     pub from_port: Option<i32>,
     pub to_port: Option<i32>,
-    /// CIDR blocks (source groups already expanded to their members' /32s).
+    /// CIDR blocks, IPv4 or IPv6 (source groups already expanded to their
+    /// members' /32s).
     pub peers: Vec<String>,
 }
 

@@ -10,12 +10,12 @@
 //! command.rs, on the host or inside a network namespace ([`Shell`]);
 //! blocking. Device names come from names.rs.
 //!
-//! What lives where: where the commands run ([`Shell`]), the errors, the
+//! What lives where: running the commands on a [`Shell`], the errors, the
 //! checks of names and MACs and the device itself ([`Overlay`],
 //! [`ensure_overlay`], [`remove_overlays_except`]) here; the forwarding
 //! database (fdb.rs); the ebtables guard (guard.rs).
 
-use super::command::{self, CommandError, Failure};
+use super::command::{self, CommandError, Failure, Shell};
 use std::net::Ipv4Addr;
 
 use serde::Deserialize;
@@ -73,40 +73,18 @@ impl From<CommandError> for VxlanError {
     }
 }
 
-/// Where the commands run: on the host, or inside a named network
-/// namespace (`ip netns exec NAME ...`: tests and multi-node rigs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shell {
-    netns: Option<String>,
-}
-
+// Where the commands run (the type lives with command.rs, which the
+// firewall shares); the overlay's own ways of running them.
 impl Shell {
-    /// Commands run directly, in the agent's own network namespace.
-    pub fn host() -> Self {
-        Shell { netns: None }
-    }
-
-    /// Commands run as `ip netns exec NAME <cmd> ...`.
-    pub fn in_netns(name: &str) -> Self {
-        Shell {
-            netns: Some(name.to_string()),
-        }
-    }
-
-    /// The namespace commands run in (`None`: the host's).
-    pub fn netns(&self) -> Option<&str> {
-        self.netns.as_deref()
-    }
-
     /// The command line that runs `prog args...`, for messages.
     fn describe(&self, prog: &str, args: &[&str]) -> String {
-        command::describe(self.netns.as_deref(), prog, args)
+        command::describe(self.netns(), prog, args)
     }
 
     /// Runs `prog args...` (with `stdin` fed to it), answering its stdout;
     /// a non-zero exit is an error carrying its stderr.
     fn run(&self, prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String, VxlanError> {
-        Ok(command::run(self.netns.as_deref(), prog, args, stdin)?)
+        Ok(command::run(self.netns(), prog, args, stdin)?)
     }
 
     /// Runs a command that prints a JSON array (`ip -j`, `bridge -j`).
