@@ -595,6 +595,86 @@ async fn imdsv2_tokens() {
     s.stop().await;
 }
 
+/// EC2's instance metadata options: a turned-off endpoint answers 403 to
+/// everything, token requests included; tags are served under
+/// `tags/instance/` only while allowed; a token answer leaves with the
+/// hop limit as its IP TTL (loopback never decrements a TTL, so here a
+/// limit of 1 still arrives; the listener's unit tests check the socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_options_turn_the_endpoint_off_and_serve_tags() {
+    let s = Imds::start().await;
+    let (a, b) = (guest(GUEST_A), guest(GUEST_B));
+    let mut off = instance_a();
+    off.http_endpoint_enabled = false;
+    let mut tagged = instance_b();
+    tagged.tags = Some(
+        [("Name", "db-1"), ("team:data", "core"), ("empty", "")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+    );
+    tagged.http_put_response_hop_limit = 1;
+    s.table
+        .set([((GW_A, GUEST_A), off), ((GW_B, GUEST_B), tagged)]);
+
+    // Off: nothing is served, not even a token.
+    for path in ["/", "/latest/meta-data/instance-id", "/latest/user-data"] {
+        assert_ec2_error(
+            &get(&a, &s.url_a(path)).await,
+            StatusCode::FORBIDDEN,
+            "403 - Forbidden",
+        );
+    }
+    let r = token(&a, &s.url_a("/latest/api/token"), "60").await;
+    assert_ec2_error(&r, StatusCode::FORBIDDEN, "403 - Forbidden");
+
+    // Tags, for the instance that allows them (with its hop limit of 1).
+    let tb = good_token(&b, &s.url_b("/latest/api/token")).await;
+    let read = |path: &str| send(b.get(s.url_b(path)).header("X-aws-ec2-metadata-token", &tb));
+    let listing = read("/latest/meta-data/").await.text();
+    assert!(listing.ends_with("\nsecurity-groups\ntags/"), "{listing}");
+    for (path, want) in [
+        ("/latest/meta-data/tags", "instance/"),
+        ("/latest/meta-data/tags/instance", "Name\nempty\nteam:data"),
+        ("/latest/meta-data/tags/instance/", "Name\nempty\nteam:data"),
+        ("/latest/meta-data/tags/instance/Name", "db-1"),
+        ("/latest/meta-data/tags/instance/team:data", "core"),
+        ("/latest/meta-data/tags/instance/empty", ""),
+    ] {
+        let r = read(path).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (StatusCode::OK, want),
+            "{path}"
+        );
+    }
+    for missing in [
+        "/latest/meta-data/tags/instance/name",
+        "/latest/meta-data/tags/instance/Name/x",
+        "/2021-07-15/meta-data/tags/instance/Name",
+    ] {
+        assert_eq!(
+            read(missing).await.status,
+            StatusCode::NOT_FOUND,
+            "{missing}"
+        );
+    }
+
+    // Options changed back: the endpoint answers, the tags are gone.
+    s.table.set([
+        ((GW_A, GUEST_A), instance_a()),
+        ((GW_B, GUEST_B), instance_b()),
+    ]);
+    assert_eq!(
+        text(&a, &s.url_a("/latest/meta-data/instance-id")).await,
+        ID_A
+    );
+    assert_eq!(
+        read("/latest/meta-data/tags/instance/Name").await.status,
+        StatusCode::NOT_FOUND
+    );
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_refused_and_the_service_stays_up() {
     let s = Imds::start().await;

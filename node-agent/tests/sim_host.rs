@@ -459,6 +459,31 @@ async fn a_simulated_host_holds_the_plans_of_its_guests() {
     assert_eq!(md.ami_id.as_deref(), Some("ami-0123456789abcdef0"));
     assert_eq!(md.public_keys, [("admin".to_string(), KEY.to_string())]);
     assert_eq!(md.security_groups, ["web"]);
+    // EC2's default options; changed ones reach the table with the
+    // instance (ModifyInstanceMetadataOptions on a running guest).
+    assert!(!md.http_tokens_required && md.http_endpoint_enabled);
+    assert_eq!((md.http_put_response_hop_limit, md.tags.clone()), (1, None));
+    let mut changed = api.get(&path).unwrap();
+    changed["spec"]["metadataOptions"] = json!({"httpTokens": "required",
+        "httpEndpoint": "disabled", "httpPutResponseHopLimit": 3,
+        "instanceMetadataTags": "enabled"});
+    changed["spec"]["tags"] = json!({"Name": "web-5"});
+    api.put(&path, changed);
+    let at = (Ipv4Addr::new(10, 42, 0, 1), Ipv4Addr::new(10, 42, 0, 15));
+    until("the new options in the metadata table", 10, || {
+        plans(&run.agent)
+            .metadata
+            .get(&at)
+            .is_some_and(|m| m.http_tokens_required)
+    })
+    .await;
+    let md = plans(&run.agent).metadata[&at].clone();
+    assert!(!md.http_endpoint_enabled);
+    assert_eq!(md.http_put_response_hop_limit, 3);
+    assert_eq!(
+        md.tags,
+        Some(BTreeMap::from([("Name".to_string(), "web-5".to_string())]))
+    );
 
     // A root disk deleted behind Corral's back is reported as drift.
     run.agent
@@ -620,12 +645,28 @@ async fn a_changed_rule_reaches_the_firewall_after_the_refresh() {
     let (one, _, obj) = instance(1);
     api.put(&one, obj);
     until("web-1's port", 30, || ports_of(&run.agent, 1) == [Some(22)]).await;
-    let web = with_uid(group("web", 2222), "sg-1");
-    api.put(&format!("/v1/projects/{PROJECT}/securitygroups/web"), web);
+    // The new rule names an IPv6 block: it reaches the IPv6 ruleset only.
+    let mut web = group("web", 2222);
+    web.spec.ingress[0].cidr = Some("2001:db8::/32".into());
+    api.put(
+        &format!("/v1/projects/{PROJECT}/securitygroups/web"),
+        with_uid(web, "sg-1"),
+    );
     until("the changed rule", 30, || {
         ports_of(&run.agent, 1) == [Some(2222)]
     })
     .await;
+    let plan = run.agent.host().unwrap().as_sim().unwrap().plans().firewall;
+    let allow = "-s 2001:db8::/32 -p tcp -m tcp --dport 2222 -j RETURN".to_string();
+    let lines = |rules: Vec<corral_node_agent::net::TableRules>| -> Vec<String> {
+        rules
+            .into_iter()
+            .flat_map(|t| t.chains)
+            .flat_map(|(_, lines)| lines)
+            .collect()
+    };
+    assert!(lines(plan.rules_v6()).contains(&allow), "{plan:?}");
+    assert!(!lines(plan.rules()).iter().any(|l| l.contains("2001:db8")));
 }
 
 /// libvirt's test driver has no persistent hot-plug: the hypervisor keeps

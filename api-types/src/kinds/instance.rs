@@ -16,6 +16,13 @@ use crate::validate::{
 };
 use crate::{Condition, Defaults, FieldErrors, Validate};
 
+#[path = "instance_metadata_options.rs"]
+mod metadata_options;
+use metadata_options::check_metadata_options;
+pub use metadata_options::{
+    metadata_tag_key_refusal, HttpTokens, MetadataOptions, MetadataSwitch, HOP_LIMIT_RANGE,
+};
+
 crate::resource!(
     /// A virtual machine.
     Instance,
@@ -228,6 +235,10 @@ pub struct InstanceSpec {
     /// Taints this instance tolerates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// How the metadata service (169.254.169.254) answers this instance
+    /// (EC2's instance metadata options); EC2's defaults when absent.
+    #[serde(default, skip_serializing_if = "MetadataOptions::is_default")]
+    pub metadata_options: MetadataOptions,
 }
 
 /// An address an interface actually has.
@@ -433,6 +444,7 @@ impl Validate for Instance {
         check_tags(errs_ref, "spec.tags", &spec.tags);
         check_labels(errs_ref, "spec.nodeSelector", &spec.node_selector);
         check_tolerations(errs_ref, "spec.tolerations", &spec.tolerations);
+        check_metadata_options(errs_ref, spec);
         errs
     }
 }

@@ -409,3 +409,95 @@ fn nics_are_limited_to_what_tap_names_can_tell_apart() {
         &["spec.nics: must have at most 10 entries (has 11)"],
     );
 }
+
+#[test]
+fn metadata_options_default_to_ec2s_and_are_checked() {
+    // Absent: EC2's defaults, and nothing written back out.
+    let i = minimal();
+    assert_eq!(
+        i.spec.metadata_options,
+        MetadataOptions {
+            http_tokens: HttpTokens::Optional,
+            http_endpoint: MetadataSwitch::Enabled,
+            http_put_response_hop_limit: 1,
+            instance_metadata_tags: MetadataSwitch::Disabled,
+        }
+    );
+    assert!(serde_json::to_value(&i).unwrap()["spec"]
+        .get("metadataOptions")
+        .is_none());
+
+    // Naming one field keeps the others' defaults.
+    let j: Instance = round_trip(
+        r#"{"apiVersion":"corral/v1","kind":"Instance","metadata":{"name":"a","project":"p"},
+            "spec":{"image":"x","metadataOptions":{"httpTokens":"required"}}}"#,
+    );
+    assert_eq!(j.spec.metadata_options.http_tokens, HttpTokens::Required);
+    assert_eq!(j.spec.metadata_options.http_put_response_hop_limit, 1);
+    assert_eq!(
+        j.spec.metadata_options.http_endpoint,
+        MetadataSwitch::Enabled
+    );
+    assert_wire_names(&[
+        ("optional", HttpTokens::Optional),
+        ("required", HttpTokens::Required),
+    ]);
+    assert_wire_names(&[
+        ("enabled", MetadataSwitch::Enabled),
+        ("disabled", MetadataSwitch::Disabled),
+    ]);
+    for bad in [
+        r#"{"httpTokens":"sometimes"}"#,
+        r#"{"httpEndpoint":"on"}"#,
+        r#"{"hopLimit":2}"#,
+    ] {
+        assert!(
+            serde_json::from_str::<MetadataOptions>(bad).is_err(),
+            "{bad}"
+        );
+    }
+
+    let mut k = minimal();
+    k.spec.metadata_options.http_put_response_hop_limit = 0;
+    assert_errors(
+        &k.validate(),
+        &["spec.metadataOptions.httpPutResponseHopLimit: must be between 1 and 64 (is 0)"],
+    );
+    k.spec.metadata_options.http_put_response_hop_limit = 64;
+    assert_valid(&k);
+    k.spec.metadata_options.http_put_response_hop_limit = 65;
+    assert_paths(
+        &k.validate(),
+        &["spec.metadataOptions.httpPutResponseHopLimit"],
+    );
+
+    // Tags in the metadata: their keys become paths.
+    let mut t = minimal();
+    for key in [
+        "Name",
+        "team:web",
+        "a+b=c,d_e@f.g",
+        "..",
+        "has space",
+        "a/b",
+    ] {
+        t.spec.tags.insert(key.into(), "v".into());
+    }
+    assert_valid(&t);
+    t.spec.metadata_options.instance_metadata_tags = MetadataSwitch::Enabled;
+    assert_paths(
+        &t.validate(),
+        &[
+            "spec.tags[\"..\"]",
+            "spec.tags[\"a/b\"]",
+            "spec.tags[\"has space\"]",
+        ],
+    );
+    let errs = t.validate().to_string();
+    assert!(
+        errs.contains("spec.tags[\"a/b\"]: key must hold only letters, digits and + - = . , _ : @ while spec.metadataOptions.instanceMetadataTags is enabled"),
+        "{errs}"
+    );
+    assert!(metadata_tag_key_refusal("_index").is_some());
+    assert_eq!(metadata_tag_key_refusal("Name"), None);
+}

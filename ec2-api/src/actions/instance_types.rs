@@ -1,5 +1,7 @@
 //! DescribeInstanceTypes (complete InstanceTypeInfo objects from the
-//! cluster's InstanceTypes) and DescribeInstanceCreditSpecifications.
+//! cluster's InstanceTypes), DescribeInstanceTypeOfferings (every type in
+//! every location: any node may run any type) and
+//! DescribeInstanceCreditSpecifications.
 
 use corral_api_types::ec2::instance_id;
 use corral_api_types::InstanceType;
@@ -167,6 +169,84 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     Ok(x)
 }
 
+/// DescribeInstanceTypeOfferings: each InstanceType offered in each
+/// location of `LocationType` — the region (the default), every zone
+/// ([`Ctx::zones`]) or every zone id — filtered by `location` and
+/// `instance-type`, in (type, location) order. Corral has no Outposts: no
+/// offering is on one.
+pub async fn describe_offerings(ctx: &Ctx<'_>) -> Result<Xml> {
+    let location_type = ctx
+        .params
+        .get_nonempty("LocationType")
+        .unwrap_or("region")
+        .to_string();
+    let page = Page::parse(ctx.params, false, "", 5)?;
+    let filters = Filters::parse(ctx.params, &["location", "instance-type"], false)?;
+    let region = &ctx.config.region;
+    let locations: Vec<String> = match location_type.as_str() {
+        "region" => vec![region.clone()],
+        "availability-zone" => ctx.zones().await?,
+        "availability-zone-id" => (0..ctx.zones().await?.len())
+            .map(|i| super::region::zone_id(region, i))
+            .collect(),
+        "outpost" => vec![],
+        other => {
+            return Err(Ec2Error::invalid_value(format!(
+                "Value ({}) for parameter LocationType is invalid. Expected: 'region', \
+                 'availability-zone', 'availability-zone-id' or 'outpost'.",
+                crate::query::clip(other)
+            )))
+        }
+    };
+    ctx.gate()?;
+    let types: Vec<String> = list_all::<InstanceType>(ctx.store, "")
+        .await?
+        .into_iter()
+        .map(|t| t.metadata.name)
+        .collect();
+    let (items, next) = page.apply(offerings(&types, &locations, &filters), offering_key);
+    let mut x = Xml::new();
+    x.set("instanceTypeOfferingSet", &items, |x, (t, l)| {
+        x.leaf("instanceType", t)
+            .leaf("locationType", &location_type)
+            .leaf("location", l);
+    });
+    x.opt("nextToken", next);
+    Ok(x)
+}
+
+/// Every (type, location) pair that passes `filters`, in the order of
+/// [`offering_key`].
+fn offerings<'a>(
+    types: &'a [String],
+    locations: &'a [String],
+    filters: &Filters,
+) -> Vec<(&'a str, &'a str)> {
+    let empty = Default::default();
+    let mut out: Vec<(&str, &str)> = types
+        .iter()
+        .flat_map(|t| locations.iter().map(move |l| (t.as_str(), l.as_str())))
+        .filter(|(t, l)| {
+            filters.matches(
+                |f| match f {
+                    "location" => one(*l),
+                    _ => one(*t),
+                },
+                &empty,
+            )
+        })
+        .collect();
+    out.sort_by_key(offering_key);
+    out
+}
+
+/// The page key of an offering. A space sorts before every character of
+/// a type's name (a DNS subdomain), so keys sort in (type, location)
+/// order.
+fn offering_key((t, l): &(&str, &str)) -> String {
+    format!("{t} {l}")
+}
+
 pub async fn describe_credits(ctx: &Ctx<'_>) -> Result<Xml> {
     let ids = INSTANCE.list(ctx.params)?;
     let page = Page::parse(ctx.params, !ids.is_empty(), INSTANCE.list_name, 5)?;
@@ -189,4 +269,61 @@ pub async fn describe_credits(ctx: &Ctx<'_>) -> Result<Xml> {
     });
     x.opt("nextToken", next);
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::Params;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_type_is_offered_in_every_location_and_filters_narrow() {
+        let types = strings(&["m1.small", "m1", "m1.tiny"]);
+        let zones = strings(&["corral-1b", "corral-1a"]);
+        let none = Filters::default();
+        assert_eq!(
+            offerings(&types, &zones, &none),
+            [
+                ("m1", "corral-1a"),
+                ("m1", "corral-1b"),
+                ("m1.small", "corral-1a"),
+                ("m1.small", "corral-1b"),
+                ("m1.tiny", "corral-1a"),
+                ("m1.tiny", "corral-1b"),
+            ]
+        );
+        let q = "Filter.1.Name=location&Filter.1.Value.1=corral-1b\
+                 &Filter.2.Name=instance-type&Filter.2.Value.1=m1.*";
+        let f = Filters::parse(
+            &Params::parse(q.as_bytes()),
+            &["location", "instance-type"],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            offerings(&types, &zones, &f),
+            [("m1.small", "corral-1b"), ("m1.tiny", "corral-1b")]
+        );
+        // Pages follow the same order, whatever the page size.
+        let all = offerings(&types, &zones, &none);
+        let page = Page {
+            max: Some(4),
+            after: None,
+        };
+        let (first, token) = page.apply(all.clone(), offering_key);
+        assert_eq!(first, all[..4]);
+        assert!(token.is_some());
+        let rest = Page {
+            max: Some(4),
+            after: Some(offering_key(&all[3])),
+        };
+        assert_eq!(
+            rest.apply(all.clone(), offering_key),
+            (all[4..].to_vec(), None)
+        );
+    }
 }

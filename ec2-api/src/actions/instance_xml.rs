@@ -191,10 +191,7 @@ pub fn write_instance(x: &mut Xml, i: &Instance, l: &Lookup, account: &str) {
         });
     }
     x.el("metadataOptions", |x| {
-        x.leaf("state", "applied")
-            .leaf("httpTokens", "optional")
-            .leaf("httpPutResponseHopLimit", 1)
-            .leaf("httpEndpoint", "enabled");
+        super::instance_meta::write_options(x, &i.spec.metadata_options, "applied");
     });
 }
 

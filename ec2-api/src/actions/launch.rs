@@ -14,8 +14,9 @@ use corral_api_types::ec2::{
     SHUTDOWN_BEHAVIOR_ANNOTATION,
 };
 use corral_api_types::{
-    Image, ImageType, Instance, InstanceSpec, InstanceType, KeyPair, Network, Nic, PowerState,
-    Resource, SecurityGroup, Snapshot, Volume, VolumeAttachment, VolumeSource, VolumeSpec,
+    Image, ImageType, Instance, InstanceSpec, InstanceType, KeyPair, MetadataOptions, Network, Nic,
+    PowerState, Resource, SecurityGroup, Snapshot, Volume, VolumeAttachment, VolumeSource,
+    VolumeSpec,
 };
 
 use super::disks::{disk_requests, DiskRequest};
@@ -85,6 +86,7 @@ struct Launch<'p> {
     volume_tags: BTreeMap<String, String>,
     disable_termination: bool,
     disable_stop: bool,
+    metadata_options: MetadataOptions,
 }
 
 pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
@@ -218,6 +220,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Xml> {
         volume_tags: tag_specs(p, "volume")?,
         disable_termination: p.bool("DisableApiTermination")?.unwrap_or(false),
         disable_stop: p.bool("DisableApiStop")?.unwrap_or(false),
+        metadata_options: super::instance_meta::read_options(
+            p,
+            "MetadataOptions.",
+            MetadataOptions::default(),
+            "RunInstances",
+        )?,
     };
     ctx.gate()?;
     let network = match subnet.and_then(|s| networks.into_iter().find(|n| n.metadata.name == s)) {
@@ -333,6 +341,7 @@ impl Launch<'_> {
             power_state: PowerState::Running,
             disable_api_termination: self.disable_termination,
             tags: self.tags.clone(),
+            metadata_options: self.metadata_options,
             ..Default::default()
         };
         let mut made_volumes = Vec::new();

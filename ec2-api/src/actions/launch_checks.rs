@@ -1,8 +1,8 @@
 //! RunInstances' parameters that Corral does not act on. A launch that
 //! asks for something Corral would not do (a launch template, an IAM
-//! instance profile, IMDSv2 only, a second network interface…) is
-//! refused with an error naming the parameter, rather than launched
-//! without it. Values that ask for nothing different, such as the
+//! instance profile, an IPv6 metadata endpoint, a second network
+//! interface…) is refused with an error naming the parameter, rather
+//! than launched without it. Values that ask for nothing different, such as the
 //! defaults that SDKs and terraform's aws_instance send on every launch
 //! (`Monitoring.Enabled=false`, `EbsOptimized=false`,
 //! `HibernationOptions.Configured=false`, `Placement.Tenancy=default`…),
@@ -171,14 +171,15 @@ fn check(p: &Params, key: &str, value: &str) -> Result<()> {
             &["open", "none"],
             "Corral has no capacity reservations",
         ),
-        ("MetadataOptions", "HttpEndpoint") => only(key, value, &["enabled"], IMDS),
-        ("MetadataOptions", "HttpTokens") => only(key, value, &["optional"], IMDS),
-        ("MetadataOptions", "HttpPutResponseHopLimit") => {
-            p.int_in(key, 1, 64)?;
-            Ok(())
-        }
-        ("MetadataOptions", "InstanceMetadataTags") => only(key, value, &["disabled"], IMDS),
-        ("MetadataOptions", "HttpProtocolIpv6") => only(key, value, &["disabled"], IMDS),
+        // Read and checked by launch (instance_meta::read_options).
+        (
+            "MetadataOptions",
+            "HttpEndpoint"
+            | "HttpTokens"
+            | "HttpPutResponseHopLimit"
+            | "InstanceMetadataTags"
+            | "HttpProtocolIpv6",
+        ) => Ok(()),
         ("CpuOptions", "AmdSevSnp") => only(
             key,
             value,
@@ -211,7 +212,7 @@ fn check(p: &Params, key: &str, value: &str) -> Result<()> {
     }
 }
 
-const IMDS: &str = "the instance metadata service runs with HttpEndpoint=enabled, HttpTokens=optional and InstanceMetadataTags=disabled";
+const IMDS: &str = "the instance metadata options are HttpTokens, HttpEndpoint, HttpPutResponseHopLimit, InstanceMetadataTags and HttpProtocolIpv6";
 
 /// `CreditSpecification.CpuCredits`: Corral has no CPU credits, and
 /// DescribeInstanceCreditSpecifications calls every instance `standard`.
@@ -459,6 +460,11 @@ mod tests {
             ("TagSpecification.1.Tag.1.Value", "x"),
             ("DisableApiTermination", "true"),
             ("DisableApiStop", "false"),
+            ("MetadataOptions.HttpTokens", "required"),
+            ("MetadataOptions.HttpEndpoint", "disabled"),
+            ("MetadataOptions.HttpPutResponseHopLimit", "2"),
+            ("MetadataOptions.InstanceMetadataTags", "enabled"),
+            ("MetadataOptions.HttpProtocolIpv6", "disabled"),
             ("DryRun", "true"),
             ("X-Amz-Date", "20240101T000000Z"),
             ("AWSAccessKeyId", "AKIA"),
@@ -539,9 +545,6 @@ mod tests {
             (&[("LaunchTemplate.Version", "$Latest")], "LaunchTemplate.Version "),
             (&[("IamInstanceProfile.Name", "web")], "IamInstanceProfile.Name "),
             (&[("IamInstanceProfile.Arn", "arn:aws:iam::1:instance-profile/x")], "IamInstanceProfile.Arn "),
-            (&[("MetadataOptions.HttpTokens", "required")], "MetadataOptions.HttpTokens=required "),
-            (&[("MetadataOptions.HttpEndpoint", "disabled")], "MetadataOptions.HttpEndpoint=disabled "),
-            (&[("MetadataOptions.InstanceMetadataTags", "enabled")], "MetadataOptions.InstanceMetadataTags=enabled "),
             (&[("MetadataOptions.Other", "x")], "MetadataOptions.Other "),
             (&[("CpuOptions.CoreCount", "2")], "CpuOptions.CoreCount "),
             (&[("CpuOptions.ThreadsPerCore", "1")], "CpuOptions.ThreadsPerCore "),
@@ -612,8 +615,6 @@ mod tests {
             ("Monitoring.Enabled", "maybe"),
             ("EbsOptimized", "yes"),
             ("Ipv6AddressCount", "x"),
-            ("MetadataOptions.HttpPutResponseHopLimit", "65"),
-            ("MetadataOptions.HttpPutResponseHopLimit", "0"),
         ] {
             let (code, message) = refusal(&[bad]);
             assert_eq!(code, "InvalidParameterValue", "{bad:?}");

@@ -9,6 +9,7 @@ mod ids;
 mod image_register;
 mod images;
 mod instance_attrs;
+mod instance_meta;
 mod instance_state;
 mod instance_types;
 mod instance_view;
@@ -223,6 +224,9 @@ actions!(ctx, action;
         "ModifyInstanceAttribute" => instance_attrs::modify_attribute(ctx).await,
         "DescribeInstanceCreditSpecifications" => instance_types::describe_credits(ctx).await,
         "DescribeInstanceTypes" => instance_types::describe(ctx).await,
+        "DescribeInstanceTypeOfferings" => instance_types::describe_offerings(ctx).await,
+        "ModifyInstanceMetadataOptions" => instance_meta::modify_options(ctx).await,
+        "GetPasswordData" => instance_meta::password_data(ctx).await,
         "CreateTags" => tags::create(ctx).await,
         "DeleteTags" => tags::delete(ctx).await,
         "DescribeTags" => tags::describe(ctx).await,

@@ -45,6 +45,11 @@ pub async fn describe_regions(ctx: &Ctx<'_>) -> Result<Xml> {
     Ok(x)
 }
 
+/// The id of the zone at `index` of [`Ctx::zones`] (`corral-1-az1`, …).
+pub fn zone_id(region: &str, index: usize) -> String {
+    format!("{region}-az{}", index + 1)
+}
+
 pub async fn describe_zones(ctx: &Ctx<'_>) -> Result<Xml> {
     let names = ctx.params.list("ZoneName")?;
     let ids = ctx.params.list("ZoneId")?;
@@ -66,7 +71,7 @@ pub async fn describe_zones(ctx: &Ctx<'_>) -> Result<Xml> {
     )?;
     let zones = ctx.zones().await?;
     let region = ctx.config.region.clone();
-    let zone_id = |i: usize| format!("{region}-az{}", i + 1);
+    let zone_id = |i: usize| zone_id(&region, i);
     for n in &names {
         if !zones.contains(n) {
             return Err(Ec2Error::invalid_value(format!(

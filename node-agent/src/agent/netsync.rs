@@ -360,6 +360,20 @@ impl Agent {
                 .filter(|u| !u.is_empty()),
             security_groups: groups,
             launch_time: i.status.as_ref().and_then(|s| s.launch_time),
+            http_tokens_required: i.spec.metadata_options.http_tokens
+                == corral_api_types::HttpTokens::Required,
+            http_endpoint_enabled: i.spec.metadata_options.http_endpoint.is_enabled(),
+            // 1..=64 once validated.
+            http_put_response_hop_limit: u8::try_from(
+                i.spec.metadata_options.http_put_response_hop_limit,
+            )
+            .unwrap_or(64),
+            tags: i
+                .spec
+                .metadata_options
+                .instance_metadata_tags
+                .is_enabled()
+                .then(|| i.spec.tags.clone()),
             ..Default::default()
         })
     }

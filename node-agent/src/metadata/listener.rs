@@ -1,12 +1,15 @@
 //! The listener guests reach (through the host's DNAT) and the answer to
 //! one request: identity from the connection's two addresses only, the
-//! IMDSv2 token checks, EC2's error pages, and the limits that keep one
-//! guest from holding the agent's file descriptors or its shutdown.
+//! instance's options (endpoint off, tokens required, the hop limit as the
+//! IP TTL of token answers), the IMDSv2 token checks, EC2's error pages,
+//! and the limits that keep one guest from holding the agent's file
+//! descriptors or its shutdown.
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -103,7 +106,7 @@ impl axum::serve::Listener for GuestListener {
             // axum's own accept logs and backs off on errors.
             let (stream, peer) = axum::serve::Listener::accept(&mut self.inner).await;
             match PeerSlot::take(&self.open, peer.ip()) {
-                Some(slot) => return (GuestStream::new(stream, slot), peer),
+                Some(slot) => return (GuestStream::new(stream, slot, AnswerTtl::default()), peer),
                 None => {
                     tracing::debug!(%peer, "too many metadata connections from one guest; closed")
                 }
@@ -149,21 +152,69 @@ impl Drop for PeerSlot {
     }
 }
 
+/// The IP TTL the next answer on a connection leaves with: set by the
+/// handler of each request, applied by its [`GuestStream`] before the
+/// answer's bytes are written (HTTP/1 answers one request at a time, so
+/// the value set is the current answer's). `None`: the socket's default.
+#[derive(Clone, Debug, Default)]
+struct AnswerTtl(Arc<AtomicU32>);
+
+impl AnswerTtl {
+    fn set(&self, ttl: Option<u8>) {
+        self.0.store(ttl.map_or(0, u32::from), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<u32> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+}
+
+/// Marks an answer that must leave with this IP TTL (the instance's hop
+/// limit on token answers); `handle` hands it to the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HopLimit(u8);
+
 /// A guest's connection: fails with `TimedOut` once no I/O has made
-/// progress for [`IDLE_TIMEOUT`], and frees its [`PeerSlot`] when dropped.
+/// progress for [`IDLE_TIMEOUT`], writes each answer with the IP TTL its
+/// [`AnswerTtl`] asks for, and frees its [`PeerSlot`] when dropped.
 struct GuestStream {
     stream: TcpStream,
     idle: Pin<Box<Sleep>>,
+    ttl: AnswerTtl,
+    /// The socket's own TTL, restored after an answer with another.
+    default_ttl: u32,
+    /// The TTL the socket has now.
+    applied_ttl: u32,
     _slot: PeerSlot,
 }
 
 impl GuestStream {
-    fn new(stream: TcpStream, slot: PeerSlot) -> Self {
+    fn new(stream: TcpStream, slot: PeerSlot, ttl: AnswerTtl) -> Self {
+        // Linux's default (net.ipv4.ip_default_ttl) if the socket will
+        // not say.
+        let default_ttl = stream.ttl().unwrap_or(64);
         Self {
             stream,
             idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+            ttl,
+            default_ttl,
+            applied_ttl: default_ttl,
             _slot: slot,
         }
+    }
+
+    /// Gives the socket the TTL the current answer asks for.
+    fn apply_ttl(&mut self) {
+        let want = self.ttl.get().unwrap_or(self.default_ttl);
+        if want == self.applied_ttl {
+            return;
+        }
+        if let Err(e) = self.stream.set_ttl(want) {
+            // The answer still goes out, with the TTL the socket had.
+            tracing::debug!(error = %e, ttl = want, "setting a metadata answer's IP TTL");
+        }
+        // Tried once per change, not once per write.
+        self.applied_ttl = want;
     }
 
     /// Passes `ready` on (and restarts the idle clock), or fails the I/O
@@ -207,6 +258,7 @@ impl AsyncWrite for GuestStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        this.apply_ttl();
         let ready = Pin::new(&mut this.stream).poll_write(cx, buf);
         this.watch(cx, ready)
     }
@@ -222,11 +274,13 @@ impl AsyncWrite for GuestStream {
     }
 }
 
-/// Both ends of the TCP connection a request came on.
-#[derive(Clone, Copy, Debug)]
+/// Both ends of the TCP connection a request came on, and the TTL of its
+/// answers.
+#[derive(Clone, Debug)]
 struct ConnectionAddrs {
     local: Option<SocketAddr>,
     peer: SocketAddr,
+    ttl: AnswerTtl,
 }
 
 impl Connected<IncomingStream<'_, GuestListener>> for ConnectionAddrs {
@@ -234,6 +288,7 @@ impl Connected<IncomingStream<'_, GuestListener>> for ConnectionAddrs {
         Self {
             local: stream.io().stream.local_addr().ok(),
             peer: *stream.remote_addr(),
+            ttl: stream.io().ttl.clone(),
         }
     }
 }
@@ -256,7 +311,7 @@ async fn handle(
     let peer = ipv4(conn.peer);
     let path = uri.path();
     let status_of = |r: &Response| r.status().as_u16();
-    match (local, peer) {
+    let r = match (local, peer) {
         (Some(local), Some(peer)) => {
             let r = answer(&table, local, peer, &method, &uri, &headers);
             tracing::debug!(%local, %peer, %method, path, status = status_of(&r), "metadata request");
@@ -266,7 +321,9 @@ async fn handle(
             tracing::debug!(peer = %conn.peer, %method, path, "metadata request on a non-IPv4 connection");
             error(StatusCode::NOT_FOUND)
         }
-    }
+    };
+    conn.ttl.set(r.extensions().get::<HopLimit>().map(|h| h.0));
+    r
 }
 
 /// The answer to one request from `peer` reaching us on `local`.
@@ -292,6 +349,10 @@ fn answer(
     let Some(md) = table.get(local, peer) else {
         return error(StatusCode::NOT_FOUND);
     };
+    if !md.http_endpoint_enabled {
+        // EC2's answer for an instance whose IMDS is turned off.
+        return error(StatusCode::FORBIDDEN);
+    }
     let path = uri.path();
 
     if path == TOKEN_PATH {
@@ -307,7 +368,7 @@ fn answer(
             return error(StatusCode::BAD_REQUEST);
         };
         let token = table.inner.tokens.issue(local, peer, &md.instance_id, ttl);
-        return (
+        let mut r = (
             StatusCode::OK,
             [
                 (header::CONTENT_TYPE, HeaderValue::from_static("text/plain")),
@@ -319,6 +380,10 @@ fn answer(
             token,
         )
             .into_response();
+        // The token travels at most the instance's hop limit.
+        r.extensions_mut()
+            .insert(HopLimit(md.http_put_response_hop_limit.max(1)));
+        return r;
     }
     if *method != Method::GET && *method != Method::HEAD {
         return not_allowed("GET, HEAD");
@@ -406,4 +471,115 @@ fn error(status: StatusCode) -> Response {
         Body::from(body),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::metadata::InstanceMetadata;
+
+    const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+
+    fn table(md: InstanceMetadata) -> MetadataTable {
+        let t = MetadataTable::new();
+        t.set([((GW, GUEST), md)]);
+        t
+    }
+
+    fn instance(hop_limit: u8) -> InstanceMetadata {
+        InstanceMetadata {
+            instance_id: "i-0123456789abcdef0".into(),
+            http_put_response_hop_limit: hop_limit,
+            ..Default::default()
+        }
+    }
+
+    /// A request to `path` from the guest, as `handle` gets it: its
+    /// answer, and the TTL it left the connection asking for.
+    async fn request(
+        t: &MetadataTable,
+        method: Method,
+        path: &str,
+        ttl_header: bool,
+    ) -> (StatusCode, Option<u32>) {
+        let mut headers = HeaderMap::new();
+        if ttl_header {
+            headers.insert(TOKEN_TTL_HEADER, HeaderValue::from_static("60"));
+        }
+        let conn = ConnectionAddrs {
+            local: Some(SocketAddr::from((GW, 8775))),
+            peer: SocketAddr::from((GUEST, 40000)),
+            ttl: AnswerTtl::default(),
+        };
+        // A leftover from an earlier answer on the connection.
+        conn.ttl.set(Some(9));
+        let r = handle(
+            State(t.clone()),
+            ConnectInfo(conn.clone()),
+            method,
+            path.parse().unwrap(),
+            headers,
+        )
+        .await;
+        (r.status(), conn.ttl.get())
+    }
+
+    #[tokio::test]
+    async fn token_answers_ask_for_the_hop_limit_and_others_for_the_default() {
+        let t = table(instance(3));
+        let put = request(&t, Method::PUT, TOKEN_PATH, true).await;
+        assert_eq!(put, (StatusCode::OK, Some(3)));
+        let get = request(&t, Method::GET, "/latest/meta-data/instance-id", false).await;
+        assert_eq!(get, (StatusCode::OK, None));
+        // A refused token request carries no token, and no hop limit.
+        let bad = request(&t, Method::PUT, TOKEN_PATH, false).await;
+        assert_eq!(bad, (StatusCode::BAD_REQUEST, None));
+        // EC2's default limit.
+        let t = table(InstanceMetadata::default());
+        let put = request(&t, Method::PUT, TOKEN_PATH, true).await;
+        assert_eq!(put, (StatusCode::OK, Some(1)));
+    }
+
+    #[tokio::test]
+    async fn a_turned_off_endpoint_forbids_everything() {
+        let mut md = instance(1);
+        md.http_endpoint_enabled = false;
+        let t = table(md);
+        for (method, path, ttl) in [
+            (Method::PUT, TOKEN_PATH, true),
+            (Method::GET, "/latest/meta-data/instance-id", false),
+            (Method::GET, "/", false),
+            (Method::GET, "/latest/meta-data/nope", false),
+        ] {
+            let r = request(&t, method.clone(), path, ttl).await;
+            assert_eq!(r, (StatusCode::FORBIDDEN, None), "{method} {path}");
+        }
+    }
+
+    /// The TTL asked for is the one the socket has when the answer is
+    /// written, and the socket's own comes back after.
+    #[tokio::test]
+    async fn an_answer_is_written_with_the_ttl_asked_for() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let open = Arc::default();
+        let slot = PeerSlot::take(&open, peer.ip()).unwrap();
+        let ttl = AnswerTtl::default();
+        let mut s = GuestStream::new(server, slot, ttl.clone());
+        let default = s.stream.ttl().unwrap();
+        assert_ne!(default, 2);
+        ttl.set(Some(2));
+        s.write_all(b"token").await.unwrap();
+        assert_eq!(s.stream.ttl().unwrap(), 2);
+        ttl.set(None);
+        s.write_all(b"value").await.unwrap();
+        assert_eq!(s.stream.ttl().unwrap(), default);
+        drop(client);
+    }
 }

@@ -33,13 +33,18 @@
 //! `/` on a leaf is ignored (botocore asks for
 //! `placement/availability-zone/`), dated versions show only the categories
 //! that existed at that version, and errors are EC2's small HTML pages
-//! (`404 - Not Found`, `401 - Unauthorized`, ...).
+//! (`404 - Not Found`, `401 - Unauthorized`, ...). An instance's options
+//! are EC2's too: a turned-off endpoint answers `403 - Forbidden` to
+//! everything, `HttpTokens=required` refuses requests without a token,
+//! the answer to a token request leaves with the hop limit as its IP TTL,
+//! and tags are under `meta-data/tags/instance/` (`latest` only) when
+//! allowed.
 //!
 //! Where things are: the table and what an instance sees (here), the
 //! listener and the answer to one request (listener.rs), the tree of
 //! paths (tree.rs) and IMDSv2 tokens (token.rs).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -64,8 +69,10 @@ pub const TOKEN_TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 pub const MAX_TOKEN_TTL_SECONDS: u32 = 21_600;
 
 /// What one instance sees. Built by the agent from the Instance and the
-/// objects it names; the service only reads it.
-#[derive(Clone, Debug, Default)]
+/// objects it names; the service only reads it. The default serves
+/// nothing about anyone, with EC2's default options (endpoint on, tokens
+/// optional, hop limit 1, no tags).
+#[derive(Clone, Debug)]
 pub struct InstanceMetadata {
     /// EC2 id, `i-` and 17 hex digits.
     pub instance_id: String,
@@ -103,6 +110,46 @@ pub struct InstanceMetadata {
     /// IMDSv2 only (EC2's `HttpTokens=required`): requests without a valid
     /// token get 401.
     pub http_tokens_required: bool,
+    /// EC2's `HttpEndpoint`: when false every request, token requests
+    /// included, is answered 403 Forbidden, as EC2 answers an instance
+    /// whose IMDS is turned off.
+    pub http_endpoint_enabled: bool,
+    /// EC2's `HttpPutResponseHopLimit` (1-64): the IP TTL of the answers to
+    /// token requests, so that a token travels at most this many hops.
+    pub http_put_response_hop_limit: u8,
+    /// The instance's tags, served as `meta-data/tags/instance/<key>` when
+    /// present (EC2's `InstanceMetadataTags=enabled`); `None` serves none.
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+impl Default for InstanceMetadata {
+    fn default() -> Self {
+        Self {
+            instance_id: String::new(),
+            account_id: String::new(),
+            ami_id: None,
+            kernel_id: None,
+            ramdisk_id: None,
+            instance_type: String::new(),
+            architecture: String::new(),
+            hostname: String::new(),
+            local_ipv4: String::new(),
+            public_ipv4: None,
+            public_hostname: None,
+            mac: String::new(),
+            availability_zone: String::new(),
+            region: String::new(),
+            public_keys: Vec::new(),
+            user_data: None,
+            security_groups: Vec::new(),
+            reservation_id: None,
+            launch_time: None,
+            http_tokens_required: false,
+            http_endpoint_enabled: true,
+            http_put_response_hop_limit: 1,
+            tags: None,
+        }
+    }
 }
 
 type Entries = HashMap<(Ipv4Addr, Ipv4Addr), Arc<InstanceMetadata>>;

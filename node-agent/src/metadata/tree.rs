@@ -2,6 +2,8 @@
 //! dated version shows it), `user-data` and the identity document, in
 //! EC2's layout. Pure: from an [`InstanceMetadata`] to text.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::InstanceMetadata;
@@ -191,7 +193,21 @@ fn meta_data(md: &InstanceMetadata, version: &str) -> Node {
             leaf(md.security_groups.join("\n")),
         );
     }
+    // EC2 added tags after its last dated version.
+    if let Some(tags) = md.tags.as_ref().filter(|t| !t.is_empty()) {
+        add("latest", "tags", instance_tags(tags));
+    }
     dir(c)
+}
+
+/// `tags/instance/`: the tag keys, in key order, each holding its value
+/// (an empty value too: the tag exists).
+fn instance_tags(tags: &BTreeMap<String, String>) -> Node {
+    let keys = tags
+        .iter()
+        .map(|(k, v)| (k.clone(), k.clone(), leaf(v)))
+        .collect();
+    dir(vec![("instance", Node::Dir(keys))])
 }
 
 /// `public-keys/`: listed as `N=name`, entered as `N/`, holding
@@ -321,6 +337,38 @@ mod tests {
         );
         assert_eq!(text(&m, "/latest//meta-data"), None);
         assert_eq!(text(&m, "latest/meta-data"), None);
+    }
+
+    #[test]
+    fn tags_are_served_only_when_given_and_only_at_latest() {
+        let mut m = md();
+        assert!(!text(&m, "/latest/meta-data/").unwrap().contains("tags"));
+        assert_eq!(text(&m, "/latest/meta-data/tags/instance"), None);
+        m.tags = Some(BTreeMap::new());
+        assert!(!text(&m, "/latest/meta-data/").unwrap().contains("tags"));
+        m.tags = Some(
+            [("Name", "web"), ("env", ""), ("team:a", "x y")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        );
+        let listing = text(&m, "/latest/meta-data/").unwrap();
+        assert!(listing.ends_with("\npublic-keys/\ntags/"), "{listing}");
+        assert_eq!(text(&m, "/latest/meta-data/tags").unwrap(), "instance/");
+        assert_eq!(
+            text(&m, "/latest/meta-data/tags/instance/").unwrap(),
+            "Name\nenv\nteam:a"
+        );
+        assert_eq!(
+            text(&m, "/latest/meta-data/tags/instance/Name").unwrap(),
+            "web"
+        );
+        assert_eq!(
+            text(&m, "/latest/meta-data/tags/instance/team:a").unwrap(),
+            "x y"
+        );
+        assert_eq!(text(&m, "/latest/meta-data/tags/instance/env").unwrap(), "");
+        assert_eq!(text(&m, "/latest/meta-data/tags/instance/nope"), None);
+        assert_eq!(text(&m, "/2021-07-15/meta-data/tags/instance/Name"), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! VPC (terraform's `data "aws_vpc" { default = true }`), its `default`
 //! security group (euca-authorize default …), a default group per VPC,
 //! group names unique per VPC, the IPv6 egress revoke terraform makes on
-//! every group, and the VPC and PrivateIpAddress checks AWS does.
+//! every group (there is no IPv6 default egress, as in an AWS VPC without
+//! an IPv6 block), and the VPC and PrivateIpAddress checks AWS does.
 
 mod common;
 
@@ -101,8 +102,9 @@ async fn the_default_vpc_and_group_exist_and_behave_as_on_aws() {
     );
     assert_eq!(objects::<Instance>(&s.store, "default").await.len(), 1);
 
-    // terraform revokes the IPv6 default egress of every group it makes:
-    // there is none, and AWS says so with this code.
+    // The default egress is IPv4 only, as in an AWS VPC without an IPv6
+    // block: revoking `::/0` finds nothing, and AWS says so with this code.
+    assert!(egress.ipv6_ranges().is_empty(), "{egress:?}");
     let v6 = IpPermission::builder()
         .ip_protocol("-1")
         .from_port(0)
@@ -119,17 +121,19 @@ async fn the_default_vpc_and_group_exist_and_behave_as_on_aws() {
         ),
         "InvalidPermission.NotFound"
     );
-    // Authorizing one is refused (no VPC carries IPv6), not dropped.
-    assert_eq!(
-        code(
-            ec2.authorize_security_group_egress()
-                .group_id(&default_id)
-                .ip_permissions(v6)
-                .send()
-                .await
-        ),
-        "InvalidParameterValue"
-    );
+    // Once authorized, it is there to revoke.
+    ec2.authorize_security_group_egress()
+        .group_id(&default_id)
+        .ip_permissions(v6.clone())
+        .send()
+        .await
+        .unwrap();
+    ec2.revoke_security_group_egress()
+        .group_id(&default_id)
+        .ip_permissions(v6)
+        .send()
+        .await
+        .unwrap();
     // The IPv4 default egress revoke works.
     ec2.revoke_security_group_egress()
         .group_id(&default_id)
@@ -222,15 +226,16 @@ async fn every_vpc_has_its_default_group_and_names_are_per_vpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_instances_refuses_what_it_would_drop() {
     use aws_sdk_ec2::types::{
-        HibernationOptionsRequest, HttpTokensState, IamInstanceProfileSpecification,
-        InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification,
+        HibernationOptionsRequest, IamInstanceProfileSpecification, InstanceMetadataOptionsRequest,
+        InstanceMetadataProtocolState, InstanceNetworkInterfaceSpecification,
         LaunchTemplateSpecification, Placement, RunInstancesMonitoringEnabled,
     };
     let (s, ec2, image) = start_seeded().await;
     let refused = [
+        // The metadata service is reached over IPv4 only.
         launch(&ec2, &image).metadata_options(
             InstanceMetadataOptionsRequest::builder()
-                .http_tokens(HttpTokensState::Required)
+                .http_protocol_ipv6(InstanceMetadataProtocolState::Enabled)
                 .build(),
         ),
         launch(&ec2, &image).iam_instance_profile(
