@@ -57,6 +57,30 @@ async fn etcd_requests(endpoint: &str) -> std::collections::HashMap<String, f64>
     .await
 }
 
+/// A gauge without labels (e.g. etcd's `process_cpu_seconds_total`).
+async fn gauge(url: &str, metric: &str) -> Option<f64> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(metric)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// CPU seconds (user + system) a process (`self` or a pid) has used.
+fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): state is the 3rd
+    // field, utime and stime the 14th and 15th, in clock ticks.
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on every Linux this runs on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// The API server's requests by verb, kind and status code.
 async fn api_requests(base: &str) -> std::collections::HashMap<String, f64> {
     counters(
@@ -305,6 +329,12 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
         });
     }
 
+    let agents_pid = agents.as_ref().and_then(|c| c.id()).map(|p| p.to_string());
+    let cpu_before = (
+        cpu_seconds_of("self"),
+        agents_pid.as_deref().map(cpu_seconds_of),
+        gauge(&format!("{endpoint}/metrics"), "process_cpu_seconds_total").await,
+    );
     let t0 = Instant::now();
     let (http, base, token) = (
         cluster.http.clone(),
@@ -338,6 +368,11 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
     .await;
     let elapsed = t0.elapsed();
     let reached = *all_rx.borrow();
+    let cpu_after = (
+        cpu_seconds_of("self"),
+        agents_pid.as_deref().map(cpu_seconds_of),
+        gauge(&format!("{endpoint}/metrics"), "process_cpu_seconds_total").await,
+    );
     let (rss, hwm) = rss_kib();
     let agents_rss = agents
         .as_ref()
@@ -393,6 +428,19 @@ pub async fn reconcile(options: ReconcileBenchOptions) -> Result<()> {
             options.nodes
         ),
     }
+    // Where the machine's CPU went until all were Running: on 2 cores the
+    // three compete, so this explains a slow run better than its wall time.
+    let used = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.1} s", b - a),
+        _ => "n/a".to_string(),
+    };
+    println!(
+        "CPU until all Running:    server {:.1} s, agents {}, etcd {} (wall {:.1} s)",
+        cpu_after.0 - cpu_before.0,
+        used(cpu_before.1, cpu_after.1),
+        used(cpu_before.2, cpu_after.2),
+        elapsed.as_secs_f64()
+    );
     println!(
         "raw etcd puts/s:          {:.0}; instances-to-Running/s / raw puts/s = {:.3}",
         raw.per_sec,
