@@ -1,5 +1,6 @@
 //! The repository's example manifests through the real binary: apply,
-//! re-apply, get in every output format, describe, delete.
+//! re-apply, get in every output format, describe, delete; the two-node
+//! example is admitted whole.
 
 mod common;
 
@@ -158,6 +159,51 @@ fn examples_apply_get_describe_delete() {
     let lines = out.lines();
     assert_eq!(lines.first(), Some(&"instance/web-1 deleted"), "{out:#?}");
     assert_eq!(lines.last(), Some(&"project/demo deleted"), "{out:#?}");
+}
+
+/// manifests/two-nodes (what `./scripts/up --nodes 2` applies; rig.rs
+/// boots it on the two-node rig) is admitted whole, re-applies to no
+/// change, and places its guests in two zones of one overlay Network.
+#[test]
+fn two_nodes_example_applies() {
+    let s = shared();
+    let dir = format!("{}/../manifests/two-nodes", env!("CARGO_MANIFEST_DIR"));
+    let out = s.corral(&["apply", "-f", &dir]);
+    assert_eq!(
+        out.lines(),
+        [
+            "project/two-nodes created",
+            "network/lan created",
+            "securitygroup/mesh created",
+            "image/tiny created",
+            "instance/a created",
+            "instance/b created",
+            "address/a-public created",
+        ],
+        "{out:#?}"
+    );
+    out.ok();
+    let out = s.corral(&["apply", "-f", &dir]);
+    out.ok();
+    assert!(
+        out.lines().len() == 7 && out.lines().iter().all(|l| l.ends_with(" unchanged")),
+        "{out:#?}"
+    );
+    let get = |kind: &str, name: &str| {
+        s.corral(&["get", kind, name, "-p", "two-nodes", "-o", "json"])
+            .json()
+    };
+    assert_eq!(get("network", "lan")["spec"]["mode"], "overlay");
+    assert_eq!(
+        get("instance", "a")["spec"]["availabilityZone"],
+        "corral-1a"
+    );
+    assert_eq!(
+        get("instance", "b")["spec"]["availabilityZone"],
+        "corral-1b"
+    );
+    assert_eq!(get("address", "a-public")["spec"]["pool"], "public");
+    s.corral(&["delete", "-f", &dir, "--ignore-not-found"]).ok();
 }
 
 #[test]

@@ -1,25 +1,32 @@
 //! The two-node rig (scripts/rig, issue 19's fixture): two nodes as
 //! network namespaces, each with its own libvirtd, virtlogd and `corral
-//! agent` (its tunnel endpoint the node's underlay address), reaching
-//! `corral up` over the underlay bridge. Real TCG guests boot on both, on
-//! one overlay Network: each is answered by its own node's DHCP and pings
-//! the other through the VXLAN tunnel, admitted by a security group whose
-//! rule names the group itself (members on the other node). Each node's
-//! taps, bridges, tunnels and domains exist in that node and nowhere
-//! else; `scripts/rig down` leaves no namespace, link, process or file
-//! behind, also when the test fails (the rig is torn down from `Drop`).
+//! agent` (its tunnel endpoint the node's underlay address, node nI in
+//! zone corral-1<a, b>), reaching `corral up` over the underlay bridge,
+//! as `./scripts/up --nodes 2` runs them. The example manifests/two-nodes
+//! boots real TCG guests on both, one per zone, on one overlay Network:
+//! each is answered by its own node's DHCP and pings the other through the
+//! VXLAN tunnel, admitted by a security group whose rule names the group
+//! itself (members on the other node). The rig's client, the outside
+//! world on the provider network, pings a guest at its floating address
+//! (DNATed by that guest's node) while a rule admits it, and not once the
+//! rule is gone. Each node's taps, bridges, tunnels and domains exist in
+//! that node and nowhere else; `scripts/rig down` leaves no namespace,
+//! link, process or file behind, also when the test fails (the rig is
+//! torn down from `Drop`).
 
 mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use common::guests::{guest_project, guest_server_on, node_token, wait_until_or};
+use common::guests::{guest_server_on, node_token, repo, wait_until_or};
 use common::{write, Server, BIN};
 use serde_json::Value;
 
 const NODES: usize = 2;
 const RIG_HOST: &str = "192.168.240.1";
+/// The project of manifests/two-nodes.
+const PROJECT: &str = "two-nodes";
 
 fn rig_script() -> PathBuf {
     common::guests::repo().join("scripts/rig")
@@ -69,6 +76,7 @@ impl NodeAgent {
             .args(["--token", token, "--node", node, "--virt-type", "qemu"])
             .arg("--vtep")
             .arg(vtep(i))
+            .args(["--zone", &zone(i)])
             .arg("--libvirt")
             .arg(rig(&["libvirt", &i.to_string()]))
             .arg("--agent-dir")
@@ -96,20 +104,20 @@ fn vtep(i: usize) -> String {
     format!("192.168.240.{}", 10 + i)
 }
 
-/// Guest `name` at `ip`, pinging `peer` from user-data until it answers.
-fn pinging_guest(name: &str, ip: &str, peer: &str) -> String {
-    format!(
-        "---\napiVersion: corral/v1\nkind: Instance\nmetadata: {{name: {name}, project: rig}}\n\
-         spec:\n  instanceType: m1.tiny\n  image: tiny\n\
-         \x20 nics: [{{network: lan, fixedIp: {ip}, securityGroups: [mesh]}}]\n\
-         \x20 userData: |\n\
-         \x20   #!/bin/sh\n\
-         \x20   for n in $(seq 1 150); do\n\
-         \x20     if ping -c 1 -W 1 {peer} >/dev/null 2>&1; then echo \"ping {peer} ok\"; exit 0; fi\n\
-         \x20     sleep 1\n\
-         \x20   done\n\
-         \x20   echo \"ping {peer} fail\"\n"
-    )
+/// Node `i`'s availability zone (as `./scripts/up --nodes` names them):
+/// manifests/two-nodes places one guest in each of the first two.
+fn zone(i: usize) -> String {
+    format!("corral-1{}", char::from(b'a' + (i - 1) as u8))
+}
+
+/// Whether the rig's client gets an answer to one ping of `ip`.
+fn client_pings(ip: &str) -> bool {
+    Command::new(rig_script())
+        .args(["ping", ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn links_in(netns: Option<&str>) -> String {
@@ -132,7 +140,7 @@ fn domains(i: usize) -> String {
 }
 
 fn instance(s: &Server, name: &str) -> Value {
-    s.corral(&["get", "instance", name, "-p", "rig", "-o", "json"])
+    s.corral(&["get", "instance", name, "-p", PROJECT, "-o", "json"])
         .json()
 }
 
@@ -180,21 +188,14 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
         diagnose,
     );
 
-    let mut manifest = guest_project("rig", "10.73.0.0/24", "overlay");
-    // Members admit each other's pings, wherever they run.
-    manifest +=
-        "---\napiVersion: corral/v1\nkind: SecurityGroup\nmetadata: {name: mesh, project: rig}\n\
-                 spec:\n  ingress:\n    - {protocol: icmp, sourceGroup: mesh}\n";
-    manifest += &pinging_guest("a", "10.73.0.10", "10.73.0.11");
-    manifest += &pinging_guest("b", "10.73.0.11", "10.73.0.10");
-    let file = write(&s.scratch("rig"), "rig.yaml", &manifest);
-    s.corral(&["apply", "-f", file.to_str().unwrap()]).ok();
+    let example = repo().join("manifests/two-nodes");
+    s.corral(&["apply", "-f", example.to_str().unwrap()]).ok();
     s.corral(&[
         "wait",
         "instance/a",
         "instance/b",
         "-p",
-        "rig",
+        PROJECT,
         "--for",
         "condition=Ready",
         "--timeout",
@@ -202,32 +203,31 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
     ])
     .ok();
 
-    // One guest per node (the scheduler spreads them), each booted with
-    // its address from its own node's DHCP.
+    // One guest per node (a in n1's zone, b in n2's), each booted with its
+    // address from its own node's DHCP.
     let mut placed = Vec::new();
-    for name in ["a", "b"] {
+    for (name, node) in [("a", &nodes[0]), ("b", &nodes[1])] {
         let i = instance(&s, name);
-        let node = i["status"]["nodeName"].as_str().unwrap().to_string();
+        assert_eq!(i["status"]["nodeName"], node.as_str(), "{name}: {i}");
         let ip = i["status"]["addresses"][0]["ip"]
             .as_str()
             .unwrap()
             .to_string();
-        let console = s.corral(&["console", name, "-p", "rig"]).stdout;
+        let console = s.corral(&["console", name, "-p", PROJECT]).stdout;
         assert!(
-            console.contains(&format!("ip {ip}/24 gw 10.73.0.1")),
+            console.contains(&format!("ip {ip}/24 gw 10.42.0.1")),
             "{name} on {node}: {console}"
         );
         placed.push((
             name,
-            node,
+            node.clone(),
             i["metadata"]["uid"].as_str().unwrap().to_string(),
         ));
     }
-    assert_ne!(placed[0].1, placed[1].1, "spread over both nodes");
 
     // Each reached the other over the tunnel (user-data runs before Ready).
-    for (name, peer) in [("a", "10.73.0.11"), ("b", "10.73.0.10")] {
-        let console = s.corral(&["console", name, "-p", "rig"]).stdout;
+    for (name, peer) in [("a", "10.42.0.11"), ("b", "10.42.0.10")] {
+        let console = s.corral(&["console", name, "-p", PROJECT]).stdout;
         assert!(
             console.contains(&format!("corral-guest: user-data-out ping {peer} ok")),
             "{name} did not reach {peer}:\n{console}\n{}",
@@ -237,7 +237,7 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
     // The Network got a VNI and knows both nodes' tunnel endpoints and
     // where each port is.
     let lan = s
-        .corral(&["get", "network", "lan", "-p", "rig", "-o", "json"])
+        .corral(&["get", "network", "lan", "-p", PROJECT, "-o", "json"])
         .json();
     assert!(
         lan["status"]["vni"].as_u64().is_some_and(|v| v >= 4096),
@@ -294,6 +294,69 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
         let tap_link = String::from_utf8_lossy(&tap_link.stdout);
         assert!(tap_link.contains("mtu 1450"), "{tap_link}");
     }
+
+    // The outside world reaches a at its floating address: the client
+    // sends it to a's node (the route stands for the announcement nothing
+    // makes yet), whose agent DNATs it to a, and a's group admits the
+    // provider network's pings.
+    wait_until_or(
+        "a's floating address",
+        || instance(&s, "a")["status"]["addresses"][0]["floatingIp"].is_string(),
+        diagnose,
+    );
+    let fip = instance(&s, "a")["status"]["addresses"][0]["floatingIp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let address = s
+        .corral(&["get", "address", "a-public", "-p", PROJECT, "-o", "json"])
+        .json();
+    assert_eq!(address["status"]["ip"], fip.as_str(), "{address}");
+    assert!(fip.starts_with("172.24.4."), "from corral up's pool: {fip}");
+    // (The client's pings work: it reaches n1 on the provider network.)
+    assert!(client_pings(&vtep(1)), "the client cannot ping n1");
+    assert!(
+        !client_pings(&fip),
+        "the client reached {fip} with no route"
+    );
+    // Only a's node translates it (the route goes there once it does: n1
+    // would send the client's packets on towards this host's uplink).
+    let node_rules = |i: usize| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("corral-n{i}"), "iptables-save"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dnat = format!("-d {fip}/32 -j DNAT --to-destination 10.42.0.10");
+    wait_until_or(
+        "n1 to DNAT a's floating address",
+        || node_rules(1).contains(&dnat),
+        || format!("n1's rules:\n{}\n{}", node_rules(1), diagnose()),
+    );
+    assert!(!node_rules(2).contains(&fip), "{}", node_rules(2));
+    self::rig(&["route", &fip, "1"]);
+    wait_until_or(
+        "the client to ping a at its floating address",
+        || client_pings(&fip),
+        || format!("n1's rules:\n{}\n{}", node_rules(1), diagnose()),
+    );
+    // Without the rule, a's ingress chain drops the client's pings.
+    let members_only = "apiVersion: corral/v1\nkind: SecurityGroup\n\
+        metadata: {name: mesh, project: two-nodes}\n\
+        spec:\n  ingress:\n    - {protocol: icmp, sourceGroup: mesh}\n";
+    let file = write(&s.scratch("rig"), "mesh.yaml", members_only);
+    s.corral(&["apply", "-f", file.to_str().unwrap()]).ok();
+    wait_until_or(
+        "the client's pings to be refused",
+        || !client_pings(&fip) && !client_pings(&fip),
+        || format!("n1's rules:\n{}", node_rules(1)),
+    );
+    let rules = node_rules(1);
+    assert!(
+        rules.contains(&dnat) && !rules.contains("-s 192.168.240.0/24 -p icmp -j RETURN"),
+        "{rules}"
+    );
 
     // Node 1 restarted with its tunnel lost: the agent, started again,
     // rebuilds the tunnel and its forwarding table, and restarts no guest.
@@ -352,13 +415,13 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
     assert_eq!(domid(), before, "the guest on n1 was restarted");
 
     for name in ["a", "b"] {
-        s.corral(&["delete", "instance", name, "-p", "rig"]).ok();
+        s.corral(&["delete", "instance", name, "-p", PROJECT]).ok();
     }
     wait_until_or(
         "instances gone and their domains destroyed",
         || {
             let list = s
-                .corral(&["get", "instances", "-p", "rig", "-o", "json"])
+                .corral(&["get", "instances", "-p", PROJECT, "-o", "json"])
                 .json();
             list["items"].as_array().is_some_and(|a| a.is_empty())
                 && (1..=NODES).all(|i| domains(i).trim().is_empty())
@@ -370,10 +433,13 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
     // Nothing of the rig is left.
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let netns = String::from_utf8_lossy(&netns.stdout);
-    assert!(!netns.contains("corral-n"), "{netns}");
+    assert!(
+        !netns.contains("corral-n") && !netns.contains("corral-client"),
+        "{netns}"
+    );
     let links = links_in(None);
     assert!(
-        !links.contains("crig0") && !links.contains("crn1"),
+        !links.contains("crig0") && !links.contains("crn1") && !links.contains("crc0"),
         "{links}"
     );
     assert!(!std::path::Path::new("/var/lib/corral-rig").exists());
