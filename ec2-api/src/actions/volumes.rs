@@ -204,12 +204,13 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
         .zone_param("AvailabilityZone")
         .await?
         .ok_or_else(|| Ec2Error::missing("AvailabilityZone"))?;
-    if p.bool("Encrypted")?.unwrap_or(false) {
+    if p.bool("Encrypted")?.unwrap_or(false) || p.get_nonempty("KmsKeyId").is_some() {
         return Err(Ec2Error::client(
             "UnsupportedOperation",
-            "Encrypted volumes are not supported",
+            "Encrypted volumes (Encrypted, KmsKeyId) are not supported",
         ));
     }
+    super::disks::volume_class(p, "")?;
     let snaps = ctx.list::<Snapshot>().await?;
     let snapshot = match p.get_nonempty("SnapshotId") {
         Some(id) => Some(SNAPSHOT.find_named(&snaps, id)?),

@@ -87,12 +87,32 @@ async fn run_instances_over_quota_gets_the_aws_codes() {
         ),
         "VolumeLimitExceeded"
     );
-    ec2.create_volume()
+    // A kind of volume Corral does not have is refused, not made standard.
+    for create in [
+        ec2.create_volume()
+            .volume_type(aws_sdk_ec2::types::VolumeType::Gp3),
+        ec2.create_volume()
+            .volume_type(aws_sdk_ec2::types::VolumeType::Io2)
+            .iops(3000),
+        ec2.create_volume().throughput(125),
+    ] {
+        assert_eq!(
+            code(create.availability_zone(&zone).size(1).send().await),
+            "UnsupportedOperation"
+        );
+    }
+    let v = ec2
+        .create_volume()
         .availability_zone(&zone)
         .size(5)
+        .volume_type(aws_sdk_ec2::types::VolumeType::Standard)
         .send()
         .await
         .unwrap();
+    assert_eq!(
+        v.volume_type(),
+        Some(&aws_sdk_ec2::types::VolumeType::Standard)
+    );
     assert_eq!(
         code(
             ec2.create_volume()
