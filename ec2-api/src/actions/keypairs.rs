@@ -21,12 +21,66 @@ fn check_key_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// OpenSSH's SHA-256 fingerprint (base64), as EC2 gives for ED25519 keys.
-pub fn fingerprint(public_key: &str) -> String {
-    match parse_openssh_public_key(public_key) {
-        Ok(k) => k.sha256_fingerprint(),
+/// The fingerprint of an RSA key CreateKeyPair made, recorded when it was
+/// made: EC2's is a digest of the private key, which is not kept.
+pub const FINGERPRINT_ANNOTATION: &str = "ec2.corral/key-fingerprint";
+
+/// The fingerprint EC2 shows for `k`: for an RSA key CreateKeyPair made,
+/// the one recorded then (see [`created_rsa_fingerprint`]); otherwise
+/// OpenSSH's SHA-256 (base64), as EC2 gives for ED25519 keys.
+pub fn fingerprint(k: &KeyPair) -> String {
+    if let Some(f) = k.metadata.annotations.get(FINGERPRINT_ANNOTATION) {
+        return f.clone();
+    }
+    match parse_openssh_public_key(&k.spec.public_key) {
+        Ok(p) => p.sha256_fingerprint(),
         Err(_) => String::new(),
     }
+}
+
+/// EC2's fingerprint of an RSA key it made: the SHA-1 of the private key
+/// as PKCS#8 DER, in colon-separated hex — what `openssl pkcs8 -topk8
+/// -nocrypt -outform DER | openssl sha1 -c` gives for the key material.
+/// `pem` is the PKCS#1 key ssh-keygen wrote (`BEGIN RSA PRIVATE KEY`).
+fn created_rsa_fingerprint(pem: &str) -> Option<String> {
+    use sha1::Digest;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let pkcs1 = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()?;
+    if pkcs1.first() != Some(&0x30) {
+        return None;
+    }
+    // PrivateKeyInfo ::= SEQUENCE { version 0, AlgorithmIdentifier
+    // { rsaEncryption (1.2.840.113549.1.1.1), NULL }, OCTET STRING
+    // { RSAPrivateKey } }
+    let mut inner = vec![
+        0x02, 0x01, 0x00, // INTEGER 0
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    der_push(&mut inner, 0x04, &pkcs1);
+    let mut info = Vec::new();
+    der_push(&mut info, 0x30, &inner);
+    let hex: Vec<String> = sha1::Sha1::digest(&info)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(hex.join(":"))
+}
+
+/// Appends a DER element: `tag`, the definite length, `content`.
+fn der_push(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
+    out.push(tag);
+    match u8::try_from(content.len()) {
+        Ok(short) if short < 0x80 => out.push(short),
+        _ => {
+            let len = content.len().to_be_bytes();
+            let long = &len[len.iter().take_while(|b| **b == 0).count()..];
+            out.push(0x80 | long.len() as u8);
+            out.extend_from_slice(long);
+        }
+    }
+    out.extend_from_slice(content);
 }
 
 fn key_type(public_key: &str) -> &'static str {
@@ -79,13 +133,25 @@ async fn generate(kind: &str) -> Result<(String, String)> {
     Ok((private, public.trim().to_string()))
 }
 
-async fn store_key(ctx: &Ctx<'_>, name: &str, public_key: String) -> Result<KeyPair> {
+/// Stores a key pair; `fingerprint` is EC2's when it cannot be derived
+/// from the public key (an RSA key CreateKeyPair made).
+async fn store_key(
+    ctx: &Ctx<'_>,
+    name: &str,
+    public_key: String,
+    fingerprint: Option<String>,
+) -> Result<KeyPair> {
     let tags = tag_specs(ctx.params, "key-pair")?;
     let uid = new_uid(ctx.project(), KeyPair::KIND, None, 0);
     let id = resource_id(KeyPair::KIND, &uid).unwrap_or_default();
     let mut k = KeyPair::new(ctx.project(), "", KeyPairSpec { public_key, tags });
     k.metadata.uid = uid;
     place_name(&mut k.metadata, name, &id);
+    if let Some(f) = fingerprint {
+        k.metadata
+            .annotations
+            .insert(FINGERPRINT_ANNOTATION.to_string(), f);
+    }
     match objects::create(ctx.store, k).await {
         Err(e) if e.code == "IncorrectState" => Err(duplicate(name)),
         other => other,
@@ -102,7 +168,7 @@ fn duplicate(name: &str) -> Ec2Error {
 fn summary(x: &mut Xml, k: &KeyPair) {
     x.leaf("keyPairId", k.ec2_id())
         .leaf("keyName", ec2_name(&k.metadata))
-        .leaf("keyFingerprint", fingerprint(&k.spec.public_key));
+        .leaf("keyFingerprint", fingerprint(k));
 }
 
 pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
@@ -126,7 +192,14 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
     }
     ctx.gate()?;
     let (private, public) = generate(kind).await?;
-    let k = store_key(ctx, &name, public).await?;
+    let fingerprint = match kind {
+        "rsa" => Some(
+            created_rsa_fingerprint(&private)
+                .ok_or_else(|| Ec2Error::internal("ssh-keygen wrote no PKCS#1 RSA key"))?,
+        ),
+        _ => None,
+    };
+    let k = store_key(ctx, &name, public, fingerprint).await?;
     let mut x = Xml::new();
     summary(&mut x, &k);
     x.leaf("keyMaterial", private.trim_end());
@@ -156,7 +229,7 @@ pub async fn import(ctx: &Ctx<'_>) -> Result<Xml> {
         return Err(duplicate(&name));
     }
     ctx.gate()?;
-    let k = store_key(ctx, &name, public).await?;
+    let k = store_key(ctx, &name, public, None).await?;
     let mut x = Xml::new();
     summary(&mut x, &k);
     x.tags("tagSet", k.tags());
@@ -194,7 +267,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
                 |f| match f {
                     "key-pair-id" => one(k.ec2_id()),
                     "key-name" => one(ec2_name(&k.metadata)),
-                    "fingerprint" => one(fingerprint(&k.spec.public_key)),
+                    "fingerprint" => one(fingerprint(k)),
                     _ => one(key_type(&k.spec.public_key)),
                 },
                 k.tags(),
@@ -236,4 +309,68 @@ pub async fn delete(ctx: &Ctx<'_>) -> Result<Xml> {
         x.leaf("keyPairId", k.ec2_id());
     }
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A throwaway 512-bit key (`openssl genrsa -traditional 512`); its
+    /// fingerprint as AWS documents computing it: `openssl pkcs8 -in KEY
+    /// -inform PEM -outform DER -topk8 -nocrypt | openssl sha1 -c`.
+    const KEY: &str = "-----BEGIN RSA PRIVATE KEY-----
+MIIBOwIBAAJBALZ6UEHrbAtB65SyIR1HFDFDyHw67Ta29Sfi6WhV0+GbCUNdKg44
+Y1vBoX19D6jrQm1ffh479+Sr3ThGR53dPd0CAwEAAQJBAITvlohveca5v2YUXwt1
+PMCnIOdgBnBV2UO1i1T3MeSoUqtmZA8cMCoPdV4BAwehpgwimsK7KMdiOz11cthg
+sAECIQDZd0J8zGEoLkNDsKZshTLoTiVEt3hwFM6emxMLan3YhQIhANbP6o0OXWl4
+pgE+0f+/UdgpIf6FMBR+0ZAd9/O4Ent5AiEAgxHKVQWqGVmo2QeDhyzQ/gr7k2sx
+f/xKfHXjCKJqrzECIFk/x2bVyg/RNb+ctyl39uxFor8Z3TEWw8EKAoP7PYqZAiAk
+aDTDtU8ebJNx2e/gX+f2kHhpwSaz4hoEZ54D3kM9ng==
+-----END RSA PRIVATE KEY-----
+";
+
+    #[test]
+    fn a_created_rsa_key_has_openssls_pkcs8_sha1_fingerprint() {
+        assert_eq!(
+            created_rsa_fingerprint(KEY).as_deref(),
+            Some("4d:fc:d3:fd:6c:61:b9:d0:4d:86:75:40:fa:4b:56:49:20:0d:87:f1")
+        );
+        assert_eq!(created_rsa_fingerprint("-----BEGIN X-----\n!!\n"), None);
+        assert_eq!(created_rsa_fingerprint("AAAA"), None);
+    }
+
+    #[test]
+    fn der_lengths_take_the_short_and_long_forms() {
+        let der = |n: usize| {
+            let mut out = Vec::new();
+            der_push(&mut out, 0x04, &vec![0; n]);
+            out[..out.len() - n].to_vec()
+        };
+        assert_eq!(der(0), [0x04, 0x00]);
+        assert_eq!(der(0x7f), [0x04, 0x7f]);
+        assert_eq!(der(0x80), [0x04, 0x81, 0x80]);
+        assert_eq!(der(0x1234), [0x04, 0x82, 0x12, 0x34]);
+    }
+
+    #[test]
+    fn the_recorded_fingerprint_wins_over_the_public_keys() {
+        let public =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ4uHWXmWgwN6MKFpsgnnGaU1rtTEBKPNu/L09gAucb";
+        let mut k = KeyPair::new(
+            "demo",
+            "k",
+            KeyPairSpec {
+                public_key: public.into(),
+                ..Default::default()
+            },
+        );
+        let sha256 = parse_openssh_public_key(public)
+            .unwrap()
+            .sha256_fingerprint();
+        assert_eq!(fingerprint(&k), sha256);
+        k.metadata
+            .annotations
+            .insert(FINGERPRINT_ANNOTATION.into(), "4d:fc".into());
+        assert_eq!(fingerprint(&k), "4d:fc");
+    }
 }
