@@ -33,9 +33,54 @@ pub fn fingerprint(k: &KeyPair) -> String {
         return f.clone();
     }
     match parse_openssh_public_key(&k.spec.public_key) {
+        Ok(p) if p.key_type == "ssh-rsa" => imported_rsa_fingerprint(&p.blob).unwrap_or_default(),
         Ok(p) => p.sha256_fingerprint(),
         Err(_) => String::new(),
     }
+}
+
+/// EC2's fingerprint of an RSA public key it was given (ImportKeyPair, or
+/// a key made elsewhere): the MD5 of the key as X.509
+/// SubjectPublicKeyInfo DER, in colon-separated hex — what `openssl rsa
+/// -in KEY -pubout -outform DER | openssl md5 -c` prints, as AWS's user
+/// guide checks it. `blob` is the SSH wire form: "ssh-rsa", e, n.
+fn imported_rsa_fingerprint(blob: &[u8]) -> Option<String> {
+    use md5::Digest;
+    fn string(b: &[u8]) -> Option<(&[u8], &[u8])> {
+        let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        Some((b.get(4..4usize.checked_add(len)?)?, &b[4 + len..]))
+    }
+    let (_, rest) = string(blob)?;
+    let (e, rest) = string(rest)?;
+    let (n, rest) = string(rest)?;
+    if !rest.is_empty() || e.is_empty() || n.is_empty() {
+        return None;
+    }
+    // SSH mpints are DER INTEGER contents already (two's complement,
+    // minimal, a leading zero when the high bit is set).
+    let mut ints = Vec::new();
+    der_push(&mut ints, 0x02, n);
+    der_push(&mut ints, 0x02, e);
+    // BIT STRING { 0 unused bits, RSAPublicKey ::= SEQUENCE { n, e } }
+    let mut bits = vec![0x00];
+    der_push(&mut bits, 0x30, &ints);
+    // SubjectPublicKeyInfo ::= SEQUENCE { { rsaEncryption, NULL }, key }
+    let mut inner = RSA_ALGORITHM.to_vec();
+    der_push(&mut inner, 0x03, &bits);
+    let mut info = Vec::new();
+    der_push(&mut info, 0x30, &inner);
+    Some(colon_hex(&md5::Md5::digest(&info)))
+}
+
+/// AlgorithmIdentifier { rsaEncryption (1.2.840.113549.1.1.1), NULL }.
+const RSA_ALGORITHM: [u8; 15] = [
+    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+];
+
+/// Bytes as lowercase hex pairs joined by colons (`openssl … -c`).
+fn colon_hex(bytes: &[u8]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    hex.join(":")
 }
 
 /// EC2's fingerprint of an RSA key it made: the SHA-1 of the private key
@@ -54,18 +99,12 @@ fn created_rsa_fingerprint(pem: &str) -> Option<String> {
     // PrivateKeyInfo ::= SEQUENCE { version 0, AlgorithmIdentifier
     // { rsaEncryption (1.2.840.113549.1.1.1), NULL }, OCTET STRING
     // { RSAPrivateKey } }
-    let mut inner = vec![
-        0x02, 0x01, 0x00, // INTEGER 0
-        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-    ];
+    let mut inner = vec![0x02, 0x01, 0x00]; // INTEGER 0
+    inner.extend_from_slice(&RSA_ALGORITHM);
     der_push(&mut inner, 0x04, &pkcs1);
     let mut info = Vec::new();
     der_push(&mut info, 0x30, &inner);
-    let hex: Vec<String> = sha1::Sha1::digest(&info)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Some(hex.join(":"))
+    Some(colon_hex(&sha1::Sha1::digest(&info)))
 }
 
 /// Appends a DER element: `tag`, the definite length, `content`.
@@ -337,6 +376,60 @@ aDTDtU8ebJNx2e/gX+f2kHhpwSaz4hoEZ54D3kM9ng==
         );
         assert_eq!(created_rsa_fingerprint("-----BEGIN X-----\n!!\n"), None);
         assert_eq!(created_rsa_fingerprint("AAAA"), None);
+    }
+
+    /// KEY's public half as OpenSSH writes it, and its fingerprint as AWS
+    /// documents computing it for imported keys: `openssl rsa -in KEY
+    /// -pubout -outform DER | openssl md5 -c`.
+    const KEY_PUB: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAQQC2elBB62wLQeuUsiEdRxQxQ8h8Ou02tvUn4uloVdPhmwlDXSoOOGNbwaF9fQ+o60JtX34eO/fkq904Rked3T3d";
+
+    fn imported(public: &str) -> String {
+        let k = KeyPair::new(
+            "demo",
+            "k",
+            KeyPairSpec {
+                public_key: public.into(),
+                ..Default::default()
+            },
+        );
+        fingerprint(&k)
+    }
+
+    #[test]
+    fn an_imported_rsa_key_has_openssls_public_md5_fingerprint() {
+        assert_eq!(
+            imported(KEY_PUB),
+            "80:6c:a3:bf:7e:d5:c8:4b:e6:c2:a4:fd:3e:9c:d1:99"
+        );
+        // A truncated blob has none rather than a wrong one.
+        assert_eq!(imported_rsa_fingerprint(&[0, 0, 0, 7]), None);
+    }
+
+    /// A fresh 2048-bit key (long DER lengths) checked against the real
+    /// tools: ssh-keygen writes it, openssl computes AWS's fingerprint.
+    #[test]
+    fn a_fresh_rsa_key_matches_openssl() {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen (scripts/install-deps installs it)");
+        assert!(made.success());
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("openssl rsa -in \"$1\" -pubout -outform DER 2>/dev/null | openssl md5 -c")
+            .arg("sh")
+            .arg(&key)
+            .output()
+            .expect("openssl (scripts/install-deps installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want = text.rsplit("= ").next().unwrap().trim();
+        assert_eq!(want.len(), 47, "{text}");
+        assert_eq!(imported(public.trim()), want);
     }
 
     #[test]
