@@ -109,6 +109,16 @@ pub async fn register(ctx: &Ctx<'_>) -> Result<Xml> {
         .get_nonempty("Architecture")
         .map(architecture)
         .transpose()?;
+    let root_device = match p.get_nonempty("RootDeviceName") {
+        Some(d) if super::images::valid_root_device_name(d) => Some(d.to_string()),
+        Some(d) => {
+            return Err(Ec2Error::invalid_value(format!(
+                "RootDeviceName: '{}' is not a device name EC2 takes (/dev/sda1, /dev/xvda, /dev/vda, …)",
+                clip(d)
+            )))
+        }
+        None => None,
+    };
     let token = client_token(p)?;
     let tags = tag_specs(p, "image")?;
     let images = ctx.list::<Image>().await?;
@@ -238,6 +248,11 @@ pub async fn register(ctx: &Ctx<'_>) -> Result<Xml> {
         },
     );
     img.metadata.uid = uid;
+    if let Some(d) = root_device {
+        img.metadata
+            .annotations
+            .insert(super::images::ROOT_DEVICE_ANNOTATION.to_string(), d);
+    }
     objects::place_name(&mut img.metadata, &name, &id);
     stamp_token(&mut img.metadata, token.as_deref(), p);
     let img = objects::create(ctx.store, img).await?;

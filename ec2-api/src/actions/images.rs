@@ -46,6 +46,7 @@ const FILTERS: &[&str] = &[
     "architecture",
     "description",
     "root-device-type",
+    "root-device-name",
     "virtualization-type",
     "kernel-id",
     "ramdisk-id",
@@ -98,6 +99,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
         "architecture" => one(arch(i)),
         "description" => i.spec.description.clone().into_iter().collect(),
         "root-device-type" => one("instance-store"),
+        "root-device-name" => one(root_device_name(i)),
         "virtualization-type" => one("hvm"),
         "kernel-id" => id_of(&i.spec.kernel, &i.metadata.project, &all)
             .into_iter()
@@ -132,7 +134,7 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
             .leaf("name", ec2_name(&i.metadata))
             .opt("description", i.spec.description.as_deref())
             .leaf("rootDeviceType", "instance-store")
-            .leaf("rootDeviceName", "/dev/vda")
+            .leaf("rootDeviceName", root_device_name(i))
             .empty_set("blockDeviceMapping")
             .leaf("virtualizationType", "hvm")
             .tags("tagSet", i.tags());
@@ -161,4 +163,85 @@ pub async fn deregister(ctx: &Ctx<'_>) -> Result<Xml> {
     ctx.gate()?;
     objects::delete(ctx.store, img).await?;
     Ok(super::ok_return())
+}
+
+/// The root device name RegisterImage was given (`/dev/sda1`,
+/// `/dev/xvda`, …): what EC2 shows for the image and for instances
+/// launched from it. The guest's root disk is `vda` whatever it says, as
+/// on AWS's Nitro instances, where `/dev/sda1` is `nvme0n1`.
+pub const ROOT_DEVICE_ANNOTATION: &str = "ec2.corral/root-device-name";
+
+/// The root device name EC2 shows for `i` (`/dev/vda` unless registered
+/// with another).
+pub fn root_device_name(i: &Image) -> &str {
+    i.metadata
+        .annotations
+        .get(ROOT_DEVICE_ANNOTATION)
+        .map(String::as_str)
+        .filter(|d| valid_root_device_name(d))
+        .unwrap_or(DEFAULT_ROOT_DEVICE)
+}
+
+/// The root device name of an image registered without one.
+pub const DEFAULT_ROOT_DEVICE: &str = "/dev/vda";
+
+/// `/dev/` then `sd`, `xvd` or `vd`, one letter, and an optional
+/// partition number of one or two digits: the names EC2 accepts for a
+/// root device.
+pub fn valid_root_device_name(d: &str) -> bool {
+    let Some(rest) = d.strip_prefix("/dev/") else {
+        return false;
+    };
+    let Some(rest) = ["xvd", "sd", "vd"]
+        .iter()
+        .find_map(|p| rest.strip_prefix(p))
+    else {
+        return false;
+    };
+    let mut chars = rest.chars();
+    let letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let digits = chars.as_str();
+    letter && digits.len() <= 2 && digits.chars().all(|c| c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod root_device_tests {
+    use super::*;
+    use corral_api_types::Resource;
+
+    #[test]
+    fn root_device_names_are_the_ones_ec2_takes() {
+        for ok in [
+            "/dev/sda1",
+            "/dev/xvda",
+            "/dev/vda",
+            "/dev/sda",
+            "/dev/xvdb12",
+        ] {
+            assert!(valid_root_device_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/dev/",
+            "/dev/sda123",
+            "/dev/hda",
+            "sda1",
+            "/dev/sdA",
+            "/dev/sd1",
+            "/dev/../x",
+        ] {
+            assert!(!valid_root_device_name(bad), "{bad}");
+        }
+        let mut i = Image::new("p", "x", Default::default());
+        assert_eq!(root_device_name(&i), "/dev/vda");
+        i.metadata
+            .annotations
+            .insert(ROOT_DEVICE_ANNOTATION.into(), "/dev/sda1".into());
+        assert_eq!(root_device_name(&i), "/dev/sda1");
+        // A hand-set value that is no device name is not shown.
+        i.metadata
+            .annotations
+            .insert(ROOT_DEVICE_ANNOTATION.into(), "<x>".into());
+        assert_eq!(root_device_name(&i), "/dev/vda");
+    }
 }

@@ -161,7 +161,10 @@ pub async fn describe_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
                 .map(String::as_str)
                 .unwrap_or("stop"),
         ),
-        "rootDeviceName" => value(&mut x, "rootDeviceName", "/dev/vda"),
+        "rootDeviceName" => {
+            let l = Lookup::load(ctx).await?;
+            value(&mut x, "rootDeviceName", l.root_device_name(i))
+        }
         "sourceDestCheck" => value(&mut x, "sourceDestCheck", true),
         "ebsOptimized" => value(&mut x, "ebsOptimized", false),
         "enaSupport" => value(&mut x, "enaSupport", false),

@@ -96,6 +96,9 @@ pub struct Lookup {
     pub groups: HashMap<String, (String, String)>,
     pub networks: HashMap<String, (String, String, String)>,
     pub images: HashMap<String, (String, String)>,
+    /// Image name -> the root device name EC2 shows (see
+    /// `images::root_device_name`).
+    pub root_devices: HashMap<String, String>,
     pub keys: HashMap<String, String>,
     pub volumes: HashMap<String, String>,
     pub vcpus: HashMap<String, u32>,
@@ -106,6 +109,17 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// The root device name EC2 shows for `i`: its image's, `/dev/vda`
+    /// when booted from a volume.
+    pub fn root_device_name(&self, i: &Instance) -> &str {
+        i.spec
+            .image
+            .as_ref()
+            .and_then(|n| self.root_devices.get(n))
+            .map(String::as_str)
+            .unwrap_or(super::images::DEFAULT_ROOT_DEVICE)
+    }
+
     pub async fn load(ctx: &Ctx<'_>) -> Result<Lookup> {
         let p = ctx.project();
         let mut l = Lookup::default();
@@ -132,6 +146,8 @@ impl Lookup {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
+            let root = super::images::root_device_name(&i).to_string();
+            l.root_devices.insert(i.metadata.name.clone(), root);
             l.images.insert(i.metadata.name.clone(), (i.ec2_id(), arch));
         }
         for k in list_all::<KeyPair>(ctx.store, p).await? {
@@ -248,6 +264,7 @@ impl Lookup {
                 .collect(),
             "architecture" => self.image(i).map(|v| v.1.clone()).into_iter().collect(),
             "root-device-type" => one(root_device_type(i).to_string()),
+            "root-device-name" => one(self.root_device_name(i).to_string()),
             "owner-id" => vec![],
             "launch-index" => one(launch_index(i)),
             _ => vec![],
@@ -278,6 +295,7 @@ pub const INSTANCE_FILTERS: &[&str] = &[
     "network-interface.addresses.private-ip-address",
     "architecture",
     "root-device-type",
+    "root-device-name",
     "owner-id",
     "launch-index",
 ];
@@ -296,4 +314,24 @@ pub fn launch_index(i: &Instance) -> String {
         .get(LAUNCH_INDEX_ANNOTATION)
         .cloned()
         .unwrap_or_else(|| "0".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_api_types::{InstanceSpec, Resource};
+
+    #[test]
+    fn an_instance_shows_its_images_root_device_name() {
+        let mut l = Lookup::default();
+        l.root_devices.insert("trio".into(), "/dev/sda1".into());
+        let mut i = Instance::new("p", "a", InstanceSpec::default());
+        i.spec.image = Some("trio".into());
+        assert_eq!(l.root_device_name(&i), "/dev/sda1");
+        i.spec.image = Some("other".into());
+        assert_eq!(l.root_device_name(&i), "/dev/vda");
+        i.spec.image = None;
+        i.spec.boot_volume = Some("boot".into());
+        assert_eq!(l.root_device_name(&i), "/dev/vda");
+    }
 }

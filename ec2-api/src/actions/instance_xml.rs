@@ -153,7 +153,7 @@ pub fn write_instance(x: &mut Xml, i: &Instance, l: &Lookup, account: &str) {
     write_group_set(x, &groups);
     x.opt("architecture", image.map(|v| &v.1))
         .leaf("rootDeviceType", root_device_type(i))
-        .leaf("rootDeviceName", "/dev/vda");
+        .leaf("rootDeviceName", l.root_device_name(i));
     write_instance_block_devices(x, i, l, true);
     x.leaf("virtualizationType", "hvm")
         .opt(

@@ -58,6 +58,7 @@ async fn register_images_and_launch_permissions() {
         .ramdisk_id(&ari)
         .architecture(ArchitectureValues::X8664)
         .description("the machine of the trio")
+        .root_device_name("/dev/sda1")
         .send()
         .await
         .unwrap()
@@ -71,6 +72,25 @@ async fn register_images_and_launch_permissions() {
     assert_eq!(img.ramdisk_id(), Some(ari.as_str()));
     assert_eq!(img.name(), Some("trio"));
     assert_eq!(img.description(), Some("the machine of the trio"));
+    // The root device name given is the one shown (the guest's disk is
+    // vda, as a Nitro guest's /dev/sda1 is nvme0n1), and filters.
+    assert_eq!(img.root_device_name(), Some("/dev/sda1"));
+    let by_root = ec2
+        .describe_images()
+        .filters(filter("root-device-name", &["/dev/sda1"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_root.images().len(), 1);
+    assert_eq!(
+        code(
+            reg("bad-root", "https://example.com/x.img")
+                .root_device_name("/etc/passwd")
+                .send()
+                .await
+        ),
+        "InvalidParameterValue"
+    );
     assert_eq!(
         img.image_location(),
         Some("https://example.com/trio/disk.img")
