@@ -266,6 +266,13 @@ enum Command {
         /// less 50 (VXLAN over IPv4). Pushed to guests by DHCP.
         #[arg(long, default_value_t = 1450, value_parser = clap::value_parser!(u32).range(576..=9000))]
         overlay_mtu: u32,
+        /// This node's interface on the provider network: the floating
+        /// addresses of its guests are held there as /32s (labelled
+        /// IFACE:crf) and announced with gratuitous ARP (`arping`), so
+        /// the provider network reaches them on-link. Without it, nothing
+        /// answers for them (the outside world needs a route via the node).
+        #[arg(long, value_parser = parse_uplink)]
+        uplink: Option<String>,
         /// Seconds between full scans of the host's domains (the backstop
         /// behind libvirt's lifecycle events).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
@@ -361,6 +368,17 @@ async fn agent_ca(
 }
 
 /// `auto` becomes what this host can really boot.
+/// `--uplink`: an interface name short enough for the label Corral's
+/// addresses carry on it (`IFACE:crf`, 15 characters at most).
+fn parse_uplink(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.contains(['/', ' ', ':']) {
+        return Err(format!("{v:?} is not an interface name"));
+    }
+    corral_node_agent::net::uplink_label(v)
+        .map(|_| v.to_string())
+        .ok_or_else(|| format!("{v:?}: at most 11 characters (the addresses' label is {v}:crf)"))
+}
+
 fn resolve_virt_type(v: &str) -> String {
     if v == "auto" {
         corral_node_agent::host::detect_virt_type().to_string()
@@ -476,6 +494,7 @@ async fn main() -> Result<()> {
             vtep,
             vxlan_port,
             overlay_mtu,
+            uplink,
             scan_interval,
             resync_interval,
         } => {
@@ -496,6 +515,7 @@ async fn main() -> Result<()> {
             opts.vtep = vtep;
             opts.vxlan_port = vxlan_port;
             opts.overlay_mtu = overlay_mtu;
+            opts.uplink = uplink;
             opts.scan = std::time::Duration::from_secs(scan_interval);
             opts.resync = std::time::Duration::from_secs(resync_interval);
             opts.events_uri = (!libvirt.starts_with("test:")).then(|| libvirt.clone());

@@ -8,8 +8,10 @@
 //! VXLAN tunnel, admitted by a security group whose rule names the group
 //! itself (members on the other node). The rig's client, the outside
 //! world on the provider network, pings a guest at its floating address
-//! (DNATed by that guest's node) while a rule admits it, and not once the
-//! rule is gone. Each node's taps, bridges, tunnels and domains exist in
+//! (held on that guest's node's uplink, answered by ARP and DNATed there)
+//! while a rule admits it, and not once the rule is gone; moved to the
+//! other guest, the address is announced by the other node and the client
+//! reaches it there within seconds. Each node's taps, bridges, tunnels and domains exist in
 //! that node and nowhere else; `scripts/rig down` leaves no namespace,
 //! link, process or file behind, also when the test fails (the rig is
 //! torn down from `Drop`).
@@ -18,6 +20,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::guests::{guest_server_on, node_token, repo, wait_until_or};
 use common::{write, Server, BIN};
@@ -76,6 +79,7 @@ impl NodeAgent {
             .args(["--token", token, "--node", node, "--virt-type", "qemu"])
             .arg("--vtep")
             .arg(vtep(i))
+            .args(["--uplink", "eth0"])
             .args(["--zone", &zone(i)])
             .arg("--libvirt")
             .arg(rig(&["libvirt", &i.to_string()]))
@@ -295,10 +299,10 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
         assert!(tap_link.contains("mtu 1450"), "{tap_link}");
     }
 
-    // The outside world reaches a at its floating address: the client
-    // sends it to a's node (the route stands for the announcement nothing
-    // makes yet), whose agent DNATs it to a, and a's group admits the
-    // provider network's pings.
+    // The outside world reaches a at its floating address: the client has
+    // the provider pool on its link, a's node holds the address on its
+    // eth0 (`--uplink eth0`) and answers ARP for it, its agent DNATs it
+    // to a, and a's group admits the provider network's pings.
     wait_until_or(
         "a's floating address",
         || instance(&s, "a")["status"]["addresses"][0]["floatingIp"].is_string(),
@@ -317,10 +321,8 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
     assert!(client_pings(&vtep(1)), "the client cannot ping n1");
     assert!(
         !client_pings(&fip),
-        "the client reached {fip} with no route"
+        "the client reached {fip} with no route to the pool"
     );
-    // Only a's node translates it (the route goes there once it does: n1
-    // would send the client's packets on towards this host's uplink).
     let node_rules = |i: usize| {
         let out = Command::new("ip")
             .args(["netns", "exec", &format!("corral-n{i}"), "iptables-save"])
@@ -328,20 +330,40 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // Corral's addresses on node i's uplink (labelled eth0:crf).
+    let uplink = |i: usize| {
+        let out = Command::new("ip")
+            .args(["-n", &format!("corral-n{i}"), "-o", "-4", "addr", "show"])
+            .args(["dev", "eth0", "label", "eth0:crf"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let held = |i: usize| uplink(i).contains(&format!(" {fip}/32 "));
     let dnat = format!("-d {fip}/32 -j DNAT --to-destination 10.42.0.10");
+    // Only a's node translates it and holds it.
     wait_until_or(
-        "n1 to DNAT a's floating address",
-        || node_rules(1).contains(&dnat),
-        || format!("n1's rules:\n{}\n{}", node_rules(1), diagnose()),
+        "n1 to DNAT a's floating address and hold it on its uplink",
+        || node_rules(1).contains(&dnat) && held(1),
+        || {
+            format!(
+                "n1's rules:\n{}\n{}\n{}",
+                node_rules(1),
+                uplink(1),
+                diagnose()
+            )
+        },
     );
     assert!(!node_rules(2).contains(&fip), "{}", node_rules(2));
-    self::rig(&["route", &fip, "1"]);
+    assert!(!held(2), "{}", uplink(2));
+    self::rig(&["pool", "172.24.4.0/24"]);
     wait_until_or(
         "the client to ping a at its floating address",
         || client_pings(&fip),
         || format!("n1's rules:\n{}\n{}", node_rules(1), diagnose()),
     );
-    // Without the rule, a's ingress chain drops the client's pings.
+    // Without the rule, a's ingress chain drops the client's pings (the
+    // address being n1's own does not take them from the DNAT).
     let members_only = "apiVersion: corral/v1\nkind: SecurityGroup\n\
         metadata: {name: mesh, project: two-nodes}\n\
         spec:\n  ingress:\n    - {protocol: icmp, sourceGroup: mesh}\n";
@@ -356,6 +378,65 @@ fn guests_boot_on_two_rig_nodes_each_in_its_own_namespace() {
     assert!(
         rules.contains(&dnat) && !rules.contains("-s 192.168.240.0/24 -p icmp -j RETURN"),
         "{rules}"
+    );
+    assert!(held(1), "{}", uplink(1));
+
+    // The address moves to b, on n2: n1 lets it go, n2 takes it and
+    // announces it, and the client (its neighbour cache holding n1's MAC
+    // for it) reaches b there within seconds.
+    let admitted = example.join("20-securitygroup.yaml");
+    s.corral(&["apply", "-f", admitted.to_str().unwrap()]).ok();
+    wait_until_or(
+        "the client's pings admitted again",
+        || client_pings(&fip),
+        || format!("n1's rules:\n{}", node_rules(1)),
+    );
+    let to_b = "apiVersion: corral/v1\nkind: Address\n\
+        metadata: {name: a-public, project: two-nodes}\n\
+        spec: {pool: public, instance: b}\n";
+    let file = write(&s.scratch("rig"), "to-b.yaml", to_b);
+    s.corral(&["apply", "-f", file.to_str().unwrap()]).ok();
+    wait_until_or(
+        "n2 to hold the floating address and n1 to let it go",
+        || held(2) && !held(1),
+        || format!("n1:\n{}\nn2:\n{}\n{}", uplink(1), uplink(2), diagnose()),
+    );
+    let moved = Instant::now();
+    let b_ip = instance(&s, "b")["status"]["addresses"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        node_rules(2).contains(&format!("-d {fip}/32 -j DNAT --to-destination {b_ip}")),
+        "{}",
+        node_rules(2)
+    );
+    assert!(!node_rules(1).contains(&fip), "{}", node_rules(1));
+    wait_until_or(
+        "the client to ping b at the floating address",
+        || client_pings(&fip),
+        || format!("n2's rules:\n{}\n{}", node_rules(2), diagnose()),
+    );
+    let took = moved.elapsed();
+    let n2_mac = {
+        let out = Command::new("ip")
+            .args(["-n", "corral-n2", "-br", "link", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let neigh = self::rig(&["client", "ip", "neigh", "show", &fip]);
+    assert!(
+        !n2_mac.is_empty() && neigh.contains(&n2_mac),
+        "the client's neighbour entry for {fip} is not n2's eth0 ({n2_mac}): {neigh}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the client reached b only after {took:?} (gratuitous ARP not taken?)"
     );
 
     // Node 1 restarted with its tunnel lost: the agent, started again,

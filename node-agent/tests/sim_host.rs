@@ -10,7 +10,7 @@
 //! can be counted: defining many instances costs no read per instance
 //! beyond what the host networking passes share.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -715,4 +715,72 @@ fn volumes_hot_plug_on_the_test_driver() {
     assert_eq!(hv.disk_targets(&name).unwrap(), ["vda", "hdc"]);
     hv.destroy(&name).unwrap();
     hv.undefine(&name).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floating_addresses_are_held_on_the_uplink_and_announced() {
+    let (api, base) = start_api().await;
+    seed_objects(&api);
+    let fip = Ipv4Addr::new(172, 24, 4, 7);
+    let (path, _, mut obj) = instance(6);
+    obj["status"]["addresses"][0]["floatingIp"] = json!(fip.to_string());
+    api.put(&path, obj);
+    let (other, _, plain) = instance(7);
+    api.put(&other, plain);
+    let run = start_agent_with(&base, |o| o.uplink = Some("eth0".into()));
+    until("registered", 30, || run.agent.host().is_some()).await;
+    until("the floating address on the uplink", 30, || {
+        plans(&run.agent)
+            .uplink
+            .get("eth0")
+            .is_some_and(|a| a.contains(&fip))
+    })
+    .await;
+    let p = plans(&run.agent);
+    // Exactly the floating addresses of the ports here, announced once;
+    // the DNAT that takes their packets to the guest is in the plan.
+    assert_eq!(p.uplink["eth0"], BTreeSet::from([fip]));
+    assert_eq!(p.announced, [("eth0".to_string(), fip)]);
+    assert!(p.firewall.ports.iter().any(|n| n.floating_ip == Some(fip)));
+
+    // Disassociated: it leaves the uplink; associated again (here, say,
+    // after it moved away and back): announced again.
+    let mut moved = api.get(&path).unwrap();
+    moved["status"]["addresses"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("floatingIp");
+    api.put(&path, moved.clone());
+    until("the floating address off the uplink", 30, || {
+        plans(&run.agent).uplink["eth0"].is_empty()
+    })
+    .await;
+    moved["status"]["addresses"][0]["floatingIp"] = json!(fip.to_string());
+    api.put(&path, moved);
+    until("the floating address back and announced again", 30, || {
+        plans(&run.agent).announced.len() == 2
+    })
+    .await;
+    assert_eq!(plans(&run.agent).uplink["eth0"], BTreeSet::from([fip]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_uplink_floating_addresses_are_only_translated() {
+    let (api, base) = start_api().await;
+    seed_objects(&api);
+    let (path, _, mut obj) = instance(8);
+    obj["status"]["addresses"][0]["floatingIp"] = json!("172.24.4.8");
+    api.put(&path, obj);
+    let run = start_agent(&base);
+    until("registered", 30, || run.agent.host().is_some()).await;
+    until("the floating address in the firewall plan", 30, || {
+        plans(&run.agent)
+            .firewall
+            .ports
+            .iter()
+            .any(|n| n.floating_ip.is_some())
+    })
+    .await;
+    let p = plans(&run.agent);
+    assert!(p.uplink.is_empty() && p.announced.is_empty());
 }

@@ -104,6 +104,10 @@ pub struct AgentOptions {
     pub vxlan_port: u16,
     /// MTU inside the tunnel (underlay MTU less 50).
     pub overlay_mtu: u32,
+    /// The interface on the provider network: the floating addresses of
+    /// this node's ports are held there (/32s) and announced with
+    /// gratuitous ARP. `None`: nothing answers for them.
+    pub uplink: Option<String>,
 }
 
 impl AgentOptions {
@@ -129,6 +133,7 @@ impl AgentOptions {
             vtep: None,
             vxlan_port: 4789,
             overlay_mtu: 1450,
+            uplink: None,
         }
     }
 }

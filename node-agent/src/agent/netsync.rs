@@ -13,7 +13,7 @@
 //! each object once, and not at all when the pass before read it less
 //! than `object_refresh` ago (objects.rs).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -470,6 +470,8 @@ impl Agent {
             .filter(|n| n.managed() && !state.failed.contains_key(&n.uid))
             .cloned()
             .collect();
+        let floating: BTreeSet<Ipv4Addr> =
+            plan.ports.iter().filter_map(|p| p.floating_ip).collect();
         let stale = state.at.is_none_or(|t| t.elapsed() > REASSERT);
         if state.applied.as_ref() != Some(&plan) || stale {
             let p = plan.clone();
@@ -484,6 +486,12 @@ impl Agent {
             if full {
                 state.at = Some(Instant::now());
             }
+        }
+        // Floating addresses on the uplink after the firewall, whose DNAT
+        // takes their packets to the guests.
+        if let Some(dev) = self.opts.uplink.clone() {
+            self.host_call(move |h| h.sync_uplink(&dev, &floating))
+                .await?;
         }
         // Tunnels last (their bridges exist now): a failure fails the
         // pass, retried at the next beat, after the firewall went in.

@@ -27,6 +27,7 @@
 //! running).
 
 use std::any::Any;
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -68,6 +69,9 @@ pub enum HostError {
     /// An overlay network's tunnel, forwarding table or guard.
     #[error(transparent)]
     Overlay(#[from] crate::net::VxlanError),
+    /// The floating addresses on the uplink (`--uplink`).
+    #[error(transparent)]
+    Uplink(#[from] crate::net::UplinkError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HostError + '_ {
@@ -206,6 +210,11 @@ pub trait Host: Any + Send + Sync {
     /// made it hold last (`None`: unknown, apply everything). Answers
     /// whether it applied everything.
     fn apply_firewall(&self, applied: Option<&NetPlan>, plan: &NetPlan) -> Result<bool>;
+
+    /// Makes the floating addresses this host answers for on its uplink
+    /// `dev` (`corral agent --uplink`) exactly `addrs`, announcing each
+    /// one it adds with a gratuitous ARP; answers the ones it added.
+    fn sync_uplink(&self, dev: &str, addrs: &BTreeSet<Ipv4Addr>) -> Result<Vec<Ipv4Addr>>;
 
     /// The DHCP leases handed out on `bridge`.
     fn leases(&self, bridge: &str) -> Vec<Lease>;

@@ -7,6 +7,7 @@
 //! decide what should exist.
 
 use std::any::Any;
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -219,6 +220,19 @@ impl super::Host for RealHost {
             Some(prev) => net::update_firewall(&sh, prev, plan)?,
             None => net::apply_firewall(&sh, plan).map(|()| true)?,
         })
+    }
+
+    fn sync_uplink(&self, dev: &str, addrs: &BTreeSet<Ipv4Addr>) -> Result<Vec<Ipv4Addr>> {
+        let sh = net::Shell::host();
+        let change = net::sync_uplink(&sh, dev, addrs)?;
+        for a in &change.removed {
+            tracing::info!(uplink = dev, address = %a, "floating address left the uplink");
+        }
+        for a in &change.added {
+            tracing::info!(uplink = dev, address = %a, "floating address on the uplink, announced");
+            net::announce(&sh, dev, *a);
+        }
+        Ok(change.added)
     }
 
     fn leases(&self, bridge: &str) -> Vec<Lease> {

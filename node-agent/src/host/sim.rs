@@ -76,6 +76,11 @@ pub struct SimPlans {
     /// The metadata table: (gateway, guest address) → what that guest is
     /// told.
     pub metadata: BTreeMap<(Ipv4Addr, Ipv4Addr), Arc<InstanceMetadata>>,
+    /// The floating addresses held on each uplink (`--uplink`), by
+    /// device.
+    pub uplink: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// Every gratuitous ARP sent, in order: (device, address).
+    pub announced: Vec<(String, Ipv4Addr)>,
 }
 
 impl SimPlans {
@@ -323,6 +328,19 @@ impl super::Host for SimHost {
             None => plans.firewall_applies.0 += 1,
         }
         Ok(applied.is_none())
+    }
+
+    fn sync_uplink(&self, dev: &str, addrs: &BTreeSet<Ipv4Addr>) -> Result<Vec<Ipv4Addr>> {
+        let mut plans = self.lock();
+        let have = plans.uplink.entry(dev.to_string()).or_default();
+        let added: Vec<Ipv4Addr> = addrs.difference(have).copied().collect();
+        if have != addrs {
+            *have = addrs.clone();
+        }
+        for a in &added {
+            plans.announced.push((dev.to_string(), *a));
+        }
+        Ok(added)
     }
 
     fn leases(&self, bridge: &str) -> Vec<Lease> {

@@ -31,7 +31,8 @@
 //! (libvirt_net.rs), the rulesets a plan makes (firewall.rs, IPv4;
 //! firewall6.rs, IPv6) and how they are written into the host's iptables
 //! and ip6tables (iptables.rs), DHCP leases
-//! (leases.rs), how the tools run as child processes (command.rs), and
+//! (leases.rs), how the tools run as child processes (command.rs), the
+//! floating addresses held on the uplink (uplink.rs), and
 //! an overlay network's VXLAN tunnel, forwarding table and tunnel guard
 //! (vxlan/). The plan's types are here.
 
@@ -48,6 +49,7 @@ mod iptables;
 mod leases;
 mod libvirt_net;
 mod names;
+mod uplink;
 mod vxlan;
 
 pub use command::Shell;
@@ -58,6 +60,7 @@ pub use libvirt_net::gateway_mac;
 pub use names::{
     bridge_name, network_name, tap_name, BRIDGE_PREFIX, CHAIN_PREFIX, NETWORK_PREFIX, TAP_PREFIX,
 };
+pub use uplink::{announce, parse_addresses, sync_uplink, uplink_label, UplinkChange, UplinkError};
 pub use vxlan::{
     ensure_overlay, guard_tunnel, remove_overlays_except, sync_fdb, vxlan_name, Fdb, FdbChange,
     Overlay, VxlanError, GUARD_CHAIN, VXLAN_PORT, VXLAN_PREFIX,
