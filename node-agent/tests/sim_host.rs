@@ -737,6 +737,7 @@ async fn floating_addresses_are_held_on_the_uplink_and_announced() {
     })
     .await;
     let p = plans(&run.agent);
+    assert!(p.forgotten.is_empty(), "{:?}", p.forgotten);
     // Exactly the floating addresses of the ports here, announced once;
     // the DNAT that takes their packets to the guest is in the plan.
     assert_eq!(p.uplink["eth0"], BTreeSet::from([fip]));
@@ -753,6 +754,12 @@ async fn floating_addresses_are_held_on_the_uplink_and_announced() {
     api.put(&path, moved.clone());
     until("the floating address off the uplink", 30, || {
         plans(&run.agent).uplink["eth0"].is_empty()
+    })
+    .await;
+    // Its tracked flows were forgotten (no connection keeps reaching the
+    // guest it left); nothing was forgotten before.
+    until("the released address's flows forgotten", 30, || {
+        plans(&run.agent).forgotten == [fip]
     })
     .await;
     moved["status"]["addresses"][0]["floatingIp"] = json!(fip.to_string());

@@ -472,6 +472,11 @@ impl Agent {
             .collect();
         let floating: BTreeSet<Ipv4Addr> =
             plan.ports.iter().filter_map(|p| p.floating_ip).collect();
+        let released = state
+            .applied
+            .as_ref()
+            .map(|old| net::released_floating(old, &plan))
+            .unwrap_or_default();
         let stale = state.at.is_none_or(|t| t.elapsed() > REASSERT);
         if state.applied.as_ref() != Some(&plan) || stale {
             let p = plan.clone();
@@ -486,6 +491,11 @@ impl Agent {
             if full {
                 state.at = Some(Instant::now());
             }
+        }
+        // Flows of an address that left its guest, once the new DNAT is
+        // in: none of them may keep reaching the old guest.
+        if !released.is_empty() {
+            self.host_call(move |h| h.forget_flows(&released)).await?;
         }
         // Floating addresses on the uplink after the firewall, whose DNAT
         // takes their packets to the guests.

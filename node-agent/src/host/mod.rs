@@ -72,6 +72,9 @@ pub enum HostError {
     /// The floating addresses on the uplink (`--uplink`).
     #[error(transparent)]
     Uplink(#[from] crate::net::UplinkError),
+    /// Forgetting a released floating address's tracked flows.
+    #[error(transparent)]
+    Conntrack(#[from] crate::net::ConntrackError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HostError + '_ {
@@ -215,6 +218,11 @@ pub trait Host: Any + Send + Sync {
     /// `dev` (`corral agent --uplink`) exactly `addrs`, announcing each
     /// one it adds with a gratuitous ARP; answers the ones it added.
     fn sync_uplink(&self, dev: &str, addrs: &BTreeSet<Ipv4Addr>) -> Result<Vec<Ipv4Addr>>;
+
+    /// Forgets the tracked connections of floating addresses that no
+    /// longer lead to the guest they did (see `net::released_floating`),
+    /// so no flow keeps reaching the old guest.
+    fn forget_flows(&self, addrs: &[Ipv4Addr]) -> Result<()>;
 
     /// The DHCP leases handed out on `bridge`.
     fn leases(&self, bridge: &str) -> Vec<Lease>;

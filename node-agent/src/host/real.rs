@@ -235,6 +235,15 @@ impl super::Host for RealHost {
         Ok(change.added)
     }
 
+    fn forget_flows(&self, addrs: &[Ipv4Addr]) -> Result<()> {
+        let sh = net::Shell::host();
+        for a in addrs {
+            net::forget_flows(&sh, *a)?;
+            tracing::info!(address = %a, "floating address released: its tracked flows forgotten");
+        }
+        Ok(())
+    }
+
     fn leases(&self, bridge: &str) -> Vec<Lease> {
         net::leases(bridge)
     }

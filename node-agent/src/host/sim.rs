@@ -81,6 +81,9 @@ pub struct SimPlans {
     pub uplink: BTreeMap<String, BTreeSet<Ipv4Addr>>,
     /// Every gratuitous ARP sent, in order: (device, address).
     pub announced: Vec<(String, Ipv4Addr)>,
+    /// Every floating address whose tracked flows were forgotten, in
+    /// order.
+    pub forgotten: Vec<Ipv4Addr>,
 }
 
 impl SimPlans {
@@ -341,6 +344,11 @@ impl super::Host for SimHost {
             plans.announced.push((dev.to_string(), *a));
         }
         Ok(added)
+    }
+
+    fn forget_flows(&self, addrs: &[Ipv4Addr]) -> Result<()> {
+        self.lock().forgotten.extend_from_slice(addrs);
+        Ok(())
     }
 
     fn leases(&self, bridge: &str) -> Vec<Lease> {

@@ -43,6 +43,7 @@ use corral_api_types::net::Ipv4Cidr;
 use corral_api_types::{NetworkMode, Protocol};
 
 mod command;
+mod conntrack;
 mod firewall;
 mod firewall6;
 mod iptables;
@@ -53,6 +54,7 @@ mod uplink;
 mod vxlan;
 
 pub use command::Shell;
+pub use conntrack::{forget_flows, released_floating, ConntrackError};
 pub use firewall::{Family, TableRules};
 pub use iptables::{apply_firewall, restore_script, update_firewall, update_script, FirewallError};
 pub use leases::{lease_verdict, leases, parse_leases, Lease};
