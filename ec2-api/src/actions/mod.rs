@@ -253,6 +253,7 @@ actions!(ctx, action;
         "DescribeVpcAttribute" => vpcs::describe_vpc_attribute(ctx).await,
         "CreateVpc" => vpcs::create_vpc(ctx).await,
         "CreateSubnet" => subnets::create_subnet(ctx).await,
+        "DeleteSubnet" => subnets::delete_subnet(ctx).await,
         "CreateDefaultVpc" => vpcs::create_default_vpc(ctx).await,
         "DeleteVpc" => vpcs::delete_vpc(ctx).await,
         "DescribeNetworkInterfaces" => network_interfaces::describe(ctx).await,

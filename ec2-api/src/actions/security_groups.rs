@@ -76,8 +76,7 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Xml> {
     let tags = tag_specs(ctx.params, "security-group")?;
     let given = match ctx.params.get_nonempty("VpcId") {
         Some(v) => {
-            let nets = ctx.list::<Network>().await?;
-            let Some(n) = nets.into_iter().find(|n| n.ec2_id() == v) else {
+            let Some(n) = super::vpcs::find_vpc(ctx, v).await? else {
                 return Err(VPC.not_found(v));
             };
             Some(n)

@@ -1,6 +1,13 @@
 //! Subnets and route tables: a Network's one subnet (DescribeSubnets,
 //! CreateSubnet) and its one route table (DescribeRouteTables). See
 //! `vpcs` for how a VPC made by CreateVpc gets its subnet.
+//!
+//! The subnet's tags are its own, not the VPC's `spec.tags`: they live in
+//! the annotation `ec2.corral/subnet-tags` (a JSON object) once CreateSubnet
+//! or CreateTags/DeleteTags on the subnet id set them; until then (Networks
+//! from manifests) the subnet shows the Network's tags.
+
+use std::collections::BTreeMap;
 
 use corral_api_types::ec2::{route_table_id, subnet_id};
 use corral_api_types::net::Ipv4Cidr;
@@ -35,6 +42,26 @@ fn sid(n: &Network) -> String {
     subnet_id(&n.metadata.uid)
 }
 
+/// Where a subnet's own tags are kept (a JSON object).
+pub const SUBNET_TAGS_ANNOTATION: &str = "ec2.corral/subnet-tags";
+
+/// The tags of a Network's subnet: its own once set, else the Network's.
+pub fn subnet_tags(n: &Network) -> BTreeMap<String, String> {
+    n.metadata
+        .annotations
+        .get(SUBNET_TAGS_ANNOTATION)
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| n.spec.tags.clone())
+}
+
+/// Sets the tags of a Network's subnet, leaving the VPC's alone.
+pub fn set_subnet_tags(n: &mut Network, tags: &BTreeMap<String, String>) {
+    n.metadata.annotations.insert(
+        SUBNET_TAGS_ANNOTATION.into(),
+        serde_json::to_string(tags).unwrap_or_default(),
+    );
+}
+
 pub async fn describe_subnets(ctx: &Ctx<'_>) -> Result<Xml> {
     let d = Describe::parse(ctx, &SUBNET, SUBNET_FILTERS)?;
     // The default VPC's subnet exists before anyone asks for it.
@@ -53,8 +80,15 @@ pub async fn describe_subnets(ctx: &Ctx<'_>) -> Result<Xml> {
         "state" => one("available"),
         _ => one(account.clone()),
     };
-    let (nets, next) = d.select(nets, sid, field, |n| n.tags());
-    Ok(page_answer("subnetSet", &nets, next, |x, n| {
+    let nets: Vec<(Network, BTreeMap<String, String>)> = nets
+        .into_iter()
+        .map(|n| {
+            let t = subnet_tags(&n);
+            (n, t)
+        })
+        .collect();
+    let (nets, next) = d.select(nets, |(n, _)| sid(n), |(n, _), f| field(n, f), |(_, t)| t);
+    Ok(page_answer("subnetSet", &nets, next, |x, (n, _)| {
         write_subnet(x, n, &zone, &account)
     }))
 }
@@ -79,7 +113,7 @@ fn write_subnet(x: &mut Xml, n: &Network, zone: &str, account: &str) {
         .leaf("mapPublicIpOnLaunch", false)
         .leaf("assignIpv6AddressOnCreation", false)
         .empty_set("ipv6CidrBlockAssociationSet")
-        .tags("tagSet", n.tags());
+        .tags("tagSet", &subnet_tags(n));
 }
 
 pub async fn create_subnet(ctx: &Ctx<'_>) -> Result<Xml> {
@@ -136,7 +170,7 @@ pub async fn create_subnet(ctx: &Ctx<'_>) -> Result<Xml> {
     let n = if cidr.to_string() == n.spec.cidr {
         ctx.update(&n.metadata.name, |x: &mut Network| {
             x.metadata.annotations.remove(SUBNET_PENDING_ANNOTATION);
-            x.spec.tags.extend(tags.clone());
+            set_subnet_tags(x, &tags);
             Ok(())
         })
         .await?
@@ -182,16 +216,102 @@ async fn narrow(
                 ..current.spec.clone()
             },
         );
-        fresh.spec.tags.extend(tags.clone());
         fresh.metadata.uid = current.metadata.uid.clone();
         fresh.metadata.labels = current.metadata.labels.clone();
         fresh.metadata.annotations = current.metadata.annotations.clone();
         fresh.metadata.annotations.remove(SUBNET_PENDING_ANNOTATION);
+        set_subnet_tags(&mut fresh, tags);
         fresh
             .metadata
             .annotations
             .insert(VPC_CIDR_ANNOTATION.into(), current.spec.cidr.clone());
         return objects::create(ctx.store, fresh).await;
+    }
+    Err(Ec2Error::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "RequestLimitExceeded",
+        "The VPC was modified concurrently; retry the request.",
+    ))
+}
+
+/// DeleteSubnet: the VPC is left without its one subnet (as CreateVpc made
+/// it), so a later CreateSubnet can make it again and DeleteVpc can remove
+/// it. A subnet with instances in it is `DependencyViolation`. A subnet
+/// that was narrowed inside its VPC gives the Network back the VPC's CIDR
+/// (recreated under the same name and uid, as [`narrow`] did).
+pub async fn delete_subnet(ctx: &Ctx<'_>) -> Result<Xml> {
+    let id = ctx.params.required("SubnetId")?.to_string();
+    let mut nets = ctx.list::<Network>().await?;
+    nets.retain(has_subnet);
+    let n = SUBNET.find(nets, &id, |n: &Network| sid(n))?;
+    let used = ctx
+        .list::<corral_api_types::Instance>()
+        .await?
+        .iter()
+        .any(|i| {
+            // A terminated instance (shown for a while) holds nothing.
+            !i.is_terminated() && i.spec.nics.iter().any(|nic| nic.network == n.metadata.name)
+        });
+    if used {
+        return Err(Ec2Error::client(
+            "DependencyViolation",
+            format!("The subnet '{id}' has dependencies and cannot be deleted."),
+        ));
+    }
+    ctx.gate()?;
+    match n.metadata.annotations.get(VPC_CIDR_ANNOTATION).cloned() {
+        Some(vpc_cidr) => widen(ctx, &n, &vpc_cidr).await?,
+        None => {
+            ctx.update(&n.metadata.name, |x: &mut Network| {
+                x.metadata
+                    .annotations
+                    .insert(SUBNET_PENDING_ANNOTATION.into(), "true".into());
+                x.metadata.annotations.remove(SUBNET_TAGS_ANNOTATION);
+                Ok(())
+            })
+            .await?;
+        }
+    }
+    Ok(super::ok_return())
+}
+
+/// The inverse of [`narrow`]: the Network again has the VPC's CIDR and no
+/// subnet.
+async fn widen(ctx: &Ctx<'_>, n: &Network, vpc_cidr: &str) -> Result<()> {
+    let (p, name) = (ctx.project(), n.metadata.name.clone());
+    for _ in 0..16 {
+        let Some(current) = ctx.store.get::<Network>(p, &name).await? else {
+            return Err(SUBNET.not_found(&sid(n)));
+        };
+        if current.metadata.uid != n.metadata.uid || !has_subnet(&current) {
+            return Err(SUBNET.not_found(&sid(n)));
+        }
+        let rv = current.metadata.resource_version.clone();
+        match ctx.store.delete::<Network>(p, &name, Some(&rv)).await {
+            Ok(_) => {}
+            Err(corral_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let mut fresh = Network::new(
+            p,
+            &name,
+            NetworkSpec {
+                cidr: vpc_cidr.to_string(),
+                gateway: None,
+                ..current.spec.clone()
+            },
+        );
+        fresh.metadata.uid = current.metadata.uid.clone();
+        fresh.metadata.labels = current.metadata.labels.clone();
+        fresh.metadata.annotations = current.metadata.annotations.clone();
+        fresh.metadata.annotations.remove(VPC_CIDR_ANNOTATION);
+        fresh.metadata.annotations.remove(SUBNET_TAGS_ANNOTATION);
+        fresh
+            .metadata
+            .annotations
+            .insert(SUBNET_PENDING_ANNOTATION.into(), "true".into());
+        objects::create(ctx.store, fresh).await?;
+        return Ok(());
     }
     Err(Ec2Error::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,

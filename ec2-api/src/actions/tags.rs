@@ -10,6 +10,7 @@ use corral_api_types::{
 
 use super::describe::{page_answer, NO_TAGS};
 use super::instances::visible_instances;
+use super::subnets::{set_subnet_tags, subnet_tags};
 use super::Ctx;
 use crate::error::{Ec2Error, Result};
 use crate::filter::{one, Filters};
@@ -81,8 +82,34 @@ async fn edit_any(
         "eipalloc" => edit::<Address>(ctx, id, |o| o.ec2_id(), nf, f).await,
         "key" => edit::<KeyPair>(ctx, id, |o| o.ec2_id(), nf, f).await,
         "vpc" => edit::<Network>(ctx, id, |o| o.ec2_id(), nf, f).await,
-        _ => edit::<Network>(ctx, id, |o| subnet_id(&o.metadata.uid), nf, f).await,
+        _ => edit_subnet(ctx, id, nf, f).await,
     }
+}
+
+/// [`edit`] for a subnet: its tags are its own (see `subnets`), not the
+/// VPC's.
+async fn edit_subnet(
+    ctx: &Ctx<'_>,
+    id: &str,
+    not_found: &str,
+    f: &(dyn Fn(&mut BTreeMap<String, String>) + Sync),
+) -> Result<()> {
+    let objs = ctx.list::<Network>().await?;
+    let o = objs
+        .iter()
+        .find(|o| subnet_id(&o.metadata.uid) == id)
+        .ok_or_else(|| Ec2Error::client(not_found, format!("The ID '{id}' does not exist")))?;
+    if ctx.dry_run {
+        return Ok(());
+    }
+    ctx.update(&o.metadata.name, |n: &mut Network| {
+        let mut tags = subnet_tags(n);
+        f(&mut tags);
+        set_subnet_tags(n, &tags);
+        Ok(())
+    })
+    .await?;
+    Ok(())
 }
 
 fn resource_ids(ctx: &Ctx<'_>) -> Result<Vec<String>> {
@@ -188,7 +215,12 @@ pub async fn describe(ctx: &Ctx<'_>) -> Result<Xml> {
     push(&mut rows, ctx.list::<KeyPair>().await?, "key-pair");
     let nets = ctx.list::<Network>().await?;
     push(&mut rows, nets.clone(), "vpc");
-    push_by(&mut rows, nets, "subnet", |o| subnet_id(&o.metadata.uid));
+    for n in nets {
+        let id = subnet_id(&n.metadata.uid);
+        for (k, v) in subnet_tags(&n) {
+            rows.push((id.clone(), "subnet", k, v));
+        }
+    }
     rows.retain(|(id, t, k, v)| {
         filters.matches(
             |f| match f {

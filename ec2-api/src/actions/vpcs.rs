@@ -150,10 +150,38 @@ pub async fn describe_vpcs(ctx: &Ctx<'_>) -> Result<Xml> {
 }
 
 /// The Network that is the VPC `id`.
+///
+/// CreateSubnet and DeleteSubnet may recreate the Network (same name and
+/// uid, see `subnets::narrow`): for the moment between its delete and its
+/// create the VPC is not in the store, so a VPC not found is looked for
+/// again a few times before it is `InvalidVpcID.NotFound` (terraform
+/// creates a VPC's subnet and security group at the same time).
 pub async fn network_by_vpc(ctx: &Ctx<'_>, id: &str) -> Result<Network> {
     VPC.check_one(id)?;
-    VPC.find(ctx.list::<Network>().await?, id, |n| n.ec2_id())
+    find_vpc(ctx, id).await?.ok_or_else(|| VPC.not_found(id))
 }
+
+/// The Network that is the VPC `id`, if any (looked for again while it
+/// may be being recreated; see [`network_by_vpc`]).
+pub async fn find_vpc(ctx: &Ctx<'_>, id: &str) -> Result<Option<Network>> {
+    for attempt in 0..=RECREATE_RETRIES {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let found = ctx
+            .list::<Network>()
+            .await?
+            .into_iter()
+            .find(|n| n.ec2_id() == id);
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// How many times [`network_by_vpc`] looks again (20ms apart).
+const RECREATE_RETRIES: usize = 10;
 
 pub async fn describe_vpc_attribute(ctx: &Ctx<'_>) -> Result<Xml> {
     let attr = ctx.params.required("Attribute")?.to_string();
@@ -254,11 +282,10 @@ pub async fn create_default_vpc(ctx: &Ctx<'_>) -> Result<Xml> {
 
 pub async fn delete_vpc(ctx: &Ctx<'_>) -> Result<Xml> {
     let n = network_by_vpc(ctx, ctx.params.required("VpcId")?).await?;
-    let used = ctx
-        .list::<Instance>()
-        .await?
-        .iter()
-        .any(|i| i.spec.nics.iter().any(|nic| nic.network == n.metadata.name));
+    let used = ctx.list::<Instance>().await?.iter().any(|i| {
+        // A terminated instance (shown for a while) holds nothing.
+        !i.is_terminated() && i.spec.nics.iter().any(|nic| nic.network == n.metadata.name)
+    });
     if used {
         return Err(Ec2Error::client(
             "DependencyViolation",

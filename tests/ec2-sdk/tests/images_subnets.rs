@@ -1,13 +1,15 @@
 //! RegisterImage (disk images and the kernel + ramdisk + machine trio),
 //! Describe/ModifyImageAttribute (launch permissions, description),
-//! CreateSubnet on Networks, and the default VPC made on demand by
+//! CreateSubnet and DeleteSubnet on Networks (a subnet's tags are its own),
+//! and the default VPC made on demand by
 //! RunInstances — all through aws-sdk-ec2.
 
 mod common;
 
 use aws_sdk_ec2::types::{
     ArchitectureValues, AttributeValue, ImageAttributeName, LaunchPermission,
-    LaunchPermissionModifications, OperationType, PermissionGroup,
+    LaunchPermissionModifications, OperationType, PermissionGroup, ResourceType, Tag,
+    TagSpecification,
 };
 use aws_sdk_ec2::Client;
 use common::{
@@ -379,6 +381,12 @@ async fn create_subnet_maps_onto_networks() {
         .await
         .unwrap();
     assert_eq!(run.instances()[0].subnet_id(), Some(subnet_id.as_str()));
+    // A subnet with an instance in it stays.
+    assert_eq!(
+        code(ec2.delete_subnet().subnet_id(&subnet_id).send().await),
+        "DependencyViolation"
+    );
+    assert_eq!(subnets_of(vpc.clone()).await.len(), 1);
 
     // A subnet with the VPC's whole CIDR.
     let vpc2 = create_vpc(&ec2, "10.3.0.0/24").await;
@@ -395,6 +403,159 @@ async fn create_subnet_maps_onto_networks() {
                 .await
         ),
         "InvalidSubnet.Conflict"
+    );
+}
+
+fn name_tag(rt: ResourceType, name: &str) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(rt)
+        .tags(Tag::builder().key("Name").value(name).build())
+        .build()
+}
+
+fn name_of(tags: &[Tag]) -> Option<&str> {
+    tags.iter()
+        .find(|t| t.key() == Some("Name"))
+        .and_then(|t| t.value())
+}
+
+/// terraform's order: the VPC tagged at CreateVpc, its subnet tagged at
+/// CreateSubnet and later by CreateTags; each keeps its own tags. Then
+/// DeleteSubnet leaves the VPC with its CIDR and no subnet (a new one can
+/// be made), and DeleteVpc removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subnet_tags_are_its_own_and_delete_subnet_gives_the_vpc_back() {
+    let (_s, ec2, _) = start_seeded().await;
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.20.0.0/16")
+        .tag_specifications(name_tag(ResourceType::Vpc, "the-vpc"))
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("10.20.1.0/24")
+        .tag_specifications(name_tag(ResourceType::Subnet, "the-subnet"))
+        .send()
+        .await
+        .unwrap()
+        .subnet()
+        .unwrap()
+        .clone();
+    assert_eq!(name_of(subnet.tags()), Some("the-subnet"));
+    let subnet_id = subnet.subnet_id().unwrap().to_string();
+    let vpc_name = || async {
+        let v = ec2.describe_vpcs().vpc_ids(&vpc).send().await.unwrap();
+        name_of(v.vpcs()[0].tags()).map(str::to_string)
+    };
+    let subnet_tags = || async {
+        let s = ec2
+            .describe_subnets()
+            .subnet_ids(&subnet_id)
+            .send()
+            .await
+            .unwrap();
+        s.subnets()[0].tags().to_vec()
+    };
+    assert_eq!(vpc_name().await.as_deref(), Some("the-vpc"));
+    assert_eq!(name_of(&subnet_tags().await), Some("the-subnet"));
+    ec2.create_tags()
+        .resources(&subnet_id)
+        .tags(Tag::builder().key("tier").value("web").build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(subnet_tags().await.len(), 2);
+    assert_eq!(vpc_name().await.as_deref(), Some("the-vpc"));
+    let by_tag = ec2
+        .describe_subnets()
+        .filters(filter("tag:tier", &["web"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_tag.subnets().len(), 1);
+    let described = ec2
+        .describe_tags()
+        .filters(filter("resource-id", &[&vpc, &subnet_id]))
+        .send()
+        .await
+        .unwrap();
+    let mut rows: Vec<(String, String, String)> = described
+        .tags()
+        .iter()
+        .map(|t| {
+            (
+                t.resource_id().unwrap_or_default().to_string(),
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    let mut want = vec![
+        (vpc.clone(), "Name".to_string(), "the-vpc".to_string()),
+        (subnet_id.clone(), "Name".into(), "the-subnet".into()),
+        (subnet_id.clone(), "tier".into(), "web".into()),
+    ];
+    want.sort();
+    assert_eq!(rows, want);
+    ec2.delete_tags()
+        .resources(&subnet_id)
+        .tags(Tag::builder().key("tier").build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(subnet_tags().await.len(), 1);
+
+    // DeleteSubnet: gone, the VPC keeps its CIDR and tags.
+    assert_eq!(
+        code(
+            ec2.delete_subnet()
+                .subnet_id("subnet-00000000000000000")
+                .send()
+                .await
+        ),
+        "InvalidSubnetID.NotFound"
+    );
+    ec2.delete_subnet()
+        .subnet_id(&subnet_id)
+        .send()
+        .await
+        .unwrap();
+    let left = ec2
+        .describe_subnets()
+        .filters(filter("vpc-id", &[&vpc]))
+        .send()
+        .await
+        .unwrap();
+    assert!(left.subnets().is_empty(), "{left:?}");
+    assert_eq!(
+        code(ec2.delete_subnet().subnet_id(&subnet_id).send().await),
+        "InvalidSubnetID.NotFound"
+    );
+    let v = ec2.describe_vpcs().vpc_ids(&vpc).send().await.unwrap();
+    assert_eq!(v.vpcs()[0].cidr_block(), Some("10.20.0.0/16"));
+    assert_eq!(name_of(v.vpcs()[0].tags()), Some("the-vpc"));
+    // A new subnet anywhere in the VPC, without the old one's tags.
+    let again = create_subnet(&ec2, &vpc, "10.20.7.0/24").await;
+    assert_eq!(again.cidr_block(), Some("10.20.7.0/24"));
+    assert!(again.tags().is_empty(), "{again:?}");
+    ec2.delete_subnet()
+        .subnet_id(again.subnet_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    ec2.delete_vpc().vpc_id(&vpc).send().await.unwrap();
+    assert_eq!(
+        code(ec2.describe_vpcs().vpc_ids(&vpc).send().await),
+        "InvalidVpcID.NotFound"
     );
 }
 
