@@ -21,24 +21,6 @@ use std::process::Command;
 use common::{write, Out, Server};
 use serde_json::Value;
 
-/// The AWS variables of the environment the tests run in: none of them
-/// may leak into the `aws` runs, which must get everything from Corral's
-/// files.
-const AWS_VARS: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_EC2",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "AWS_CA_BUNDLE",
-];
-
 fn need_aws() {
     let out = Command::new("aws").arg("--version").output();
     let ok = out.as_ref().map(|o| o.status.success()).unwrap_or(false);
@@ -55,7 +37,8 @@ fn aws_base(s: &Server) -> Command {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_PAGER", "")
         .stdin(std::process::Stdio::null());
-    for v in AWS_VARS {
+    // Nothing of the test run's AWS environment reaches `aws`.
+    for v in common::AWS_ENV {
         c.env_remove(v);
     }
     c

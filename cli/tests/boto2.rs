@@ -21,27 +21,16 @@ use std::process::{Command, Stdio};
 
 use common::{write, Out, Server};
 
-/// Environment of the test run that must not reach boto: credentials,
-/// endpoints and boto's own config files (HOME is the server's, so
-/// `~/.boto` is empty), and proxies (the endpoint is local).
+/// Environment of the test run that must not reach boto, beyond
+/// `common::AWS_ENV`: euca2ools-era endpoints and keys, and boto's own
+/// config files (HOME is the server's, so `~/.boto` is empty).
 const LEAKS: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "AWS_CA_BUNDLE",
     "EC2_URL",
     "EC2_ACCESS_KEY",
     "EC2_SECRET_KEY",
     "EC2_USE_SIGV4",
     "BOTO_CONFIG",
     "BOTO_PATH",
-    "http_proxy",
-    "https_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
 ];
 
 fn need(tool: &str, args: &[&str], install: &str) {
@@ -102,7 +91,7 @@ fn boto2_walks_the_euca2ools_tutorial_through_corral_up() {
         // the instance and a time, and no output.
         .env("CONSOLE", "none")
         .stdin(Stdio::null());
-    for v in LEAKS {
+    for v in common::AWS_ENV.iter().chain(LEAKS) {
         cmd.env_remove(v);
     }
     let out = Out::from(cmd.output().expect("running sh and python3"));

@@ -29,29 +29,13 @@ use common::{write, Out, Server};
 const PROVIDER_VERSION: &str = "5.100.0";
 
 /// Environment of the test run that must not reach terraform or its
-/// provider: everything comes from the configuration this test writes.
+/// provider, beyond `common::AWS_ENV` (terraform's own): everything comes from the configuration this test writes.
 const LEAKS: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_EC2",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "AWS_CA_BUNDLE",
     "TF_CLI_CONFIG_FILE",
     "TF_PLUGIN_CACHE_DIR",
     "TF_DATA_DIR",
     "TF_WORKSPACE",
     "TF_INPUT",
-    "http_proxy",
-    "https_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
 ];
 
 fn terraform_bin() -> String {
@@ -280,7 +264,7 @@ output "eip" {{
 /// `terraform ARGS` in `dir` with its own CLI config (the mirror only).
 fn terraform(s: &Server, dir: &Path, args: &[&str]) -> Out {
     let mut c = Command::new(terraform_bin());
-    for v in LEAKS {
+    for v in common::AWS_ENV.iter().chain(LEAKS) {
         c.env_remove(v);
     }
     c.args(args)

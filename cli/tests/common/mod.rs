@@ -412,3 +412,25 @@ pub fn owned(list: &serde_json::Value) -> Vec<serde_json::Value> {
     items.sort_by_key(|i| i.to_string());
     items
 }
+
+/// Environment of the test run that must not reach an AWS client started
+/// by a test (credentials, profiles, endpoints, CA, region, proxies): it
+/// gets everything from the files Corral wrote.
+pub const AWS_ENV: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_EC2",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_CA_BUNDLE",
+    "http_proxy",
+    "https_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+];

@@ -190,17 +190,48 @@ async fn narrow(
     cidr: &str,
     tags: &std::collections::BTreeMap<String, String>,
 ) -> Result<Network> {
+    let conflict = || {
+        Ec2Error::client(
+            "InvalidSubnet.Conflict",
+            format!("The CIDR '{cidr}' conflicts with another subnet"),
+        )
+    };
+    recreate(
+        ctx,
+        n,
+        cidr,
+        |current| match current {
+            None => Err(VPC.not_found(&n.ec2_id())),
+            Some(c) if has_subnet(c) || c.metadata.uid != n.metadata.uid => Err(conflict()),
+            Some(_) => Ok(()),
+        },
+        |current, fresh| {
+            let a = &mut fresh.metadata.annotations;
+            a.remove(SUBNET_PENDING_ANNOTATION);
+            a.insert(VPC_CIDR_ANNOTATION.into(), current.spec.cidr.clone());
+            set_subnet_tags(fresh, tags);
+        },
+    )
+    .await
+}
+
+/// Recreates Network `n` under the same name and uid with `cidr`, while
+/// `check` accepts the stored copy (`None`: it is gone); `edit` adjusts
+/// the new copy's annotations, which start as the stored one's.
+async fn recreate(
+    ctx: &Ctx<'_>,
+    n: &Network,
+    cidr: &str,
+    check: impl Fn(Option<&Network>) -> Result<()>,
+    edit: impl Fn(&Network, &mut Network),
+) -> Result<Network> {
     let (p, name) = (ctx.project(), n.metadata.name.clone());
     for _ in 0..16 {
-        let Some(current) = ctx.store.get::<Network>(p, &name).await? else {
+        let current = ctx.store.get::<Network>(p, &name).await?;
+        check(current.as_ref())?;
+        let Some(current) = current else {
             return Err(VPC.not_found(&n.ec2_id()));
         };
-        if has_subnet(&current) || current.metadata.uid != n.metadata.uid {
-            return Err(Ec2Error::client(
-                "InvalidSubnet.Conflict",
-                format!("The CIDR '{cidr}' conflicts with another subnet"),
-            ));
-        }
         let rv = current.metadata.resource_version.clone();
         match ctx.store.delete::<Network>(p, &name, Some(&rv)).await {
             Ok(_) => {}
@@ -219,12 +250,7 @@ async fn narrow(
         fresh.metadata.uid = current.metadata.uid.clone();
         fresh.metadata.labels = current.metadata.labels.clone();
         fresh.metadata.annotations = current.metadata.annotations.clone();
-        fresh.metadata.annotations.remove(SUBNET_PENDING_ANNOTATION);
-        set_subnet_tags(&mut fresh, tags);
-        fresh
-            .metadata
-            .annotations
-            .insert(VPC_CIDR_ANNOTATION.into(), current.spec.cidr.clone());
+        edit(&current, &mut fresh);
         return objects::create(ctx.store, fresh).await;
     }
     Err(Ec2Error::new(
@@ -244,15 +270,7 @@ pub async fn delete_subnet(ctx: &Ctx<'_>) -> Result<Xml> {
     let mut nets = ctx.list::<Network>().await?;
     nets.retain(has_subnet);
     let n = SUBNET.find(nets, &id, |n: &Network| sid(n))?;
-    let used = ctx
-        .list::<corral_api_types::Instance>()
-        .await?
-        .iter()
-        .any(|i| {
-            // A terminated instance (shown for a while) holds nothing.
-            !i.is_terminated() && i.spec.nics.iter().any(|nic| nic.network == n.metadata.name)
-        });
-    if used {
+    if super::vpcs::network_in_use(ctx, &n.metadata.name).await? {
         return Err(Ec2Error::client(
             "DependencyViolation",
             format!("The subnet '{id}' has dependencies and cannot be deleted."),
@@ -278,46 +296,23 @@ pub async fn delete_subnet(ctx: &Ctx<'_>) -> Result<Xml> {
 /// The inverse of [`narrow`]: the Network again has the VPC's CIDR and no
 /// subnet.
 async fn widen(ctx: &Ctx<'_>, n: &Network, vpc_cidr: &str) -> Result<()> {
-    let (p, name) = (ctx.project(), n.metadata.name.clone());
-    for _ in 0..16 {
-        let Some(current) = ctx.store.get::<Network>(p, &name).await? else {
-            return Err(SUBNET.not_found(&sid(n)));
-        };
-        if current.metadata.uid != n.metadata.uid || !has_subnet(&current) {
-            return Err(SUBNET.not_found(&sid(n)));
-        }
-        let rv = current.metadata.resource_version.clone();
-        match ctx.store.delete::<Network>(p, &name, Some(&rv)).await {
-            Ok(_) => {}
-            Err(corral_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        let mut fresh = Network::new(
-            p,
-            &name,
-            NetworkSpec {
-                cidr: vpc_cidr.to_string(),
-                gateway: None,
-                ..current.spec.clone()
-            },
-        );
-        fresh.metadata.uid = current.metadata.uid.clone();
-        fresh.metadata.labels = current.metadata.labels.clone();
-        fresh.metadata.annotations = current.metadata.annotations.clone();
-        fresh.metadata.annotations.remove(VPC_CIDR_ANNOTATION);
-        fresh.metadata.annotations.remove(SUBNET_TAGS_ANNOTATION);
-        fresh
-            .metadata
-            .annotations
-            .insert(SUBNET_PENDING_ANNOTATION.into(), "true".into());
-        objects::create(ctx.store, fresh).await?;
-        return Ok(());
-    }
-    Err(Ec2Error::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "RequestLimitExceeded",
-        "The VPC was modified concurrently; retry the request.",
-    ))
+    recreate(
+        ctx,
+        n,
+        vpc_cidr,
+        |current| match current {
+            Some(c) if c.metadata.uid == n.metadata.uid && has_subnet(c) => Ok(()),
+            _ => Err(SUBNET.not_found(&sid(n))),
+        },
+        |_, fresh| {
+            let a = &mut fresh.metadata.annotations;
+            a.remove(VPC_CIDR_ANNOTATION);
+            a.remove(SUBNET_TAGS_ANNOTATION);
+            a.insert(SUBNET_PENDING_ANNOTATION.into(), "true".into());
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 const ROUTE_TABLE_FILTERS: &[&str] = &[

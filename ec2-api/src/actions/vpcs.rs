@@ -280,13 +280,19 @@ pub async fn create_default_vpc(ctx: &Ctx<'_>) -> Result<Xml> {
     create_network(ctx, Some(DEFAULT_NETWORK), DEFAULT_CIDR, true).await
 }
 
+/// Whether an instance not yet terminated (one EC2 still shows for a
+/// while holds nothing) has a NIC on Network `name`.
+pub async fn network_in_use(ctx: &Ctx<'_>, name: &str) -> Result<bool> {
+    Ok(ctx
+        .list::<Instance>()
+        .await?
+        .iter()
+        .any(|i| !i.is_terminated() && i.spec.nics.iter().any(|nic| nic.network == name)))
+}
+
 pub async fn delete_vpc(ctx: &Ctx<'_>) -> Result<Xml> {
     let n = network_by_vpc(ctx, ctx.params.required("VpcId")?).await?;
-    let used = ctx.list::<Instance>().await?.iter().any(|i| {
-        // A terminated instance (shown for a while) holds nothing.
-        !i.is_terminated() && i.spec.nics.iter().any(|nic| nic.network == n.metadata.name)
-    });
-    if used {
+    if network_in_use(ctx, &n.metadata.name).await? {
         return Err(Ec2Error::client(
             "DependencyViolation",
             format!(

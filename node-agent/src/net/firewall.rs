@@ -305,20 +305,8 @@ impl NetPlan {
 #[cfg(test)]
 mod tests {
 
-    use super::super::fixtures::{net, port};
+    use super::super::fixtures::{chain, net, port};
     use super::*;
-
-    fn chain<'a>(rules: &'a [TableRules], table: &str, chain: &str) -> &'a [String] {
-        &rules
-            .iter()
-            .find(|r| r.table == table)
-            .unwrap()
-            .chains
-            .iter()
-            .find(|(c, _)| c == chain)
-            .unwrap_or_else(|| panic!("{table} {chain}"))
-            .1
-    }
 
     #[test]
     fn rules_allow_only_what_groups_say() {

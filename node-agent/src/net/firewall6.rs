@@ -134,21 +134,9 @@ impl NetPlan {
 mod tests {
     use corral_api_types::Protocol;
 
-    use super::super::fixtures::{net, port};
+    use super::super::fixtures::{chain, net, port};
     use super::super::Allow;
     use super::*;
-
-    fn chain<'a>(rules: &'a [TableRules], table: &str, chain: &str) -> &'a [String] {
-        &rules
-            .iter()
-            .find(|r| r.table == table)
-            .unwrap()
-            .chains
-            .iter()
-            .find(|(c, _)| c == chain)
-            .unwrap_or_else(|| panic!("{table} {chain}"))
-            .1
-    }
 
     fn allow(protocol: Protocol, ports: Option<(i32, i32)>, peers: &[&str]) -> Allow {
         Allow {

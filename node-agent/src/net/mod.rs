@@ -166,8 +166,22 @@ pub struct NetPlan {
 
 #[cfg(test)]
 pub(crate) mod fixtures {
-    //! A network and a NIC the unit tests of this module share.
+    //! A network, a NIC and a chain lookup the unit tests of this module
+    //! share.
     use super::*;
+
+    /// The rules of chain `chain` in table `table` (panics when absent).
+    pub fn chain<'a>(rules: &'a [TableRules], table: &str, chain: &str) -> &'a [String] {
+        &rules
+            .iter()
+            .find(|r| r.table == table)
+            .unwrap()
+            .chains
+            .iter()
+            .find(|(c, _)| c == chain)
+            .unwrap_or_else(|| panic!("{table} {chain}"))
+            .1
+    }
 
     pub fn net(mode: NetworkMode) -> NetDef {
         NetDef {
